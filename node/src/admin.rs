@@ -1,0 +1,171 @@
+//! The admin HTTP API: `/v1/health`, `/v1/status` and `/metrics`, and the client the
+//! `health` subcommand uses (a container HEALTHCHECK has no curl in a scratch image).
+//!
+//! It listens on loopback by default: status and metrics are for the operator, not for
+//! every host that can reach the node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::resp::server::ServerState;
+use crate::store::flusher::FsyncPolicy;
+
+pub struct AdminState {
+    pub server: Arc<ServerState>,
+    pub insecure_default_keys: bool,
+    pub data_dir: PathBuf,
+    pub node_id: u64,
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
+    let result = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "admin HTTP server failed");
+    }
+}
+
+/// The node is healthy while its store accepts durable writes.
+async fn health(State(s): State<Arc<AdminState>>) -> Response {
+    let server = &s.server;
+    let flush_error = server.cluster.flusher().last_error();
+    let mut body = json!({
+        "status": if flush_error.is_none() { "ok" } else { "failing" },
+        "node": server.node_name,
+        "datacenter": server.datacenter,
+        "version": crate::VERSION,
+        "insecure_default_keys": s.insecure_default_keys,
+    });
+    let code = match flush_error {
+        None => StatusCode::OK,
+        Some(e) => {
+            body["reason"] = Value::from(format!("store flush failing: {e}"));
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
+    let server = &s.server;
+    let cluster = &server.cluster;
+    let flusher = cluster.flusher();
+    let stats = cluster.stats();
+    let purge = &server.purge_status;
+    let (fsync, interval_ms) = match flusher.policy() {
+        FsyncPolicy::Always => ("always", None),
+        FsyncPolicy::Interval(d) => ("interval", Some(d.as_millis() as u64)),
+    };
+    Json(json!({
+        "node": server.node_name,
+        "node_id": format!("{:016x}", s.node_id),
+        "datacenter": server.datacenter,
+        "version": crate::VERSION,
+        "uptime_seconds": server.started.elapsed().as_secs(),
+        "insecure_default_keys": s.insecure_default_keys,
+        "memory": { "rss_bytes": crate::metrics::process_rss_bytes() },
+        "clients": {
+            "connected": server.clients.connected(),
+            "max": server.clients.max,
+            "total_connections": server.clients.total(),
+            "commands_processed": server.commands_processed(),
+        },
+        "store": {
+            "engine": cluster.store().engine(),
+            "path": s.data_dir.join("store"),
+            "partitions": cluster.partitions(),
+            "keys": stats.keys,
+            "expiring_keys": stats.expiring,
+            "tombstones": stats.tombstones,
+            "bytes_on_disk": cluster.store().size_on_disk(),
+            "cache_bytes": server.store_cache_bytes,
+            "fsync": fsync,
+            "fsync_interval_ms": interval_ms,
+            "durable_through_ms": flusher.durable_through_ms(),
+            "flush_failures": flusher.failures(),
+        },
+        "workers": [
+            {
+                "name": "flusher",
+                "state": if flusher.last_error().is_some() { "failing" } else { "running" },
+                "durable_through_ms": flusher.durable_through_ms(),
+            },
+            {
+                "name": "purge",
+                "state": "running",
+                "purged": purge.purged.load(Ordering::Relaxed),
+                "errors": purge.errors.load(Ordering::Relaxed),
+                "last_run_ms": purge.last_run_ms.load(Ordering::Relaxed),
+            },
+        ],
+    }))
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    let server = &s.server;
+    let m = &server.metrics;
+    let stats = server.cluster.stats();
+    m.keys.set(stats.keys as i64);
+    m.expiring_keys.set(stats.expiring as i64);
+    m.tombstones.set(stats.tombstones as i64);
+    m.bytes_on_disk.set(server.cluster.store().size_on_disk() as i64);
+    m.purged_total.set(server.purge_status.purged.load(Ordering::Relaxed) as i64);
+    m.flush_failures.set(server.cluster.flusher().failures() as i64);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
+}
+
+/// Why a health check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("cannot reach the admin API at {addr}: {source}")]
+    Unreachable { addr: SocketAddr, source: std::io::Error },
+    #[error("no answer from the admin API at {addr} within {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("the node at {addr} is not healthy: {response}")]
+    Unhealthy { addr: SocketAddr, response: String },
+}
+
+/// Asks the node at `addr` for `/v1/health`; Ok with the body when it answers 200.
+pub async fn check_health(addr: SocketAddr, timeout: Duration) -> Result<String, HealthError> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let request = format!("GET /v1/health HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.take(64 << 10).read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).into_owned())
+    };
+    let response = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| HealthError::Timeout { addr, timeout })?
+        .map_err(|source| HealthError::Unreachable { addr, source })?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status_line = head.lines().next().unwrap_or_default();
+    if status_line.split_whitespace().nth(1) == Some("200") {
+        Ok(body.to_string())
+    } else {
+        Err(HealthError::Unhealthy { addr, response: format!("{status_line} {body}").trim().to_string() })
+    }
+}

@@ -1,0 +1,307 @@
+//! Typed configuration, validated at load.
+//!
+//! A setting can come from, in rising precedence: built-in defaults, `--dev` defaults, the
+//! config file, `conf.d/*.toml` beside it (in name order), `OPENCLUSTER_*` environment
+//! variables, and flags. [`settings::SETTINGS`] lists every setting once; the environment
+//! variable and flag of each are derived from its key, so none can be forgotten.
+//! [`Config::validate`] checks what serde cannot, and every error names the setting.
+
+pub mod layers;
+pub mod settings;
+mod units;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use layers::{LoadOptions, load};
+pub use units::ByteSize;
+
+/// The node's configuration.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Name of this node, unique within its datacenter. Default: the host name.
+    pub node_name: String,
+    /// The datacenter this node belongs to.
+    pub datacenter: String,
+    /// Where the node keeps its data.
+    pub data_dir: PathBuf,
+    /// Directory holding the cluster's keys; unset means the insecure default keys.
+    pub tls_dir: Option<PathBuf>,
+    /// RESP (Redis protocol) TCP listener; empty disables it.
+    #[serde(with = "units::opt_addr")]
+    pub client_addr: Option<SocketAddr>,
+    /// RESP Unix socket, created with mode 0660.
+    pub unix_socket: Option<PathBuf>,
+    /// Password clients must give with AUTH (or HELLO ... AUTH).
+    pub client_password: Option<String>,
+    /// Allow a non-loopback TCP listener without a client password.
+    pub insecure_no_client_password: bool,
+    /// Admin HTTP listener (health, status, metrics); empty disables it.
+    #[serde(with = "units::opt_addr")]
+    pub admin_addr: Option<SocketAddr>,
+    /// Log format: `text` for terminals, `json` for containers.
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `opencluster_node=debug,info`.
+    pub log_level: String,
+    /// How long a stopping node waits for requests in flight before it flushes and exits.
+    #[serde(with = "units::duration")]
+    pub shutdown_timeout: Duration,
+    /// Allow FLUSHDB, which deletes every key.
+    pub allow_flushdb: bool,
+    pub limits: Limits,
+    pub store: StoreConfig,
+}
+
+/// Bounds on what one client can make the node hold.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest key accepted.
+    pub max_key_bytes: ByteSize,
+    /// Largest value accepted.
+    pub max_value_bytes: ByteSize,
+    /// Largest single request (all its arguments together).
+    pub max_request_bytes: ByteSize,
+    /// Most client connections at once.
+    pub max_clients: u32,
+}
+
+/// How data is kept on disk.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `always`: acknowledge writes once on disk. `interval`: flush every `fsync_interval`.
+    pub fsync: Fsync,
+    /// Longest time between flushes with `fsync = "interval"`.
+    #[serde(with = "units::duration")]
+    pub fsync_interval: Duration,
+    /// Memory the storage engine may use as its cache.
+    pub cache_bytes: ByteSize,
+    /// Number of partitions; fixed once data exists.
+    pub partitions: u16,
+    /// How often expired keys and old tombstones are purged.
+    #[serde(with = "units::duration")]
+    pub purge_interval: Duration,
+    /// How long a deleted key's tombstone is kept.
+    #[serde(with = "units::duration")]
+    pub tombstone_grace: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    Always,
+    Interval,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_name: default_node_name(),
+            datacenter: "dc1".into(),
+            data_dir: "/data".into(),
+            tls_dir: None,
+            client_addr: Some(SocketAddr::from(([0, 0, 0, 0], 6379))),
+            unix_socket: None,
+            client_password: None,
+            insecure_no_client_password: false,
+            admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9379))),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            shutdown_timeout: Duration::from_secs(10),
+            allow_flushdb: false,
+            limits: Limits::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: ByteSize(64 << 10),
+            max_value_bytes: ByteSize(16 << 20),
+            max_request_bytes: ByteSize(64 << 20),
+            max_clients: 10_000,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            fsync: Fsync::Interval,
+            fsync_interval: Duration::from_secs(1),
+            cache_bytes: ByteSize(64 << 20),
+            partitions: 1024,
+            purge_interval: Duration::from_millis(100),
+            tombstone_grace: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The host name, as containers set it; "node" if it cannot be read.
+fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+/// A configuration that cannot be used, and the setting to blame.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid setting `{setting}`{source_hint}: {message}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub message: String,
+    /// Where the offending value came from, e.g. " (from OPENCLUSTER_STORE_FSYNC)".
+    pub source_hint: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { setting: setting.into(), message: message.into(), source_hint: String::new() }
+    }
+}
+
+impl Config {
+    /// Checks what the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn err(setting: &str, message: impl Into<String>) -> ConfigError {
+            ConfigError::new(setting, message)
+        }
+        if self.node_name.is_empty() || self.node_name.len() > 255 {
+            return Err(err("node_name", "must be 1 to 255 bytes"));
+        }
+        if !is_dns_label(&self.datacenter) {
+            return Err(err(
+                "datacenter",
+                format!("{:?} must be 1-63 lowercase letters, digits or '-'", self.datacenter),
+            ));
+        }
+        if self.client_addr.is_none() && self.unix_socket.is_none() {
+            return Err(err("client_addr", "no client listener: set client_addr or unix_socket"));
+        }
+        if let Some(addr) = self.client_addr
+            && !addr.ip().is_loopback()
+            && self.client_password.is_none()
+            && !self.insecure_no_client_password
+        {
+            return Err(err(
+                "client_password",
+                format!(
+                    "client_addr {addr} is reachable from other hosts but no client_password is set; \
+                     set client_password (OPENCLUSTER_CLIENT_PASSWORD) so clients must AUTH, \
+                     bind to 127.0.0.1, or pass --insecure-no-client-password to accept any client"
+                ),
+            ));
+        }
+        if self.client_password.as_deref() == Some("") {
+            return Err(err("client_password", "must not be empty (leave it unset instead)"));
+        }
+        let l = &self.limits;
+        if l.max_key_bytes.0 == 0 || l.max_key_bytes.0 > 512 << 20 {
+            return Err(err("limits.max_key_bytes", "must be between 1 byte and 512MiB"));
+        }
+        if l.max_value_bytes.0 == 0 || l.max_value_bytes.0 > 512 << 20 {
+            return Err(err("limits.max_value_bytes", "must be between 1 byte and 512MiB"));
+        }
+        let needed = l.max_key_bytes.0 + l.max_value_bytes.0 + 1024;
+        if l.max_request_bytes.0 < needed {
+            return Err(err(
+                "limits.max_request_bytes",
+                format!(
+                    "{} is too small to carry one key and one value: it must be at least {}",
+                    l.max_request_bytes,
+                    ByteSize(needed)
+                ),
+            ));
+        }
+        if l.max_clients == 0 {
+            return Err(err("limits.max_clients", "must be at least 1"));
+        }
+        let s = &self.store;
+        if s.partitions == 0 {
+            return Err(err("store.partitions", "must be between 1 and 65535"));
+        }
+        if s.fsync_interval.is_zero() || s.fsync_interval > Duration::from_secs(3600) {
+            return Err(err("store.fsync_interval", "must be between 1ms and 1h"));
+        }
+        if s.purge_interval.is_zero() {
+            return Err(err("store.purge_interval", "must be at least 1ms"));
+        }
+        if s.cache_bytes.0 < 1 << 20 {
+            return Err(err("store.cache_bytes", "must be at least 1MiB"));
+        }
+        Ok(())
+    }
+
+    /// The durability policy the store runs with.
+    pub fn fsync_policy(&self) -> crate::store::flusher::FsyncPolicy {
+        use crate::store::flusher::FsyncPolicy;
+        match self.store.fsync {
+            Fsync::Always => FsyncPolicy::Always,
+            Fsync::Interval => FsyncPolicy::Interval(self.store.fsync_interval),
+        }
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Config {
+        Config { client_addr: Some("127.0.0.1:6379".parse().unwrap()), ..Config::default() }
+    }
+
+    #[test]
+    fn defaults_refuse_an_open_listener_without_password() {
+        let e = Config::default().validate().unwrap_err();
+        assert_eq!(e.setting, "client_password");
+        assert!(e.message.contains("--insecure-no-client-password"), "{e}");
+        let mut c = Config { insecure_no_client_password: true, ..Config::default() };
+        c.validate().unwrap();
+        c.insecure_no_client_password = false;
+        c.client_password = Some("s3cret".into());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        type Mutation = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("datacenter", Box::new(|c| c.datacenter = "DC 1".into())),
+            ("limits.max_request_bytes", Box::new(|c| c.limits.max_request_bytes = ByteSize(10))),
+            ("limits.max_clients", Box::new(|c| c.limits.max_clients = 0)),
+            ("store.partitions", Box::new(|c| c.store.partitions = 0)),
+            ("store.fsync_interval", Box::new(|c| c.store.fsync_interval = Duration::ZERO)),
+            ("client_addr", Box::new(|c| c.client_addr = None)),
+        ];
+        for (setting, mutate) in cases {
+            let mut c = valid();
+            mutate(&mut c);
+            assert_eq!(c.validate().unwrap_err().setting, setting);
+        }
+    }
+}

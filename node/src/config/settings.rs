@@ -1,0 +1,193 @@
+//! The list of every setting: its key in the TOML file, its kind and its help text.
+//!
+//! The environment variable is `OPENCLUSTER_` + the key upper-cased with `.` as `_`
+//! (`store.fsync` -> `OPENCLUSTER_STORE_FSYNC`); the flag is the key with `.` and `_` as
+//! `-` (`--store-fsync`). A test checks that this list and [`super::Config`] agree.
+
+/// How a value given as text (env or flag) becomes a TOML value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Str,
+    Path,
+    Addr,
+    Bool,
+    Int,
+    Size,
+    Duration,
+    Choice(&'static [&'static str]),
+}
+
+#[derive(Debug)]
+pub struct Setting {
+    pub key: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+const fn s(key: &'static str, kind: Kind, help: &'static str) -> Setting {
+    Setting { key, kind, help }
+}
+
+pub const SETTINGS: &[Setting] = &[
+    s("node_name", Kind::Str, "Name of this node, unique in its datacenter [default: the host name]"),
+    s("datacenter", Kind::Str, "Datacenter this node belongs to [default: dc1]"),
+    s(
+        "data_dir",
+        Kind::Path,
+        "Directory for the node's data [default: /data; with --dev a temporary directory]",
+    ),
+    s(
+        "tls_dir",
+        Kind::Path,
+        "Directory with the cluster's keys from opencluster-pki [default: the INSECURE built-in demo keys]",
+    ),
+    s(
+        "client_addr",
+        Kind::Addr,
+        "RESP (Redis protocol) TCP address; empty disables [default: 0.0.0.0:6379; with --dev 127.0.0.1:6379]",
+    ),
+    s(
+        "unix_socket",
+        Kind::Path,
+        "RESP Unix socket path, created with mode 0660, e.g. /run/opencluster/opencluster.sock",
+    ),
+    s(
+        "client_password",
+        Kind::Str,
+        "Password clients must send with AUTH; required when client_addr is not loopback",
+    ),
+    s(
+        "insecure_no_client_password",
+        Kind::Bool,
+        "Accept clients without a password on a non-loopback client_addr",
+    ),
+    s(
+        "admin_addr",
+        Kind::Addr,
+        "Admin HTTP address (/v1/health, /v1/status, /metrics); empty disables [default: 127.0.0.1:9379]",
+    ),
+    s("log_format", Kind::Choice(&["text", "json"]), "Log format: text or json [default: text]"),
+    s("log_level", Kind::Str, "Log filter, e.g. info, debug, opencluster_node=debug [default: info]"),
+    s(
+        "shutdown_timeout",
+        Kind::Duration,
+        "How long a stopping node waits for client requests in flight before it flushes and exits [default: 10s]",
+    ),
+    s("allow_flushdb", Kind::Bool, "Allow FLUSHDB, which deletes every key [default: false]"),
+    s("limits.max_key_bytes", Kind::Size, "Largest key accepted [default: 64KiB]"),
+    s("limits.max_value_bytes", Kind::Size, "Largest value accepted [default: 16MiB]"),
+    s("limits.max_request_bytes", Kind::Size, "Largest single client request [default: 64MiB]"),
+    s("limits.max_clients", Kind::Int, "Most client connections at once [default: 10000]"),
+    s(
+        "store.fsync",
+        Kind::Choice(&["always", "interval"]),
+        "always: acknowledge writes once on disk; interval: flush every store.fsync_interval [default: interval]",
+    ),
+    s(
+        "store.fsync_interval",
+        Kind::Duration,
+        "Longest time between flushes with fsync=interval; a crash loses at most this [default: 1s]",
+    ),
+    s("store.cache_bytes", Kind::Size, "Memory the storage engine may use as cache [default: 64MiB]"),
+    s("store.partitions", Kind::Int, "Number of partitions, fixed once data exists [default: 1024]"),
+    s(
+        "store.purge_interval",
+        Kind::Duration,
+        "How often expired keys and old tombstones are purged [default: 100ms]",
+    ),
+    s("store.tombstone_grace", Kind::Duration, "How long deleted keys' tombstones are kept [default: 24h]"),
+];
+
+impl Setting {
+    pub fn env(&self) -> String {
+        format!("OPENCLUSTER_{}", self.key.replace('.', "_").to_ascii_uppercase())
+    }
+
+    pub fn flag(&self) -> String {
+        self.key.replace(['.', '_'], "-")
+    }
+
+    /// Converts text from an environment variable or a flag into the TOML value the
+    /// typed config expects.
+    pub fn to_value(&self, raw: &str) -> Result<toml::Value, String> {
+        Ok(match self.kind {
+            Kind::Bool => match raw.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" | "" => toml::Value::Boolean(true),
+                "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
+                _ => return Err(format!("{raw:?} is not a boolean (true or false)")),
+            },
+            Kind::Int => {
+                toml::Value::Integer(raw.trim().parse().map_err(|_| format!("{raw:?} is not an integer"))?)
+            }
+            Kind::Size => match raw.trim().parse::<i64>() {
+                Ok(n) => toml::Value::Integer(n),
+                Err(_) => toml::Value::String(raw.to_string()),
+            },
+            Kind::Choice(choices) => {
+                if !choices.contains(&raw) {
+                    return Err(format!("{raw:?} is not one of {}", choices.join(", ")));
+                }
+                toml::Value::String(raw.to_string())
+            }
+            Kind::Str | Kind::Path | Kind::Addr | Kind::Duration => toml::Value::String(raw.to_string()),
+        })
+    }
+
+    pub fn find(key: &str) -> Option<&'static Setting> {
+        SETTINGS.iter().find(|s| s.key == key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// Every key of a fully populated config, as dotted paths.
+    fn keys(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let toml::Value::Table(t) = value {
+            for (k, v) in t {
+                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                match v {
+                    toml::Value::Table(_) => keys(v, &path, out),
+                    _ => out.push(path),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_table_and_the_config_struct_agree() {
+        let full = Config {
+            tls_dir: Some("/tls".into()),
+            unix_socket: Some("/s".into()),
+            client_password: Some("p".into()),
+            ..Config::default()
+        };
+        let mut in_struct = Vec::new();
+        keys(&toml::Value::try_from(&full).unwrap(), "", &mut in_struct);
+        in_struct.sort();
+        let mut in_table: Vec<String> = SETTINGS.iter().map(|s| s.key.to_string()).collect();
+        in_table.sort();
+        assert_eq!(in_struct, in_table);
+    }
+
+    #[test]
+    fn env_and_flag_names_derive_from_the_key() {
+        let s = Setting::find("store.fsync_interval").unwrap();
+        assert_eq!(s.env(), "OPENCLUSTER_STORE_FSYNC_INTERVAL");
+        assert_eq!(s.flag(), "store-fsync-interval");
+        assert_eq!(Setting::find("data_dir").unwrap().flag(), "data-dir");
+    }
+
+    #[test]
+    fn text_values_convert_by_kind() {
+        let int = Setting::find("limits.max_clients").unwrap();
+        assert_eq!(int.to_value("12"), Ok(toml::Value::Integer(12)));
+        assert!(int.to_value("many").is_err());
+        let choice = Setting::find("store.fsync").unwrap();
+        assert!(choice.to_value("sometimes").unwrap_err().contains("always, interval"));
+        let flag = Setting::find("allow_flushdb").unwrap();
+        assert_eq!(flag.to_value("no"), Ok(toml::Value::Boolean(false)));
+    }
+}

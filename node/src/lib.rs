@@ -1,0 +1,23 @@
+//! OpenCluster node library: every OpenCluster process builds on it.
+//!
+//! Layered as in DESIGN.md; a module only uses modules listed above it.
+
+pub mod admin;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod hlc;
+pub mod logging;
+pub mod metrics;
+pub mod node;
+pub mod placement;
+pub mod record;
+pub mod resp;
+pub mod store;
+
+/// This build's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The Redis version whose protocol and command replies this node matches, reported to
+/// clients that choose features by version.
+pub const REDIS_COMPAT_VERSION: &str = "7.2.0";

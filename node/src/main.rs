@@ -1,0 +1,130 @@
+//! The `opencluster-node` binary: flags -> config -> logging -> run.
+
+use std::process::ExitCode;
+
+use opencluster_node::cli::{self, Invocation};
+use opencluster_node::{admin, config, logging, node};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let invocation = match cli::parse_from(std::env::args_os()) {
+        Ok(i) => i,
+        Err(e) => return fail(e),
+    };
+    match invocation {
+        Invocation::Health { load, admin_addr, timeout } => health(load, admin_addr, timeout),
+        Invocation::Run { load, dev } => run(load, dev),
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("opencluster-node: {message}");
+    ExitCode::from(2)
+}
+
+fn runtime(multi_thread: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    b.enable_all().build()
+}
+
+fn health(
+    load: config::LoadOptions,
+    admin_addr: Option<std::net::SocketAddr>,
+    timeout: std::time::Duration,
+) -> ExitCode {
+    let addr = match admin_addr {
+        Some(a) => a,
+        None => match config::load(&load) {
+            Ok(c) => match c.admin_addr {
+                Some(a) => a,
+                None => return fail("admin_addr is disabled in the config: nothing to check"),
+            },
+            Err(e) => return fail(e),
+        },
+    };
+    let rt = match runtime(false) {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    match rt.block_on(admin::check_health(addr, timeout)) {
+        Ok(body) => {
+            println!("{}", body.trim());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("opencluster-node health: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(load: config::LoadOptions, dev: bool) -> ExitCode {
+    let config = match config::load(&load) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = logging::init(&config) {
+        return fail(e);
+    }
+    let rt = match runtime(true) {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    let temporary_dir = load.dev_data_dir.filter(|d| *d == config.data_dir);
+    let result = rt.block_on(async {
+        let listeners = node::Listeners::bind(&config).await?;
+        if dev {
+            print_dev_banner(&config, &listeners);
+        }
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        node::run(config, listeners, shutdown).await
+    });
+    if let Some(dir) = temporary_dir
+        && let Err(e) = std::fs::remove_dir_all(&dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("opencluster-node: could not remove the temporary data directory {}: {e}", dir.display());
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn print_dev_banner(config: &config::Config, listeners: &node::Listeners) {
+    println!("OpenCluster dev node {} is running.", opencluster_node::VERSION);
+    if let Some(a) = listeners.client_addr() {
+        println!("  connect:  redis-cli -h {} -p {}", a.ip(), a.port());
+    }
+    if let Some(p) = &config.unix_socket {
+        println!("  socket:   redis-cli -s {}", p.display());
+    }
+    if let Some(a) = listeners.admin_addr() {
+        println!("  status:   http://{a}/v1/status   metrics: http://{a}/metrics");
+    }
+    println!("  data:     {}", config.data_dir.display());
+    println!("  keys:     INSECURE default keys (development only)");
+    println!("Stop with Ctrl-C.");
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM/SIGINT; stop the node with SIGKILL");
+            return;
+        }
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "stopping");
+    shutdown.cancel();
+}

@@ -1,0 +1,221 @@
+//! Wires a node together: store, durability, data path, client servers and admin API,
+//! and the one shutdown story (stop accepting, drain with a deadline, flush, exit).
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminState};
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::record::Origin;
+use crate::resp::server::{self, ClientLimits, Clients, ServerState};
+use crate::store::flusher::{Flusher, FsyncPolicy};
+use crate::store::purger::{self, PurgeStatus};
+use crate::store::{SledStore, Store, StoreError, StoreOptions};
+
+/// How often a node on the default keys repeats its warning.
+const INSECURE_WARNING_EVERY: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{setting} {addr}: cannot listen: {source}")]
+    Listen { setting: &'static str, addr: String, source: io::Error },
+    #[error("data_dir {path}: {source}")]
+    DataDir { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The sockets a node serves on, bound before [`run`] so that callers (tests, `--dev`)
+/// know the real addresses.
+pub struct Listeners {
+    pub client: Option<TcpListener>,
+    pub unix: Option<UnixListener>,
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> Result<Self, NodeError> {
+        async fn tcp(
+            setting: &'static str,
+            addr: Option<SocketAddr>,
+        ) -> Result<Option<TcpListener>, NodeError> {
+            match addr {
+                None => Ok(None),
+                Some(addr) => TcpListener::bind(addr).await.map(Some).map_err(|source| NodeError::Listen {
+                    setting,
+                    addr: addr.to_string(),
+                    source,
+                }),
+            }
+        }
+        let unix = match &config.unix_socket {
+            None => None,
+            Some(path) => Some(server::bind_unix(path).map_err(|source| NodeError::Listen {
+                setting: "unix_socket",
+                addr: path.display().to_string(),
+                source,
+            })?),
+        };
+        Ok(Listeners {
+            client: tcp("client_addr", config.client_addr).await?,
+            unix,
+            admin: tcp("admin_addr", config.admin_addr).await?,
+        })
+    }
+
+    pub fn client_addr(&self) -> Option<SocketAddr> {
+        self.client.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// This node's identity, kept in the data directory so it survives restarts.
+fn node_id(data_dir: &Path) -> io::Result<u64> {
+    let path = data_dir.join("node-id");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(id) = u64::from_str_radix(text.trim(), 16)
+    {
+        return Ok(id);
+    }
+    let mut bytes = [0u8; 8];
+    io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    let id = u64::from_le_bytes(bytes);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{id:016x}\n"))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
+}
+
+/// Runs a node until `shutdown` is cancelled, then drains and flushes.
+pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), NodeError> {
+    let data_err = |source| NodeError::DataDir { path: config.data_dir.clone(), source };
+    std::fs::create_dir_all(&config.data_dir).map_err(data_err)?;
+    let node_id = node_id(&config.data_dir).map_err(data_err)?;
+
+    let insecure_default_keys = config.tls_dir.is_none();
+    let metrics = Arc::new(Metrics::new());
+    metrics.insecure_default_keys.set(i64::from(insecure_default_keys));
+
+    let opts = StoreOptions {
+        path: config.data_dir.join("store"),
+        partitions: config.store.partitions,
+        cache_bytes: config.store.cache_bytes.0,
+        tombstone_grace: config.store.tombstone_grace,
+        datacenter: config.datacenter.clone(),
+    };
+    let opened = Instant::now();
+    let store: Arc<dyn Store> = Arc::new(
+        tokio::task::spawn_blocking(move || SledStore::open(&opts))
+            .await
+            .map_err(|e| StoreError::Io(format!("opening the store panicked: {e}")))??,
+    );
+    let stats = store.stats();
+    tracing::info!(
+        node = %config.node_name, node_id = %format!("{node_id:016x}"), datacenter = %config.datacenter,
+        data_dir = %config.data_dir.display(), keys = stats.keys, elapsed_ms = opened.elapsed().as_millis() as u64,
+        "store opened"
+    );
+
+    let background = CancellationToken::new();
+    let background_tasks = TaskTracker::new();
+    let flusher = Flusher::new(store.clone(), config.fsync_policy());
+    background_tasks.spawn(flusher.clone().run(background.clone()));
+    let purge_status = Arc::new(PurgeStatus::default());
+    background_tasks.spawn(purger::run(
+        store.clone(),
+        config.store.purge_interval,
+        purge_status.clone(),
+        background.clone(),
+    ));
+    if insecure_default_keys {
+        background_tasks.spawn(warn_insecure(background.clone()));
+    }
+
+    let origin = Origin { datacenter: config.datacenter.as_str().into(), node: node_id };
+    let cluster = Arc::new(Cluster::new(store.clone(), flusher.clone(), origin));
+    let state = Arc::new(ServerState {
+        cluster,
+        command_metrics: ServerState::command_metrics(&metrics),
+        metrics,
+        limits: ClientLimits {
+            max_key_bytes: config.limits.max_key_bytes.as_usize(),
+            max_value_bytes: config.limits.max_value_bytes.as_usize(),
+            max_request_bytes: config.limits.max_request_bytes.as_usize(),
+        },
+        password: config.client_password.clone(),
+        allow_flushdb: config.allow_flushdb,
+        clients: Clients::new(config.limits.max_clients as usize),
+        started: Instant::now(),
+        node_name: config.node_name.clone(),
+        datacenter: config.datacenter.clone(),
+        tcp_port: listeners.client_addr().map(|a| a.port()),
+        store_cache_bytes: config.store.cache_bytes.0,
+        fsync_always: config.fsync_policy() == FsyncPolicy::Always,
+        purge_status,
+    });
+
+    let clients = TaskTracker::new();
+    let stop_clients = shutdown.child_token();
+    if let Some(l) = listeners.client {
+        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving RESP clients over TCP");
+        clients.spawn(server::serve_tcp(l, state.clone(), clients.clone(), stop_clients.clone()));
+    }
+    if let Some(l) = listeners.unix {
+        tracing::info!(path = ?config.unix_socket, "serving RESP clients on a Unix socket");
+        clients.spawn(server::serve_unix(l, state.clone(), clients.clone(), stop_clients.clone()));
+    }
+    if let Some(l) = listeners.admin {
+        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving the admin API");
+        let admin_state = Arc::new(AdminState {
+            server: state.clone(),
+            insecure_default_keys,
+            data_dir: config.data_dir.clone(),
+            node_id,
+        });
+        background_tasks.spawn(admin::serve(l, admin_state, background.clone()));
+    }
+
+    shutdown.cancelled().await;
+    tracing::info!(connected = state.clients.connected(), "shutting down: no longer accepting clients");
+    clients.close();
+    if tokio::time::timeout(config.shutdown_timeout, clients.wait()).await.is_err() {
+        tracing::warn!(timeout = ?config.shutdown_timeout, "client connections still open after shutdown_timeout; closing them");
+    }
+    tracing::info!("flushing the store");
+    background.cancel();
+    background_tasks.close();
+    background_tasks.wait().await;
+    if let Some(path) = &config.unix_socket
+        && let Err(e) = std::fs::remove_file(path)
+    {
+        tracing::debug!(error = %e, "could not remove the Unix socket");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn warn_insecure(stop: CancellationToken) {
+    loop {
+        tracing::warn!(
+            "INSECURE: this node uses the well-known default keys from deploy/default-keys; anyone with \
+             the public OpenCluster images can join or read this cluster. Issue your own keys with \
+             opencluster-pki and set tls_dir (see docs/security.md)"
+        );
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(INSECURE_WARNING_EVERY) => {}
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Executing client commands: checks common to every command (known name, arity,
+//! authentication, size limits), then the handler, then metrics.
+//!
+//! Handlers write their success reply straight into the connection's output buffer and
+//! return a [`CmdError`] for an error reply; errors are worded as Redis words them so
+//! that clients and their tests see no difference.
+
+mod connection;
+mod keys;
+mod server;
+mod strings;
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use super::codec::{self, Protocol, Request};
+use super::server::ServerState;
+use super::table::{COMMANDS, Cmd, lookup};
+use crate::cluster::{Cluster, DataError};
+use crate::hlc::unix_ms;
+use crate::record::Record;
+
+/// What the connection does after a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Write what is buffered, then close (QUIT).
+    Close,
+}
+
+/// One connection's state.
+#[derive(Debug)]
+pub struct Session {
+    pub id: u64,
+    pub protocol: Protocol,
+    pub authenticated: bool,
+    pub name: Option<Bytes>,
+    pub lib_name: Option<Bytes>,
+    pub lib_version: Option<Bytes>,
+    pub peer: String,
+    pub connected_at: Instant,
+}
+
+/// An error reply: the full text Redis would send (with its prefix, e.g. `ERR`), and a
+/// short kind for the error metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdError {
+    pub kind: &'static str,
+    pub message: Cow<'static, str>,
+}
+
+pub type CmdResult = Result<Flow, CmdError>;
+
+impl CmdError {
+    pub fn new(kind: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        CmdError { kind, message: message.into() }
+    }
+    pub fn syntax() -> Self {
+        Self::new("syntax", "ERR syntax error")
+    }
+    pub fn not_integer() -> Self {
+        Self::new("value", "ERR value is not an integer or out of range")
+    }
+    pub fn not_float() -> Self {
+        Self::new("value", "ERR value is not a valid float")
+    }
+    pub fn invalid_expire(command: &str) -> Self {
+        Self::new("value", format!("ERR invalid expire time in '{command}' command"))
+    }
+    pub fn arity(command: &str) -> Self {
+        Self::new("arity", format!("ERR wrong number of arguments for '{command}' command"))
+    }
+    pub fn too_large(what: &str, len: usize, setting: &str, limit: usize) -> Self {
+        Self::new("limit", format!("ERR {what} too large ({len} bytes; {setting} is {limit})"))
+    }
+}
+
+impl From<DataError> for CmdError {
+    fn from(e: DataError) -> Self {
+        let kind = match e {
+            DataError::Store(_) => "store",
+            DataError::NotDurable(_) => "durability",
+        };
+        CmdError::new(kind, format!("ERR {e}"))
+    }
+}
+
+/// Everything a handler needs: the node, the session, where to write, and the time the
+/// command started (one clock reading per command, so expiry checks agree).
+pub struct Ctx<'a> {
+    pub state: &'a ServerState,
+    pub session: &'a mut Session,
+    pub out: &'a mut BytesMut,
+    pub now_ms: u64,
+    pub command: &'static str,
+}
+
+impl Ctx<'_> {
+    fn cluster(&self) -> &Cluster {
+        &self.state.cluster
+    }
+    fn proto(&self) -> Protocol {
+        self.session.protocol
+    }
+    fn ok(&mut self) -> CmdResult {
+        codec::write_simple(self.out, "OK");
+        Ok(Flow::Continue)
+    }
+    fn null(&mut self) -> CmdResult {
+        codec::write_null(self.out, self.session.protocol);
+        Ok(Flow::Continue)
+    }
+    fn int(&mut self, n: i64) -> CmdResult {
+        codec::write_integer(self.out, n);
+        Ok(Flow::Continue)
+    }
+    fn bulk(&mut self, b: &[u8]) -> CmdResult {
+        codec::write_bulk(self.out, b);
+        Ok(Flow::Continue)
+    }
+    fn bulk_or_null(&mut self, b: Option<&[u8]>) -> CmdResult {
+        match b {
+            Some(b) => self.bulk(b),
+            None => self.null(),
+        }
+    }
+    /// The live value of a stored record, at this command's time.
+    fn live<'r>(&self, r: &'r Option<Record>) -> Option<&'r Bytes> {
+        r.as_ref().and_then(|r| r.live_value(self.now_ms))
+    }
+    /// A value argument, checked against `limits.max_value_bytes`.
+    fn value(&self, arg: &Bytes) -> Result<Bytes, CmdError> {
+        self.state.check_value_len(arg.len())?;
+        Ok(arg.clone())
+    }
+}
+
+/// Runs one request and appends its reply to `out`.
+pub async fn execute(state: &ServerState, session: &mut Session, req: Request, out: &mut BytesMut) -> Flow {
+    let args = req.args;
+    let Some(name) = args.first() else { return Flow::Continue };
+    let Some(index) = lookup(name) else {
+        state.metrics.error("unknown_command");
+        codec::write_error(out, &unknown_command(&args));
+        return Flow::Continue;
+    };
+    let spec = &COMMANDS[index];
+    let checked = if !spec.arity_ok(args.len()) {
+        Err(CmdError::arity(spec.name))
+    } else if !session.authenticated && !spec.flags.contains(&"no_auth") {
+        Err(CmdError::new("auth", "NOAUTH Authentication required."))
+    } else if let Some(len) = req.oversized {
+        Err(CmdError::too_large("value", len, "limits.max_value_bytes", state.limits.max_value_bytes))
+    } else {
+        state.check_key_lens(spec, &args)
+    };
+    let metrics = &state.command_metrics[index];
+    let started = Instant::now();
+    let result = match checked {
+        Err(e) => Err(e),
+        Ok(()) => {
+            let mut ctx = Ctx { state, session, out, now_ms: unix_ms(), command: spec.name };
+            run(&mut ctx, spec.cmd, &args).await
+        }
+    };
+    metrics.calls.inc();
+    metrics.duration.observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(flow) => flow,
+        Err(e) => {
+            state.metrics.error(e.kind);
+            codec::write_error(out, &e.message);
+            Flow::Continue
+        }
+    }
+}
+
+async fn run(ctx: &mut Ctx<'_>, cmd: Cmd, args: &[Bytes]) -> CmdResult {
+    match cmd {
+        Cmd::Ping => connection::ping(ctx, args),
+        Cmd::Echo => ctx.bulk(&args[1]),
+        Cmd::Hello => connection::hello(ctx, args),
+        Cmd::Auth => connection::auth(ctx, args),
+        Cmd::Select => connection::select(ctx, args),
+        Cmd::Quit => {
+            ctx.ok()?;
+            Ok(Flow::Close)
+        }
+        Cmd::Client => connection::client(ctx, args),
+        Cmd::Command => server::command(ctx, args),
+        Cmd::Info => server::info(ctx, args),
+        Cmd::Config => server::config(ctx, args),
+        Cmd::Time => server::time(ctx),
+        Cmd::Dbsize => server::dbsize(ctx),
+        Cmd::Flushdb => server::flushdb(ctx, args).await,
+        Cmd::Get => strings::get(ctx, args).await,
+        Cmd::Set => strings::set(ctx, args).await,
+        Cmd::Setnx => strings::setnx(ctx, args).await,
+        Cmd::Setex => strings::setex(ctx, args, 1000).await,
+        Cmd::Psetex => strings::setex(ctx, args, 1).await,
+        Cmd::Getset => strings::getset(ctx, args).await,
+        Cmd::Getdel => strings::getdel(ctx, args).await,
+        Cmd::Getex => strings::getex(ctx, args).await,
+        Cmd::Mget => strings::mget(ctx, args).await,
+        Cmd::Mset => strings::mset(ctx, args, false).await,
+        Cmd::Msetnx => strings::mset(ctx, args, true).await,
+        Cmd::Incr => strings::incr_by(ctx, &args[1], 1).await,
+        Cmd::Decr => strings::incr_by(ctx, &args[1], -1).await,
+        Cmd::Incrby => strings::incr_by(ctx, &args[1], parse_i64(&args[2])?).await,
+        Cmd::Decrby => {
+            let by = parse_i64(&args[2])?;
+            let by =
+                by.checked_neg().ok_or_else(|| CmdError::new("value", "ERR decrement would overflow"))?;
+            strings::incr_by(ctx, &args[1], by).await
+        }
+        Cmd::Incrbyfloat => strings::incrbyfloat(ctx, args).await,
+        Cmd::Append => strings::append(ctx, args).await,
+        Cmd::Strlen => strings::strlen(ctx, args).await,
+        Cmd::Getrange => strings::getrange(ctx, args).await,
+        Cmd::Setrange => strings::setrange(ctx, args).await,
+        Cmd::Del => keys::del(ctx, args).await,
+        Cmd::Exists => keys::exists(ctx, args).await,
+        Cmd::Expire => keys::expire(ctx, args, 1000, false).await,
+        Cmd::Pexpire => keys::expire(ctx, args, 1, false).await,
+        Cmd::Expireat => keys::expire(ctx, args, 1000, true).await,
+        Cmd::Pexpireat => keys::expire(ctx, args, 1, true).await,
+        Cmd::Ttl => keys::ttl(ctx, args, 1000).await,
+        Cmd::Pttl => keys::ttl(ctx, args, 1).await,
+        Cmd::Persist => keys::persist(ctx, args).await,
+        Cmd::Type => keys::type_of(ctx, args).await,
+        Cmd::Keys => keys::keys(ctx, args).await,
+        Cmd::Scan => keys::scan(ctx, args).await,
+    }
+}
+
+/// Redis's reply to an unknown command, quoting its first arguments.
+fn unknown_command(args: &[Bytes]) -> String {
+    let name = String::from_utf8_lossy(&args[0]);
+    let mut quoted = String::new();
+    for a in &args[1..] {
+        if quoted.len() >= 128 {
+            break;
+        }
+        let a = String::from_utf8_lossy(a);
+        let room = 128 - quoted.len();
+        let a: String = a.chars().take(room).collect();
+        quoted.push_str(&format!("'{a}' "));
+    }
+    let name: String = name.chars().take(128).collect();
+    format!("ERR unknown command '{name}', with args beginning with: {quoted}")
+}
+
+/// Parses an integer exactly as Redis does: optional `-`, no leading zeros, no `+`, no
+/// spaces, within `i64`.
+pub fn parse_i64(b: &[u8]) -> Result<i64, CmdError> {
+    strict_i64(b).ok_or_else(CmdError::not_integer)
+}
+
+fn strict_i64(b: &[u8]) -> Option<i64> {
+    if b.is_empty() || b.len() > 20 {
+        return None;
+    }
+    if b == b"0" {
+        return Some(0);
+    }
+    let (negative, digits) = match b[0] {
+        b'-' => (true, &b[1..]),
+        _ => (false, b),
+    };
+    if digits.is_empty() || !(b'1'..=b'9').contains(&digits[0]) {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        let d = i64::from(d - b'0');
+        n = n.checked_mul(10)?;
+        n = if negative { n.checked_sub(d)? } else { n.checked_add(d)? };
+    }
+    Some(n)
+}
+
+/// Parses a float as Redis's INCRBYFLOAT does: no surrounding spaces, not NaN.
+pub fn parse_f64(b: &[u8]) -> Result<f64, CmdError> {
+    let s = std::str::from_utf8(b).map_err(|_| CmdError::not_float())?;
+    if s.is_empty() || s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace) {
+        return Err(CmdError::not_float());
+    }
+    match s.parse::<f64>() {
+        Ok(v) if !v.is_nan() => Ok(v),
+        _ => Err(CmdError::not_float()),
+    }
+}
+
+/// An upper-cased copy of an option word, for matching.
+fn upper(b: &[u8]) -> Vec<u8> {
+    b.to_ascii_uppercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_parse_like_redis() {
+        for (input, want) in [
+            (&b"0"[..], Some(0)),
+            (b"-1", Some(-1)),
+            (b"9223372036854775807", Some(i64::MAX)),
+            (b"-9223372036854775808", Some(i64::MIN)),
+            (b"9223372036854775808", None),
+            (b"007", None),
+            (b"-0", None),
+            (b"+1", None),
+            (b" 1", None),
+            (b"1.0", None),
+            (b"", None),
+            (b"-", None),
+        ] {
+            assert_eq!(strict_i64(input), want, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn floats_parse_like_redis() {
+        assert_eq!(parse_f64(b"10.5"), Ok(10.5));
+        assert_eq!(parse_f64(b"5.0e3"), Ok(5000.0));
+        assert!(parse_f64(b" 1").is_err());
+        assert!(parse_f64(b"nan").is_err());
+        assert!(parse_f64(b"abc").is_err());
+    }
+
+    #[test]
+    fn unknown_commands_quote_their_arguments() {
+        let args = vec![Bytes::from_static(b"foo"), Bytes::from_static(b"a"), Bytes::from_static(b"b")];
+        assert_eq!(unknown_command(&args), "ERR unknown command 'foo', with args beginning with: 'a' 'b' ");
+        assert_eq!(unknown_command(&args[..1]), "ERR unknown command 'foo', with args beginning with: ");
+    }
+}

@@ -1,0 +1,9 @@
+//! RESP, the Redis wire protocol: how clients' bytes become requests and how replies
+//! are written back, in RESP2 or RESP3 as each connection negotiated.
+
+pub mod codec;
+pub mod commands;
+pub mod connection;
+pub mod glob;
+pub mod server;
+pub mod table;

@@ -1,0 +1,123 @@
+//! Durable storage of records, behind a narrow trait so engines can be compared.
+//!
+//! The [`Store`] trait is everything the layers above need from a storage engine: read a
+//! record, atomically read-decide-write one or several keys, walk a partition, list a
+//! partition's changes since an HLC (the index that anti-entropy and WAN shipping will
+//! read), purge what expired, and flush. [`sled_engine`] is the first engine; the storage
+//! study measures others against the same trait.
+//!
+//! Durability is not the engine's policy: [`flusher`] decides when to flush (on every
+//! write, or on an interval) and tells writers when their write is on disk.
+
+pub mod flusher;
+pub mod purger;
+pub mod sled_engine;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::hlc::Hlc;
+use crate::placement::Partition;
+use crate::record::Record;
+
+pub use flusher::Flusher;
+pub use sled_engine::SledStore;
+
+/// What an update decides for one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Leave the key as it is.
+    Keep,
+    /// Store this record (a value or a tombstone) in place of the current one.
+    Put(Record),
+}
+
+/// Counters the store keeps as it goes, for INFO, `/v1/status` and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Records holding a value (expired ones count until purged, as in Redis).
+    pub keys: u64,
+    /// Of those, records with an expiry.
+    pub expiring: u64,
+    /// Tombstones kept until their grace period ends.
+    pub tombstones: u64,
+}
+
+/// Options every engine understands.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub path: PathBuf,
+    pub partitions: u16,
+    /// Bytes the engine may use for its own cache.
+    pub cache_bytes: u64,
+    /// How long a tombstone is kept before it is purged.
+    pub tombstone_grace: Duration,
+    /// The datacenter of this node, interned into decoded records.
+    pub datacenter: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error(
+        "the store at {path} was created with {found} partitions but the config says {configured} (store.partitions cannot change once data exists)"
+    )]
+    PartitionMismatch { path: PathBuf, found: u16, configured: u16 },
+    #[error("store I/O failed: {0}")]
+    Io(String),
+    #[error("record of key {key:?} is unreadable: {error}")]
+    Corrupt { key: String, error: crate::record::DecodeError },
+}
+
+/// A storage engine. All methods are synchronous and short (an in-memory or page-cache
+/// operation, or one disk read); `flush` may block for a disk sync and is called off the
+/// async workers.
+pub trait Store: Send + Sync + 'static {
+    /// The engine's name, shown in status.
+    fn engine(&self) -> &'static str;
+
+    fn partitions(&self) -> u16;
+
+    /// The stored record of `key`, including tombstones and expired values.
+    fn get(&self, key: &[u8]) -> Result<Option<Record>, StoreError>;
+
+    /// Atomically reads the current records of `keys` (in the order given; a key may
+    /// repeat), lets `decide` choose a [`Write`] for each, and applies them as one batch.
+    /// Concurrent updates of the same keys are serialised; `decide` runs exactly once.
+    /// Returns how many records were written.
+    fn update(
+        &self,
+        keys: &[&[u8]],
+        decide: &mut dyn FnMut(&[Option<Record>]) -> Vec<Write>,
+    ) -> Result<usize, StoreError>;
+
+    /// Calls `visit` for every record of `partition`, in key order.
+    fn scan_partition(
+        &self,
+        partition: Partition,
+        visit: &mut dyn FnMut(&[u8], &Record),
+    ) -> Result<(), StoreError>;
+
+    /// Up to `limit` records of `partition` with an HLC strictly above `since`, in HLC order.
+    fn changes_since(
+        &self,
+        partition: Partition,
+        since: Hlc,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Record)>, StoreError>;
+
+    /// Physically removes up to `limit` expired values and tombstones older than the grace
+    /// period, as of `now_ms`. Returns how many were removed.
+    fn purge_due(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError>;
+
+    /// Makes every completed write durable.
+    fn flush(&self) -> Result<(), StoreError>;
+
+    fn stats(&self) -> StoreStats;
+
+    /// Bytes the engine's files take on disk.
+    fn size_on_disk(&self) -> u64;
+}

@@ -1,0 +1,1 @@
+//! Harness that runs the real OpenCluster binaries (filled in by the test suite).
