@@ -105,6 +105,13 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
             "fsync_interval_ms": interval_ms,
             "durable_through_ms": flusher.durable_through_ms(),
             "flush_failures": flusher.failures(),
+            "write_buffer": cluster.store().buffer_status().map(|b| json!({
+                "records": b.records,
+                "bytes": b.bytes,
+                "limit_bytes": b.limit_bytes,
+                "applied_total": b.applied_total,
+                "wal_bytes": b.wal_bytes,
+            })),
         },
         "workers": [
             {
@@ -133,6 +140,10 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     m.bytes_on_disk.set(server.cluster.store().size_on_disk() as i64);
     m.purged_total.set(server.purge_status.purged.load(Ordering::Relaxed) as i64);
     m.flush_failures.set(server.cluster.flusher().failures() as i64);
+    if let Some(b) = server.cluster.store().buffer_status() {
+        m.write_buffer_bytes.set(b.bytes as i64);
+        m.write_buffer_records.set(b.records as i64);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
 }
 

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub bytes_on_disk: IntGauge,
     pub purged_total: IntGauge,
     pub flush_failures: IntGauge,
+    pub write_buffer_bytes: IntGauge,
+    pub write_buffer_records: IntGauge,
     pub insecure_default_keys: IntGauge,
 }
 
@@ -98,6 +100,14 @@ impl Metrics {
                 "Expired values and old tombstones removed from disk",
             ),
             flush_failures: gauge("opencluster_store_flush_failures_total", "Store flushes that failed"),
+            write_buffer_bytes: gauge(
+                "opencluster_write_buffer_bytes",
+                "Written records not yet applied to the storage engine, in bytes",
+            ),
+            write_buffer_records: gauge(
+                "opencluster_write_buffer_records",
+                "Written records not yet applied to the storage engine",
+            ),
             insecure_default_keys: gauge(
                 "opencluster_insecure_default_keys",
                 "1 when the node runs with the well-known INSECURE default keys",

@@ -19,7 +19,7 @@ use crate::record::Origin;
 use crate::resp::server::{self, ClientLimits, Clients, ServerState};
 use crate::store::flusher::{Flusher, FsyncPolicy};
 use crate::store::purger::{self, PurgeStatus};
-use crate::store::{SledStore, Store, StoreError, StoreOptions};
+use crate::store::{BufferOptions, BufferedStore, SledStore, Store, StoreError, StoreOptions};
 
 /// How often a node on the default keys repeats its warning.
 const INSECURE_WARNING_EVERY: Duration = Duration::from_secs(600);
@@ -115,11 +115,22 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         tombstone_grace: config.store.tombstone_grace,
         datacenter: config.datacenter.clone(),
     };
+    let buffer = BufferOptions {
+        write_buffer_bytes: config.store.write_buffer_bytes.as_usize(),
+        wal_segment_bytes: config.store.wal_segment_bytes.0,
+        // Log bytes are written out in chunks of an eighth of the buffer, at most 4 MiB.
+        wal_buffer_bytes: (config.store.write_buffer_bytes.as_usize() / 8).min(4 << 20),
+        apply_delay: config.store.apply_delay,
+    };
+    let wal_dir = config.data_dir.join("wal");
     let opened = Instant::now();
     let store: Arc<dyn Store> = Arc::new(
-        tokio::task::spawn_blocking(move || SledStore::open(&opts))
-            .await
-            .map_err(|e| StoreError::Io(format!("opening the store panicked: {e}")))??,
+        tokio::task::spawn_blocking(move || {
+            let engine: Arc<dyn Store> = Arc::new(SledStore::open(&opts)?);
+            BufferedStore::open(engine, &wal_dir, buffer)
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("opening the store panicked: {e}")))??,
     );
     let stats = store.stats();
     tracing::info!(
@@ -144,7 +155,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     }
 
     let origin = Origin { datacenter: config.datacenter.as_str().into(), node: node_id };
-    let cluster = Arc::new(Cluster::new(store.clone(), flusher.clone(), origin));
+    let cluster = Arc::new(Cluster::new(store.clone(), flusher.clone(), origin)?);
     let state = Arc::new(ServerState {
         cluster,
         command_metrics: ServerState::command_metrics(&metrics),

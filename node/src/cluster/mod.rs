@@ -68,8 +68,12 @@ impl Stamp<'_> {
 }
 
 impl Cluster {
-    pub fn new(store: Arc<dyn Store>, flusher: Arc<Flusher>, origin: Origin) -> Self {
-        Cluster { store, flusher, clock: Clock::new(), origin }
+    /// The clock starts above every stored HLC, so new local writes order after all of
+    /// them (which lets [`Cluster::put`] write without reading first).
+    pub fn new(store: Arc<dyn Store>, flusher: Arc<Flusher>, origin: Origin) -> Result<Self, StoreError> {
+        let clock = Clock::new();
+        clock.observe(store.max_hlc()?);
+        Ok(Cluster { store, flusher, clock, origin })
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -101,12 +105,33 @@ impl Cluster {
     where
         F: FnMut(&[Option<Record>], &Stamp<'_>) -> Vec<Write>,
     {
+        self.wait_for_room().await;
         let stamp = Stamp { clock: &self.clock, origin: &self.origin };
         let written = self.store.update(keys, &mut |current| decide(current, &stamp))?;
         if written > 0 {
             self.flusher.written().await?;
         }
         Ok(written)
+    }
+
+    /// Writes `value` whatever the key holds now (SET without options).
+    pub async fn put(&self, key: &[u8], value: Bytes, expires_at_ms: Option<u64>) -> Result<(), DataError> {
+        self.wait_for_room().await;
+        self.store.put(key, &mut || Record {
+            value: Some(value.clone()),
+            hlc: self.clock.now(),
+            origin: self.origin.clone(),
+            expires_at_ms,
+        })?;
+        self.flusher.written().await?;
+        Ok(())
+    }
+
+    /// Backpressure: waits while the store's write buffer is full.
+    async fn wait_for_room(&self) {
+        if let Some(budget) = self.store.write_budget() {
+            budget.wait_for_room().await;
+        }
     }
 
     /// Calls `visit` for every record of a partition.

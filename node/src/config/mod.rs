@@ -81,6 +81,13 @@ pub struct StoreConfig {
     pub fsync_interval: Duration,
     /// Memory the storage engine may use as its cache.
     pub cache_bytes: ByteSize,
+    /// Memory for written records not yet applied to the storage engine.
+    pub write_buffer_bytes: ByteSize,
+    /// Longest a written record waits in the write buffer before it is applied.
+    #[serde(with = "units::duration")]
+    pub apply_delay: Duration,
+    /// Size of one write-ahead log segment file.
+    pub wal_segment_bytes: ByteSize,
     /// Number of partitions; fixed once data exists.
     pub partitions: u16,
     /// How often expired keys and old tombstones are purged.
@@ -144,6 +151,9 @@ impl Default for StoreConfig {
             fsync: Fsync::Interval,
             fsync_interval: Duration::from_secs(1),
             cache_bytes: ByteSize(64 << 20),
+            write_buffer_bytes: ByteSize(32 << 20),
+            apply_delay: Duration::from_secs(5),
+            wal_segment_bytes: ByteSize(64 << 20),
             partitions: 1024,
             purge_interval: Duration::from_millis(100),
             tombstone_grace: Duration::from_secs(24 * 3600),
@@ -242,6 +252,12 @@ impl Config {
         }
         if s.purge_interval.is_zero() {
             return Err(err("store.purge_interval", "must be at least 1ms"));
+        }
+        if s.write_buffer_bytes.0 < 1 << 20 {
+            return Err(err("store.write_buffer_bytes", "must be at least 1MiB"));
+        }
+        if s.wal_segment_bytes.0 < 1 << 20 {
+            return Err(err("store.wal_segment_bytes", "must be at least 1MiB"));
         }
         if s.cache_bytes.0 < 1 << 20 {
             return Err(err("store.cache_bytes", "must be at least 1MiB"));

@@ -89,6 +89,17 @@ pub const SETTINGS: &[Setting] = &[
         "Longest time between flushes with fsync=interval; a crash loses at most this [default: 1s]",
     ),
     s("store.cache_bytes", Kind::Size, "Memory the storage engine may use as cache [default: 64MiB]"),
+    s(
+        "store.write_buffer_bytes",
+        Kind::Size,
+        "Memory for written records not yet applied to the storage engine; writers wait when it is full [default: 32MiB]",
+    ),
+    s(
+        "store.apply_delay",
+        Kind::Duration,
+        "Longest a written record waits in the write buffer before it is applied to the storage engine [default: 5s]",
+    ),
+    s("store.wal_segment_bytes", Kind::Size, "Size of a write-ahead log segment file [default: 64MiB]"),
     s("store.partitions", Kind::Int, "Number of partitions, fixed once data exists [default: 1024]"),
     s(
         "store.purge_interval",

@@ -9,9 +9,11 @@
 //! Durability is not the engine's policy: [`flusher`] decides when to flush (on every
 //! write, or on an interval) and tells writers when their write is on disk.
 
+pub mod buffered;
 pub mod flusher;
 pub mod purger;
 pub mod sled_engine;
+pub mod wal;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use crate::hlc::Hlc;
 use crate::placement::Partition;
 use crate::record::Record;
 
+pub use buffered::{BufferOptions, BufferedStore};
 pub use flusher::Flusher;
 pub use sled_engine::SledStore;
 
@@ -94,6 +97,15 @@ pub trait Store: Send + Sync + 'static {
         decide: &mut dyn FnMut(&[Option<Record>]) -> Vec<Write>,
     ) -> Result<usize, StoreError>;
 
+    /// Writes the record `make` returns without reading the current one first (SET without
+    /// options): `make` runs under the key's lock, so records made later by the same clock
+    /// are written later.
+    fn put(&self, key: &[u8], make: &mut dyn FnMut() -> Record) -> Result<(), StoreError>;
+
+    /// The largest HLC of any stored record: a restarted node's clock starts above it, so
+    /// its writes order after everything it already holds.
+    fn max_hlc(&self) -> Result<Hlc, StoreError>;
+
     /// Calls `visit` for every record of `partition`, in key order.
     fn scan_partition(
         &self,
@@ -120,4 +132,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Bytes the engine's files take on disk.
     fn size_on_disk(&self) -> u64;
+
+    /// For a store with a bounded write buffer: what async writers wait on when it is full.
+    fn write_budget(&self) -> Option<&buffered::WriteBudget> {
+        None
+    }
+
+    /// For a store with a write buffer: what it holds now.
+    fn buffer_status(&self) -> Option<buffered::BufferStatus> {
+        None
+    }
 }

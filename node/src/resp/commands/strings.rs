@@ -82,6 +82,14 @@ pub(super) async fn set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult {
         i += 1;
     }
     let expiry = expiry.unwrap_or(Expiry::Clear);
+    if condition == Condition::Always && !return_old && expiry != Expiry::Keep {
+        let at = match expiry {
+            Expiry::At(at) => Some(at),
+            _ => None,
+        };
+        ctx.cluster().put(&args[1], value, at).await?;
+        return ctx.ok();
+    }
     let now = ctx.now_ms;
     let (mut applied, mut old) = (false, None);
     ctx.cluster()
@@ -123,9 +131,7 @@ pub(super) async fn setnx(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult {
 pub(super) async fn setex(ctx: &mut Ctx<'_>, args: &[Bytes], unit_ms: i64) -> CmdResult {
     let at = expire_at(ctx, &args[2], unit_ms, false)?;
     let value = ctx.value(&args[3])?;
-    ctx.cluster()
-        .update(&[&args[1]], |cur, stamp| vec![stamp.put(cur[0].as_ref(), value.clone(), Some(at))])
-        .await?;
+    ctx.cluster().put(&args[1], value, Some(at)).await?;
     ctx.ok()
 }
 

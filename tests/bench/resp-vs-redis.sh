@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Runs the same redis-benchmark workloads against redis-server and an opencluster-node,
+# started in this run on free loopback ports, and prints ops/s and p50/p99 side by side.
+#
+#   tests/bench/resp-vs-redis.sh            # requests per test: 200000
+#   REQUESTS=50000 tests/bench/resp-vs-redis.sh
+#
+# Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools) and builds the
+# node in release mode. Redis runs with appendonly yes / appendfsync everysec; the node with
+# its default fsync = "interval" every 1s: the same durability promise.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+REQUESTS=${REQUESTS:-200000}
+CLIENTS=${CLIENTS:-50}
+TESTS=${TESTS:-set,get,incr}
+for tool in redis-server redis-benchmark redis-cli; do
+  command -v "$tool" >/dev/null || { echo "resp-vs-redis: $tool not found (apt-get install redis-server redis-tools)" >&2; exit 2; }
+done
+
+cargo build --release -q -p opencluster-node
+NODE=target/release/opencluster-node
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+  local p
+  while :; do
+    p=$(( (RANDOM << 15 | RANDOM) % 30000 + 20000 ))
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
+}
+
+wait_ping() {
+  local port=$1 deadline=$((SECONDS + 20))
+  until [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ]; do
+    [ $SECONDS -lt $deadline ] || { echo "resp-vs-redis: no PONG on port $port" >&2; exit 1; }
+    sleep 0.1
+  done
+}
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+REDIS_PORT=$(free_port)
+NODE_PORT=$(free_port)
+ADMIN_PORT=$(free_port)
+mkdir -p "$WORK/redis" "$WORK/node"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK/redis" --appendonly yes \
+  --appendfsync everysec --save "" --daemonize no >"$WORK/redis.log" 2>&1 &
+REDIS_PID=$!
+PIDS+=("$REDIS_PID")
+"$NODE" --dev --data-dir "$WORK/node" --client-addr "127.0.0.1:$NODE_PORT" \
+  --admin-addr "127.0.0.1:$ADMIN_PORT" --log-level warn >"$WORK/node.log" 2>&1 &
+NODE_PID=$!
+PIDS+=("$NODE_PID")
+wait_ping "$REDIS_PORT"
+wait_ping "$NODE_PORT"
+sleep 1
+echo "idle RSS: redis-server $(rss_kb $REDIS_PID) kB, opencluster-node $(rss_kb $NODE_PID) kB"
+echo "machine: $(nproc) cores; redis $(redis-server --version | awk '{print $3}'); requests $REQUESTS, clients $CLIENTS, 64-byte values"
+
+# bench PORT PIPELINE -> CSV lines "test",rps,avg,min,p50,p95,p99,max
+bench() {
+  redis-benchmark -p "$1" -t "$TESTS" -c "$CLIENTS" -n "$REQUESTS" -d 64 -P "$2" -r 100000 --csv 2>/dev/null \
+    | tail -n +2 | tr -d '"'
+}
+
+printf '\n%-6s %-4s %12s %12s %7s   %-17s %-17s\n' test P "redis ops/s" "node ops/s" ratio "redis p50/p99 ms" "node p50/p99 ms"
+for pipeline in 1 16; do
+  redis_out=$(bench "$REDIS_PORT" "$pipeline")
+  node_out=$(bench "$NODE_PORT" "$pipeline")
+  while IFS=, read -r test rps _avg _min p50 _p95 p99 _max; do
+    IFS=, read -r _ nrps _ _ np50 _ np99 _ < <(grep "^$test," <<<"$node_out")
+    ratio=$(awk -v a="$nrps" -v b="$rps" 'BEGIN { printf "%.2f", a / b }')
+    printf '%-6s %-4s %12.0f %12.0f %7s   %-17s %-17s\n' "$test" "$pipeline" "$rps" "$nrps" "${ratio}x" \
+      "$p50/$p99" "$np50/$np99"
+  done <<<"$redis_out"
+done
+echo
+echo "RSS after the run: redis-server $(rss_kb $REDIS_PID) kB, opencluster-node $(rss_kb $NODE_PID) kB"
+echo "keys: redis $(redis-cli -p "$REDIS_PORT" dbsize), node $(redis-cli -p "$NODE_PORT" dbsize)"
