@@ -1,1 +1,30 @@
-//! Harness that runs the real OpenCluster binaries (filled in by the test suite).
+//! Test harness for OpenCluster's end-to-end tests: it runs the real binaries.
+//!
+//! - `node`: start/stop/kill/restart one server process per test on free ports, with
+//!   its own temp data dir; or a real `redis-server` when `OPENCLUSTER_TEST_TARGET=redis`,
+//!   to check that the expected replies are what Redis 7 gives.
+//! - `resp`: a raw RESP2/RESP3 client that keeps replies exactly as sent.
+//! - `http`: a minimal HTTP GET for the admin API.
+//! - `wait`: polling with deadlines instead of sleeps.
+//!
+//! The tests themselves live in `tests/tests/*.rs`, one file per area.
+
+pub mod http;
+pub mod node;
+pub mod resp;
+pub mod wait;
+
+pub use node::{Fsync, Node, NodeOpts, Target, node_binary, node_command, run_with_deadline, target};
+pub use resp::{RawConn, Reply, bulk, err, int, nil, ok, simple};
+pub use wait::{unix_ms, wait_past, wait_until};
+
+/// Whether `redis-cli` is on PATH (the redis-cli tests skip themselves when it is not).
+pub fn redis_cli_available() -> bool {
+    std::process::Command::new("redis-cli")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}

@@ -98,6 +98,11 @@ impl Cluster {
         Ok(self.store.get(key)?)
     }
 
+    /// The live value of `key` at `now_ms` (GET, MGET, STRLEN, GETRANGE).
+    pub async fn get_value(&self, key: &[u8], now_ms: u64) -> Result<Option<Bytes>, DataError> {
+        Ok(self.store.get_value(key, now_ms)?)
+    }
+
     /// Atomically reads `keys`, lets `decide` choose writes (stamping new records with
     /// [`Stamp`]), applies them and waits until they are as durable as the fsync policy
     /// promises. Returns the number of records written.

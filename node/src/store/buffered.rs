@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{Xxh3Builder, xxh3_64};
 
 use super::wal::Wal;
 use super::{Store, StoreError, StoreStats, Write};
@@ -124,7 +124,7 @@ struct Inner {
     engine: Arc<dyn Store>,
     wal: Arc<Wal>,
     partitions: u16,
-    shards: Box<[Mutex<HashMap<Bytes, Entry>>]>,
+    shards: Box<[Mutex<HashMap<Bytes, Entry, Xxh3Builder>>]>,
     locks: Box<[Mutex<()>]>,
     budget: WriteBudget,
     /// Counts of the buffered records minus the counts they replace in the engine.
@@ -181,7 +181,7 @@ impl BufferedStore {
             engine,
             wal,
             partitions,
-            shards: (0..partitions).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..partitions).map(|_| Mutex::new(HashMap::default())).collect(),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             budget: WriteBudget {
                 used: AtomicUsize::new(0),
@@ -254,7 +254,7 @@ impl Inner {
         &self.locks[(xxh3_64(key) as usize) % LOCK_STRIPES]
     }
 
-    fn shard(&self, p: Partition) -> MutexGuard<'_, HashMap<Bytes, Entry>> {
+    fn shard(&self, p: Partition) -> MutexGuard<'_, HashMap<Bytes, Entry, Xxh3Builder>> {
         lock(&self.shards[p as usize])
     }
 
@@ -421,6 +421,14 @@ impl Store for BufferedStore {
 
     fn get(&self, key: &[u8]) -> Result<Option<Record>, StoreError> {
         self.inner.read(partition_of(key, self.inner.partitions), key)
+    }
+
+    fn get_value(&self, key: &[u8], now_ms: u64) -> Result<Option<Bytes>, StoreError> {
+        let p = partition_of(key, self.inner.partitions);
+        if let Some(e) = self.inner.shard(p).get(key) {
+            return Ok(e.record.live_value(now_ms).cloned());
+        }
+        self.inner.engine.get_value(key, now_ms)
     }
 
     fn update(

@@ -87,6 +87,12 @@ pub trait Store: Send + Sync + 'static {
     /// The stored record of `key`, including tombstones and expired values.
     fn get(&self, key: &[u8]) -> Result<Option<Record>, StoreError>;
 
+    /// The live value of `key` at `now_ms`: the read path of GET, which needs nothing else
+    /// of the record (engines override it to skip decoding the rest).
+    fn get_value(&self, key: &[u8], now_ms: u64) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.get(key)?.and_then(|r| r.live_value(now_ms).cloned()))
+    }
+
     /// Atomically reads the current records of `keys` (in the order given; a key may
     /// repeat), lets `decide` choose a [`Write`] for each, and applies them as one batch.
     /// Concurrent updates of the same keys are serialised; `decide` runs exactly once.

@@ -27,7 +27,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::{Store, StoreError, StoreOptions, StoreStats, Write};
 use crate::hlc::Hlc;
 use crate::placement::{Partition, partition_of};
-use crate::record::Record;
+use crate::record::{Record, RecordView};
 
 const DATA: u8 = b'd';
 const INDEX: u8 = b'i';
@@ -272,6 +272,15 @@ impl Store for SledStore {
 
     fn get(&self, key: &[u8]) -> Result<Option<Record>, StoreError> {
         self.read(partition_of(key, self.partitions), key)
+    }
+
+    fn get_value(&self, key: &[u8], now_ms: u64) -> Result<Option<Bytes>, StoreError> {
+        let Some(bytes) = self.db.get(data_key(partition_of(key, self.partitions), key)).map_err(io)? else {
+            return Ok(None);
+        };
+        let view = RecordView::parse(&bytes)
+            .map_err(|error| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), error })?;
+        Ok(view.live_value(now_ms).map(Bytes::copy_from_slice))
     }
 
     fn update(

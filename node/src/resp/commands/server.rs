@@ -61,9 +61,22 @@ pub(super) fn command(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult {
             }
             Ok(Flow::Continue)
         }
-        // Documentation is not served: clients fall back to their own hints.
         b"DOCS" => {
-            codec::write_map_len(ctx.out, ctx.session.protocol, 0);
+            let specs: Vec<&Spec> = if args.len() == 2 {
+                COMMANDS.iter().collect()
+            } else {
+                args[2..].iter().filter_map(|n| lookup(n).map(|i| &COMMANDS[i])).collect()
+            };
+            let p = ctx.session.protocol;
+            codec::write_map_len(ctx.out, p, specs.len());
+            for spec in specs {
+                codec::write_bulk(ctx.out, spec.name.as_bytes());
+                codec::write_map_len(ctx.out, p, 3);
+                for (field, value) in [("summary", spec.summary), ("since", "1.0.0"), ("group", spec.group)] {
+                    codec::write_bulk(ctx.out, field.as_bytes());
+                    codec::write_bulk(ctx.out, value.as_bytes());
+                }
+            }
             Ok(Flow::Continue)
         }
         _ => {

@@ -45,8 +45,7 @@ pub(super) fn expire_at(ctx: &Ctx<'_>, arg: &[u8], unit_ms: i64, absolute: bool)
 }
 
 pub(super) async fn get(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult {
-    let r = ctx.cluster().get(&args[1]).await?;
-    let v = ctx.live(&r).cloned();
+    let v = ctx.cluster().get_value(&args[1], ctx.now_ms).await?;
     ctx.bulk_or_null(v.as_deref())
 }
 
@@ -197,8 +196,7 @@ pub(super) async fn getex(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult {
 pub(super) async fn mget(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult {
     let mut values = Vec::with_capacity(args.len() - 1);
     for key in &args[1..] {
-        let r = ctx.cluster().get(key).await?;
-        values.push(ctx.live(&r).cloned());
+        values.push(ctx.cluster().get_value(key, ctx.now_ms).await?);
     }
     codec::write_array_len(ctx.out, values.len());
     for v in values {
@@ -327,8 +325,7 @@ pub(super) async fn append(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult {
 }
 
 pub(super) async fn strlen(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult {
-    let r = ctx.cluster().get(&args[1]).await?;
-    let len = ctx.live(&r).map_or(0, |v| v.len());
+    let len = ctx.cluster().get_value(&args[1], ctx.now_ms).await?.map_or(0, |v| v.len());
     ctx.int(len as i64)
 }
 
@@ -345,8 +342,7 @@ pub(super) fn range(len: usize, start: i64, end: i64) -> Option<(usize, usize)> 
 
 pub(super) async fn getrange(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult {
     let (start, end) = (parse_i64(&args[2])?, parse_i64(&args[3])?);
-    let r = ctx.cluster().get(&args[1]).await?;
-    let v = ctx.live(&r).cloned().unwrap_or_default();
+    let v = ctx.cluster().get_value(&args[1], ctx.now_ms).await?.unwrap_or_default();
     match range(v.len(), start, end) {
         Some((a, b)) => ctx.bulk(&v[a..b]),
         None => ctx.bulk(b""),
