@@ -52,6 +52,11 @@ pub enum DecodeError {
 }
 
 impl Record {
+    /// The same record stamped with another timestamp.
+    pub fn with_hlc(self, hlc: Hlc) -> Record {
+        Record { hlc, ..self }
+    }
+
     pub fn is_tombstone(&self) -> bool {
         self.value.is_none()
     }

@@ -108,6 +108,10 @@ impl Wal {
             let last_segment = i + 1 == segments.len();
             last_seq = last_seq.max(read_segment(path, last_segment, &mut replayed)?);
         }
+        // The new segment is named above every existing one, even an empty one whose name
+        // is not yet used by an entry: reusing a name would truncate that file, and the
+        // checkpoint after replay would delete the segment being written.
+        let last_seq = last_seq.max(segments.last().map_or(0, |(first, _)| *first));
         let first_seq = last_seq + 1;
         let (file, path) = create_segment(dir, first_seq)?;
         let disk: u64 = segments.iter().filter_map(|(_, p)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
@@ -132,7 +136,7 @@ impl Wal {
     /// Appends one entry holding `records` (replayed all together or not at all) and
     /// returns its sequence number. Writes the buffer out when it passes its size limit.
     pub fn append(&self, records: &[(&[u8], &Record)]) -> Result<u64, StoreError> {
-        let over = {
+        let (seq, over) = {
             let mut p = lock(&self.pending);
             p.last_seq += 1;
             let seq = p.last_seq;
@@ -151,9 +155,8 @@ impl Wal {
             let crc = crc32fast::hash(&p.buf[body..]);
             p.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
             p.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-            p.buf.len() >= self.buffer_bytes
+            (seq, p.buf.len() >= self.buffer_bytes)
         };
-        let seq = lock(&self.pending).last_seq;
         if over {
             self.write_out(false)?;
         }
@@ -339,6 +342,20 @@ mod tests {
         assert_eq!(replayed[2].1, rec(b"3", 3));
         // Sequence numbers continue after the replayed ones.
         assert_eq!(wal.append(&[(b"d", &rec(b"4", 4))]).unwrap(), 3);
+    }
+
+    #[test]
+    fn reopening_an_empty_log_never_reuses_its_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Wal::open(dir.path(), 1 << 20, 1 << 20).unwrap());
+        let (wal, replayed) = Wal::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        assert!(replayed.is_empty());
+        wal.checkpoint(wal.last_seq()).unwrap();
+        wal.append(&[(b"a", &rec(b"1", 1))]).unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let (_, replayed) = Wal::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        assert_eq!(replayed.len(), 1, "the entry written after the second open survives");
     }
 
     #[test]
