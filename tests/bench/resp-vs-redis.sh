@@ -2,8 +2,11 @@
 # Runs the same redis-benchmark workloads against redis-server and an opencluster-node,
 # started in this run on free loopback ports, and prints ops/s and p50/p99 side by side.
 #
-#   tests/bench/resp-vs-redis.sh            # requests per test: 200000
-#   REQUESTS=50000 tests/bench/resp-vs-redis.sh
+#   tests/bench/resp-vs-redis.sh                 # 200000 requests per test, 3 rounds
+#   REQUESTS=50000 ROUNDS=1 tests/bench/resp-vs-redis.sh
+#
+# Each round runs every workload against Redis and then against the node; the table shows
+# the median of the rounds for each figure (single runs on a 2-core machine vary by ±30%).
 #
 # Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools) and builds the
 # node in release mode. Redis runs with appendonly yes / appendfsync everysec; the node with
@@ -12,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 REQUESTS=${REQUESTS:-200000}
+ROUNDS=${ROUNDS:-3}
 CLIENTS=${CLIENTS:-50}
 TESTS=${TESTS:-set,get,incr}
 for tool in redis-server redis-benchmark redis-cli; do
@@ -71,16 +75,30 @@ bench() {
     | tail -n +2 | tr -d '"'
 }
 
-printf '\n%-6s %-4s %12s %12s %7s   %-17s %-17s\n' test P "redis ops/s" "node ops/s" ratio "redis p50/p99 ms" "node p50/p99 ms"
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# Rounds: every figure of every workload, for both servers.
+for round in $(seq "$ROUNDS"); do
+  for pipeline in 1 16; do
+    bench "$REDIS_PORT" "$pipeline" | sed "s/^/redis,$pipeline,/" >>"$WORK/results.csv"
+    bench "$NODE_PORT" "$pipeline" | sed "s/^/node,$pipeline,/" >>"$WORK/results.csv"
+  done
+  echo "round $round of $ROUNDS done" >&2
+done
+
+# fig TARGET PIPELINE TEST COLUMN (4 = ops/s, 7 = p50, 9 = p99)
+fig() { awk -F, -v t="$1" -v p="$2" -v n="$3" -v c="$4" '$1 == t && $2 == p && $3 == n { print $c }' "$WORK/results.csv" | median; }
+
+printf '\nmedian of %s rounds\n%-6s %-4s %12s %12s %7s   %-17s %-17s\n' "$ROUNDS" test P "redis ops/s" "node ops/s" ratio "redis p50/p99 ms" "node p50/p99 ms"
 for pipeline in 1 16; do
-  redis_out=$(bench "$REDIS_PORT" "$pipeline")
-  node_out=$(bench "$NODE_PORT" "$pipeline")
-  while IFS=, read -r test rps _avg _min p50 _p95 p99 _max; do
-    IFS=, read -r _ nrps _ _ np50 _ np99 _ < <(grep "^$test," <<<"$node_out")
+  for test in $(echo "$TESTS" | tr a-z A-Z | tr , ' '); do
+    rps=$(fig redis "$pipeline" "$test" 4)
+    nrps=$(fig node "$pipeline" "$test" 4)
     ratio=$(awk -v a="$nrps" -v b="$rps" 'BEGIN { printf "%.2f", a / b }')
     printf '%-6s %-4s %12.0f %12.0f %7s   %-17s %-17s\n' "$test" "$pipeline" "$rps" "$nrps" "${ratio}x" \
-      "$p50/$p99" "$np50/$np99"
-  done <<<"$redis_out"
+      "$(fig redis "$pipeline" "$test" 7)/$(fig redis "$pipeline" "$test" 9)" \
+      "$(fig node "$pipeline" "$test" 7)/$(fig node "$pipeline" "$test" 9)"
+  done
 done
 echo
 echo "RSS after the run: redis-server $(rss_kb $REDIS_PID) kB, opencluster-node $(rss_kb $NODE_PID) kB"
