@@ -289,32 +289,36 @@ impl Inner {
         // A value may be a slice of a connection's read buffer: copy it, or every
         // buffered record would pin a whole read buffer in memory.
         record.value = record.value.map(|v| Bytes::copy_from_slice(&v));
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let size = entry_size(key, &record);
         let mut shard = self.shard(p);
-        let base = match shard.get(key) {
-            Some(old) => {
-                self.add_delta(counts(Some(&old.record)), -1);
-                self.add_delta(old.base, 1);
-                self.budget.used.fetch_sub(entry_size(key, &old.record), Ordering::Relaxed);
-                self.records.fetch_sub(1, Ordering::Relaxed);
-                old.base
+        if let Some(e) = shard.get_mut(key) {
+            // Replaced in place: what the engine holds (`base`) is unchanged.
+            self.add_delta(counts(Some(&e.record)), -1);
+            self.add_delta(counts(Some(&record)), 1);
+            self.budget.used.fetch_sub(entry_size(key, &e.record), Ordering::Relaxed);
+            self.budget.used.fetch_add(size, Ordering::Relaxed);
+            e.record = record;
+            e.seq = seq;
+            return Ok(());
+        }
+        let base = match engine_record {
+            Some(r) => counts(r),
+            None => {
+                // The caller holds the key's stripe: no other writer can buffer this key
+                // while the shard is unlocked for the engine read.
+                drop(shard);
+                let r = self.engine.get(key)?;
+                shard = self.shard(p);
+                counts(r.as_ref())
             }
-            None => match engine_record {
-                Some(r) => counts(r),
-                None => {
-                    drop(shard);
-                    let r = self.engine.get(key)?;
-                    shard = self.shard(p);
-                    counts(r.as_ref())
-                }
-            },
         };
         self.add_delta(counts(Some(&record)), 1);
         self.add_delta(base, -1);
-        self.budget.used.fetch_add(entry_size(key, &record), Ordering::Relaxed);
+        self.budget.used.fetch_add(size, Ordering::Relaxed);
         if self.records.fetch_add(1, Ordering::Release) == 0 {
             lock(&self.oldest).get_or_insert_with(std::time::Instant::now);
         }
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         shard.insert(Bytes::copy_from_slice(key), Entry { record, base, seq });
         Ok(())
     }
