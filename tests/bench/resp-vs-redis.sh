@@ -13,6 +13,8 @@
 # its default fsync = "interval" every 1s: the same durability promise.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/bench/lib.sh
+. tests/bench/lib.sh
 
 REQUESTS=${REQUESTS:-200000}
 ROUNDS=${ROUNDS:-3}
@@ -33,23 +35,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  local p
-  while :; do
-    p=$(( (RANDOM << 15 | RANDOM) % 30000 + 20000 ))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-  done
-}
 
-wait_ping() {
-  local port=$1 deadline=$((SECONDS + 20))
-  until [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ]; do
-    [ $SECONDS -lt $deadline ] || { echo "resp-vs-redis: no PONG on port $port" >&2; exit 1; }
-    sleep 0.1
-  done
-}
 
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 REDIS_PORT=$(free_port)
 NODE_PORT=$(free_port)

@@ -7,6 +7,8 @@
 #   REQUESTS=500000 KEYS=250000 tests/bench/sustained-writes.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/bench/lib.sh
+. tests/bench/lib.sh
 REQUESTS=${REQUESTS:-2000000}
 KEYS=${KEYS:-1000000}
 for tool in redis-server redis-benchmark redis-cli; do
@@ -17,20 +19,6 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-free_port() {
-  local p
-  while :; do
-    p=$(( (RANDOM << 15 | RANDOM) % 30000 + 20000 ))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-  done
-}
-wait_ping() {
-  local deadline=$((SECONDS + 20))
-  until [ "$(redis-cli -p "$1" ping 2>/dev/null)" = PONG ]; do
-    [ $SECONDS -lt $deadline ] || { echo "no PONG on port $1" >&2; exit 1; }
-    sleep 0.1
-  done
-}
 REDIS_PORT=$(free_port); NODE_PORT=$(free_port); ADMIN_PORT=$(free_port)
 mkdir -p "$WORK/redis" "$WORK/node"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK/redis" --appendonly yes \
@@ -43,10 +31,9 @@ wait_ping "$REDIS_PORT"; wait_ping "$NODE_PORT"
 run() { redis-benchmark -p "$1" -t set -c 50 -n "$REQUESTS" -d 64 -P 16 -r "$KEYS" --csv 2>/dev/null | tail -1 | tr -d '"'; }
 IFS=, read -r _ rrps _ _ rp50 _ rp99 _ < <(run "$REDIS_PORT")
 IFS=, read -r _ nrps _ _ np50 _ np99 _ < <(run "$NODE_PORT")
-rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 echo "sustained SET -P 16 -c 50, $REQUESTS requests over $KEYS keys, 64-byte values"
 printf '%-18s %12s %17s %10s\n' server "ops/s" "p50/p99 ms" "RSS kB"
-printf '%-18s %12.0f %17s %10s\n' redis-server "$rrps" "$rp50/$rp99" "$(rss $REDIS_PID)"
-printf '%-18s %12.0f %17s %10s\n' opencluster-node "$nrps" "$np50/$np99" "$(rss $NODE_PID)"
+printf '%-18s %12.0f %17s %10s\n' redis-server "$rrps" "$rp50/$rp99" "$(rss_kb $REDIS_PID)"
+printf '%-18s %12.0f %17s %10s\n' opencluster-node "$nrps" "$np50/$np99" "$(rss_kb $NODE_PID)"
 awk -v a="$nrps" -v b="$rrps" 'BEGIN { printf "ratio node/redis: %.2fx\n", a / b }'
 curl -s "127.0.0.1:$ADMIN_PORT/v1/status" | grep -o '"write_buffer":{[^}]*}' || true

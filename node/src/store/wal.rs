@@ -326,6 +326,15 @@ mod tests {
         }
     }
 
+    /// Writes entries "a" and "b" and syncs them; returns the segment's path.
+    fn two_synced_entries(dir: &Path) -> PathBuf {
+        let (wal, _) = Wal::open(dir, 1 << 20, 1 << 20).unwrap();
+        wal.append(&[(b"a", &rec(b"1", 1))]).unwrap();
+        wal.append(&[(b"b", &rec(b"2", 2))]).unwrap();
+        wal.sync().unwrap();
+        lock(&wal.segment).path.clone()
+    }
+
     #[test]
     fn synced_entries_replay_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -361,13 +370,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_ignored_and_earlier_entries_survive() {
         let dir = tempfile::tempdir().unwrap();
-        let path = {
-            let (wal, _) = Wal::open(dir.path(), 1 << 20, 1 << 20).unwrap();
-            wal.append(&[(b"a", &rec(b"1", 1))]).unwrap();
-            wal.append(&[(b"b", &rec(b"2", 2))]).unwrap();
-            wal.sync().unwrap();
-            lock(&wal.segment).path.clone()
-        };
+        let path = two_synced_entries(dir.path());
         let len = std::fs::metadata(&path).unwrap().len();
         // A crash in the middle of writing the second entry.
         OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
@@ -379,13 +382,7 @@ mod tests {
     #[test]
     fn corrupt_bytes_stop_replay_at_the_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let path = {
-            let (wal, _) = Wal::open(dir.path(), 1 << 20, 1 << 20).unwrap();
-            wal.append(&[(b"a", &rec(b"1", 1))]).unwrap();
-            wal.append(&[(b"b", &rec(b"2", 2))]).unwrap();
-            wal.sync().unwrap();
-            lock(&wal.segment).path.clone()
-        };
+        let path = two_synced_entries(dir.path());
         let mut data = std::fs::read(&path).unwrap();
         let n = data.len();
         data[n - 2] ^= 0xff;
