@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::resp::server::ServerState;
 use crate::store::flusher::FsyncPolicy;
 
@@ -138,8 +139,8 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     m.expiring_keys.set(stats.expiring as i64);
     m.tombstones.set(stats.tombstones as i64);
     m.bytes_on_disk.set(server.cluster.store().size_on_disk() as i64);
-    m.purged_total.set(server.purge_status.purged.load(Ordering::Relaxed) as i64);
-    m.flush_failures.set(server.cluster.flusher().failures() as i64);
+    Metrics::mirror(&m.purged_total, server.purge_status.purged.load(Ordering::Relaxed));
+    Metrics::mirror(&m.flush_failures, server.cluster.flusher().failures());
     if let Some(b) = server.cluster.store().buffer_status() {
         m.write_buffer_bytes.set(b.bytes as i64);
         m.write_buffer_records.set(b.records as i64);

@@ -22,7 +22,7 @@ pub enum Invocation {
 const ABOUT: &str = "OpenCluster node: a clustered, disk-backed data service that speaks the Redis protocol.
 
 Every setting can also be given in the config file (TOML key shown by `docs/configuration.md`) and as an
-OPENCLUSTER_* environment variable. Precedence: flags > environment > conf.d/*.toml > config file > defaults.";
+OPENCLUSTER_* environment variable. Precedence: flags > environment > conf.d/*.toml > config file > --dev defaults > built-in defaults.";
 
 pub fn command() -> Command {
     let mut cmd = Command::new("opencluster-node")

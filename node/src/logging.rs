@@ -14,7 +14,11 @@ pub fn init(config: &Config) -> Result<(), ConfigError> {
             EnvFilter::try_new(&config.log_level).map_err(|e| ConfigError::new("log_level", e.to_string()))?
         }
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match config.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),

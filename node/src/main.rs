@@ -38,7 +38,7 @@ fn health(
 ) -> ExitCode {
     let addr = match admin_addr {
         Some(a) => a,
-        None => match config::load(&load) {
+        None => match config::load_unvalidated(&load) {
             Ok(c) => match c.admin_addr {
                 Some(a) => a,
                 None => return fail("admin_addr is disabled in the config: nothing to check"),
@@ -99,7 +99,8 @@ fn run(load: config::LoadOptions, dev: bool) -> ExitCode {
 fn print_dev_banner(config: &config::Config, listeners: &node::Listeners) {
     println!("OpenCluster dev node {} is running.", opencluster_node::VERSION);
     if let Some(a) = listeners.client_addr() {
-        println!("  connect:  redis-cli -h {} -p {}", a.ip(), a.port());
+        let host = if a.ip().is_unspecified() { "127.0.0.1".to_string() } else { a.ip().to_string() };
+        println!("  connect:  redis-cli -h {host} -p {}", a.port());
     }
     if let Some(p) = &config.unix_socket {
         println!("  socket:   redis-cli -s {}", p.display());

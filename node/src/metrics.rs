@@ -13,6 +13,22 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.25, 0.5, 1.0,
 ];
 
+/// Every `kind` label of `opencluster_errors_total`.
+pub const ERROR_KINDS: &[&str] = &[
+    "unknown_command",
+    "arity",
+    "auth",
+    "noproto",
+    "syntax",
+    "value",
+    "limit",
+    "disabled",
+    "unsupported",
+    "protocol",
+    "store",
+    "durability",
+];
+
 pub struct Metrics {
     pub registry: Registry,
     commands: IntCounterVec,
@@ -25,8 +41,8 @@ pub struct Metrics {
     pub expiring_keys: IntGauge,
     pub tombstones: IntGauge,
     pub bytes_on_disk: IntGauge,
-    pub purged_total: IntGauge,
-    pub flush_failures: IntGauge,
+    pub purged_total: IntCounter,
+    pub flush_failures: IntCounter,
     pub write_buffer_bytes: IntGauge,
     pub write_buffer_records: IntGauge,
     pub insecure_default_keys: IntGauge,
@@ -48,7 +64,7 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         let gauge = |name: &str, help: &str| register(&r, IntGauge::new(name, help).expect("valid gauge"));
-        Metrics {
+        let m = Metrics {
             commands: register(
                 &r,
                 IntCounterVec::new(
@@ -95,11 +111,19 @@ impl Metrics {
             expiring_keys: gauge("opencluster_expiring_keys", "Keys with an expiry"),
             tombstones: gauge("opencluster_tombstones", "Deleted keys kept until their grace period ends"),
             bytes_on_disk: gauge("opencluster_store_bytes_on_disk", "Bytes the store's files take on disk"),
-            purged_total: gauge(
-                "opencluster_purged_records_total",
-                "Expired values and old tombstones removed from disk",
+            purged_total: register(
+                &r,
+                IntCounter::new(
+                    "opencluster_purged_records_total",
+                    "Expired values and old tombstones removed from disk",
+                )
+                .expect("valid counter"),
             ),
-            flush_failures: gauge("opencluster_store_flush_failures_total", "Store flushes that failed"),
+            flush_failures: register(
+                &r,
+                IntCounter::new("opencluster_store_flush_failures_total", "Store flushes that failed")
+                    .expect("valid counter"),
+            ),
             write_buffer_bytes: gauge(
                 "opencluster_write_buffer_bytes",
                 "Written records not yet applied to the storage engine, in bytes",
@@ -113,7 +137,18 @@ impl Metrics {
                 "1 when the node runs with the well-known INSECURE default keys",
             ),
             registry: r,
+        };
+        // Error kinds are listed at zero from the start, so dashboards see them before the
+        // first error.
+        for kind in ERROR_KINDS {
+            m.errors.with_label_values(&[kind]);
         }
+        m
+    }
+
+    /// Sets a counter that mirrors a total kept elsewhere (it only ever grows).
+    pub fn mirror(counter: &IntCounter, total: u64) {
+        counter.inc_by(total.saturating_sub(counter.get()));
     }
 
     /// Handles for one command, by its lower-case name.
@@ -125,6 +160,7 @@ impl Metrics {
     }
 
     pub fn error(&self, kind: &str) {
+        debug_assert!(ERROR_KINDS.contains(&kind), "error kind {kind:?} is missing from ERROR_KINDS");
         self.errors.with_label_values(&[kind]).inc();
     }
 

@@ -15,7 +15,7 @@ pub mod resp;
 pub mod wait;
 
 pub use node::{Fsync, Node, NodeOpts, Target, node_binary, node_command, run_with_deadline, target};
-pub use resp::{RawConn, Reply, bulk, err, int, nil, ok, simple};
+pub use resp::{RawConn, Reply, bulk, encode_command, err, int, nil, ok, simple};
 pub use wait::{unix_ms, wait_past, wait_until};
 
 /// Whether `redis-cli` is on PATH (the redis-cli tests skip themselves when it is not).

@@ -111,6 +111,36 @@ fn assert_closed_after(node: &Node, bytes: &[u8], valid_before: usize) {
 }
 
 #[test]
+fn a_request_beyond_max_request_bytes_closes_the_connection_and_writes_nothing() {
+    node_only!("the request size limit is the node's");
+    let node = Node::start(NodeOpts::new().args(&[
+        "--limits-max-key-bytes",
+        "64",
+        "--limits-max-value-bytes",
+        "64",
+        "--limits-max-request-bytes",
+        "4KiB",
+    ]));
+    // Many small arguments: no single one is large, the request as a whole is (~12 KB).
+    let mut mset: Vec<String> = vec!["MSET".into()];
+    for i in 0..600 {
+        mset.push(format!("key:{i:04}"));
+        mset.push(format!("value:{i:04}"));
+    }
+    let args: Vec<&str> = mset.iter().map(|s| s.as_str()).collect();
+    let mut big = node.raw();
+    big.send_raw(&opencluster_tests::encode_command(&args)).unwrap();
+    let replies = big.read_until_closed().expect("the connection is closed");
+    assert_eq!(replies.len(), 1, "one error, then the connection closes: {replies:?}");
+    assert_error_prefix(&replies[0], "ERR request too large", "an MSET of 12 KB with a 4 KiB limit");
+    let mut c = node.raw();
+    assert_eq!(c.cmd(&["DBSIZE"]), int(0), "none of the refused MSET's pairs was written");
+    // A request under the limit is served.
+    assert_eq!(c.cmd(&args[..41]), ok());
+    assert_eq!(c.cmd(&["DBSIZE"]), int(20));
+}
+
+#[test]
 fn a_malformed_frame_closes_only_that_connection() {
     let node = Node::start_default();
     let mut good = node.raw();

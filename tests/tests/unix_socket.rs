@@ -1,11 +1,11 @@
 //! The unix socket listener: clients connect through it with the `redis` crate
-//! (`unix:///path`), it shares the keyspace with TCP, its file mode is 0660, it asks for
-//! the password like TCP does, and a stale socket file left by `kill -9` does not stop
-//! a restart.
+//! (`unix:///path`), it shares the keyspace with TCP, its file mode is 0660 and that mode
+//! is what guards it (no password needed, while TCP asks for one), and a stale socket
+//! file left by `kill -9` does not stop a restart.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
-use opencluster_tests::{Node, NodeOpts, RawConn, bulk, err, ok, simple};
+use opencluster_tests::{Node, NodeOpts, RawConn, bulk, err, node_only, ok, simple};
 
 fn unix_client(node: &Node) -> redis::Connection {
     let url = format!("unix://{}", node.unix_socket_path().display());
@@ -41,12 +41,20 @@ fn the_socket_file_has_mode_0660() {
 }
 
 #[test]
-fn the_unix_socket_requires_auth_when_a_password_is_set() {
+fn the_unix_socket_is_guarded_by_its_file_mode_not_the_password() {
+    node_only!("Redis asks every connection for the password; the node trusts its 0660 socket");
     let node = Node::start(NodeOpts::new().unix_socket().password("pw"));
-    let mut raw = RawConn::connect_unix(&node.unix_socket_path()).unwrap();
-    assert_eq!(raw.cmd(&["GET", "k"]), err("NOAUTH Authentication required."));
-    assert_eq!(raw.cmd(&["AUTH", "pw"]), ok());
-    assert_eq!(raw.cmd(&["SET", "k", "v"]), ok());
+    let mut unix = RawConn::connect_unix(&node.unix_socket_path()).unwrap();
+    assert_eq!(unix.cmd(&["SET", "k", "v"]), ok(), "no AUTH needed on the socket");
+    let mut tcp = node.raw();
+    assert_eq!(tcp.cmd(&["GET", "k"]), err("NOAUTH Authentication required."), "TCP still needs it");
+    // Clients configured with the password still send AUTH: right passes, wrong is refused.
+    assert_eq!(unix.cmd(&["AUTH", "pw"]), ok());
+    assert_eq!(
+        unix.cmd(&["AUTH", "nope"]),
+        err("WRONGPASS invalid username-password pair or user is disabled.")
+    );
+    assert_eq!(unix.cmd(&["GET", "k"]), bulk("v"));
 }
 
 #[test]

@@ -34,6 +34,21 @@ pub enum LoadError {
 /// Merges defaults, dev defaults, the config file, `conf.d/*.toml`, env and flags; then
 /// validates.
 pub fn load(opts: &LoadOptions) -> Result<Config, LoadError> {
+    let (config, sources) = merge_layers(opts)?;
+    config.validate().map_err(|mut e| {
+        e.source_hint = source_hint(&sources, &e.setting);
+        e
+    })?;
+    Ok(config)
+}
+
+/// Reads the layers without the cross-setting checks of [`Config::validate`]: for tools
+/// that need one setting of a node's config (the `health` subcommand reads `admin_addr`).
+pub fn load_unvalidated(opts: &LoadOptions) -> Result<Config, LoadError> {
+    merge_layers(opts).map(|(config, _)| config)
+}
+
+fn merge_layers(opts: &LoadOptions) -> Result<(Config, HashMap<String, String>), LoadError> {
     let mut table = toml::Table::new();
     let mut sources: HashMap<String, String> = HashMap::new();
 
@@ -78,11 +93,7 @@ pub fn load(opts: &LoadOptions) -> Result<Config, LoadError> {
         let message = message.lines().next().unwrap_or_default().trim().to_string();
         ConfigError { setting, message, source_hint }
     })?;
-    config.validate().map_err(|mut e| {
-        e.source_hint = source_hint(&sources, &e.setting);
-        e
-    })?;
-    Ok(config)
+    Ok((config, sources))
 }
 
 fn source_hint(sources: &HashMap<String, String>, setting: &str) -> String {
@@ -252,6 +263,15 @@ mod tests {
         o.flags = vec![("client_addr", "0.0.0.0:6379".into())];
         let e = load(&o).unwrap_err().to_string();
         assert!(e.contains("`client_password`") && e.contains("--insecure-no-client-password"), "{e}");
+    }
+
+    #[test]
+    fn the_documented_example_config_loads() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/opencluster.toml");
+        let c = load(&LoadOptions { config_file: Some(example.into()), ..Default::default() }).unwrap();
+        assert_eq!(c.client_password.as_deref(), Some("change-me"));
+        assert_eq!(c.store.fsync, Fsync::Always);
+        assert_eq!(c.log_format, crate::config::LogFormat::Json);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use layers::{LoadOptions, load};
+pub use layers::{LoadOptions, load, load_unvalidated};
 pub use units::ByteSize;
 
 /// The node's configuration.

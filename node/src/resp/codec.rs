@@ -168,6 +168,9 @@ pub struct Decoder {
     /// Length of the front of `buf` already searched for the end of an incomplete
     /// inline line, so a line arriving in pieces is scanned once.
     inline_scanned: usize,
+    /// Bytes held in `args`: with what is still in the read buffer, the size of the
+    /// request being received.
+    held: usize,
 }
 
 impl Decoder {
@@ -179,7 +182,14 @@ impl Decoder {
             args: Vec::new(),
             oversized: None,
             inline_scanned: 0,
+            held: 0,
         }
+    }
+
+    /// Bytes of the request in progress already taken out of the read buffer. A server
+    /// bounding request size adds this to what its buffer still holds.
+    pub fn held_bytes(&self) -> usize {
+        self.held
     }
 
     /// Parses the next complete request from the front of `buf`, consuming its bytes.
@@ -289,12 +299,14 @@ impl Decoder {
 
     /// Adds a completed argument; returns the request once it has all of them.
     fn push_arg(&mut self, arg: Bytes) -> Option<Request> {
+        self.held += arg.len();
         self.args.push(arg);
         if self.args.len() < self.expected {
             self.state = State::BulkHeader;
             return None;
         }
         self.state = State::Idle;
+        self.held = 0;
         Some(Request { args: mem::take(&mut self.args), oversized: self.oversized.take() })
     }
 

@@ -23,11 +23,14 @@ const FLUSH_AT: usize = 64 << 10;
 /// Read buffer growth step, and the capacity buffers shrink back to when idle.
 const BUF_SIZE: usize = 16 << 10;
 
+/// Serves one client. `trusted` connections (the Unix socket, guarded by its file mode)
+/// need no password.
 pub async fn serve<S>(
     state: Arc<ServerState>,
     slot: ClientSlot,
     mut stream: S,
     peer: String,
+    trusted: bool,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -36,7 +39,7 @@ pub async fn serve<S>(
     let mut session = Session {
         id: slot.id,
         protocol: Protocol::Resp2,
-        authenticated: state.password.is_none(),
+        authenticated: trusted || state.password.is_none(),
         name: None,
         lib_name: None,
         lib_version: None,
@@ -80,7 +83,7 @@ pub async fn serve<S>(
                 out.clear();
                 shrink(&mut out);
             }
-            if input.len() > limits.max_request_bytes {
+            if input.len() + decoder.held_bytes() > limits.max_request_bytes {
                 state.metrics.error("limit");
                 codec::write_error(
                     &mut out,

@@ -179,6 +179,7 @@ pub async fn serve_tcp(
                     slot,
                     stream,
                     peer.to_string(),
+                    false,
                     shutdown.clone(),
                 ));
             }
@@ -213,11 +214,13 @@ pub async fn serve_unix(
         };
         match state.try_connect() {
             Some(slot) => {
+                // The socket's 0660 mode decides who may connect: no password asked.
                 tracker.spawn(connection::serve(
                     state.clone(),
                     slot,
                     stream,
                     "unix".into(),
+                    true,
                     shutdown.clone(),
                 ));
             }
