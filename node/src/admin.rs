@@ -22,11 +22,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::resp::server::ServerState;
+use crate::security::Security;
 use crate::store::flusher::FsyncPolicy;
 
 pub struct AdminState {
     pub server: Arc<ServerState>,
-    pub insecure_default_keys: bool,
+    pub security: Arc<Security>,
     pub data_dir: PathBuf,
     pub node_id: u64,
 }
@@ -57,7 +58,7 @@ async fn health(State(s): State<Arc<AdminState>>) -> Response {
         "node": server.node_name,
         "datacenter": server.datacenter,
         "version": crate::VERSION,
-        "insecure_default_keys": s.insecure_default_keys,
+        "insecure_default_keys": s.security.insecure_default_keys,
     });
     let code = match flush_error {
         None => StatusCode::OK,
@@ -85,8 +86,9 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
         "datacenter": server.datacenter,
         "version": crate::VERSION,
         "uptime_seconds": server.started.elapsed().as_secs(),
-        "insecure_default_keys": s.insecure_default_keys,
+        "insecure_default_keys": s.security.insecure_default_keys,
         "memory": { "rss_bytes": crate::metrics::process_rss_bytes() },
+        "security": s.security.status(),
         "clients": {
             "connected": server.clients.connected(),
             "max": server.clients.max,

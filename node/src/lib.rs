@@ -13,6 +13,7 @@ pub mod node;
 pub mod placement;
 pub mod record;
 pub mod resp;
+pub mod security;
 pub mod store;
 
 /// This build's version.

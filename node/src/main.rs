@@ -7,6 +7,7 @@ use opencluster_node::{admin, config, logging, node};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    opencluster_pki::install_crypto_provider();
     let invocation = match cli::parse_from(std::env::args_os()) {
         Ok(i) => i,
         Err(e) => return fail(e),
@@ -109,7 +110,10 @@ fn print_dev_banner(config: &config::Config, listeners: &node::Listeners) {
         println!("  status:   http://{a}/v1/status   metrics: http://{a}/metrics");
     }
     println!("  data:     {}", config.data_dir.display());
-    println!("  keys:     INSECURE default keys (development only)");
+    match &config.tls_dir {
+        Some(dir) => println!("  keys:     {}", dir.display()),
+        None => println!("  keys:     INSECURE default keys (development only)"),
+    }
     println!("Stop with Ctrl-C.");
 }
 

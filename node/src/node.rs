@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::record::Origin;
 use crate::resp::server::{self, ClientLimits, Clients, ServerState};
+use crate::security::{Security, SecurityError};
 use crate::store::flusher::{Flusher, FsyncPolicy};
 use crate::store::purger::{self, PurgeStatus};
 use crate::store::{BufferOptions, BufferedStore, SledStore, Store, StoreError, StoreOptions};
@@ -32,6 +33,8 @@ pub enum NodeError {
     DataDir { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
 /// The sockets a node serves on, bound before [`run`] so that callers (tests, `--dev`)
@@ -104,7 +107,15 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     std::fs::create_dir_all(&config.data_dir).map_err(data_err)?;
     let node_id = node_id(&config.data_dir).map_err(data_err)?;
 
-    let insecure_default_keys = config.tls_dir.is_none();
+    let (security, renewal) = Security::load(&config)?;
+    let insecure_default_keys = security.insecure_default_keys;
+    {
+        let c = security.credentials.borrow();
+        tracing::info!(
+            identity = %c.identity, keys = %security.keys.source,
+            not_after = %opencluster_pki::format_time(c.not_after()), "certificate ready"
+        );
+    }
     let metrics = Arc::new(Metrics::new());
     metrics.insecure_default_keys.set(i64::from(insecure_default_keys));
 
@@ -150,11 +161,13 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         purge_status.clone(),
         background.clone(),
     ));
+    background_tasks.spawn(renewal.run(background.clone()));
     if insecure_default_keys {
         background_tasks.spawn(warn_insecure(background.clone()));
     }
 
     let origin = Origin { datacenter: config.datacenter.as_str().into(), node: node_id };
+    let security = Arc::new(security);
     let cluster = Arc::new(Cluster::new(store.clone(), flusher.clone(), origin)?);
     let state = Arc::new(ServerState {
         cluster,
@@ -191,7 +204,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving the admin API");
         let admin_state = Arc::new(AdminState {
             server: state.clone(),
-            insecure_default_keys,
+            security: security.clone(),
             data_dir: config.data_dir.clone(),
             node_id,
         });

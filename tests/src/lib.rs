@@ -11,10 +11,13 @@
 
 pub mod http;
 pub mod node;
+pub mod pki;
 pub mod resp;
 pub mod wait;
 
-pub use node::{Fsync, Node, NodeOpts, Target, node_binary, node_command, run_with_deadline, target};
+pub use node::{
+    Fsync, Node, NodeOpts, Target, node_binary, node_command, pki_binary, run_with_deadline, target,
+};
 pub use resp::{RawConn, Reply, bulk, encode_command, err, int, nil, ok, simple};
 pub use wait::{unix_ms, wait_past, wait_until};
 

@@ -442,7 +442,16 @@ fn tail(s: &str, max: usize) -> &str {
 /// profile dir of this test executable (`target/<profile>/deps/<test>` ->
 /// `target/<profile>/opencluster-node`).
 pub fn node_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("OPENCLUSTER_NODE_BIN") {
+    workspace_binary("opencluster-node", "OPENCLUSTER_NODE_BIN")
+}
+
+/// The `opencluster-pki` binary, found like [`node_binary`] (env `OPENCLUSTER_PKI_BIN`).
+pub fn pki_binary() -> PathBuf {
+    workspace_binary("opencluster-pki", "OPENCLUSTER_PKI_BIN")
+}
+
+fn workspace_binary(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
@@ -450,11 +459,11 @@ pub fn node_binary() -> PathBuf {
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let bin = dir.join("opencluster-node");
+    let bin = dir.join(name);
     if !bin.exists() {
         panic!(
-            "node binary not found at {}: run `cargo build -p opencluster-node` first \
-             (or set OPENCLUSTER_NODE_BIN, or OPENCLUSTER_TEST_TARGET=redis)",
+            "{name} not found at {}: run `cargo build --workspace` first (or set {env}, or \
+             OPENCLUSTER_TEST_TARGET=redis)",
             bin.display()
         );
     }

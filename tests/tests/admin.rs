@@ -4,12 +4,23 @@
 use std::time::Duration;
 
 use opencluster_tests::node::free_port;
+use opencluster_tests::pki::customer_keys;
 use opencluster_tests::{Node, NodeOpts, node_command, node_only, ok, run_with_deadline, wait_until};
 
 #[test]
 fn health_answers_ok_with_the_node_identity() {
     node_only!("admin API");
-    let node = Node::start(NodeOpts::new().args(&["--node-name", "node-a", "--datacenter", "dc-east"]));
+    // The built-in default keys are for datacenter dc1 only: dc-east needs its own keys.
+    let keys = tempfile::tempdir().unwrap();
+    let tls = customer_keys(keys.path(), "dc-east");
+    let node = Node::start(NodeOpts::new().args(&[
+        "--node-name",
+        "node-a",
+        "--datacenter",
+        "dc-east",
+        "--tls-dir",
+        tls.to_str().unwrap(),
+    ]));
     let (status, body) = node.admin_get("/v1/health");
     assert_eq!(status, 200, "{body}");
     let h: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -17,7 +28,7 @@ fn health_answers_ok_with_the_node_identity() {
     assert_eq!(h["node"], "node-a", "{h}");
     assert_eq!(h["datacenter"], "dc-east", "{h}");
     assert!(h["version"].as_str().is_some_and(|v| !v.is_empty()), "{h}");
-    assert_eq!(h["insecure_default_keys"], true, "{h}");
+    assert_eq!(h["insecure_default_keys"], false, "{h}");
 }
 
 #[test]

@@ -141,12 +141,12 @@ fn layers_apply_flags_over_env_over_conf_d_over_the_config_file() {
     node_only!("configuration of the node");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("opencluster.toml");
-    write(&file, "node_name = \"from-file\"\ndatacenter = \"dc-file\"\n");
+    write(&file, "node_name = \"from-file\"\n[limits]\nmax_clients = 123\n");
     let config = file.to_str().unwrap();
 
     let node = Node::start(NodeOpts::new().args(&["--config", config]));
     assert_eq!(health_node_name(&node), "from-file");
-    assert_eq!(node.admin_json("/v1/health")["datacenter"], "dc-file");
+    assert_eq!(node.admin_json("/v1/status")["clients"]["max"], 123);
     drop(node);
 
     write(&dir.path().join("conf.d/10-name.toml"), "node_name = \"from-conf-d-10\"\n");
@@ -154,7 +154,7 @@ fn layers_apply_flags_over_env_over_conf_d_over_the_config_file() {
     write(&dir.path().join("conf.d/ignored.txt"), "node_name = \"not-toml\"\n");
     let node = Node::start(NodeOpts::new().args(&["--config", config]));
     assert_eq!(health_node_name(&node), "from-conf-d-20", "conf.d files apply in name order, over the file");
-    assert_eq!(node.admin_json("/v1/health")["datacenter"], "dc-file", "unset in conf.d: the file's value");
+    assert_eq!(node.admin_json("/v1/status")["clients"]["max"], 123, "unset in conf.d: the file's value");
     drop(node);
 
     let node =
@@ -178,7 +178,7 @@ fn settings_from_the_environment() {
             .env("OPENCLUSTER_CLIENT_PASSWORD", "envpw")
             .env("OPENCLUSTER_ALLOW_FLUSHDB", "true")
             .env("OPENCLUSTER_LIMITS_MAX_KEY_BYTES", "10")
-            .env("OPENCLUSTER_DATACENTER", "dc-env"),
+            .env("OPENCLUSTER_LIMITS_MAX_CLIENTS", "321"),
     );
     let mut c = node.raw();
     assert_eq!(c.cmd(&["GET", "k"]), err("NOAUTH Authentication required."));
@@ -188,7 +188,7 @@ fn settings_from_the_environment() {
     assert!(r.error().starts_with("ERR key too large"), "{r:?}");
     assert_eq!(c.cmd(&["FLUSHDB"]), ok());
     assert_eq!(c.cmd(&["DBSIZE"]), Reply::Int(0));
-    assert_eq!(node.admin_json("/v1/health")["datacenter"], "dc-env");
+    assert_eq!(node.admin_json("/v1/status")["clients"]["max"], 321);
 }
 
 #[test]

@@ -161,12 +161,26 @@ impl Default for StoreConfig {
     }
 }
 
-/// The host name, as containers set it; "node" if it cannot be read.
+/// The host name, as containers set it, lower-cased with anything a DNS name cannot hold
+/// replaced by `-` (it goes into the node's certificate); "node" if it cannot be read.
 fn default_node_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|s| s.trim().to_string())
+        .map(|s| {
+            s.trim()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '-'
+                    }
+                })
+                .collect::<String>()
+                .trim_matches(|c| c == '-' || c == '.')
+                .to_string()
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "node".into())
 }
@@ -193,8 +207,8 @@ impl Config {
         fn err(setting: &str, message: impl Into<String>) -> ConfigError {
             ConfigError::new(setting, message)
         }
-        if self.node_name.is_empty() || self.node_name.len() > 255 {
-            return Err(err("node_name", "must be 1 to 255 bytes"));
+        if let Err(e) = opencluster_pki::identity::validate_process_name(&self.node_name) {
+            return Err(err("node_name", format!("it goes into the node's certificate: {e}")));
         }
         if !is_dns_label(&self.datacenter) {
             return Err(err(
