@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod hlc;
 pub mod logging;
+pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod placement;
