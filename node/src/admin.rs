@@ -1,4 +1,4 @@
-//! The admin HTTP API: `/v1/health`, `/v1/status` and `/metrics`, and the client the
+//! The admin HTTP API: `/v1/health`, `/v1/status`, `/v1/members` and `/metrics`, and the client the
 //! `health` subcommand uses (a container HEALTHCHECK has no curl in a scratch image).
 //!
 //! It listens on loopback by default: status and metrics are for the operator, not for
@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::membership::members::{Counts, Members};
 use crate::metrics::Metrics;
 use crate::resp::server::ServerState;
 use crate::security::Security;
@@ -30,12 +31,15 @@ pub struct AdminState {
     pub security: Arc<Security>,
     pub data_dir: PathBuf,
     pub node_id: u64,
+    /// The member table; `None` when membership is off (`gossip_addr` empty).
+    pub members: Option<Arc<Members>>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/status", get(status))
+        .route("/v1/members", get(members))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -70,7 +74,32 @@ async fn health(State(s): State<Arc<AdminState>>) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// Every member this node knows, itself first. Without membership, only itself.
+async fn members(State(s): State<Arc<AdminState>>) -> Json<Value> {
+    match &s.members {
+        Some(members) => Json(json!(members.list())),
+        None => {
+            let server = &s.server;
+            Json(json!([{
+                "name": server.node_name,
+                "id": format!("{:016x}", s.node_id),
+                "datacenter": server.datacenter,
+                "role": "node",
+                "state": "alive",
+                "gossip_addr": Value::Null,
+                "client_addr": Value::Null,
+                "version": crate::VERSION,
+                "self": true,
+            }]))
+        }
+    }
+}
+
 async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
+    let member_counts = match &s.members {
+        Some(members) => members.counts(),
+        None => Counts { alive: 1, ..Counts::default() },
+    };
     let server = &s.server;
     let cluster = &server.cluster;
     let flusher = cluster.flusher();
@@ -89,6 +118,12 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
         "insecure_default_keys": s.security.insecure_default_keys,
         "memory": { "rss_bytes": crate::metrics::process_rss_bytes() },
         "security": s.security.status(),
+        "members": {
+            "enabled": s.members.is_some(),
+            "alive": member_counts.alive,
+            "suspect": member_counts.suspect,
+            "down": member_counts.down,
+        },
         "clients": {
             "connected": server.clients.connected(),
             "max": server.clients.max,

@@ -73,6 +73,7 @@ fn value_name(kind: Kind) -> &'static str {
         Kind::Size => "SIZE",
         Kind::Duration => "DURATION",
         Kind::Choice(_) => "CHOICE",
+        Kind::List => "LIST",
     }
 }
 

@@ -4,7 +4,7 @@
 //! atomic adds and a bucket search, never a label lookup.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Latency buckets in seconds: 10 µs to 1 s.
@@ -46,6 +46,7 @@ pub struct Metrics {
     pub write_buffer_bytes: IntGauge,
     pub write_buffer_records: IntGauge,
     pub insecure_default_keys: IntGauge,
+    pub gossip: crate::membership::runtime::GossipMetrics,
 }
 
 /// The per-command handles.
@@ -136,6 +137,41 @@ impl Metrics {
                 "opencluster_insecure_default_keys",
                 "1 when the node runs with the well-known INSECURE default keys",
             ),
+            gossip: crate::membership::runtime::GossipMetrics {
+                dropped: register(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "opencluster_gossip_packets_dropped_total",
+                            "Gossip packets dropped, by reason (authentication, unknown_key, replayed, ...)",
+                        ),
+                        &["reason"],
+                    )
+                    .expect("valid counter"),
+                ),
+                packets: register(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "opencluster_gossip_packets_total",
+                            "Gossip packets, by direction (sent, received)",
+                        ),
+                        &["direction"],
+                    )
+                    .expect("valid counter"),
+                ),
+                members: register(
+                    &r,
+                    IntGaugeVec::new(
+                        Opts::new(
+                            "opencluster_members",
+                            "Cluster members this node knows, by state, itself included",
+                        ),
+                        &["state"],
+                    )
+                    .expect("valid gauge"),
+                ),
+            },
             registry: r,
         };
         // Error kinds are listed at zero from the start, so dashboards see them before the

@@ -7,13 +7,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, UdpSocket, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::membership::{
+    self,
+    identity::{Metadata, NodeIdentity, Role},
+    members::Members,
+};
 use crate::metrics::Metrics;
 use crate::record::Origin;
 use crate::resp::server::{self, ClientLimits, Clients, ServerState};
@@ -35,6 +40,17 @@ pub enum NodeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Security(#[from] SecurityError),
+    #[error(
+        "invalid setting `advertise`: gossip_addr {bound} is not an address peers can use; set advertise \
+         (OPENCLUSTER_ADVERTISE, --advertise) to this node's IP address and gossip port in the datacenter"
+    )]
+    NoAdvertise { bound: SocketAddr },
+    #[error(
+        "gossip_addr is set but {keys} has no gossip.keyring to seal gossip with: create one with \
+         `opencluster-pki gossip-key --keyring <tls_dir>/gossip.keyring --install $(opencluster-pki gossip-key)`, \
+         or set gossip_addr = \"\" to run this node alone"
+    )]
+    NoKeyring { keys: String },
 }
 
 /// The sockets a node serves on, bound before [`run`] so that callers (tests, `--dev`)
@@ -43,6 +59,8 @@ pub struct Listeners {
     pub client: Option<TcpListener>,
     pub unix: Option<UnixListener>,
     pub admin: Option<TcpListener>,
+    /// The gossip (membership) UDP socket.
+    pub gossip: Option<UdpSocket>,
 }
 
 impl Listeners {
@@ -68,10 +86,19 @@ impl Listeners {
                 source,
             })?),
         };
+        let gossip = match config.gossip_addr {
+            None => None,
+            Some(addr) => Some(UdpSocket::bind(addr).await.map_err(|source| NodeError::Listen {
+                setting: "gossip_addr",
+                addr: addr.to_string(),
+                source,
+            })?),
+        };
         Ok(Listeners {
             client: tcp("client_addr", config.client_addr).await?,
             unix,
             admin: tcp("admin_addr", config.admin_addr).await?,
+            gossip,
         })
     }
 
@@ -81,6 +108,10 @@ impl Listeners {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn gossip_addr(&self) -> Option<SocketAddr> {
+        self.gossip.as_ref().and_then(|s| s.local_addr().ok())
     }
 }
 
@@ -102,7 +133,11 @@ fn node_id(data_dir: &Path) -> io::Result<u64> {
 }
 
 /// Runs a node until `shutdown` is cancelled, then drains and flushes.
-pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), NodeError> {
+pub async fn run(
+    config: Config,
+    mut listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
     let data_err = |source| NodeError::DataDir { path: config.data_dir.clone(), source };
     std::fs::create_dir_all(&config.data_dir).map_err(data_err)?;
     let node_id = node_id(&config.data_dir).map_err(data_err)?;
@@ -166,6 +201,23 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         background_tasks.spawn(warn_insecure(background.clone()));
     }
 
+    let members = match listeners.gossip.take() {
+        None => {
+            tracing::info!("gossip_addr is empty: membership is off, this node runs alone");
+            None
+        }
+        Some(socket) => Some(start_membership(
+            &config,
+            socket,
+            listeners.client.as_ref().and_then(|l| l.local_addr().ok()),
+            node_id,
+            &security,
+            &metrics,
+            &background_tasks,
+            background.clone(),
+        )?),
+    };
+
     let origin = Origin { datacenter: config.datacenter.as_str().into(), node: node_id };
     let security = Arc::new(security);
     let cluster = Arc::new(Cluster::new(store.clone(), flusher.clone(), origin)?);
@@ -207,6 +259,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
             security: security.clone(),
             data_dir: config.data_dir.clone(),
             node_id,
+            members: members.clone(),
         });
         background_tasks.spawn(admin::serve(l, admin_state, background.clone()));
     }
@@ -228,6 +281,64 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Checks the gossip settings against the bound socket and starts the membership tasks.
+#[allow(clippy::too_many_arguments)]
+fn start_membership(
+    config: &Config,
+    socket: UdpSocket,
+    client_addr: Option<SocketAddr>,
+    node_id: u64,
+    security: &Security,
+    metrics: &Metrics,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> Result<Arc<Members>, NodeError> {
+    let bound = socket.local_addr().map_err(|source| NodeError::Listen {
+        setting: "gossip_addr",
+        addr: config.gossip_addr.map(|a| a.to_string()).unwrap_or_default(),
+        source,
+    })?;
+    let advertise = match config.advertise {
+        Some(addr) => addr,
+        None if bound.ip().is_unspecified() => return Err(NodeError::NoAdvertise { bound }),
+        None => bound,
+    };
+    let keyring = security
+        .keys
+        .keyring
+        .clone()
+        .ok_or_else(|| NodeError::NoKeyring { keys: security.keys.source.clone() })?;
+    // Peers reach the client port on the advertised IP when the listener is on all interfaces.
+    let client_addr = client_addr
+        .map(|a| if a.ip().is_unspecified() { SocketAddr::new(advertise.ip(), a.port()) } else { a });
+    let mut rng: rand::rngs::StdRng = rand::make_rng();
+    let identity = NodeIdentity {
+        id: node_id,
+        addr: advertise,
+        started_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        renewals: 0,
+        meta: Metadata {
+            name: config.node_name.clone(),
+            datacenter: config.datacenter.clone(),
+            role: Role::Node,
+            version: crate::VERSION.to_string(),
+            client_addr,
+        },
+    };
+    tracing::info!(bound = %bound, advertise = %advertise, join = ?config.join, "starting gossip membership");
+    let settings = membership::runtime::Settings {
+        identity,
+        socket,
+        keyring,
+        cluster: security.keys.cluster.clone(),
+        join: config.join.clone(),
+        sender: rand::Rng::next_u64(&mut rng),
+    };
+    Ok(membership::runtime::start(settings, metrics.gossip.clone(), tasks, stop))
 }
 
 async fn warn_insecure(stop: CancellationToken) {

@@ -357,6 +357,19 @@ impl Node {
         cmd
     }
 
+    /// The gossip address the node advertises, from its own entry in `/v1/members`.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        let members = self.admin_json("/v1/members");
+        let own = members
+            .as_array()
+            .and_then(|list| list.iter().find(|m| m["self"] == true))
+            .unwrap_or_else(|| panic!("no self entry in /v1/members: {members}"));
+        own["gossip_addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("membership is off or gossip_addr unreadable: {own}"))
+    }
+
     fn redis_command(&self) -> Command {
         let mut cmd = Command::new("redis-server");
         // An AOF (not the brief's `--appendonly no`) so that the restart and kill -9
@@ -509,12 +522,16 @@ pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Option<Output>
     }
 }
 
+/// Clears the `OPENCLUSTER_*` environment, then gives the node a gossip socket on a free
+/// loopback port (`127.0.0.1:0`) so that nodes of parallel tests never share the default
+/// port 7946; a test's own `--gossip-addr` flag or environment overrides it.
 fn clear_opencluster_env(cmd: &mut Command) {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("OPENCLUSTER_") {
             cmd.env_remove(k);
         }
     }
+    cmd.env("OPENCLUSTER_GOSSIP_ADDR", "127.0.0.1:0");
 }
 
 fn loopback(port: u16) -> SocketAddr {

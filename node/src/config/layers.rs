@@ -56,6 +56,7 @@ fn merge_layers(opts: &LoadOptions) -> Result<(Config, HashMap<String, String>),
         let dev = [
             ("client_addr", "127.0.0.1:6379".to_string()),
             ("admin_addr", "127.0.0.1:9379".to_string()),
+            ("gossip_addr", "127.0.0.1:7946".to_string()),
             ("data_dir", dir.display().to_string()),
         ];
         for (key, value) in dev {
@@ -272,6 +273,21 @@ mod tests {
         assert_eq!(c.client_password.as_deref(), Some("change-me"));
         assert_eq!(c.store.fsync, Fsync::Always);
         assert_eq!(c.log_format, crate::config::LogFormat::Json);
+        assert_eq!(c.join, ["10.0.0.4:7946", "10.0.0.6:7946"]);
+        assert_eq!(c.advertise, Some("10.0.0.5:7946".parse().unwrap()));
+    }
+
+    #[test]
+    fn join_comes_from_a_comma_separated_env_or_flag() {
+        let mut o = dev();
+        o.env = vec![("OPENCLUSTER_JOIN".into(), "10.0.0.4:7946, seed.example:7946".into())];
+        assert_eq!(load(&o).unwrap().join, ["10.0.0.4:7946", "seed.example:7946"]);
+        o.flags = vec![("join", "10.0.0.9:7946".into())];
+        assert_eq!(load(&o).unwrap().join, ["10.0.0.9:7946"]);
+        assert_eq!(load(&dev()).unwrap().gossip_addr, Some("127.0.0.1:7946".parse().unwrap()));
+        o.flags = vec![("join", "seed.example".into())];
+        let e = load(&o).unwrap_err().to_string();
+        assert!(e.contains("`join`") && e.contains("host:port"), "{e}");
     }
 
     #[test]

@@ -43,6 +43,16 @@ pub struct Config {
     /// Admin HTTP listener (health, status, metrics); empty disables it.
     #[serde(with = "units::opt_addr")]
     pub admin_addr: Option<SocketAddr>,
+    /// UDP address gossip membership listens on; empty disables membership (a lone node).
+    #[serde(with = "units::opt_addr")]
+    pub gossip_addr: Option<SocketAddr>,
+    /// The gossip address peers in this datacenter use to reach this node. Unset: the bound
+    /// `gossip_addr`, which must then be a specific address (not `0.0.0.0` or `[::]`).
+    #[serde(with = "units::opt_addr")]
+    pub advertise: Option<SocketAddr>,
+    /// Gossip addresses (`host:port`; names are resolved again at every attempt) of members
+    /// to join. Empty: this node starts a cluster of its own and waits to be joined.
+    pub join: Vec<String>,
     /// Log format: `text` for terminals, `json` for containers.
     pub log_format: LogFormat,
     /// Log filter, e.g. `info` or `opencluster_node=debug,info`.
@@ -124,6 +134,9 @@ impl Default for Config {
             client_password: None,
             insecure_no_client_password: false,
             admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9379))),
+            gossip_addr: Some(SocketAddr::from(([0, 0, 0, 0], 7946))),
+            advertise: None,
+            join: Vec::new(),
             log_format: LogFormat::Text,
             log_level: "info".into(),
             shutdown_timeout: Duration::from_secs(10),
@@ -236,6 +249,25 @@ impl Config {
         if self.client_password.as_deref() == Some("") {
             return Err(err("client_password", "must not be empty (leave it unset instead)"));
         }
+        if let Some(addr) = self.advertise {
+            if self.gossip_addr.is_none() {
+                return Err(err("advertise", "is set but gossip_addr is empty (membership is disabled)"));
+            }
+            if addr.ip().is_unspecified() || addr.port() == 0 {
+                return Err(err(
+                    "advertise",
+                    format!("{addr} cannot be reached by peers: give the IP address and port they use"),
+                ));
+            }
+        }
+        if !self.join.is_empty() && self.gossip_addr.is_none() {
+            return Err(err("join", "is set but gossip_addr is empty (membership is disabled)"));
+        }
+        for target in &self.join {
+            if let Err(e) = crate::membership::join::parse_target(target) {
+                return Err(err("join", e));
+            }
+        }
         let l = &self.limits;
         if l.max_key_bytes.0 == 0 || l.max_key_bytes.0 > 512 << 20 {
             return Err(err("limits.max_key_bytes", "must be between 1 byte and 512MiB"));
@@ -327,6 +359,15 @@ mod tests {
             ("store.partitions", Box::new(|c| c.store.partitions = 0)),
             ("store.fsync_interval", Box::new(|c| c.store.fsync_interval = Duration::ZERO)),
             ("client_addr", Box::new(|c| c.client_addr = None)),
+            ("advertise", Box::new(|c| c.advertise = Some("0.0.0.0:7946".parse().unwrap()))),
+            ("join", Box::new(|c| c.join = vec!["no-port".into()])),
+            (
+                "join",
+                Box::new(|c| {
+                    c.gossip_addr = None;
+                    c.join = vec!["10.0.0.1:7946".into()];
+                }),
+            ),
         ];
         for (setting, mutate) in cases {
             let mut c = valid();

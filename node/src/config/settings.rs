@@ -15,6 +15,8 @@ pub enum Kind {
     Size,
     Duration,
     Choice(&'static [&'static str]),
+    /// A list: TOML array of strings; in env and flags, comma-separated (`a:1,b:2`).
+    List,
 }
 
 #[derive(Debug)]
@@ -65,6 +67,21 @@ pub const SETTINGS: &[Setting] = &[
         "admin_addr",
         Kind::Addr,
         "Admin HTTP address (/v1/health, /v1/status, /metrics); empty disables [default: 127.0.0.1:9379]",
+    ),
+    s(
+        "gossip_addr",
+        Kind::Addr,
+        "UDP address for gossip membership; empty disables it [default: 0.0.0.0:7946; with --dev 127.0.0.1:7946]",
+    ),
+    s(
+        "advertise",
+        Kind::Addr,
+        "Gossip address peers use to reach this node [default: gossip_addr when it is a specific IP]",
+    ),
+    s(
+        "join",
+        Kind::List,
+        "Gossip addresses or DNS names (host:port, comma-separated) of members to join; retried until one answers",
     ),
     s("log_format", Kind::Choice(&["text", "json"]), "Log format: text or json [default: text]"),
     s("log_level", Kind::Str, "Log filter, e.g. info, debug, opencluster_node=debug [default: info]"),
@@ -140,6 +157,13 @@ impl Setting {
                 }
                 toml::Value::String(raw.to_string())
             }
+            Kind::List => toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(|item| toml::Value::String(item.to_string()))
+                    .collect(),
+            ),
             Kind::Str | Kind::Path | Kind::Addr | Kind::Duration => toml::Value::String(raw.to_string()),
         })
     }
@@ -173,6 +197,8 @@ mod tests {
             tls_dir: Some("/tls".into()),
             unix_socket: Some("/s".into()),
             client_password: Some("p".into()),
+            advertise: Some("10.0.0.1:7946".parse().unwrap()),
+            join: vec!["a:1".into()],
             ..Config::default()
         };
         let mut in_struct = Vec::new();
@@ -181,6 +207,16 @@ mod tests {
         let mut in_table: Vec<String> = SETTINGS.iter().map(|s| s.key.to_string()).collect();
         in_table.sort();
         assert_eq!(in_struct, in_table);
+    }
+
+    #[test]
+    fn lists_split_on_commas() {
+        let join = Setting::find("join").unwrap();
+        let strings =
+            |v: &[&str]| toml::Value::Array(v.iter().map(|s| toml::Value::String(s.to_string())).collect());
+        assert_eq!(join.to_value("a:1,b.example:7946"), Ok(strings(&["a:1", "b.example:7946"])));
+        assert_eq!(join.to_value(" a:1 , ,b:2,"), Ok(strings(&["a:1", "b:2"])));
+        assert_eq!(join.to_value(""), Ok(strings(&[])));
     }
 
     #[test]

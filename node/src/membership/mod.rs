@@ -1,7 +1,15 @@
 //! Membership: who is in this datacenter's cluster, and in what state.
 //!
-//! The membership layer (foca SWIM gossip with Lifeguard over UDP) lives here: one task owns
-//! the `Foca` value, and every packet it sends or receives goes through the sealed envelope
-//! in [`seal`].
+//! foca SWIM gossip with Lifeguard over UDP. One task owns the `Foca` value
+//! ([`runtime`]); every packet it sends or receives goes through the sealed envelope in
+//! [`seal`]; its timers come back in deadline order from one queue ([`timers`]). Members
+//! are known by [`identity::NodeIdentity`] (node id, gossip address, generation, name,
+//! datacenter, role, version, client address); [`join`] finds the cluster at start; the
+//! rest of the node reads [`members::Members`].
 
+pub mod identity;
+pub mod join;
+pub mod members;
+pub mod runtime;
 pub mod seal;
+pub mod timers;

@@ -1,0 +1,205 @@
+//! The member table: what the rest of the node (admin API, metrics, later placement)
+//! reads about the cluster. The membership task is its only writer; it replaces the
+//! table from foca's state after every turn that changed something.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::RwLock;
+
+use serde::Serialize;
+
+use super::identity::NodeIdentity;
+
+/// A member's state as shown to operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Answers probes.
+    Alive,
+    /// Missed probes; declared down unless it refutes the suspicion in time.
+    Suspect,
+    /// Declared down by the cluster (crashed, cut off, or left).
+    Down,
+    /// Left the cluster on purpose (only this node itself, once it stopped gossiping).
+    Left,
+}
+
+impl MemberState {
+    /// Every state, for metrics labels.
+    pub const ALL: [MemberState; 4] =
+        [MemberState::Alive, MemberState::Suspect, MemberState::Down, MemberState::Left];
+
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Down => "down",
+            MemberState::Left => "left",
+        }
+    }
+}
+
+impl From<foca::State> for MemberState {
+    fn from(state: foca::State) -> Self {
+        match state {
+            foca::State::Alive => MemberState::Alive,
+            foca::State::Suspect => MemberState::Suspect,
+            foca::State::Down => MemberState::Down,
+        }
+    }
+}
+
+/// One member, as `GET /v1/members` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemberView {
+    pub name: String,
+    /// The node id in hex, as `/v1/status` shows `node_id`.
+    pub id: String,
+    pub datacenter: String,
+    pub role: &'static str,
+    pub state: MemberState,
+    pub gossip_addr: SocketAddr,
+    pub client_addr: Option<SocketAddr>,
+    pub version: String,
+    /// Whether this entry is the node answering.
+    #[serde(rename = "self")]
+    pub is_self: bool,
+}
+
+impl MemberView {
+    fn new(identity: &NodeIdentity, state: MemberState, is_self: bool) -> Self {
+        MemberView {
+            name: identity.meta.name.clone(),
+            id: format!("{:016x}", identity.id),
+            datacenter: identity.meta.datacenter.clone(),
+            role: identity.meta.role.as_str(),
+            state,
+            gossip_addr: identity.addr,
+            client_addr: identity.meta.client_addr,
+            version: identity.meta.version.clone(),
+            is_self,
+        }
+    }
+}
+
+/// How many members are in each state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub alive: usize,
+    pub suspect: usize,
+    pub down: usize,
+    pub left: usize,
+}
+
+impl Counts {
+    /// The count for one state.
+    pub fn get(&self, state: MemberState) -> usize {
+        match state {
+            MemberState::Alive => self.alive,
+            MemberState::Suspect => self.suspect,
+            MemberState::Down => self.down,
+            MemberState::Left => self.left,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Table {
+    local: NodeIdentity,
+    local_state: MemberState,
+    peers: BTreeMap<SocketAddr, (NodeIdentity, MemberState)>,
+}
+
+/// The shared table. Readers take a short read lock and copy what they need.
+#[derive(Debug)]
+pub struct Members {
+    table: RwLock<Table>,
+}
+
+impl Members {
+    /// A table that knows only this node.
+    pub fn new(local: NodeIdentity) -> Self {
+        Members {
+            table: RwLock::new(Table { local, local_state: MemberState::Alive, peers: BTreeMap::new() }),
+        }
+    }
+
+    /// Replaces what is known: this node's identity and state and every peer foca knows.
+    pub fn replace(
+        &self,
+        local: NodeIdentity,
+        local_state: MemberState,
+        peers: impl IntoIterator<Item = (NodeIdentity, MemberState)>,
+    ) {
+        let peers = peers.into_iter().map(|(id, state)| (id.addr, (id, state))).collect();
+        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        *table = Table { local, local_state, peers };
+    }
+
+    /// Every member, this node first, then peers by gossip address.
+    pub fn list(&self) -> Vec<MemberView> {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        std::iter::once(MemberView::new(&table.local, table.local_state, true))
+            .chain(table.peers.values().map(|(id, state)| MemberView::new(id, *state, false)))
+            .collect()
+    }
+
+    /// Members by state, this node included.
+    pub fn counts(&self) -> Counts {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let mut counts = Counts::default();
+        let states = std::iter::once(table.local_state).chain(table.peers.values().map(|(_, s)| *s));
+        for state in states {
+            match state {
+                MemberState::Alive => counts.alive += 1,
+                MemberState::Suspect => counts.suspect += 1,
+                MemberState::Down => counts.down += 1,
+                MemberState::Left => counts.left += 1,
+            }
+        }
+        counts
+    }
+
+    /// Peers that are alive or suspect: whether this node is part of a cluster.
+    pub fn active_peers(&self) -> usize {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        table.peers.values().filter(|(_, s)| matches!(s, MemberState::Alive | MemberState::Suspect)).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::identity::tests::identity;
+
+    #[test]
+    fn lists_self_first_and_counts_states() {
+        let members = Members::new(identity(1, 7001, 0));
+        assert_eq!(members.counts(), Counts { alive: 1, ..Counts::default() });
+        assert_eq!(members.active_peers(), 0);
+        members.replace(
+            identity(1, 7001, 0),
+            MemberState::Alive,
+            [(identity(3, 7003, 0), MemberState::Down), (identity(2, 7002, 0), MemberState::Suspect)],
+        );
+        let list = members.list();
+        let summary: Vec<_> = list.iter().map(|m| (m.name.as_str(), m.state, m.is_self)).collect();
+        assert_eq!(
+            summary,
+            [
+                ("node-1", MemberState::Alive, true),
+                ("node-2", MemberState::Suspect, false),
+                ("node-3", MemberState::Down, false)
+            ]
+        );
+        assert_eq!(members.counts(), Counts { alive: 1, suspect: 1, down: 1, left: 0 });
+        assert_eq!(members.active_peers(), 1);
+        let json = serde_json::to_value(&list[0]).unwrap();
+        assert_eq!(json["id"], "0000000000000001");
+        assert_eq!(json["state"], "alive");
+        assert_eq!(json["role"], "node");
+        assert_eq!(json["gossip_addr"], "127.0.0.1:7001");
+        assert_eq!(json["self"], true);
+    }
+}

@@ -1,0 +1,187 @@
+//! Gossip membership between real node processes on loopback: nodes that `--join` one
+//! another all see each other alive; a node killed with `kill -9` is declared down by the
+//! others; a node that stops with SIGTERM leaves; a node with another cluster's gossip
+//! keyring never becomes a member, and its packets are counted as dropped.
+
+use std::time::{Duration, Instant};
+
+use opencluster_tests::pki::customer_keys;
+use opencluster_tests::{Node, NodeOpts, node_command, node_only, run_with_deadline, wait_until};
+use serde_json::Value;
+
+/// How long a new cluster may take to converge.
+const CONVERGE: Duration = Duration::from_secs(30);
+/// How long the others may take to declare a killed node down (foca's LAN preset: a
+/// probe period of 1 s and at least 4 s of suspicion; this leaves room for a loaded host).
+const DETECT_DOWN: Duration = Duration::from_secs(30);
+
+fn named(name: &str) -> NodeOpts {
+    NodeOpts::new().args(&["--node-name", name])
+}
+
+fn joining(name: &str, seed: &Node) -> NodeOpts {
+    named(name).args(&["--join", &seed.gossip_addr().to_string()])
+}
+
+/// `name -> state` as `node` sees the cluster.
+fn states(node: &Node) -> Vec<(String, String)> {
+    let members = node.admin_json("/v1/members");
+    let mut out: Vec<(String, String)> = members
+        .as_array()
+        .unwrap_or_else(|| panic!("/v1/members is not a list: {members}"))
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or_default().to_string(),
+                m["state"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn state_of(node: &Node, name: &str) -> Option<String> {
+    states(node).into_iter().find(|(n, _)| n == name).map(|(_, s)| s)
+}
+
+fn all_alive(node: &Node, names: &[&str]) -> bool {
+    let states = states(node);
+    states.len() == names.len()
+        && names.iter().all(|n| states.iter().any(|(name, state)| name == n && state == "alive"))
+}
+
+/// Sum of a labelled counter's series whose labels contain one of `labels`.
+fn counter(node: &Node, name: &str, labels: &[&str]) -> u64 {
+    let (_, text) = node.admin_get("/metrics");
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().any(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+fn three_nodes_join_see_each_other_and_detect_a_kill() {
+    node_only!("membership is the node's");
+    let n1 = Node::start(named("n1"));
+    let mut n2 = Node::start(joining("n2", &n1));
+    let mut n3 = Node::start(joining("n3", &n1));
+    let names = ["n1", "n2", "n3"];
+    for node in [&n1, &n2, &n3] {
+        assert!(
+            wait_until(CONVERGE, || all_alive(node, &names)),
+            "members never converged: {:?}",
+            states(node)
+        );
+    }
+    // The operator view: addresses, ids, status counts and the gauge.
+    let members = n1.admin_json("/v1/members");
+    let n2_entry = members.as_array().unwrap().iter().find(|m| m["name"] == "n2").unwrap().clone();
+    assert_eq!(n2_entry["gossip_addr"], Value::from(n2.gossip_addr().to_string()));
+    assert_eq!(n2_entry["client_addr"], Value::from(n2.client_addr().to_string()));
+    assert_eq!(n2_entry["datacenter"], "dc1");
+    assert_eq!(n2_entry["role"], "node");
+    assert_eq!(n2_entry["id"], n2.admin_json("/v1/status")["node_id"]);
+    let status = n1.admin_json("/v1/status");
+    assert_eq!(status["members"]["alive"], 3, "{status}");
+    assert_eq!(counter(&n1, "opencluster_members", &["state=\"alive\""]), 3);
+
+    // kill -9: the others declare it down.
+    let killed = Instant::now();
+    n3.kill9();
+    for node in [&n1, &n2] {
+        assert!(
+            wait_until(DETECT_DOWN, || state_of(node, "n3").as_deref() == Some("down")),
+            "n3 never seen down: {:?}",
+            states(node)
+        );
+    }
+    println!("kill -9 to every other node seeing the member down: {:?}", killed.elapsed());
+    assert_eq!(n1.admin_json("/v1/status")["members"]["down"], 1);
+
+    // SIGTERM: the node leaves, and the others learn it from its leave packets at once
+    // rather than after a suspicion period.
+    let stopped = Instant::now();
+    let status = n2.sigterm_and_wait();
+    assert!(status.success(), "n2 exited with {status}\n{}", n2.log());
+    assert!(
+        wait_until(Duration::from_secs(3), || state_of(&n1, "n2").as_deref() == Some("down")),
+        "n2 left but n1 still sees it: {:?}",
+        states(&n1)
+    );
+    println!("SIGTERM to the member seen down: {:?}", stopped.elapsed());
+    assert!(n2.stderr_log().contains("left the gossip cluster"), "{}", n2.log());
+}
+
+#[test]
+fn a_node_with_another_gossip_keyring_never_joins() {
+    node_only!("membership is the node's");
+    let keys = tempfile::tempdir().unwrap();
+    let other = customer_keys(keys.path(), "dc1");
+    let n1 = Node::start(named("n1"));
+    let intruder = Node::start(joining("intruder", &n1).args(&["--tls-dir", other.to_str().unwrap()]));
+    let rejected =
+        |n: &Node| counter(n, "opencluster_gossip_packets_dropped_total", &["authentication", "unknown_key"]);
+    // The intruder announces with backoff (0.5 s, 1 s, 2 s...): three attempts, all dropped.
+    assert!(
+        wait_until(CONVERGE, || rejected(&n1) >= 3),
+        "n1 did not count the intruder's packets as rejected:\n{}",
+        n1.admin_get("/metrics").1
+    );
+    assert_eq!(states(&n1), [("n1".to_string(), "alive".to_string())]);
+    assert_eq!(states(&intruder), [("intruder".to_string(), "alive".to_string())]);
+    assert_eq!(counter(&n1, "opencluster_gossip_packets_total", &["direction=\"sent\""]), 0, "n1 answered");
+}
+
+#[test]
+fn a_wildcard_gossip_address_needs_advertise() {
+    node_only!("membership is the node's");
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = node_command();
+    cmd.args([
+        "--dev",
+        "--client-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--gossip-addr",
+        "0.0.0.0:0",
+    ])
+    .arg("--data-dir")
+    .arg(data.path());
+    let out = run_with_deadline(cmd, Duration::from_secs(15)).expect("the node refused to start, and exited");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("`advertise`") && stderr.contains("--advertise"), "{stderr}");
+}
+
+#[test]
+fn a_restarted_node_rejoins_and_replaces_its_old_entry() {
+    node_only!("membership is the node's");
+    let n1 = Node::start(named("n1"));
+    // A fixed gossip port, so the restarted process has the same address as before.
+    let port = opencluster_tests::node::free_port();
+    let gossip = format!("127.0.0.1:{port}");
+    let mut n2 = Node::start(joining("n2", &n1).args(&["--gossip-addr", &gossip]));
+    for node in [&n1, &n2] {
+        assert!(
+            wait_until(CONVERGE, || all_alive(node, &["n1", "n2"])),
+            "never converged: {:?}",
+            states(node)
+        );
+    }
+    let before = n1.admin_json("/v1/members");
+    n2.kill9();
+    n2.restart();
+    // n1 may first see the old process as suspect or down; the new one wins the address.
+    for node in [&n1, &n2] {
+        assert!(
+            wait_until(CONVERGE, || all_alive(node, &["n1", "n2"])),
+            "the restarted node did not come back alone in its place: {:?}",
+            node.admin_json("/v1/members")
+        );
+    }
+    let after = n1.admin_json("/v1/members");
+    assert_eq!(after.as_array().unwrap().len(), 2, "{after}");
+    assert_eq!(before[1]["gossip_addr"], after[1]["gossip_addr"]);
+}
