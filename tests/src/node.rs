@@ -225,6 +225,15 @@ impl Node {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: body is not JSON ({e}): {body}"))
     }
 
+    /// The value of an unlabelled series in `/metrics`, e.g. `opencluster_insecure_default_keys`.
+    pub fn metric(&self, name: &str) -> String {
+        let (_, text) = self.admin_get("/metrics");
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .map(|l| l[name.len() + 1..].to_string())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("server is running").id()
     }

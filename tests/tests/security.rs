@@ -9,28 +9,14 @@ use std::time::Duration;
 use opencluster_tests::pki::customer_keys;
 use opencluster_tests::{Node, NodeOpts, node_command, node_only, run_with_deadline};
 
-fn json(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
-}
-
-fn metric(node: &Node, name: &str) -> String {
-    let (_, text) = node.admin_get("/metrics");
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .map(|l| l[name.len() + 1..].to_string())
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-}
-
 #[test]
 fn on_the_default_keys_the_node_says_it_is_insecure() {
     node_only!("keys are the node's");
     let node = Node::start_default();
-    let (code, health) = node.admin_get("/v1/health");
-    assert_eq!(code, 200);
-    let health = json(&health);
+    let health = node.admin_json("/v1/health");
     assert_eq!(health["insecure_default_keys"], true);
-    assert_eq!(metric(&node, "opencluster_insecure_default_keys"), "1");
-    let status = json(&node.admin_get("/v1/status").1);
+    assert_eq!(node.metric("opencluster_insecure_default_keys"), "1");
+    let status = node.admin_json("/v1/status");
     let name = health["node"].as_str().unwrap();
     assert_eq!(status["security"]["identity"], format!("spiffe://opencluster-demo/dc/dc1/node/{name}"));
     assert_eq!(status["security"]["certificate"], "self-issued");
@@ -43,10 +29,10 @@ fn with_customer_keys_the_node_has_its_own_identity() {
     let dir = tempfile::tempdir().unwrap();
     let tls = customer_keys(dir.path(), "dc1");
     let node = Node::start(NodeOpts::new().args(&["--tls-dir", tls.to_str().unwrap()]));
-    let health = json(&node.admin_get("/v1/health").1);
+    let health = node.admin_json("/v1/health");
     assert_eq!(health["insecure_default_keys"], false);
-    assert_eq!(metric(&node, "opencluster_insecure_default_keys"), "0");
-    let status = json(&node.admin_get("/v1/status").1);
+    assert_eq!(node.metric("opencluster_insecure_default_keys"), "0");
+    let status = node.admin_json("/v1/status");
     let name = health["node"].as_str().unwrap();
     assert_eq!(status["security"]["identity"], format!("spiffe://acme/dc/dc1/node/{name}"));
     assert_eq!(status["security"]["cluster"], "acme");
