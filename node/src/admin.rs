@@ -88,6 +88,7 @@ async fn members(State(s): State<Arc<AdminState>>) -> Json<Value> {
                 "state": "alive",
                 "gossip_addr": Value::Null,
                 "client_addr": Value::Null,
+                "rpc_addr": Value::Null,
                 "version": crate::VERSION,
                 "self": true,
             }]))
@@ -124,6 +125,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
             "suspect": member_counts.suspect,
             "down": member_counts.down,
         },
+        "placement": cluster.placement_status(),
         "clients": {
             "connected": server.clients.connected(),
             "max": server.clients.max,

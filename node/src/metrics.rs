@@ -27,6 +27,7 @@ pub const ERROR_KINDS: &[&str] = &[
     "protocol",
     "store",
     "durability",
+    "cluster",
 ];
 
 pub struct Metrics {
@@ -47,6 +48,8 @@ pub struct Metrics {
     pub write_buffer_records: IntGauge,
     pub insecure_default_keys: IntGauge,
     pub gossip: crate::membership::runtime::GossipMetrics,
+    pub rpc: crate::peer::RpcMetrics,
+    pub cluster: crate::cluster::ClusterMetrics,
 }
 
 /// The per-command handles.
@@ -172,6 +175,8 @@ impl Metrics {
                     .expect("valid gauge"),
                 ),
             },
+            rpc: crate::peer::RpcMetrics::register(&r),
+            cluster: crate::cluster::ClusterMetrics::register(&r),
             registry: r,
         };
         // Error kinds are listed at zero from the start, so dashboards see them before the

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Service, Topology};
 use crate::config::Config;
 use crate::membership::{
     self,
@@ -20,12 +20,14 @@ use crate::membership::{
     members::Members,
 };
 use crate::metrics::Metrics;
+use crate::peer::{PeerOptions, PeerSetupError, Peers};
 use crate::record::Origin;
 use crate::resp::server::{self, ClientLimits, Clients, ServerState};
 use crate::security::{Security, SecurityError};
 use crate::store::flusher::{Flusher, FsyncPolicy};
 use crate::store::purger::{self, PurgeStatus};
 use crate::store::{BufferOptions, BufferedStore, SledStore, Store, StoreError, StoreOptions};
+use opencluster_pki::Policy;
 
 /// How often a node on the default keys repeats its warning.
 const INSECURE_WARNING_EVERY: Duration = Duration::from_secs(600);
@@ -40,6 +42,8 @@ pub enum NodeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Security(#[from] SecurityError),
+    #[error(transparent)]
+    Peer(#[from] PeerSetupError),
     #[error(
         "invalid setting `advertise`: gossip_addr {bound} is not an address peers can use; set advertise \
          (OPENCLUSTER_ADVERTISE, --advertise) to this node's IP address and gossip port in the datacenter"
@@ -61,6 +65,8 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
     /// The gossip (membership) UDP socket.
     pub gossip: Option<UdpSocket>,
+    /// The peer RPC (QUIC) UDP socket; bound only when gossip is on.
+    pub rpc: Option<std::net::UdpSocket>,
 }
 
 impl Listeners {
@@ -94,11 +100,18 @@ impl Listeners {
                 source,
             })?),
         };
+        let rpc = match (config.rpc_addr, &gossip) {
+            (Some(addr), Some(_)) => Some(std::net::UdpSocket::bind(addr).map_err(|source| {
+                NodeError::Listen { setting: "rpc_addr", addr: addr.to_string(), source }
+            })?),
+            _ => None,
+        };
         Ok(Listeners {
             client: tcp("client_addr", config.client_addr).await?,
             unix,
             admin: tcp("admin_addr", config.admin_addr).await?,
             gossip,
+            rpc,
         })
     }
 
@@ -112,6 +125,10 @@ impl Listeners {
 
     pub fn gossip_addr(&self) -> Option<SocketAddr> {
         self.gossip.as_ref().and_then(|s| s.local_addr().ok())
+    }
+
+    pub fn rpc_addr(&self) -> Option<SocketAddr> {
+        self.rpc.as_ref().and_then(|s| s.local_addr().ok())
     }
 }
 
@@ -201,6 +218,8 @@ pub async fn run(
         background_tasks.spawn(warn_insecure(background.clone()));
     }
 
+    let rpc_socket = listeners.rpc.take();
+    let rpc_bound = rpc_socket.as_ref().and_then(|s| s.local_addr().ok());
     let members = match listeners.gossip.take() {
         None => {
             tracing::info!("gossip_addr is empty: membership is off, this node runs alone");
@@ -209,7 +228,7 @@ pub async fn run(
         Some(socket) => Some(start_membership(
             &config,
             socket,
-            listeners.client.as_ref().and_then(|l| l.local_addr().ok()),
+            [listeners.client.as_ref().and_then(|l| l.local_addr().ok()), rpc_bound],
             node_id,
             &security,
             &metrics,
@@ -219,8 +238,41 @@ pub async fn run(
     };
 
     let origin = Origin { datacenter: config.datacenter.as_str().into(), node: node_id };
+    let topology = match (&members, rpc_socket) {
+        (Some(members), Some(socket)) => {
+            let options = PeerOptions {
+                stream_window: config.rpc.stream_window.0,
+                connection_window: config.rpc.connection_window.0,
+                max_concurrent_requests: config.rpc.max_concurrent_requests,
+                // A request carries at most what a client request may; answers of scans
+                // are bounded by one partition's keys.
+                max_message_bytes: config.limits.max_request_bytes.as_usize() + (1 << 20),
+            };
+            let policy = Policy::NodeOrConnectorOfDatacenter {
+                cluster: security.keys.cluster.clone(),
+                dc: security.keys.datacenter.clone(),
+            };
+            let peers = Arc::new(Peers::new(socket, &security.tls, policy, &options, metrics.rpc.clone())?);
+            tracing::info!(addr = %peers.local_addr().map(|a| a.to_string()).unwrap_or_default(), "peer RPC endpoint ready");
+            Some(Topology {
+                members: members.clone(),
+                peers,
+                replicas: config.cluster.replicas as usize,
+                quorum: config.write_quorum().unwrap_or_default(),
+                timeout: config.cluster.request_timeout,
+            })
+        }
+        _ => None,
+    };
+    let peers = topology.as_ref().map(|t| t.peers.clone());
     let security = Arc::new(security);
-    let cluster = Arc::new(Cluster::new(store.clone(), flusher.clone(), origin)?);
+    let cluster =
+        Arc::new(Cluster::new(store.clone(), flusher.clone(), origin, topology, metrics.cluster.clone())?);
+    let peer_tasks = TaskTracker::new();
+    let stop_peers = CancellationToken::new();
+    if let Some(peers) = peers {
+        peer_tasks.spawn(peers.serve(Service::new(cluster.clone()), peer_tasks.clone(), stop_peers.clone()));
+    }
     let state = Arc::new(ServerState {
         cluster,
         command_metrics: ServerState::command_metrics(&metrics),
@@ -270,6 +322,13 @@ pub async fn run(
     if tokio::time::timeout(config.shutdown_timeout, clients.wait()).await.is_err() {
         tracing::warn!(timeout = ?config.shutdown_timeout, "client connections still open after shutdown_timeout; closing them");
     }
+    // Peers' requests in flight finish (they are writes other nodes wait for); then the
+    // endpoint closes and peers send to the remaining owners.
+    stop_peers.cancel();
+    peer_tasks.close();
+    if tokio::time::timeout(config.shutdown_timeout, peer_tasks.wait()).await.is_err() {
+        tracing::warn!("peer requests still running after shutdown_timeout");
+    }
     tracing::info!("flushing the store");
     background.cancel();
     background_tasks.close();
@@ -288,7 +347,7 @@ pub async fn run(
 fn start_membership(
     config: &Config,
     socket: UdpSocket,
-    client_addr: Option<SocketAddr>,
+    [client_addr, rpc_addr]: [Option<SocketAddr>; 2],
     node_id: u64,
     security: &Security,
     metrics: &Metrics,
@@ -311,8 +370,10 @@ fn start_membership(
         .clone()
         .ok_or_else(|| NodeError::NoKeyring { keys: security.keys.source.clone() })?;
     // Peers reach the client port on the advertised IP when the listener is on all interfaces.
-    let client_addr = client_addr
-        .map(|a| if a.ip().is_unspecified() { SocketAddr::new(advertise.ip(), a.port()) } else { a });
+    let reachable =
+        |a: SocketAddr| if a.ip().is_unspecified() { SocketAddr::new(advertise.ip(), a.port()) } else { a };
+    let client_addr = client_addr.map(reachable);
+    let rpc_addr = rpc_addr.map(reachable);
     let mut rng: rand::rngs::StdRng = rand::make_rng();
     let identity = NodeIdentity {
         id: node_id,
@@ -327,6 +388,7 @@ fn start_membership(
             role: Role::Node,
             version: crate::VERSION.to_string(),
             client_addr,
+            rpc_addr,
         },
     };
     tracing::info!(bound = %bound, advertise = %advertise, join = ?config.join, "starting gossip membership");

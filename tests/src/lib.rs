@@ -4,11 +4,14 @@
 //!   its own temp data dir; or a real `redis-server` when `OPENCLUSTER_TEST_TARGET=redis`,
 //!   to check that the expected replies are what Redis 7 gives.
 //! - `resp`: a raw RESP2/RESP3 client that keeps replies exactly as sent.
+//! - `cluster`: several nodes joined into one cluster; steady write load; checks that
+//!   every acknowledged write is readable.
 //! - `http`: a minimal HTTP GET for the admin API.
 //! - `wait`: polling with deadlines instead of sleeps.
 //!
 //! The tests themselves live in `tests/tests/*.rs`, one file per area.
 
+pub mod cluster;
 pub mod http;
 pub mod node;
 pub mod pki;

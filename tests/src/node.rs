@@ -531,9 +531,9 @@ pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Option<Output>
     }
 }
 
-/// Clears the `OPENCLUSTER_*` environment, then gives the node a gossip socket on a free
-/// loopback port (`127.0.0.1:0`) so that nodes of parallel tests never share the default
-/// port 7946; a test's own `--gossip-addr` flag or environment overrides it.
+/// Clears the `OPENCLUSTER_*` environment, then gives the node gossip and peer RPC sockets
+/// on free loopback ports (`127.0.0.1:0`) so that nodes of parallel tests never share the
+/// default ports 7946 and 7947; a test's own flags or environment override them.
 fn clear_opencluster_env(cmd: &mut Command) {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("OPENCLUSTER_") {
@@ -541,6 +541,7 @@ fn clear_opencluster_env(cmd: &mut Command) {
         }
     }
     cmd.env("OPENCLUSTER_GOSSIP_ADDR", "127.0.0.1:0");
+    cmd.env("OPENCLUSTER_RPC_ADDR", "127.0.0.1:0");
 }
 
 fn loopback(port: u16) -> SocketAddr {

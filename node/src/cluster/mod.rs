@@ -1,19 +1,51 @@
-//! The read and write paths every client command goes through.
+//! The read and write paths every client command goes through, on whichever node the
+//! client is connected to.
 //!
-//! Today a node owns every key, so a read is a store read and a write is a store update
-//! followed by the durability wait. Forwarding to owners, replication and rebalance slot in
-//! here without the command layer changing: it only sees [`Cluster::get`],
-//! [`Cluster::update`] and partition scans.
+//! Each key belongs to a partition; each partition has owners (rendezvous hashing over
+//! the alive data nodes, [`crate::placement`]), the first of which is its **primary**.
+//!
+//! - **Writes** are decided where the client is (the command's logic runs on the current
+//!   records) and executed by the primary: it checks that the records it holds are still
+//!   the ones the decision was made on (their HLCs), stamps the new records with its clock,
+//!   applies them, copies them to the other owners and answers once the write quorum has
+//!   them on disk. A conflict (the key changed in between) makes the coordinator decide
+//!   again on the fresh records, so read-modify-write commands (INCR, APPEND, SETNX...) on
+//!   one key are serialised at its primary. When this node is the primary of every key of
+//!   a command, the decision and the write are one local atomic step.
+//! - **Reads** are answered by this node's own store when it owns the key and holds a
+//!   record of it; otherwise by the primary, and when that has nothing (or cannot be
+//!   reached) by the other owners, taking the last writer's record. A node that owns a key
+//!   but missed its record is repaired from the answer.
+//!
+//! Without membership (or alone in its cluster) a node owns everything and every path is
+//! local.
 
-use std::sync::Arc;
+mod local;
+mod service;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use prometheus::{IntCounterVec, Opts, Registry};
 
-use crate::hlc::{Clock, Hlc};
-use crate::placement::Partition;
+pub use local::Stamp;
+use local::{Executed, Local};
+pub use service::Service;
+
+use crate::hlc::{Clock, unix_ms};
+use crate::membership::members::Members;
+use crate::peer::messages::{self, Change, Op, WireRecord, WriteOutcome};
+use crate::peer::{Peers, RpcError, Target};
+use crate::placement::{NodeId, Partition, Placement, WriteQuorum, partition_of};
 use crate::record::{Origin, Record};
 use crate::store::flusher::{Flusher, NotDurable};
 use crate::store::{Store, StoreError, StoreStats, Write};
+
+/// Longest pause before a coordinator decides again after a conflict; the pause grows
+/// with the attempts, randomised, so that coordinators racing for one key spread out.
+const MAX_CONFLICT_BACKOFF: Duration = Duration::from_millis(5);
 
 /// Why a read or write did not happen (or, for `NotDurable`, may not survive a crash).
 #[derive(Debug, thiserror::Error)]
@@ -22,129 +54,684 @@ pub enum DataError {
     Store(#[from] StoreError),
     #[error(transparent)]
     NotDurable(#[from] NotDurable),
+    /// The owners needed could not be reached in time: the client gets `-CLUSTERDOWN`.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Cluster metrics.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    /// `opencluster_forwarded_total{op}`: reads and writes this node sent to other owners.
+    pub forwarded: IntCounterVec,
+    /// `opencluster_replication_total{outcome}`: writes this node executed as primary, by
+    /// whether their quorum was met.
+    pub replication: IntCounterVec,
+    /// `opencluster_replicated_records_total{direction}`: records copied to (sent) or from
+    /// (received) other owners.
+    pub replicated_records: IntCounterVec,
+}
+
+impl ClusterMetrics {
+    pub fn register(r: &Registry) -> Self {
+        let counter = |name: &str, help: &str, label: &str, values: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid counter");
+            r.register(Box::new(c.clone())).expect("metric names are unique");
+            for v in values {
+                c.with_label_values(&[v]);
+            }
+            c
+        };
+        ClusterMetrics {
+            forwarded: counter(
+                "opencluster_forwarded_total",
+                "Reads and writes sent to the owners of their keys, by operation",
+                "op",
+                &["read", "write", "scan"],
+            ),
+            replication: counter(
+                "opencluster_replication_total",
+                "Writes executed as a partition's primary, by whether the write quorum was met",
+                "outcome",
+                &["quorum_met", "quorum_missed"],
+            ),
+            replicated_records: counter(
+                "opencluster_replicated_records_total",
+                "Records copied to other owners (sent) or from them (received)",
+                "direction",
+                &["sent", "received"],
+            ),
+        }
+    }
+}
+
+/// How this node reaches the rest of its datacenter.
+pub struct Topology {
+    pub members: Arc<Members>,
+    pub peers: Arc<Peers>,
+    pub replicas: usize,
+    pub quorum: WriteQuorum,
+    pub timeout: Duration,
+}
+
+/// One placement snapshot, rebuilt when membership changes.
+struct View {
+    generation: u64,
+    placement: Placement,
+    targets: HashMap<u64, Target>,
 }
 
 pub struct Cluster {
-    store: Arc<dyn Store>,
-    flusher: Arc<Flusher>,
-    clock: Clock,
-    origin: Origin,
-}
-
-/// Makes records for local writes: each gets an HLC above the record it replaces, and
-/// this node's origin.
-pub struct Stamp<'a> {
-    clock: &'a Clock,
-    origin: &'a Origin,
-}
-
-impl Stamp<'_> {
-    fn hlc_over(&self, over: Option<&Record>) -> Hlc {
-        self.clock.now_after(over.map_or(Hlc::ZERO, |r| r.hlc))
-    }
-
-    /// A write of `value` over `over` (the record currently stored, if any).
-    pub fn put(&self, over: Option<&Record>, value: Bytes, expires_at_ms: Option<u64>) -> Write {
-        Write::Put(Record {
-            value: Some(value),
-            hlc: self.hlc_over(over),
-            origin: self.origin.clone(),
-            expires_at_ms,
-        })
-    }
-
-    /// A tombstone over `over`; nothing when there is nothing to delete.
-    pub fn delete(&self, over: Option<&Record>) -> Write {
-        match over {
-            Some(r) if !r.is_tombstone() => Write::Put(Record {
-                value: None,
-                hlc: self.hlc_over(over),
-                origin: self.origin.clone(),
-                expires_at_ms: None,
-            }),
-            _ => Write::Keep,
-        }
-    }
+    local: Local,
+    node: NodeId,
+    topology: Option<Topology>,
+    view: RwLock<Arc<View>>,
+    metrics: ClusterMetrics,
 }
 
 impl Cluster {
     /// The clock starts above every stored HLC, so new local writes order after all of
-    /// them (which lets [`Cluster::put`] write without reading first).
-    pub fn new(store: Arc<dyn Store>, flusher: Arc<Flusher>, origin: Origin) -> Result<Self, StoreError> {
+    /// them (which lets a blind SET write without reading first).
+    pub fn new(
+        store: Arc<dyn Store>,
+        flusher: Arc<Flusher>,
+        origin: Origin,
+        topology: Option<Topology>,
+        metrics: ClusterMetrics,
+    ) -> Result<Self, StoreError> {
         let clock = Clock::new();
         clock.observe(store.max_hlc()?);
-        Ok(Cluster { store, flusher, clock, origin })
+        let node = NodeId(origin.node);
+        let partitions = store.partitions();
+        let view =
+            View { generation: 0, placement: Placement::new(partitions, 1, [node]), targets: HashMap::new() };
+        Ok(Cluster {
+            local: Local { store, flusher, clock, origin },
+            node,
+            topology,
+            view: RwLock::new(Arc::new(view)),
+            metrics,
+        })
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+        &self.local.store
     }
 
     pub fn flusher(&self) -> &Arc<Flusher> {
-        &self.flusher
+        &self.local.flusher
     }
 
     pub fn partitions(&self) -> u16 {
-        self.store.partitions()
+        self.local.store.partitions()
     }
 
     pub fn stats(&self) -> StoreStats {
-        self.store.stats()
+        self.local.store.stats()
     }
+
+    /// Whether other nodes take part: false for a lone node.
+    pub fn is_clustered(&self) -> bool {
+        self.view().placement.nodes().len() > 1
+    }
+
+    /// The current placement, rebuilt if membership changed since the last call.
+    fn view(&self) -> Arc<View> {
+        let current = self.view.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(topology) = &self.topology else { return current };
+        let generation = topology.members.generation();
+        if generation == current.generation {
+            return current;
+        }
+        let nodes = topology.members.data_nodes();
+        let targets: HashMap<u64, Target> = nodes
+            .iter()
+            .map(|n| (n.id, Target { id: n.id, name: n.name.clone(), addr: n.rpc_addr }))
+            .collect();
+        let ids = nodes.iter().map(|n| NodeId(n.id)).chain([self.node]);
+        let placement = Placement::new(self.partitions(), topology.replicas, ids);
+        let view = Arc::new(View { generation, placement, targets });
+        tracing::info!(
+            nodes = view.placement.nodes().len(),
+            owners_per_partition = view.placement.owners_per_partition(),
+            owned_here = view.placement.partitions_of(self.node).len(),
+            "placement updated"
+        );
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = view.clone();
+        view
+    }
+
+    /// Partitions this node owns and is primary of, and the placement's shape, for status.
+    pub fn placement_status(&self) -> serde_json::Value {
+        let view = self.view();
+        let p = &view.placement;
+        let owned = p.partitions_of(self.node);
+        let primary = owned.iter().filter(|&&q| p.primary(q) == Some(self.node)).count();
+        let width = p.owners_per_partition();
+        let replicas = self.topology.as_ref().map_or(1, |t| t.replicas);
+        let required = self.topology.as_ref().map_or(1, |t| t.quorum.required(width));
+        serde_json::json!({
+            "partitions": p.partitions(),
+            "nodes": p.nodes().len(),
+            "replicas_configured": replicas,
+            "owners_per_partition": width,
+            "write_quorum": required,
+            "owned": owned.len(),
+            "primary": primary,
+            // Every partition has all its configured owners, and a quorum survives the
+            // loss of one of them.
+            "replica_health": if width >= replicas { "full" } else if width > required { "degraded" } else if width >= required { "no_spare" } else { "below_quorum" },
+        })
+    }
+
+    fn timeout(&self) -> Duration {
+        self.topology.as_ref().map_or(Duration::from_secs(2), |t| t.timeout)
+    }
+
+    fn owners(&self, view: &View, key: &[u8]) -> Vec<NodeId> {
+        view.placement.owners(partition_of(key, self.partitions())).to_vec()
+    }
+
+    fn target(&self, view: &View, node: NodeId) -> Result<Target, DataError> {
+        view.targets
+            .get(&node.0)
+            .cloned()
+            .ok_or_else(|| DataError::Unavailable(format!("node {:016x} has no peer address", node.0)))
+    }
+
+    fn peers(&self) -> Result<&Arc<Peers>, DataError> {
+        self.topology
+            .as_ref()
+            .map(|t| &t.peers)
+            .ok_or_else(|| DataError::Unavailable("this node has no peers".into()))
+    }
+
+    // ---- reads ----
 
     /// The stored record of `key` (tombstones and expired values included: the caller
     /// decides what is live at its own `now`).
     pub async fn get(&self, key: &[u8]) -> Result<Option<Record>, DataError> {
-        Ok(self.store.get(key)?)
+        let view = self.view();
+        let owners = self.owners(&view, key);
+        let here = owners.contains(&self.node);
+        if here {
+            let local = self.local.store.get(key)?;
+            if local.is_some() || owners.len() == 1 {
+                return Ok(local);
+            }
+        }
+        let deadline = Instant::now() + self.timeout();
+        let keys = vec![Bytes::copy_from_slice(key)];
+        let mut others = owners.iter().copied().filter(|&n| n != self.node).peekable();
+        let mut answered = here;
+        let mut errors = Vec::new();
+        // Not an owner: ask the primary alone first (usually it has the record).
+        if !here && let Some(primary) = others.next() {
+            match self.read_from(&view, primary, &keys, half_of(deadline)).await {
+                Ok(Some(record)) => return Ok(Some(record)),
+                Ok(None) => answered = true,
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        // Missing at the first owner asked: the others may have it (a new owner that has
+        // not received the partition yet, a replica that missed a write).
+        let rest: Vec<NodeId> = others.collect();
+        let answers = futures_join(rest.iter().map(|&n| self.read_from(&view, n, &keys, deadline))).await;
+        let mut best: Option<Record> = None;
+        for answer in answers {
+            match answer {
+                Ok(found) => {
+                    answered = true;
+                    if let Some(r) = found
+                        && r.wins_over(best.as_ref())
+                    {
+                        best = Some(r);
+                    }
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if !answered {
+            return Err(DataError::Unavailable(format!(
+                "no owner of the key answered: {}",
+                errors.join("; ")
+            )));
+        }
+        if here && let Some(record) = &best {
+            // Read repair: this owner missed the record.
+            self.local.apply(&[(Bytes::copy_from_slice(key), record.clone())]).await?;
+        }
+        Ok(best)
+    }
+
+    async fn read_from(
+        &self,
+        view: &View,
+        node: NodeId,
+        keys: &[Bytes],
+        deadline: Instant,
+    ) -> Result<Option<Record>, DataError> {
+        let target = self.target(view, node)?;
+        self.metrics.forwarded.with_label_values(&["read"]).inc();
+        let msg = messages::Read { keys: keys.to_vec() };
+        let answer = self.peers()?.call(&target, &msg, remaining(deadline)).await.map_err(unavailable)?;
+        match answer.into_iter().next().flatten() {
+            None => Ok(None),
+            Some(wire) => Ok(Some(decode(&wire)?)),
+        }
     }
 
     /// The live value of `key` at `now_ms` (GET, MGET, STRLEN, GETRANGE).
     pub async fn get_value(&self, key: &[u8], now_ms: u64) -> Result<Option<Bytes>, DataError> {
-        Ok(self.store.get_value(key, now_ms)?)
+        if !self.is_clustered() {
+            return Ok(self.local.store.get_value(key, now_ms)?);
+        }
+        Ok(self.get(key).await?.and_then(|r| r.live_value(now_ms).cloned()))
     }
 
+    // ---- writes ----
+
     /// Atomically reads `keys`, lets `decide` choose writes (stamping new records with
-    /// [`Stamp`]), applies them and waits until they are as durable as the fsync policy
-    /// promises. Returns the number of records written.
+    /// [`Stamp`]), applies them and waits until the write quorum has them on disk.
+    /// Returns the number of records written.
+    ///
+    /// Keys whose partitions have different primaries are written by each primary on its
+    /// own: such a multi-key command is not atomic across them.
     pub async fn update<F>(&self, keys: &[&[u8]], mut decide: F) -> Result<usize, DataError>
     where
         F: FnMut(&[Option<Record>], &Stamp<'_>) -> Vec<Write>,
     {
-        self.wait_for_room().await;
-        let stamp = Stamp { clock: &self.clock, origin: &self.origin };
-        let written = self.store.update(keys, &mut |current| decide(current, &stamp))?;
-        if written > 0 {
-            self.flusher.written().await?;
+        let view = self.view();
+        let primaries: Vec<NodeId> =
+            keys.iter().map(|k| self.owners(&view, k).first().copied().unwrap_or(self.node)).collect();
+        if primaries.iter().all(|&p| p == self.node) {
+            let written = self.local.update(keys, |current, stamp| decide(current, stamp)).await?;
+            let n = written.len();
+            self.replicate_as_primary(&view, written, None, self.required(&view)).await?;
+            return Ok(n);
         }
-        Ok(written)
+        let owned: Vec<Bytes> = keys.iter().map(|k| Bytes::copy_from_slice(k)).collect();
+        let deadline = Instant::now() + self.timeout();
+        let mut current = self.read_current(&view, &owned, &primaries, deadline).await?;
+        for attempt in 1u32.. {
+            let writes = decide(&current, &self.local.stamp());
+            let ops: Vec<Op> = owned
+                .iter()
+                .zip(&current)
+                .zip(&writes)
+                .map(|((key, cur), write)| Op {
+                    key: key.clone(),
+                    expect: Some(cur.as_ref().map(|r| r.hlc)),
+                    change: change_of(write),
+                })
+                .collect();
+            if ops.iter().all(|op| op.change == Change::Keep) {
+                return Ok(0);
+            }
+            match self.write_ops(&view, ops, &primaries, deadline).await? {
+                Ok(written) => return Ok(written),
+                Err(conflict) => {
+                    if Instant::now() >= deadline {
+                        return Err(DataError::Unavailable(format!(
+                            "the keys kept changing under this write; gave up after {attempt} attempts"
+                        )));
+                    }
+                    // The primary sent what it holds now: decide again on that.
+                    for (i, record) in conflict {
+                        current[i] = record;
+                    }
+                    let pause = MAX_CONFLICT_BACKOFF.min(Duration::from_micros(100) * attempt);
+                    tokio::time::sleep(pause.mul_f64(rand::random::<f64>())).await;
+                }
+            }
+        }
+        unreachable!("the attempts never run out")
     }
 
     /// Writes `value` whatever the key holds now (SET without options).
     pub async fn put(&self, key: &[u8], value: Bytes, expires_at_ms: Option<u64>) -> Result<(), DataError> {
-        self.wait_for_room().await;
-        self.store.put(key, &mut || Record {
-            value: Some(value.clone()),
-            hlc: self.clock.now(),
-            origin: self.origin.clone(),
-            expires_at_ms,
-        })?;
-        self.flusher.written().await?;
-        Ok(())
-    }
-
-    /// Backpressure: waits while the store's write buffer is full.
-    async fn wait_for_room(&self) {
-        if let Some(budget) = self.store.write_budget() {
-            budget.wait_for_room().await;
+        let view = self.view();
+        let primary = self.owners(&view, key).first().copied().unwrap_or(self.node);
+        if primary == self.node {
+            let written = self.local.put(key, value, expires_at_ms).await?;
+            return self.replicate_as_primary(&view, vec![written], None, self.required(&view)).await;
+        }
+        let op = Op {
+            key: Bytes::copy_from_slice(key),
+            expect: None,
+            change: Change::Put { value, expires_at_ms },
+        };
+        let deadline = Instant::now() + self.timeout();
+        match self.write_ops(&view, vec![op], &[primary], deadline).await? {
+            Ok(_) => Ok(()),
+            Err(_) => Err(DataError::Unavailable("unexpected conflict on an unconditional write".into())),
         }
     }
 
-    /// Calls `visit` for every record of a partition.
-    pub async fn scan_partition(
+    /// Acknowledgements a write needs under the current placement.
+    fn required(&self, view: &View) -> usize {
+        self.topology.as_ref().map_or(1, |t| t.quorum.required(view.placement.owners_per_partition()))
+    }
+
+    /// The records of `keys`, each from its primary (this node's store for its own).
+    async fn read_current(
+        &self,
+        view: &View,
+        keys: &[Bytes],
+        primaries: &[NodeId],
+        deadline: Instant,
+    ) -> Result<Vec<Option<Record>>, DataError> {
+        let mut current = vec![None; keys.len()];
+        for (primary, indexes) in group(primaries) {
+            let group_keys: Vec<Bytes> = indexes.iter().map(|&i| keys[i].clone()).collect();
+            let records = if primary == self.node {
+                self.local.read(&group_keys)?
+            } else {
+                let target = self.target(view, primary)?;
+                self.metrics.forwarded.with_label_values(&["read"]).inc();
+                let msg = messages::Read { keys: group_keys };
+                let answer =
+                    self.peers()?.call(&target, &msg, remaining(deadline)).await.map_err(unavailable)?;
+                answer.iter().map(|w| w.as_ref().map(decode).transpose()).collect::<Result<_, _>>()?
+            };
+            for (i, r) in indexes.into_iter().zip(records) {
+                current[i] = r;
+            }
+        }
+        Ok(current)
+    }
+
+    /// Sends each group of ops to its primary. `Ok(Err(current))`: a conflict; `current`
+    /// is what the primary holds now for the ops of its group, by op index.
+    async fn write_ops(
+        &self,
+        view: &View,
+        ops: Vec<Op>,
+        primaries: &[NodeId],
+        deadline: Instant,
+    ) -> Result<Result<usize, Conflict>, DataError> {
+        let required = self.required(view);
+        let mut total = 0;
+        let mut ops: Vec<Option<Op>> = ops.into_iter().map(Some).collect();
+        for (primary, indexes) in group(primaries) {
+            let group_ops: Vec<Op> = indexes.iter().filter_map(|&i| ops[i].take()).collect();
+            if group_ops.iter().all(|op| op.change == Change::Keep) {
+                continue;
+            }
+            if primary == self.node {
+                match self.local.execute(&group_ops).await? {
+                    Executed::Conflict(current) => return Ok(Err(indexes.into_iter().zip(current).collect())),
+                    Executed::Written(written) => {
+                        total += written.len();
+                        self.replicate_as_primary(view, written, None, required).await?;
+                    }
+                }
+                continue;
+            }
+            // This node owns every key of the group: it keeps its own copy and counts it.
+            let keep_here = group_ops.iter().all(|op| self.owners(view, &op.key).contains(&self.node));
+            let msg = messages::Write {
+                quorum: (required - usize::from(keep_here)).max(1) as u32,
+                skip: keep_here.then_some(self.node.0),
+                budget_ms: (remaining(deadline).as_millis() * 3 / 4).min(u128::from(u32::MAX)) as u32,
+                ops: group_ops,
+            };
+            let target = self.target(view, primary)?;
+            self.metrics.forwarded.with_label_values(&["write"]).inc();
+            let outcome =
+                self.peers()?.call(&target, &msg, remaining(deadline)).await.map_err(|e| match e {
+                    RpcError::Timeout { .. } | RpcError::Transport { .. } => {
+                        DataError::Unavailable(format!("{e}; the write may or may not have been applied"))
+                    }
+                    e => unavailable(e),
+                })?;
+            match outcome {
+                WriteOutcome::Conflict { current } => {
+                    let current: Vec<Option<Record>> =
+                        current.iter().map(|w| w.as_ref().map(decode).transpose()).collect::<Result<_, _>>()?;
+                    return Ok(Err(indexes.into_iter().zip(current).collect()));
+                }
+                WriteOutcome::Written { records, acks } => {
+                    let records: Vec<(Bytes, Record)> = records
+                        .iter()
+                        .map(|(k, w)| Ok((k.clone(), decode(w)?)))
+                        .collect::<Result<_, DataError>>()?;
+                    total += records.len();
+                    let mut acks = acks as usize;
+                    if keep_here {
+                        self.local.apply(&records).await?;
+                        acks += 1;
+                    }
+                    if acks < required {
+                        return Err(quorum_missed(acks, required));
+                    }
+                }
+            }
+        }
+        Ok(Ok(total))
+    }
+
+    /// As primary: copies `written` to the other owners of their partitions (except
+    /// `skip`) and waits until `required` owners, this one included, have each record.
+    /// Copies still in flight then complete in the background.
+    async fn replicate_as_primary(
+        &self,
+        view: &View,
+        written: Vec<(Bytes, Record)>,
+        skip: Option<NodeId>,
+        required: usize,
+    ) -> Result<(), DataError> {
+        let acks = self.replicate(view, written, skip, required, self.timeout()).await?;
+        if acks < required {
+            return Err(quorum_missed(acks, required));
+        }
+        Ok(())
+    }
+
+    /// Returns the fewest owners that have any one record (this node included).
+    async fn replicate(
+        &self,
+        view: &View,
+        written: Vec<(Bytes, Record)>,
+        skip: Option<NodeId>,
+        required: usize,
+        wait: Duration,
+    ) -> Result<usize, DataError> {
+        if written.is_empty() || view.placement.owners_per_partition() <= 1 {
+            return Ok(required.max(1));
+        }
+        let Some(topology) = &self.topology else { return Ok(required) };
+        // Which records go to which node, and which partitions each node answers for.
+        #[derive(Default)]
+        struct Copies {
+            records: Vec<(Bytes, WireRecord)>,
+            /// The partitions of those records: an answer counts as an ack for each.
+            partitions: Vec<Partition>,
+        }
+        let mut per_node: BTreeMap<NodeId, Copies> = BTreeMap::new();
+        let mut partitions: BTreeMap<Partition, usize> = BTreeMap::new();
+        for (key, record) in &written {
+            let p = partition_of(key, self.partitions());
+            partitions.insert(p, 1);
+            for &owner in view.placement.owners(p) {
+                if owner != self.node && Some(owner) != skip {
+                    let copies = per_node.entry(owner).or_default();
+                    copies.records.push((key.clone(), WireRecord::new(record)));
+                    copies.partitions.push(p);
+                }
+            }
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut outstanding = 0;
+        for (node, Copies { records, partitions: parts }) in per_node {
+            let Ok(target) = self.target(view, node) else { continue };
+            let peers = topology.peers.clone();
+            let (tx, timeout) = (tx.clone(), topology.timeout);
+            let sent = records.len() as u64;
+            self.metrics.replicated_records.with_label_values(&["sent"]).inc_by(sent);
+            outstanding += 1;
+            tokio::spawn(async move {
+                let result = peers.call(&target, &messages::Replicate { records }, timeout).await;
+                if let Err(e) = &result {
+                    tracing::debug!(peer = %target.name, error = %e, "replica copy failed");
+                }
+                let _ = tx.send((parts, result.is_ok()));
+            });
+        }
+        drop(tx);
+        let quorum_met =
+            |partitions: &BTreeMap<Partition, usize>| partitions.values().all(|&n| n >= required);
+        let deadline = tokio::time::Instant::now() + wait;
+        while outstanding > 0 && !quorum_met(&partitions) {
+            let Ok(Some((parts, ok))) = tokio::time::timeout_at(deadline, rx.recv()).await else { break };
+            outstanding -= 1;
+            if ok {
+                for p in parts {
+                    *partitions.entry(p).or_default() += 1;
+                }
+            }
+        }
+        let acks = partitions.values().copied().min().unwrap_or(1);
+        let outcome = if acks >= required { "quorum_met" } else { "quorum_missed" };
+        self.metrics.replication.with_label_values(&[outcome]).inc();
+        Ok(acks)
+    }
+
+    // ---- scans ----
+
+    /// Live keys of a partition at `now_ms` matching `pattern`, from an owner.
+    pub async fn keys(
         &self,
         partition: Partition,
-        visit: &mut (dyn FnMut(&[u8], &Record) + Send),
-    ) -> Result<(), DataError> {
-        Ok(self.store.scan_partition(partition, visit)?)
+        pattern: Option<&[u8]>,
+        now_ms: u64,
+    ) -> Result<Vec<Bytes>, DataError> {
+        let view = self.view();
+        let owners = view.placement.owners(partition).to_vec();
+        if owners.contains(&self.node) || owners.is_empty() {
+            return Ok(self.local.keys(partition, pattern, now_ms)?);
+        }
+        let deadline = Instant::now() + self.timeout();
+        let mut errors = Vec::new();
+        for owner in owners {
+            let msg = messages::Keys { partition, pattern: pattern.map(Bytes::copy_from_slice), now_ms };
+            self.metrics.forwarded.with_label_values(&["scan"]).inc();
+            match self.target(&view, owner) {
+                Ok(target) => match self.peers()?.call(&target, &msg, remaining(deadline)).await {
+                    Ok(keys) => return Ok(keys),
+                    Err(e) => errors.push(e.to_string()),
+                },
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        Err(DataError::Unavailable(format!(
+            "no owner of partition {partition} answered: {}",
+            errors.join("; ")
+        )))
     }
+
+    /// Live keys in the whole cluster at `now_ms` (DBSIZE): each partition counted once,
+    /// by this node where it owns it, else by its primary.
+    pub async fn count(&self, now_ms: u64) -> Result<u64, DataError> {
+        let view = self.view();
+        let mut by_node: BTreeMap<NodeId, Vec<Partition>> = BTreeMap::new();
+        for p in 0..self.partitions() {
+            let owners = view.placement.owners(p);
+            let node = if owners.contains(&self.node) {
+                self.node
+            } else {
+                owners.first().copied().unwrap_or(self.node)
+            };
+            by_node.entry(node).or_default().push(p);
+        }
+        let deadline = Instant::now() + self.timeout();
+        let mut total = 0;
+        for (node, partitions) in by_node {
+            total += if node == self.node {
+                self.local.count(&partitions, now_ms)?
+            } else {
+                let target = self.target(&view, node)?;
+                self.metrics.forwarded.with_label_values(&["scan"]).inc();
+                let msg = messages::Count { partitions, now_ms };
+                self.peers()?.call(&target, &msg, remaining(deadline)).await.map_err(unavailable)?
+            };
+        }
+        Ok(total)
+    }
+
+    /// The current time for commands that scan (one clock for the whole scan).
+    pub fn now_ms(&self) -> u64 {
+        unix_ms()
+    }
+}
+
+fn change_of(write: &Write) -> Change {
+    match write {
+        Write::Keep => Change::Keep,
+        Write::Put(Record { value: Some(value), expires_at_ms, .. }) => {
+            Change::Put { value: value.clone(), expires_at_ms: *expires_at_ms }
+        }
+        Write::Put(Record { value: None, .. }) => Change::Delete,
+    }
+}
+
+/// What a primary holds for the keys of a conflicting write: (key index, record).
+type Conflict = Vec<(usize, Option<Record>)>;
+
+/// Indexes grouped by node, in node order.
+fn group(nodes: &[NodeId]) -> BTreeMap<NodeId, Vec<usize>> {
+    let mut groups: BTreeMap<NodeId, Vec<usize>> = BTreeMap::new();
+    for (i, &n) in nodes.iter().enumerate() {
+        groups.entry(n).or_default().push(i);
+    }
+    groups
+}
+
+fn decode(wire: &WireRecord) -> Result<Record, DataError> {
+    wire.decode().map_err(|e| DataError::Unavailable(format!("a peer sent an unreadable record: {e}")))
+}
+
+fn unavailable(e: RpcError) -> DataError {
+    DataError::Unavailable(e.to_string())
+}
+
+fn quorum_missed(acks: usize, required: usize) -> DataError {
+    DataError::Unavailable(format!(
+        "write reached {acks} of the {required} owners it needs (cluster.write_quorum) in time; \
+         it is kept where it was applied and may still become visible"
+    ))
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// Halfway from now to `deadline`: the budget of a first attempt that leaves time for a
+/// second.
+fn half_of(deadline: Instant) -> Instant {
+    Instant::now() + remaining(deadline) / 2
+}
+
+/// Runs futures concurrently and collects their outputs in order: each awaits the
+/// network, so together they take as long as the slowest, not the sum.
+async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
+    let mut results: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (slot, result) in pending.iter_mut().zip(results.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *result = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await;
+    results.into_iter().flatten().collect()
 }

@@ -57,6 +57,7 @@ fn merge_layers(opts: &LoadOptions) -> Result<(Config, HashMap<String, String>),
             ("client_addr", "127.0.0.1:6379".to_string()),
             ("admin_addr", "127.0.0.1:9379".to_string()),
             ("gossip_addr", "127.0.0.1:7946".to_string()),
+            ("rpc_addr", "127.0.0.1:7947".to_string()),
             ("data_dir", dir.display().to_string()),
         ];
         for (key, value) in dev {

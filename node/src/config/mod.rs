@@ -53,6 +53,9 @@ pub struct Config {
     /// Gossip addresses (`host:port`; names are resolved again at every attempt) of members
     /// to join. Empty: this node starts a cluster of its own and waits to be joined.
     pub join: Vec<String>,
+    /// UDP address of the peer QUIC endpoint; peers reach it on the advertised IP.
+    #[serde(with = "units::opt_addr")]
+    pub rpc_addr: Option<SocketAddr>,
     /// Log format: `text` for terminals, `json` for containers.
     pub log_format: LogFormat,
     /// Log filter, e.g. `info` or `opencluster_node=debug,info`.
@@ -64,6 +67,53 @@ pub struct Config {
     pub allow_flushdb: bool,
     pub limits: Limits,
     pub store: StoreConfig,
+    pub cluster: ClusterConfig,
+    pub rpc: RpcConfig,
+}
+
+/// Replication inside the datacenter.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Copies of each partition.
+    pub replicas: u32,
+    /// `majority`, `all`, `one`, or a number of owners.
+    pub write_quorum: String,
+    /// Deadline of a request that involves other nodes.
+    #[serde(with = "units::duration")]
+    pub request_timeout: Duration,
+}
+
+/// The peer QUIC endpoint.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RpcConfig {
+    /// Flow-control window of one request stream.
+    pub stream_window: ByteSize,
+    /// Flow-control window of one connection.
+    pub connection_window: ByteSize,
+    /// Requests one peer may have in flight at once.
+    pub max_concurrent_requests: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            replicas: 3,
+            write_quorum: "majority".into(),
+            request_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig {
+            stream_window: ByteSize(1 << 20),
+            connection_window: ByteSize(8 << 20),
+            max_concurrent_requests: 256,
+        }
+    }
 }
 
 /// Bounds on what one client can make the node hold.
@@ -137,12 +187,15 @@ impl Default for Config {
             gossip_addr: Some(SocketAddr::from(([0, 0, 0, 0], 7946))),
             advertise: None,
             join: Vec::new(),
+            rpc_addr: Some(SocketAddr::from(([0, 0, 0, 0], 7947))),
             log_format: LogFormat::Text,
             log_level: "info".into(),
             shutdown_timeout: Duration::from_secs(10),
             allow_flushdb: false,
             limits: Limits::default(),
             store: StoreConfig::default(),
+            cluster: ClusterConfig::default(),
+            rpc: RpcConfig::default(),
         }
     }
 }
@@ -268,6 +321,26 @@ impl Config {
                 return Err(err("join", e));
             }
         }
+        let c = &self.cluster;
+        if c.replicas == 0 || c.replicas > 16 {
+            return Err(err("cluster.replicas", "must be between 1 and 16"));
+        }
+        if let Err(e) = self.write_quorum() {
+            return Err(err("cluster.write_quorum", e));
+        }
+        if c.request_timeout < Duration::from_millis(10) || c.request_timeout > Duration::from_secs(600) {
+            return Err(err("cluster.request_timeout", "must be between 10ms and 10m"));
+        }
+        let r = &self.rpc;
+        if r.stream_window.0 < 16 << 10 || r.stream_window.0 > 1 << 30 {
+            return Err(err("rpc.stream_window", "must be between 16KiB and 1GiB"));
+        }
+        if r.connection_window.0 < r.stream_window.0 || r.connection_window.0 > 4 << 30 {
+            return Err(err("rpc.connection_window", "must be at least rpc.stream_window and at most 4GiB"));
+        }
+        if r.max_concurrent_requests == 0 || r.max_concurrent_requests > 65_536 {
+            return Err(err("rpc.max_concurrent_requests", "must be between 1 and 65536"));
+        }
         let l = &self.limits;
         if l.max_key_bytes.0 == 0 || l.max_key_bytes.0 > 512 << 20 {
             return Err(err("limits.max_key_bytes", "must be between 1 byte and 512MiB"));
@@ -317,6 +390,21 @@ impl Config {
         match self.store.fsync {
             Fsync::Always => FsyncPolicy::Always,
             Fsync::Interval => FsyncPolicy::Interval(self.store.fsync_interval),
+        }
+    }
+
+    /// `cluster.write_quorum` parsed.
+    pub fn write_quorum(&self) -> Result<crate::placement::WriteQuorum, String> {
+        use crate::placement::WriteQuorum;
+        match self.cluster.write_quorum.trim() {
+            "majority" => Ok(WriteQuorum::Majority),
+            "all" => Ok(WriteQuorum::All),
+            "one" => Ok(WriteQuorum::One),
+            n => match n.parse::<usize>().ok().and_then(std::num::NonZeroUsize::new) {
+                Some(n) if n.get() <= self.cluster.replicas as usize => Ok(WriteQuorum::Count(n)),
+                Some(n) => Err(format!("{n} is more than cluster.replicas ({})", self.cluster.replicas)),
+                None => Err(format!("{n:?} is not majority, all, one or a number of owners from 1")),
+            },
         }
     }
 }

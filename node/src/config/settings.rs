@@ -83,6 +83,37 @@ pub const SETTINGS: &[Setting] = &[
         Kind::List,
         "Gossip addresses or DNS names (host:port, comma-separated) of members to join; retried until one answers",
     ),
+    s(
+        "rpc_addr",
+        Kind::Addr,
+        "UDP address of the peer QUIC endpoint (mutual TLS) other nodes forward reads and writes to [default: 0.0.0.0:7947; with --dev 127.0.0.1:7947]",
+    ),
+    s(
+        "cluster.replicas",
+        Kind::Int,
+        "Copies of each partition, on that many nodes (fewer while the cluster has fewer nodes) [default: 3]",
+    ),
+    s(
+        "cluster.write_quorum",
+        Kind::Str,
+        "Owners that must have a write on disk before it is acknowledged: majority, all, one, or a number [default: majority]",
+    ),
+    s(
+        "cluster.request_timeout",
+        Kind::Duration,
+        "Deadline of a read or write that involves other nodes; past it the client gets a CLUSTERDOWN error [default: 2s]",
+    ),
+    s("rpc.stream_window", Kind::Size, "QUIC flow-control window of one peer request stream [default: 1MiB]"),
+    s(
+        "rpc.connection_window",
+        Kind::Size,
+        "QUIC flow-control window of one peer connection, all streams together [default: 8MiB]",
+    ),
+    s(
+        "rpc.max_concurrent_requests",
+        Kind::Int,
+        "Requests one peer may have in flight to this node at once; more wait for a slot [default: 256]",
+    ),
     s("log_format", Kind::Choice(&["text", "json"]), "Log format: text or json [default: text]"),
     s("log_level", Kind::Str, "Log filter, e.g. info, debug, opencluster_node=debug [default: info]"),
     s(

@@ -2,7 +2,7 @@
 //!
 //! An identity carries what every member needs to know about another without asking it:
 //! its node id, the gossip address peers reach it on, when this process started (with a
-//! renewal counter), and small metadata (name, datacenter, role, version, client address).
+//! renewal counter), and small metadata (name, datacenter, role, version, client and RPC addresses).
 //! It is sent in every gossip message, so it stays small: about 60 bytes plus the name and
 //! datacenter (at most about 400 bytes with the longest names configuration accepts), of a
 //! 1363-byte packet.
@@ -48,6 +48,8 @@ pub struct Metadata {
     pub version: String,
     /// Where it serves RESP clients, if over TCP.
     pub client_addr: Option<SocketAddr>,
+    /// Where its peer QUIC endpoint listens, if it has one.
+    pub rpc_addr: Option<SocketAddr>,
 }
 
 /// A member's identity in foca.
@@ -124,6 +126,7 @@ pub(crate) mod tests {
                 role: Role::Node,
                 version: "0.1.0".into(),
                 client_addr: Some(SocketAddr::from(([127, 0, 0, 1], 6379))),
+                rpc_addr: Some(SocketAddr::from(([127, 0, 0, 1], 7947))),
             },
         }
     }
@@ -163,6 +166,6 @@ pub(crate) mod tests {
     #[test]
     fn an_identity_is_small() {
         let id = identity(u64::MAX, 65535, u64::MAX);
-        assert!(id.encoded_len() < 100, "{}", id.encoded_len());
+        assert!(id.encoded_len() < 110, "{}", id.encoded_len());
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -61,6 +62,7 @@ pub struct MemberView {
     pub state: MemberState,
     pub gossip_addr: SocketAddr,
     pub client_addr: Option<SocketAddr>,
+    pub rpc_addr: Option<SocketAddr>,
     pub version: String,
     /// Whether this entry is the node answering.
     #[serde(rename = "self")]
@@ -77,6 +79,7 @@ impl MemberView {
             state,
             gossip_addr: identity.addr,
             client_addr: identity.meta.client_addr,
+            rpc_addr: identity.meta.rpc_addr,
             version: identity.meta.version.clone(),
             is_self,
         }
@@ -111,10 +114,22 @@ struct Table {
     peers: BTreeMap<SocketAddr, (NodeIdentity, MemberState)>,
 }
 
+/// A data node that partitions can be placed on: role node, alive or suspect (a suspicion
+/// does not move data; only a confirmed failure does), with a peer RPC address.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DataNode {
+    pub id: u64,
+    pub rpc_addr: SocketAddr,
+    pub name: String,
+}
+
 /// The shared table. Readers take a short read lock and copy what they need.
 #[derive(Debug)]
 pub struct Members {
     table: RwLock<Table>,
+    /// Bumped whenever the set of [`DataNode`]s changes, so that readers rebuild their
+    /// placement only then (one atomic load per request otherwise).
+    generation: AtomicU64,
 }
 
 impl Members {
@@ -122,7 +137,19 @@ impl Members {
     pub fn new(local: NodeIdentity) -> Self {
         Members {
             table: RwLock::new(Table { local, local_state: MemberState::Alive, peers: BTreeMap::new() }),
+            generation: AtomicU64::new(1),
         }
+    }
+
+    /// Changes whenever [`Members::data_nodes`] would return another set.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The nodes partitions are placed on, this node included while it is alive, by id.
+    pub fn data_nodes(&self) -> Vec<DataNode> {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        data_nodes(&table)
     }
 
     /// Replaces what is known: this node's identity and state and every peer foca knows.
@@ -134,7 +161,11 @@ impl Members {
     ) {
         let peers = peers.into_iter().map(|(id, state)| (id.addr, (id, state))).collect();
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        let before = data_nodes(&table);
         *table = Table { local, local_state, peers };
+        if data_nodes(&table) != before {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Every member, this node first, then peers by gossip address.
@@ -168,6 +199,25 @@ impl Members {
     }
 }
 
+fn data_nodes(table: &Table) -> Vec<DataNode> {
+    let placeable = |id: &NodeIdentity, state: MemberState| {
+        let usable = id.meta.role == super::identity::Role::Node
+            && matches!(state, MemberState::Alive | MemberState::Suspect);
+        id.meta.rpc_addr.filter(|_| usable).map(|rpc_addr| DataNode {
+            id: id.id,
+            rpc_addr,
+            name: id.meta.name.clone(),
+        })
+    };
+    let mut nodes: Vec<DataNode> = std::iter::once((&table.local, table.local_state))
+        .chain(table.peers.values().map(|(id, state)| (id, *state)))
+        .filter_map(|(id, state)| placeable(id, state))
+        .collect();
+    nodes.sort();
+    nodes.dedup_by_key(|n| n.id);
+    nodes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +245,23 @@ mod tests {
         );
         assert_eq!(members.counts(), Counts { alive: 1, suspect: 1, down: 1, left: 0 });
         assert_eq!(members.active_peers(), 1);
+        // Placement sees the alive and suspect nodes, not the down one.
+        let ids: Vec<u64> = members.data_nodes().iter().map(|n| n.id).collect();
+        assert_eq!(ids, [1, 2]);
+        let generation = members.generation();
+        members.replace(
+            identity(1, 7001, 0),
+            MemberState::Alive,
+            [(identity(3, 7003, 0), MemberState::Down), (identity(2, 7002, 0), MemberState::Alive)],
+        );
+        assert_eq!(members.generation(), generation, "suspect -> alive moves nothing");
+        members.replace(
+            identity(1, 7001, 0),
+            MemberState::Alive,
+            [(identity(2, 7002, 0), MemberState::Down)],
+        );
+        assert_ne!(members.generation(), generation);
+        assert_eq!(members.data_nodes().len(), 1);
         let json = serde_json::to_value(&list[0]).unwrap();
         assert_eq!(json["id"], "0000000000000001");
         assert_eq!(json["state"], "alive");

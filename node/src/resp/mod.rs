@@ -4,6 +4,5 @@
 pub mod codec;
 pub mod commands;
 pub mod connection;
-pub mod glob;
 pub mod server;
 pub mod table;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use super::strings::Expiry;
 use super::{CmdError, CmdResult, Ctx, Flow, parse_i64, upper};
 use crate::placement::Partition;
-use crate::resp::{codec, glob};
+use crate::resp::codec;
 use crate::store::Write;
 
 pub(super) async fn del(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult {
@@ -142,21 +142,14 @@ pub(super) async fn type_of(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult {
     Ok(Flow::Continue)
 }
 
-/// Live keys of one partition that match `pattern`.
+/// Live keys of one partition that match `pattern`, from an owner of the partition.
 async fn partition_keys(
     ctx: &Ctx<'_>,
     p: Partition,
     pattern: Option<&[u8]>,
     into: &mut Vec<Bytes>,
 ) -> Result<(), CmdError> {
-    let now = ctx.now_ms;
-    ctx.cluster()
-        .scan_partition(p, &mut |key, r| {
-            if r.is_live(now) && pattern.is_none_or(|pat| glob::matches(pat, key)) {
-                into.push(Bytes::copy_from_slice(key));
-            }
-        })
-        .await?;
+    into.extend(ctx.cluster().keys(p, pattern, ctx.now_ms).await?);
     Ok(())
 }
 

@@ -79,11 +79,11 @@ impl CmdError {
 
 impl From<DataError> for CmdError {
     fn from(e: DataError) -> Self {
-        let kind = match e {
-            DataError::Store(_) => "store",
-            DataError::NotDurable(_) => "durability",
-        };
-        CmdError::new(kind, format!("ERR {e}"))
+        match e {
+            DataError::Store(_) => CmdError::new("store", format!("ERR {e}")),
+            DataError::NotDurable(_) => CmdError::new("durability", format!("ERR {e}")),
+            DataError::Unavailable(_) => CmdError::new("cluster", format!("CLUSTERDOWN {e}")),
+        }
     }
 }
 
@@ -193,7 +193,7 @@ async fn run(ctx: &mut Ctx<'_>, cmd: Cmd, args: &[Bytes]) -> CmdResult {
         Cmd::Info => server::info(ctx, args),
         Cmd::Config => server::config(ctx, args),
         Cmd::Time => server::time(ctx),
-        Cmd::Dbsize => server::dbsize(ctx),
+        Cmd::Dbsize => server::dbsize(ctx).await,
         Cmd::Flushdb => server::flushdb(ctx, args).await,
         Cmd::Get => strings::get(ctx, args).await,
         Cmd::Set => strings::set(ctx, args).await,

@@ -5,9 +5,9 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 
 use super::{CmdError, CmdResult, Ctx, Flow, upper};
+use crate::glob;
 use crate::hlc::unix_ms;
 use crate::resp::codec;
-use crate::resp::glob;
 use crate::resp::table::{COMMANDS, Spec, lookup};
 use crate::store::Write;
 
@@ -219,8 +219,12 @@ pub(super) fn time(ctx: &mut Ctx<'_>) -> CmdResult {
     Ok(Flow::Continue)
 }
 
-pub(super) fn dbsize(ctx: &mut Ctx<'_>) -> CmdResult {
-    ctx.int(ctx.state.cluster.stats().keys as i64)
+/// A lone node answers from its store's counter (expired keys count until purged, as in
+/// Redis); in a cluster every partition is counted once, by one of its owners.
+pub(super) async fn dbsize(ctx: &mut Ctx<'_>) -> CmdResult {
+    let cluster = &ctx.state.cluster;
+    let n = if cluster.is_clustered() { cluster.count(ctx.now_ms).await? } else { cluster.stats().keys };
+    ctx.int(n as i64)
 }
 
 /// Keys deleted per atomic update while flushing, so one FLUSHDB never holds many locks.
@@ -241,14 +245,7 @@ pub(super) async fn flushdb(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult {
     let cluster = &ctx.state.cluster;
     let now = unix_ms();
     for p in 0..cluster.partitions() {
-        let mut keys: Vec<Bytes> = Vec::new();
-        cluster
-            .scan_partition(p, &mut |k, r| {
-                if !r.is_tombstone() {
-                    keys.push(Bytes::copy_from_slice(k));
-                }
-            })
-            .await?;
+        let keys = cluster.keys(p, None, now).await?;
         for chunk in keys.chunks(FLUSH_CHUNK) {
             let refs: Vec<&[u8]> = chunk.iter().map(|k| &k[..]).collect();
             cluster

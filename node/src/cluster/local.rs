@@ -1,0 +1,226 @@
+//! What a node does to its own store on behalf of the cluster: stamp and apply a write as
+//! a partition's primary, apply a replica's copy by last-writer-wins, read and scan.
+//! Every write waits until it is as durable as the fsync policy promises.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::DataError;
+use crate::glob;
+use crate::hlc::{Clock, Hlc};
+use crate::peer::messages::{Change, Op};
+use crate::placement::Partition;
+use crate::record::{Origin, Record};
+use crate::store::flusher::Flusher;
+use crate::store::{Store, StoreError, Write};
+
+/// Makes records for local writes: each gets an HLC above the record it replaces, and
+/// this node's origin.
+pub struct Stamp<'a> {
+    clock: &'a Clock,
+    origin: &'a Origin,
+}
+
+impl Stamp<'_> {
+    fn hlc_over(&self, over: Option<&Record>) -> Hlc {
+        self.clock.now_after(over.map_or(Hlc::ZERO, |r| r.hlc))
+    }
+
+    /// A write of `value` over `over` (the record currently stored, if any).
+    pub fn put(&self, over: Option<&Record>, value: Bytes, expires_at_ms: Option<u64>) -> Write {
+        Write::Put(Record {
+            value: Some(value),
+            hlc: self.hlc_over(over),
+            origin: self.origin.clone(),
+            expires_at_ms,
+        })
+    }
+
+    /// A tombstone over `over`; nothing when there is nothing to delete.
+    pub fn delete(&self, over: Option<&Record>) -> Write {
+        match over {
+            Some(r) if !r.is_tombstone() => Write::Put(Record {
+                value: None,
+                hlc: self.hlc_over(over),
+                origin: self.origin.clone(),
+                expires_at_ms: None,
+            }),
+            _ => Write::Keep,
+        }
+    }
+}
+
+/// The outcome of [`Local::execute`].
+pub enum Executed {
+    /// Applied and durable: what was written.
+    Written(Vec<(Bytes, Record)>),
+    /// An expectation failed; nothing was written. What is stored, per op.
+    Conflict(Vec<Option<Record>>),
+}
+
+pub struct Local {
+    pub store: Arc<dyn Store>,
+    pub flusher: Arc<Flusher>,
+    pub clock: Clock,
+    pub origin: Origin,
+}
+
+impl Local {
+    pub fn stamp(&self) -> Stamp<'_> {
+        Stamp { clock: &self.clock, origin: &self.origin }
+    }
+
+    /// Backpressure: waits while the store's write buffer is full.
+    pub async fn wait_for_room(&self) {
+        if let Some(budget) = self.store.write_budget() {
+            budget.wait_for_room().await;
+        }
+    }
+
+    pub fn read(&self, keys: &[Bytes]) -> Result<Vec<Option<Record>>, StoreError> {
+        keys.iter().map(|k| self.store.get(k)).collect()
+    }
+
+    /// Atomically reads `keys`, lets `decide` choose writes, applies them and waits for
+    /// durability. Returns what was written.
+    pub async fn update<F>(&self, keys: &[&[u8]], decide: F) -> Result<Vec<(Bytes, Record)>, DataError>
+    where
+        F: FnOnce(&[Option<Record>], &Stamp<'_>) -> Vec<Write>,
+    {
+        self.wait_for_room().await;
+        let stamp = self.stamp();
+        let mut decide = Some(decide);
+        let mut written = Vec::new();
+        self.store.update(keys, &mut |current| {
+            let writes = decide.take().map_or_else(Vec::new, |d| d(current, &stamp));
+            written = keys
+                .iter()
+                .zip(&writes)
+                .filter_map(|(k, w)| match w {
+                    Write::Put(r) => Some((Bytes::copy_from_slice(k), r.clone())),
+                    Write::Keep => None,
+                })
+                .collect();
+            writes
+        })?;
+        if !written.is_empty() {
+            self.flusher.written().await?;
+        }
+        Ok(written)
+    }
+
+    /// Writes `value` whatever the key holds now, stamped above everything this node has seen.
+    pub async fn put(
+        &self,
+        key: &[u8],
+        value: Bytes,
+        expires_at_ms: Option<u64>,
+    ) -> Result<(Bytes, Record), DataError> {
+        self.wait_for_room().await;
+        let mut record = None;
+        self.store.put(key, &mut || {
+            let r = Record {
+                value: Some(value.clone()),
+                hlc: self.clock.now(),
+                origin: self.origin.clone(),
+                expires_at_ms,
+            };
+            record = Some(r.clone());
+            r
+        })?;
+        self.flusher.written().await?;
+        let record = record.ok_or_else(|| StoreError::Io("the store did not write the record".into()))?;
+        Ok((Bytes::copy_from_slice(key), record))
+    }
+
+    /// As a partition's primary: checks every op's expectation against the stored record
+    /// and, if all hold, stamps and applies the changes atomically.
+    pub async fn execute(&self, ops: &[Op]) -> Result<Executed, DataError> {
+        if let [Op { key, expect: None, change: Change::Put { value, expires_at_ms } }] = ops {
+            // A blind SET needs no read.
+            let written = self.put(key, value.clone(), *expires_at_ms).await?;
+            return Ok(Executed::Written(vec![written]));
+        }
+        let keys: Vec<&[u8]> = ops.iter().map(|op| &op.key[..]).collect();
+        let mut conflict = None;
+        let written = self
+            .update(&keys, |current, stamp| {
+                let holds = ops
+                    .iter()
+                    .zip(current)
+                    .all(|(op, cur)| op.expect.is_none_or(|hlc| cur.as_ref().map(|r| r.hlc) == hlc));
+                if !holds {
+                    conflict = Some(current.to_vec());
+                    return vec![Write::Keep; ops.len()];
+                }
+                ops.iter()
+                    .zip(current)
+                    .map(|(op, cur)| match &op.change {
+                        Change::Keep => Write::Keep,
+                        Change::Put { value, expires_at_ms } => {
+                            stamp.put(cur.as_ref(), value.clone(), *expires_at_ms)
+                        }
+                        Change::Delete => stamp.delete(cur.as_ref()),
+                    })
+                    .collect()
+            })
+            .await?;
+        Ok(match conflict {
+            Some(current) => Executed::Conflict(current),
+            None => Executed::Written(written),
+        })
+    }
+
+    /// Applies other nodes' records by last-writer-wins and waits for durability.
+    pub async fn apply(&self, records: &[(Bytes, Record)]) -> Result<(), DataError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        if let Some(max) = records.iter().map(|(_, r)| r.hlc).max() {
+            self.clock.observe(max);
+        }
+        self.wait_for_room().await;
+        let keys: Vec<&[u8]> = records.iter().map(|(k, _)| &k[..]).collect();
+        let written = self.store.update(&keys, &mut |current| {
+            records
+                .iter()
+                .zip(current)
+                .map(
+                    |((_, r), cur)| {
+                        if r.wins_over(cur.as_ref()) { Write::Put(r.clone()) } else { Write::Keep }
+                    },
+                )
+                .collect()
+        })?;
+        if written > 0 {
+            self.flusher.written().await?;
+        }
+        Ok(())
+    }
+
+    /// Live keys of a partition at `now_ms` matching `pattern`.
+    pub fn keys(
+        &self,
+        partition: Partition,
+        pattern: Option<&[u8]>,
+        now_ms: u64,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let mut keys = Vec::new();
+        self.store.scan_partition(partition, &mut |key, r| {
+            if r.is_live(now_ms) && pattern.is_none_or(|p| glob::matches(p, key)) {
+                keys.push(Bytes::copy_from_slice(key));
+            }
+        })?;
+        Ok(keys)
+    }
+
+    /// Live keys in `partitions` at `now_ms`.
+    pub fn count(&self, partitions: &[Partition], now_ms: u64) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for &p in partitions {
+            self.store.scan_partition(p, &mut |_, r| n += u64::from(r.is_live(now_ms)))?;
+        }
+        Ok(n)
+    }
+}

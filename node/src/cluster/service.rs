@@ -1,0 +1,107 @@
+//! The other side of forwarding: what this node answers when a peer sends it a request.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Cluster, DataError, NodeId};
+use crate::peer::messages::{self, Kind, Refusal, WireRecord, WriteOutcome};
+use crate::peer::{BoxFuture, Handler, answer};
+use crate::record::Record;
+
+/// Answers peers' requests from this node's [`Cluster`].
+pub struct Service {
+    cluster: Arc<Cluster>,
+}
+
+impl Service {
+    pub fn new(cluster: Arc<Cluster>) -> Arc<Self> {
+        Arc::new(Service { cluster })
+    }
+}
+
+fn refusal(e: DataError) -> Refusal {
+    match e {
+        DataError::Unavailable(reason) => Refusal::Unavailable(reason),
+        e => Refusal::Store(e.to_string()),
+    }
+}
+
+fn wire(records: &[(Bytes, Record)]) -> Vec<(Bytes, WireRecord)> {
+    records.iter().map(|(k, r)| (k.clone(), WireRecord::new(r))).collect()
+}
+
+impl Handler for Service {
+    fn handle(&self, kind: Kind, body: Bytes) -> BoxFuture<'_, Vec<u8>> {
+        let c = &self.cluster;
+        Box::pin(async move {
+            match kind {
+                Kind::Ping => answer(&body, |_: messages::Ping| async { Ok(c.node.0) }).await,
+                Kind::Read => {
+                    answer(&body, |m: messages::Read| async move {
+                        let records = c.local.read(&m.keys).map_err(|e| refusal(e.into()))?;
+                        Ok(records.iter().map(|r| r.as_ref().map(WireRecord::new)).collect())
+                    })
+                    .await
+                }
+                Kind::Write => {
+                    answer(&body, |m: messages::Write| async move {
+                        let view = c.view();
+                        match c.local.execute(&m.ops).await.map_err(refusal)? {
+                            super::Executed::Conflict(current) => Ok(WriteOutcome::Conflict {
+                                current: current.iter().map(|r| r.as_ref().map(WireRecord::new)).collect(),
+                            }),
+                            super::Executed::Written(written) => {
+                                let records = wire(&written);
+                                let skip = m.skip.map(NodeId);
+                                let wait = std::time::Duration::from_millis(u64::from(m.budget_ms));
+                                let acks = c
+                                    .replicate(&view, written, skip, m.quorum as usize, wait)
+                                    .await
+                                    .map_err(refusal)?;
+                                Ok(WriteOutcome::Written { records, acks: acks as u32 })
+                            }
+                        }
+                    })
+                    .await
+                }
+                Kind::Replicate => {
+                    answer(&body, |m: messages::Replicate| async move {
+                        let records = m
+                            .records
+                            .iter()
+                            .map(|(k, w)| w.decode().map(|r| (k.clone(), r)))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| Refusal::Malformed(e.to_string()))?;
+                        c.metrics
+                            .replicated_records
+                            .with_label_values(&["received"])
+                            .inc_by(records.len() as u64);
+                        c.local.apply(&records).await.map_err(refusal)
+                    })
+                    .await
+                }
+                Kind::Keys => {
+                    answer(&body, |m: messages::Keys| async move {
+                        if m.partition >= c.partitions() {
+                            return Err(Refusal::Malformed(format!("no partition {}", m.partition)));
+                        }
+                        c.local
+                            .keys(m.partition, m.pattern.as_deref(), m.now_ms)
+                            .map_err(|e| refusal(e.into()))
+                    })
+                    .await
+                }
+                Kind::Count => {
+                    answer(&body, |m: messages::Count| async move {
+                        if m.partitions.iter().any(|&p| p >= c.partitions()) {
+                            return Err(Refusal::Malformed("partition out of range".into()));
+                        }
+                        c.local.count(&m.partitions, m.now_ms).map_err(|e| refusal(e.into()))
+                    })
+                    .await
+                }
+            }
+        })
+    }
+}

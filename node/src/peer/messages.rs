@@ -1,0 +1,277 @@
+//! What nodes say to each other over peer RPC: one typed request per stream, answered by
+//! the response type its [`Message`] impl names.
+//!
+//! On the wire a request is `[protocol version][message kind][postcard body]` and the
+//! answer is the postcard encoding of `Result<Response, Refusal>`. Records travel in their
+//! own versioned storage encoding ([`WireRecord`]), so a record means the same bytes on
+//! disk and between nodes. A peer that speaks another protocol version is refused with a
+//! [`Refusal`] that says which versions each side speaks.
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::hlc::Hlc;
+use crate::placement::Partition;
+use crate::record::{DecodeError, Record};
+
+/// The version of the messages below. Bumped when a message changes shape; a node answers
+/// requests of its own version only.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// A request type and the response it gets.
+pub trait Message: Serialize + DeserializeOwned + Send + 'static {
+    /// The kind byte that tells the receiver which message follows.
+    const KIND: Kind;
+    type Response: Serialize + DeserializeOwned + Send + 'static;
+}
+
+/// Every request type, by its wire byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Ping = 1,
+    Read = 2,
+    Write = 3,
+    Replicate = 4,
+    Keys = 5,
+    Count = 6,
+}
+
+impl Kind {
+    pub fn from_byte(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Ping,
+            2 => Kind::Read,
+            3 => Kind::Write,
+            4 => Kind::Replicate,
+            5 => Kind::Keys,
+            6 => Kind::Count,
+            _ => return None,
+        })
+    }
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ping => "ping",
+            Kind::Read => "read",
+            Kind::Write => "write",
+            Kind::Replicate => "replicate",
+            Kind::Keys => "keys",
+            Kind::Count => "count",
+        }
+    }
+
+    pub const ALL: [Kind; 6] =
+        [Kind::Ping, Kind::Read, Kind::Write, Kind::Replicate, Kind::Keys, Kind::Count];
+}
+
+/// A record in its storage encoding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireRecord(pub Bytes);
+
+impl WireRecord {
+    pub fn new(record: &Record) -> Self {
+        WireRecord(Bytes::from(record.encode()))
+    }
+
+    pub fn decode(&self) -> Result<Record, DecodeError> {
+        Record::decode(&self.0, |dc| std::sync::Arc::from(dc))
+    }
+}
+
+/// Why a peer did not do what was asked. Not a transport failure: the peer answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    #[error("peer speaks protocol version {theirs}, this node {ours}")]
+    Version { ours: u8, theirs: u8 },
+    #[error("unknown request kind {0}")]
+    UnknownKind(u8),
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Store(String),
+    /// The write reached fewer owners than its quorum.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Liveness and version check; answers with the peer's node id.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Ping;
+
+impl Message for Ping {
+    const KIND: Kind = Kind::Ping;
+    type Response = u64;
+}
+
+/// The stored records of `keys` (tombstones and expired values included).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Read {
+    pub keys: Vec<Bytes>,
+}
+
+impl Message for Read {
+    const KIND: Kind = Kind::Read;
+    type Response = Vec<Option<WireRecord>>;
+}
+
+/// What a write does to one key, decided by the coordinator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// Nothing: the key was read to decide, and must still be as it was.
+    Keep,
+    Put {
+        value: Bytes,
+        expires_at_ms: Option<u64>,
+    },
+    Delete,
+}
+
+/// One key of a [`Write`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    pub key: Bytes,
+    /// `Some(x)`: apply only if the key's stored record has HLC `x` (`None`: no record),
+    /// i.e. nothing changed since the coordinator read it. `None`: apply whatever is stored.
+    pub expect: Option<Option<Hlc>>,
+    pub change: Change,
+}
+
+/// Sent to a partition's primary owner: check every op's expectation, and if all hold,
+/// stamp and apply the changes atomically, then replicate them to the other owners and
+/// answer once `quorum` owners have them (the coordinator counts itself in when it is an
+/// owner and applies the records itself: it is then `skip`, and not sent a copy).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Write {
+    pub ops: Vec<Op>,
+    /// Acknowledgements needed, the primary's own included.
+    pub quorum: u32,
+    /// An owner the primary does not replicate to (the coordinator).
+    pub skip: Option<u64>,
+    /// How long the primary may wait for replicas, in milliseconds: less than the
+    /// coordinator's own deadline, so that a missed quorum is reported as such.
+    pub budget_ms: u32,
+}
+
+/// The outcome of a [`Write`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WriteOutcome {
+    /// Applied: the records written (key, record) and how many owners have them.
+    Written { records: Vec<(Bytes, WireRecord)>, acks: u32 },
+    /// An expectation failed: nothing was written; here is what is stored now, per op.
+    Conflict { current: Vec<Option<WireRecord>> },
+}
+
+impl Message for Write {
+    const KIND: Kind = Kind::Write;
+    type Response = WriteOutcome;
+}
+
+/// Records to apply by last-writer-wins (a replica's copy of a write). Answers once they
+/// are as durable as the receiver's fsync policy promises.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Replicate {
+    pub records: Vec<(Bytes, WireRecord)>,
+}
+
+impl Message for Replicate {
+    const KIND: Kind = Kind::Replicate;
+    type Response = ();
+}
+
+/// Live keys of a partition at `now_ms` matching a glob pattern (`None`: all).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Keys {
+    pub partition: Partition,
+    pub pattern: Option<Bytes>,
+    pub now_ms: u64,
+}
+
+impl Message for Keys {
+    const KIND: Kind = Kind::Keys;
+    type Response = Vec<Bytes>;
+}
+
+/// How many live keys these partitions hold at `now_ms`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Count {
+    pub partitions: Vec<Partition>,
+    pub now_ms: u64,
+}
+
+impl Message for Count {
+    const KIND: Kind = Kind::Count;
+    type Response = u64;
+}
+
+/// Encodes a request for the wire.
+pub fn encode_request<M: Message>(msg: &M) -> Result<Vec<u8>, postcard::Error> {
+    let mut out = vec![PROTOCOL_VERSION, M::KIND as u8];
+    postcard::to_io(msg, &mut out)?;
+    Ok(out)
+}
+
+/// Splits a request into its kind and body, checking the version.
+pub fn decode_header(bytes: &[u8]) -> Result<(Kind, &[u8]), Refusal> {
+    match bytes {
+        [PROTOCOL_VERSION, kind, body @ ..] => {
+            Kind::from_byte(*kind).map(|k| (k, body)).ok_or(Refusal::UnknownKind(*kind))
+        }
+        [theirs, ..] => Err(Refusal::Version { ours: PROTOCOL_VERSION, theirs: *theirs }),
+        [] => Err(Refusal::Malformed("empty request".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Origin;
+
+    #[test]
+    fn requests_round_trip_and_other_versions_are_refused() {
+        let write = Write {
+            ops: vec![Op {
+                key: Bytes::from_static(b"k"),
+                expect: Some(Some(Hlc::new(5, 1))),
+                change: Change::Put { value: Bytes::from_static(b"v"), expires_at_ms: Some(9) },
+            }],
+            quorum: 2,
+            skip: Some(7),
+            budget_ms: 1500,
+        };
+        let bytes = encode_request(&write).unwrap();
+        let (kind, body) = decode_header(&bytes).unwrap();
+        assert_eq!(kind, Kind::Write);
+        let back: Write = postcard::from_bytes(body).unwrap();
+        assert_eq!(back.ops, write.ops);
+        assert_eq!((back.quorum, back.skip), (2, Some(7)));
+
+        let mut other = bytes.clone();
+        other[0] = PROTOCOL_VERSION + 1;
+        assert_eq!(
+            decode_header(&other).unwrap_err(),
+            Refusal::Version { ours: PROTOCOL_VERSION, theirs: PROTOCOL_VERSION + 1 }
+        );
+        assert_eq!(decode_header(&[PROTOCOL_VERSION, 200]).unwrap_err(), Refusal::UnknownKind(200));
+        for kind in Kind::ALL {
+            assert_eq!(Kind::from_byte(kind as u8), Some(kind));
+        }
+    }
+
+    #[test]
+    fn records_travel_in_their_storage_encoding() {
+        let record = Record {
+            value: Some(Bytes::from_static(b"value")),
+            hlc: Hlc::new(1_700_000_000_000, 3),
+            origin: Origin { datacenter: "dc1".into(), node: 42 },
+            expires_at_ms: None,
+        };
+        let wire = WireRecord::new(&record);
+        assert_eq!(&wire.0[..], &record.encode()[..]);
+        assert_eq!(wire.decode().unwrap(), record);
+        let truncated = WireRecord(wire.0.slice(..4));
+        assert!(truncated.decode().is_err());
+    }
+}

@@ -1,0 +1,145 @@
+//! Several node processes joined into one datacenter cluster on loopback, and the checks
+//! cluster tests share: every node placed, and every acknowledged write readable.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::node::{Node, NodeOpts};
+use crate::resp::{RawConn, Reply};
+use crate::wait::wait_until;
+
+/// How long a new cluster may take to converge (membership and placement).
+pub const CONVERGE: Duration = Duration::from_secs(30);
+
+/// Options for node `name` joining `seed` (or starting the cluster when `None`).
+pub fn member_opts(name: &str, seed: Option<&Node>, extra: &[&str]) -> NodeOpts {
+    let mut opts = NodeOpts::new().args(&["--node-name", name]).args(extra);
+    if let Some(seed) = seed {
+        opts = opts.args(&["--join", &seed.gossip_addr().to_string()]);
+    }
+    opts
+}
+
+/// How many data nodes `node`'s placement spreads partitions over.
+pub fn placed_nodes(node: &Node) -> u64 {
+    node.admin_json("/v1/status")["placement"]["nodes"].as_u64().unwrap_or(0)
+}
+
+/// Waits until every node in `nodes` places partitions on exactly `n` nodes.
+pub fn wait_placed(nodes: &[&Node], n: u64) {
+    for node in nodes {
+        assert!(
+            wait_until(CONVERGE, || placed_nodes(node) == n),
+            "placement never reached {n} nodes: {}\n{}",
+            node.admin_json("/v1/status")["placement"],
+            node.admin_json("/v1/members")
+        );
+    }
+}
+
+/// Starts `n` nodes named n1..nN, each joining n1, with `extra` flags, and waits until
+/// every one of them places partitions on all of them.
+pub fn start_cluster(n: usize, extra: &[&str]) -> Vec<Node> {
+    let first = Node::start(member_opts("n1", None, extra));
+    let mut nodes = vec![first];
+    for i in 2..=n {
+        let node = Node::start(member_opts(&format!("n{i}"), Some(&nodes[0]), extra));
+        nodes.push(node);
+    }
+    wait_placed(&nodes.iter().collect::<Vec<_>>(), n as u64);
+    nodes
+}
+
+/// Writes acknowledged by the cluster: key -> value. Keys are distinct, so last-writer-
+/// wins can never hide a lost write.
+pub type Acked = BTreeMap<String, String>;
+
+/// Checks that every acknowledged key reads back with its value through `node`; returns
+/// a description of every lost or wrong key.
+pub fn missing_through(node: &Node, acked: &Acked) -> Vec<String> {
+    let mut conn = node.raw();
+    let mut bad = Vec::new();
+    let keys: Vec<&String> = acked.keys().collect();
+    for chunk in keys.chunks(200) {
+        let mut args = vec!["MGET".to_string()];
+        args.extend(chunk.iter().map(|k| k.to_string()));
+        let reply = conn.cmd(&args);
+        match &reply {
+            Reply::Array(values) => {
+                for (key, value) in chunk.iter().zip(values) {
+                    let want = &acked[*key];
+                    match value {
+                        Reply::Bulk(got) if got == want.as_bytes() => {}
+                        other => bad.push(format!("{key}: want {want:?}, got {other:?}")),
+                    }
+                }
+            }
+            other => bad.push(format!("MGET failed: {other:?}")),
+        }
+    }
+    bad
+}
+
+/// A steady load of SETs with distinct keys through several nodes, one thread each,
+/// remembering what was acknowledged and counting what failed.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(Acked, Vec<String>)>>,
+}
+
+impl Load {
+    /// One writer per client address, keys `<prefix>-<writer>-<n>`.
+    pub fn start(prefix: &str, clients: &[std::net::SocketAddr]) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = clients
+            .iter()
+            .enumerate()
+            .map(|(w, &addr)| {
+                let (stop, prefix) = (stop.clone(), prefix.to_string());
+                std::thread::spawn(move || {
+                    let mut acked = Acked::new();
+                    let mut errors = Vec::new();
+                    let mut conn = RawConn::connect(addr).ok();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let (key, value) = (format!("{prefix}-{w}-{n}"), format!("v{n}"));
+                        let Some(c) = conn.as_mut() else {
+                            errors.push(format!("{key}: not connected"));
+                            std::thread::sleep(Duration::from_millis(20));
+                            conn = RawConn::connect(addr).ok();
+                            continue;
+                        };
+                        match c.try_cmd(&["SET", &key, &value]) {
+                            Ok(Reply::Simple(ok)) if ok == "OK" => {
+                                acked.insert(key, value);
+                            }
+                            Ok(other) => errors.push(format!("{key}: {other:?}")),
+                            Err(e) => {
+                                errors.push(format!("{key}: {e}"));
+                                conn = None;
+                            }
+                        }
+                    }
+                    (acked, errors)
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    /// Stops the writers; returns every acknowledged write and every error.
+    pub fn finish(self) -> (Acked, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut acked = Acked::new();
+        let mut errors = Vec::new();
+        for t in self.threads {
+            let (a, e) = t.join().expect("writer thread");
+            acked.extend(a);
+            errors.extend(e);
+        }
+        (acked, errors)
+    }
+}

@@ -1,0 +1,252 @@
+//! A datacenter cluster of real node processes on loopback: any node serves any key,
+//! read-modify-write commands through different nodes are serialised at the key's
+//! primary, multi-key commands span partitions, a killed node loses no acknowledged
+//! write, and a write that cannot reach its quorum is refused with CLUSTERDOWN.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use opencluster_tests::cluster::{Load, missing_through, start_cluster, wait_placed};
+use opencluster_tests::{Node, Reply, bulk, int, nil, node_only, ok, wait_until};
+
+/// How long replica copies in flight may take to land everywhere (they take well under a
+/// millisecond on loopback; this leaves room for a loaded machine).
+const CONVERGE: Duration = Duration::from_secs(10);
+
+/// Waits until `args` answers `want` through `conn`: for reads through a node other than
+/// the one that wrote, which see the write once its replica copy has landed.
+fn eventually(conn: &mut opencluster_tests::RawConn, args: &[&str], want: Reply) {
+    let mut last = Reply::Null;
+    let converged = wait_until(CONVERGE, || {
+        last = conn.cmd(args);
+        last == want
+    });
+    assert!(converged, "{args:?}: want {want:?}, still {last:?}");
+}
+
+fn keys_reply(reply: &Reply) -> BTreeSet<String> {
+    reply.array().iter().map(|r| r.text()).collect()
+}
+
+#[test]
+fn any_node_serves_any_key_in_a_three_node_cluster() {
+    node_only!("clustering is the node's");
+    let nodes = start_cluster(3, &[]);
+    let mut conns: Vec<_> = nodes.iter().map(Node::raw).collect();
+
+    // Distinct keys written round-robin through the nodes, read back through every node.
+    for i in 0..150 {
+        let key = format!("key-{i}");
+        assert_eq!(conns[i % 3].cmd(&["SET", &key, &format!("value-{i}")]), ok(), "{key}");
+    }
+    // Read-your-writes through the node that wrote.
+    for i in 0..150 {
+        assert_eq!(conns[i % 3].cmd(&["GET", &format!("key-{i}")]), bulk(format!("value-{i}")));
+    }
+    // Every other node sees every key once replica copies in flight have landed.
+    for conn in &mut conns {
+        for i in 0..150 {
+            let key = format!("key-{i}");
+            eventually(conn, &["GET", &key], bulk(format!("value-{i}")));
+        }
+        assert_eq!(conn.cmd(&["GET", "never-written"]), nil());
+    }
+
+    // Read-modify-write through all three nodes at once: no increment is lost, because
+    // every INCR of the key is executed by its primary.
+    let threads: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            let mut c = n.raw();
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    let reply = c.cmd(&["INCR", "counter"]);
+                    assert!(matches!(reply, Reply::Int(_)), "{reply:?}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for conn in &mut conns {
+        eventually(conn, &["GET", "counter"], bulk("300"));
+    }
+
+    // Multi-key commands across partitions.
+    assert_eq!(conns[1].cmd(&["MSET", "m:a", "1", "m:b", "2", "m:c", "3", "m:d", "4"]), ok());
+    eventually(
+        &mut conns[2],
+        &["MGET", "m:a", "m:b", "nope", "m:c", "m:d"],
+        Reply::Array(vec![bulk("1"), bulk("2"), nil(), bulk("3"), bulk("4")]),
+    );
+    eventually(&mut conns[0], &["EXISTS", "m:a", "m:b", "nope", "m:d"], int(3));
+    assert_eq!(conns[0].cmd(&["SETNX", "m:a", "other"]), int(0));
+    assert_eq!(conns[2].cmd(&["APPEND", "m:a", "+"]), int(2));
+    // Read-your-writes through the node that wrote; another node converges (its replica
+    // copy may still be in flight when the quorum already acknowledged the write).
+    assert_eq!(conns[2].cmd(&["GET", "m:a"]), bulk("1+"));
+    eventually(&mut conns[1], &["GET", "m:a"], bulk("1+"));
+    let expected_keys: BTreeSet<String> =
+        ["m:a", "m:b", "m:c", "m:d"].iter().map(|s| s.to_string()).collect();
+    for conn in &mut conns {
+        assert!(wait_until(CONVERGE, || keys_reply(&conn.cmd(&["KEYS", "m:*"])) == expected_keys));
+        // 150 keys, the counter and the four m: keys.
+        eventually(conn, &["DBSIZE"], int(155));
+    }
+    // A full SCAN through another node returns every key once.
+    let mut seen = BTreeSet::new();
+    let mut cursor = "0".to_string();
+    loop {
+        let reply = conns[1].cmd(&["SCAN", &cursor, "COUNT", "50"]);
+        let parts = reply.array();
+        seen.extend(keys_reply(&parts[1]));
+        cursor = parts[0].text();
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 155);
+    assert_eq!(conns[2].cmd(&["DEL", "m:a", "m:b", "nope"]), int(2));
+    for conn in &mut conns {
+        eventually(conn, &["EXISTS", "m:a", "m:b", "m:c"], int(1));
+    }
+    // Expiry set through one node is seen through another.
+    assert_eq!(conns[0].cmd(&["SET", "ttl-key", "x", "EX", "100"]), ok());
+    assert!(wait_until(CONVERGE, || conns[2].cmd(&["TTL", "ttl-key"]) != int(-2)));
+    let ttl = conns[2].cmd(&["TTL", "ttl-key"]).int();
+    assert!((95..=100).contains(&ttl), "{ttl}");
+
+    // The operator's view: every node owns every partition (3 replicas on 3 nodes), and
+    // writes were replicated with their quorum met.
+    for node in &nodes {
+        let status = node.admin_json("/v1/status");
+        let p = &status["placement"];
+        assert_eq!((p["nodes"].as_u64(), p["owned"].as_u64()), (Some(3), Some(1024)), "{p}");
+        assert_eq!(p["replica_health"], "full", "{p}");
+        assert_eq!(p["write_quorum"], 2, "{p}");
+        assert_eq!(metric_sum(node, "opencluster_replication_total{outcome=\"quorum_missed\"}"), 0);
+    }
+    let forwarded: u64 = nodes.iter().map(|n| metric_sum(n, "opencluster_forwarded_total")).sum();
+    assert!(forwarded > 0, "no request was forwarded");
+}
+
+/// Sum of every series of a counter whose line starts with `name` (a metric name, or a
+/// name with labels).
+fn metric_sum(node: &Node, name: &str) -> u64 {
+    let (_, text) = node.admin_get("/metrics");
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+fn with_fewer_replicas_than_nodes_non_owners_forward() {
+    node_only!("clustering is the node's");
+    let nodes = start_cluster(3, &["--cluster-replicas", "2"]);
+    for node in &nodes {
+        let p = node.admin_json("/v1/status")["placement"].clone();
+        let owned = p["owned"].as_u64().unwrap();
+        // Each node owns about two thirds of the partitions, never all of them.
+        assert!((500..1024).contains(&owned), "{p}");
+    }
+    let mut conns: Vec<_> = nodes.iter().map(Node::raw).collect();
+    for i in 0..300 {
+        assert_eq!(conns[i % 3].cmd(&["SET", &format!("k{i}"), &format!("v{i}")]), ok());
+    }
+    for conn in &mut conns {
+        for i in 0..300 {
+            let key = format!("k{i}");
+            eventually(conn, &["GET", &key], bulk(format!("v{i}")));
+        }
+        eventually(conn, &["DBSIZE"], int(300));
+    }
+    // Each node holds only the keys of the partitions it owns.
+    for node in &nodes {
+        let keys = node.admin_json("/v1/status")["store"]["keys"].as_u64().unwrap();
+        assert!(keys < 300, "{keys}");
+    }
+}
+
+#[test]
+fn a_killed_node_loses_no_acknowledged_write_in_a_five_node_cluster() {
+    node_only!("clustering is the node's");
+    let mut nodes = start_cluster(5, &[]);
+    let survivors: Vec<_> = nodes[..4].iter().map(Node::client_addr).collect();
+    let load = Load::start("before", &survivors);
+    // Let writes accumulate, kill n5 in the middle of the load, and keep writing.
+    let until = |n: u64| {
+        wait_until(Duration::from_secs(30), || {
+            nodes[0].admin_json("/v1/status")["store"]["keys"].as_u64().unwrap_or(0) >= n
+        })
+    };
+    assert!(until(300), "the load made no progress");
+    let killed = Instant::now();
+    nodes[4].kill9();
+    let others: Vec<&Node> = nodes[..4].iter().collect();
+    wait_placed(&others, 4);
+    println!("kill -9 to placement without the node on every survivor: {:?}", killed.elapsed());
+    let (acked, errors) = load.finish();
+    assert!(acked.len() >= 300, "only {} writes acknowledged", acked.len());
+    // Writes after the cluster settled on four nodes succeed too.
+    let after = Load::start("after", &survivors);
+    let settled = Instant::now();
+    wait_until(Duration::from_secs(1), || settled.elapsed() > Duration::from_millis(500));
+    let (acked_after, errors_after) = after.finish();
+    assert!(errors_after.is_empty(), "errors once settled: {:?}", &errors_after[..errors_after.len().min(5)]);
+    assert!(!acked_after.is_empty());
+    for node in &nodes[..4] {
+        let mut bad = Vec::new();
+        let converged = wait_until(CONVERGE, || {
+            bad = missing_through(node, &acked);
+            bad.extend(missing_through(node, &acked_after));
+            bad.is_empty()
+        });
+        assert!(
+            converged,
+            "{} acknowledged writes lost or wrong, e.g. {:?}",
+            bad.len(),
+            &bad[..bad.len().min(5)]
+        );
+    }
+    println!(
+        "{} writes acknowledged during the kill, {} refused: {:?}",
+        acked.len(),
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
+}
+
+#[test]
+fn a_write_that_cannot_reach_its_quorum_gets_clusterdown() {
+    node_only!("clustering is the node's");
+    let nodes = start_cluster(3, &["--cluster-write-quorum", "all", "--cluster-request-timeout", "500ms"]);
+    let mut conn = nodes[0].raw();
+    assert_eq!(conn.cmd(&["SET", "before", "1"]), ok());
+    // Pause n3: it is still a member (not yet suspected) but answers nothing.
+    let pid = nodes[2].pid().to_string();
+    let stop = std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    assert!(stop.success());
+    let reply = conn.cmd(&["SET", "during", "1"]);
+    let resumed = std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    assert!(resumed.success());
+    // Either n3 is the key's primary and does not answer, or it is a replica the
+    // primary cannot reach: both are refused, with the reason.
+    let text = reply.error().to_string();
+    assert!(
+        text.starts_with("CLUSTERDOWN ")
+            && (text.contains("of the 3 owners") || text.contains("n3 did not answer")),
+        "{text}"
+    );
+    // Once n3 answers again, writes succeed and reach every owner.
+    assert!(
+        wait_until(Duration::from_secs(20), || conn.cmd(&["SET", "after", "1"]) == ok()),
+        "writes never recovered"
+    );
+    for node in &nodes {
+        assert_eq!(node.raw().cmd(&["GET", "before"]), bulk("1"));
+        assert_eq!(node.raw().cmd(&["GET", "after"]), bulk("1"));
+    }
+    assert_eq!(metric_sum(&nodes[0], "opencluster_errors_total{kind=\"cluster\"}"), 1);
+}
