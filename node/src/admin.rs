@@ -1,4 +1,5 @@
-//! The admin HTTP API: `/v1/health`, `/v1/status`, `/v1/members` and `/metrics`, and the client the
+//! The admin HTTP API: `/v1/health`, `/v1/status`, `/v1/members`, `/v1/placement` and
+//! `/metrics`, and the client the
 //! `health` subcommand uses (a container HEALTHCHECK has no curl in a scratch image).
 //!
 //! It listens on loopback by default: status and metrics are for the operator, not for
@@ -11,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
@@ -40,6 +41,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/status", get(status))
         .route("/v1/members", get(members))
+        .route("/v1/placement", get(placement))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -72,6 +74,21 @@ async fn health(State(s): State<Arc<AdminState>>) -> Response {
         }
     };
     (code, Json(body)).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct PlacementQuery {
+    key: Option<String>,
+}
+
+/// Where a key lives (`?key=...`: its partition and owners, primary first), or without a
+/// key the placement summary of `/v1/status`.
+async fn placement(State(s): State<Arc<AdminState>>, Query(q): Query<PlacementQuery>) -> Json<Value> {
+    let cluster = &s.server.cluster;
+    match q.key {
+        Some(key) => Json(cluster.placement_of(key.as_bytes())),
+        None => Json(cluster.placement_status()),
+    }
 }
 
 /// Every member this node knows, itself first. Without membership, only itself.

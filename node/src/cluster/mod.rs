@@ -224,6 +224,22 @@ impl Cluster {
         })
     }
 
+    /// A key's partition and owners, primary first (for `/v1/placement?key=`).
+    pub fn placement_of(&self, key: &[u8]) -> serde_json::Value {
+        let view = self.view();
+        let partition = partition_of(key, self.partitions());
+        let owners: Vec<serde_json::Value> = view
+            .placement
+            .owners(partition)
+            .iter()
+            .map(|&n| {
+                let name = view.targets.get(&n.0).map(|t| t.name.clone());
+                serde_json::json!({ "id": format!("{:016x}", n.0), "name": name, "self": n == self.node })
+            })
+            .collect();
+        serde_json::json!({ "partition": partition, "owners": owners })
+    }
+
     fn timeout(&self) -> Duration {
         self.topology.as_ref().map_or(Duration::from_secs(2), |t| t.timeout)
     }
@@ -460,7 +476,9 @@ impl Cluster {
             }
             if primary == self.node {
                 match self.local.execute(&group_ops).await? {
-                    Executed::Conflict(current) => return Ok(Err(indexes.into_iter().zip(current).collect())),
+                    Executed::Conflict(current) => {
+                        return Ok(Err(indexes.into_iter().zip(current).collect()));
+                    }
                     Executed::Written(written) => {
                         total += written.len();
                         self.replicate_as_primary(view, written, None, required).await?;
@@ -487,8 +505,10 @@ impl Cluster {
                 })?;
             match outcome {
                 WriteOutcome::Conflict { current } => {
-                    let current: Vec<Option<Record>> =
-                        current.iter().map(|w| w.as_ref().map(decode).transpose()).collect::<Result<_, _>>()?;
+                    let current: Vec<Option<Record>> = current
+                        .iter()
+                        .map(|w| w.as_ref().map(decode).transpose())
+                        .collect::<Result<_, _>>()?;
                     return Ok(Err(indexes.into_iter().zip(current).collect()));
                 }
                 WriteOutcome::Written { records, acks } => {

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# What forwarding costs: redis-benchmark GET/SET on one key through a node that owns it
+# (its primary) and through a node that does not (which forwards every request over peer
+# QUIC to the primary), in a 3-node cluster with 2 replicas, in the same run.
+#
+#   tests/bench/cluster-forwarding.sh                 # 200000 requests per test, 3 rounds
+#   REQUESTS=50000 ROUNDS=1 tests/bench/cluster-forwarding.sh
+#
+# The key is redis-benchmark's own `key:__rand_int__` (no -r: one key), so "owner" and
+# "non-owner" are well defined; `/v1/placement?key=` says which node is which. A SET
+# through the primary is written locally and copied to the other owner before the
+# answer (write quorum 2 of 2); through the non-owner it is forwarded to the primary,
+# which does the same. Needs redis-benchmark, redis-cli and curl.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# shellcheck source=tests/bench/lib.sh
+. tests/bench/lib.sh
+
+REQUESTS=${REQUESTS:-200000}
+ROUNDS=${ROUNDS:-3}
+CLIENTS=${CLIENTS:-50}
+KEY='key:__rand_int__'
+for tool in redis-benchmark redis-cli curl; do
+  command -v "$tool" >/dev/null || { echo "cluster-forwarding: $tool not found" >&2; exit 2; }
+done
+
+cargo build --release -q -p opencluster-node
+NODE=target/release/opencluster-node
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+declare -A CLIENT ADMIN
+SEED=""
+for n in n1 n2 n3; do
+  CLIENT[$n]=$(free_port)
+  ADMIN[$n]=$(free_port)
+  gossip=$(free_port)
+  join=()
+  [ -n "$SEED" ] && join=(--join "$SEED")
+  "$NODE" --dev --node-name "$n" --data-dir "$WORK/$n" --client-addr "127.0.0.1:${CLIENT[$n]}" \
+    --admin-addr "127.0.0.1:${ADMIN[$n]}" --gossip-addr "127.0.0.1:$gossip" --rpc-addr 127.0.0.1:0 \
+    --cluster-replicas 2 --log-level warn "${join[@]}" >"$WORK/$n.log" 2>&1 &
+  PIDS+=($!)
+  [ -n "$SEED" ] || SEED="127.0.0.1:$gossip"
+  wait_ping "${CLIENT[$n]}"
+done
+
+# Every node must place partitions on all three before the figures mean anything.
+deadline=$((SECONDS + 30))
+for n in n1 n2 n3; do
+  until curl -s "127.0.0.1:${ADMIN[$n]}/v1/status" | grep -q '"nodes":3'; do
+    [ $SECONDS -lt $deadline ] || { echo "the cluster did not form" >&2; cat "$WORK"/*.log >&2; exit 1; }
+    sleep 0.2
+  done
+done
+
+placement=$(curl -s "127.0.0.1:${ADMIN[n1]}/v1/placement?key=$KEY")
+OWNER=$(echo "$placement" | grep -o '"name":"n[0-9]"' | head -1 | cut -d'"' -f4)
+NON_OWNER=""
+for n in n1 n2 n3; do
+  echo "$placement" | grep -q "\"name\":\"$n\"" || NON_OWNER=$n
+done
+[ -n "$OWNER" ] && [ -n "$NON_OWNER" ] || { echo "cannot tell owner from non-owner: $placement" >&2; exit 1; }
+echo "machine: $(nproc) cores; requests $REQUESTS, clients $CLIENTS, 64-byte values, one key"
+echo "key $KEY: $placement"
+echo "primary owner $OWNER (port ${CLIENT[$OWNER]}), non-owner $NON_OWNER (port ${CLIENT[$NON_OWNER]})"
+
+bench() {
+  redis-benchmark -p "$1" -t set,get -c "$CLIENTS" -n "$REQUESTS" -d 64 -P "$2" --csv 2>/dev/null \
+    | tail -n +2 | tr -d '"'
+}
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+for round in $(seq "$ROUNDS"); do
+  for pipeline in 1 16; do
+    bench "${CLIENT[$OWNER]}" "$pipeline" | sed "s/^/owner,$pipeline,/" >>"$WORK/results.csv"
+    bench "${CLIENT[$NON_OWNER]}" "$pipeline" | sed "s/^/non-owner,$pipeline,/" >>"$WORK/results.csv"
+  done
+  echo "round $round of $ROUNDS done" >&2
+done
+
+fig() { awk -F, -v t="$1" -v p="$2" -v n="$3" -v c="$4" '$1 == t && $2 == p && $3 == n { print $c }' "$WORK/results.csv" | median; }
+
+printf '\nmedian of %s rounds\n%-4s %-4s %12s %15s %7s   %-17s %-17s\n' "$ROUNDS" test P "owner ops/s" "non-owner ops/s" ratio "owner p50/p99 ms" "non-owner p50/p99"
+for pipeline in 1 16; do
+  for test in SET GET; do
+    o=$(fig owner "$pipeline" "$test" 4)
+    f=$(fig non-owner "$pipeline" "$test" 4)
+    ratio=$(awk -v a="$f" -v b="$o" 'BEGIN { printf "%.2f", a / b }')
+    printf '%-4s %-4s %12.0f %15.0f %7s   %-17s %-17s\n' "$test" "$pipeline" "$o" "$f" "${ratio}x" \
+      "$(fig owner "$pipeline" "$test" 7)/$(fig owner "$pipeline" "$test" 9)" \
+      "$(fig non-owner "$pipeline" "$test" 7)/$(fig non-owner "$pipeline" "$test" 9)"
+  done
+done
+echo
+for n in n1 n2 n3; do
+  echo "$n: RSS $(rss_kb "${PIDS[$(( ${n#n} - 1 ))]}") kB; $(curl -s "127.0.0.1:${ADMIN[$n]}/metrics" | grep -E '^opencluster_rpc_calls_total\{kind="(write|read|replicate)",outcome="ok"\}' | tr '\n' ' ')"
+done
