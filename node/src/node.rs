@@ -337,6 +337,7 @@ fn start_membership(
         cluster: security.keys.cluster.clone(),
         join: config.join.clone(),
         sender: rand::Rng::next_u64(&mut rng),
+        timing: config.gossip.clone(),
     };
     Ok(membership::runtime::start(settings, metrics.gossip.clone(), tasks, stop))
 }

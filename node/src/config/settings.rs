@@ -124,6 +124,32 @@ pub const SETTINGS: &[Setting] = &[
         "How often expired keys and old tombstones are purged [default: 100ms]",
     ),
     s("store.tombstone_grace", Kind::Duration, "How long deleted keys' tombstones are kept [default: 24h]"),
+    s(
+        "gossip.probe_interval",
+        Kind::Duration,
+        "How often this node probes one other member for failure detection [default: 500ms]",
+    ),
+    s(
+        "gossip.probe_timeout",
+        Kind::Duration,
+        "How long a probed member has to answer before others are asked to probe it; < gossip.probe_interval [default: 200ms]",
+    ),
+    s(
+        "gossip.indirect_probes",
+        Kind::Int,
+        "How many members are asked to probe a member that did not answer in time [default: 3]",
+    ),
+    s(
+        "gossip.suspicion_timeout",
+        Kind::Duration,
+        "How long a member that failed a probe stays suspect before it is declared down [default: 1s]",
+    ),
+    s(
+        "gossip.interval",
+        Kind::Duration,
+        "How often membership news is gossiped to gossip.fanout members [default: 200ms]",
+    ),
+    s("gossip.fanout", Kind::Int, "How many random members each gossip round goes to [default: 3]"),
 ];
 
 impl Setting {

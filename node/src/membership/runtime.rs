@@ -14,7 +14,7 @@
 //! sends those packets before it returns, within [`LEAVE_FLUSH_TIMEOUT`].
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ use super::join::{self, Backoff};
 use super::members::{MemberState, Members};
 use super::seal::{self, OVERHEAD, ReplayFilter, Sealer};
 use super::timers::Timers;
+use super::timing;
+use crate::config::GossipConfig;
 
 /// Largest datagram sent or read, sealed envelope included.
 pub const MAX_DATAGRAM: usize = 1400;
@@ -43,12 +45,9 @@ const INPUT_CAPACITY: usize = 1024;
 pub const LEAVE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the joiner checks whether the node is alone again.
 const ALONE_CHECK: Duration = Duration::from_secs(1);
-/// How long foca remembers a member declared down before forgetting it.
-const REMOVE_DOWN_AFTER: Duration = Duration::from_secs(24 * 3600);
-/// How long the replay filter remembers a silent sender: past [`REMOVE_DOWN_AFTER`].
+/// How long the replay filter remembers a silent sender: past
+/// [`timing::REMOVE_DOWN_AFTER`].
 const REPLAY_MEMORY: Duration = Duration::from_secs(25 * 3600);
-/// The cluster size foca's LAN preset is tuned for (retransmissions and suspicion time).
-const EXPECTED_CLUSTER_SIZE: u32 = 8;
 
 type Gossip = Foca<NodeIdentity, PostcardCodec, StdRng, NoCustomBroadcast>;
 
@@ -75,6 +74,8 @@ pub struct Settings {
     pub join: Vec<String>,
     /// Sealer sender id: random, drawn at every start.
     pub sender: u64,
+    /// Failure-detection timing.
+    pub timing: GossipConfig,
 }
 
 /// Gossip metrics.
@@ -117,10 +118,7 @@ pub fn start(
         done.clone(),
     ));
 
-    let mut config = foca::Config::new_lan(NonZeroU32::new(EXPECTED_CLUSTER_SIZE).unwrap_or(NonZeroU32::MIN));
-    config.remove_down_after = Some(REMOVE_DOWN_AFTER);
-    config.max_packet_size =
-        std::num::NonZeroUsize::new(MAX_DATAGRAM - OVERHEAD).unwrap_or(config.max_packet_size);
+    let config = timing::foca_config(&settings.timing, max_payload());
     let rng: StdRng = rand::make_rng();
     let owner = Owner {
         foca: Foca::new(settings.identity, config, rng, PostcardCodec),
@@ -137,6 +135,11 @@ pub fn start(
         done.cancel();
     });
     members
+}
+
+/// The largest gossip payload: a datagram less the sealed envelope.
+fn max_payload() -> NonZeroUsize {
+    NonZeroUsize::new(MAX_DATAGRAM - OVERHEAD).unwrap_or(NonZeroUsize::MIN)
 }
 
 /// Reads, opens and replay-checks datagrams; forwards the plaintext to the owner.
@@ -420,10 +423,8 @@ mod tests {
         running: bool,
     }
 
-    fn lan_config() -> foca::Config {
-        let mut config = foca::Config::new_lan(NonZeroU32::new(EXPECTED_CLUSTER_SIZE).unwrap());
-        config.max_packet_size = std::num::NonZeroUsize::new(MAX_DATAGRAM - OVERHEAD).unwrap();
-        config
+    fn default_config() -> foca::Config {
+        timing::foca_config(&GossipConfig::default(), max_payload())
     }
 
     /// Collects what foca produced: packets onto the wire, timers into the queue.
@@ -479,7 +480,7 @@ mod tests {
 
     /// Three members in virtual time, no sockets: they converge after one joins through
     /// another, and a member that stops answering is declared down by both others within
-    /// the LAN preset's probe period, indirect probes and suspicion time.
+    /// the bound of the default timing (probe wait, failed probe, suspicion, one gossip hop).
     #[test]
     fn members_converge_and_detect_a_dead_one_in_virtual_time() {
         let mut clock = Instant::now();
@@ -488,7 +489,7 @@ mod tests {
             .map(|n| Sim {
                 foca: Foca::new(
                     identity(n, 7000 + n as u16, 1),
-                    lan_config(),
+                    default_config(),
                     StdRng::seed_from_u64(n),
                     PostcardCodec,
                 ),
@@ -517,7 +518,10 @@ mod tests {
             run(&mut sims, &mut clock, &mut wire, Duration::from_secs(60), down).unwrap_or_else(|| {
                 panic!("never declared down: {:?}", sims.iter().map(view).collect::<Vec<_>>())
             });
-        // Probe period 1 s + 500 ms RTT + indirect probes, then 4 s of suspicion.
-        assert!(detected >= Duration::from_secs(4) && detected <= Duration::from_secs(12), "{detected:?}");
+        // At least the suspicion time; at most the bound, which is under 3 s.
+        let defaults = GossipConfig::default();
+        let bound = timing::detection_bound(&defaults, 3);
+        assert!(bound < Duration::from_secs(3), "{bound:?}");
+        assert!(detected >= defaults.suspicion_timeout && detected <= bound, "{detected:?} > {bound:?}");
     }
 }
