@@ -123,6 +123,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
             "alive": member_counts.alive,
             "suspect": member_counts.suspect,
             "down": member_counts.down,
+            "left": member_counts.left,
         },
         "clients": {
             "connected": server.clients.connected(),

@@ -1,6 +1,6 @@
 //! Gossip membership between real node processes on loopback: nodes that `--join` one
 //! another all see each other alive; a node killed with `kill -9` is declared down by the
-//! others; a node that stops with SIGTERM leaves; a node with another cluster's gossip
+//! others; a node that stops with SIGTERM is `left` (and alive again once restarted); a node with another cluster's gossip
 //! keyring never becomes a member, and its packets are counted as dropped.
 
 use std::time::{Duration, Instant};
@@ -101,16 +101,20 @@ fn three_nodes_join_see_each_other_and_detect_a_kill() {
     assert_eq!(n1.admin_json("/v1/status")["members"]["down"], 1);
 
     // SIGTERM: the node leaves, and the others learn it from its leave packets at once
-    // rather than after a suspicion period.
+    // rather than after a suspicion period; they show it as left, not crashed.
     let stopped = Instant::now();
     let status = n2.sigterm_and_wait();
     assert!(status.success(), "n2 exited with {status}\n{}", n2.log());
     assert!(
-        wait_until(Duration::from_secs(3), || state_of(&n1, "n2").as_deref() == Some("down")),
-        "n2 left but n1 still sees it: {:?}",
+        wait_until(Duration::from_secs(3), || state_of(&n1, "n2").as_deref() == Some("left")),
+        "n2 left but n1 does not show it as left: {:?}",
         states(&n1)
     );
-    println!("SIGTERM to the member seen down: {:?}", stopped.elapsed());
+    println!("SIGTERM to the member seen left: {:?}", stopped.elapsed());
+    assert_eq!(state_of(&n1, "n3").as_deref(), Some("down"), "the killed node is down, not left");
+    let status = n1.admin_json("/v1/status");
+    assert_eq!((status["members"]["down"].clone(), status["members"]["left"].clone()), (1.into(), 1.into()));
+    assert_eq!(counter(&n1, "opencluster_members", &["state=\"left\""]), 1);
     assert!(n2.stderr_log().contains("left the gossip cluster"), "{}", n2.log());
 }
 
@@ -185,4 +189,18 @@ fn a_restarted_node_rejoins_and_replaces_its_old_entry() {
     let after = n1.admin_json("/v1/members");
     assert_eq!(after.as_array().unwrap().len(), 2, "{after}");
     assert_eq!(before[1]["gossip_addr"], after[1]["gossip_addr"]);
+
+    // Stopped with SIGTERM it is left; started again (a newer process) it is alive, not left.
+    assert!(n2.sigterm_and_wait().success(), "{}", n2.log());
+    assert!(
+        wait_until(CONVERGE, || state_of(&n1, "n2").as_deref() == Some("left")),
+        "n2 stopped but is not left: {:?}",
+        states(&n1)
+    );
+    n2.restart();
+    assert!(
+        wait_until(CONVERGE, || all_alive(&n1, &["n1", "n2"])),
+        "the node that left and came back is not alive: {:?}",
+        n1.admin_json("/v1/members")
+    );
 }

@@ -5,11 +5,13 @@
 //! [`seal`]; its timers come back in deadline order from one queue ([`timers`]). Members
 //! are known by [`identity::NodeIdentity`] (node id, gossip address, generation, name,
 //! datacenter, role, version, client address); [`join`] finds the cluster at start; the
-//! rest of the node reads [`members::Members`]. [`timing`] maps the `gossip.*` settings onto
+//! rest of the node reads [`members::Members`], where members that stopped on purpose
+//! show as `left` thanks to the notices of [`left`]. [`timing`] maps the `gossip.*` settings onto
 //! foca and bounds how long a crash takes to be seen.
 
 pub mod identity;
 pub mod join;
+pub mod left;
 pub mod members;
 pub mod runtime;
 pub mod seal;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec, Timer};
+use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec, Timer};
 use opencluster_pki::Keyring;
 use prometheus::{IntCounterVec, IntGaugeVec};
 use rand::rngs::StdRng;
@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use super::identity::NodeIdentity;
 use super::join::{self, Backoff};
+use super::left::{LeftNotice, LeftNotices};
 use super::members::{MemberState, Members};
 use super::seal::{self, OVERHEAD, ReplayFilter, Sealer};
 use super::timers::Timers;
@@ -49,7 +50,7 @@ const ALONE_CHECK: Duration = Duration::from_secs(1);
 /// [`timing::REMOVE_DOWN_AFTER`].
 const REPLAY_MEMORY: Duration = Duration::from_secs(25 * 3600);
 
-type Gossip = Foca<NodeIdentity, PostcardCodec, StdRng, NoCustomBroadcast>;
+type Gossip = Foca<NodeIdentity, PostcardCodec, StdRng, LeftNotices>;
 
 /// What the other tasks ask of the owner.
 #[derive(Debug)]
@@ -120,8 +121,10 @@ pub fn start(
 
     let config = timing::foca_config(&settings.timing, max_payload());
     let rng: StdRng = rand::make_rng();
+    let left = LeftNotices::default();
     let owner = Owner {
-        foca: Foca::new(settings.identity, config, rng, PostcardCodec),
+        foca: Foca::with_custom_broadcast(settings.identity, config, rng, PostcardCodec, left.clone()),
+        left,
         runtime: AccumulatingRuntime::new(),
         timers: Timers::default(),
         sealer: Sealer::new(settings.keyring, &settings.cluster, settings.sender),
@@ -237,6 +240,8 @@ async fn join_while_alone(
 
 struct Owner {
     foca: Gossip,
+    /// Who left on purpose (shared with foca's broadcast handler).
+    left: LeftNotices,
     runtime: AccumulatingRuntime<NodeIdentity>,
     timers: Timers<Timer<NodeIdentity>>,
     sealer: Sealer,
@@ -331,21 +336,30 @@ impl Owner {
 
     /// Copies foca's view into the shared table and the gauges.
     fn publish(&self) {
-        let peers = self
-            .foca
-            .iter_membership_state()
-            .map(|m| (m.id().clone(), MemberState::from(m.state())))
-            .collect::<Vec<_>>();
-        self.members.replace(self.foca.identity().clone(), MemberState::Alive, peers);
+        self.members.replace(self.foca.identity().clone(), MemberState::Alive, self.peer_states());
         let counts = self.members.counts();
         for state in MemberState::ALL {
             self.metrics.members.with_label_values(&[state.as_str()]).set(counts.get(state) as i64);
         }
     }
 
-    /// Declares this node down to the cluster and sends the news before returning.
+    /// Every peer foca knows, `down` ones that left on purpose shown as `left`.
+    fn peer_states(&self) -> Vec<(NodeIdentity, MemberState)> {
+        let state = |m: &foca::Member<NodeIdentity>| match MemberState::from(m.state()) {
+            MemberState::Down if self.left.has_left(m.id()) => MemberState::Left,
+            state => state,
+        };
+        self.foca.iter_membership_state().map(|m| (m.id().clone(), state(m))).collect()
+    }
+
+    /// Declares this node down to the cluster, with a left notice so that peers show it as
+    /// `left` rather than crashed, and sends the news before returning.
     async fn leave(mut self) {
         let peers = self.members.active_peers();
+        let notice = LeftNotice::of(self.foca.identity()).encode();
+        if let Err(e) = self.foca.add_broadcast(&notice) {
+            tracing::warn!(error = %e, "cannot add the left notice; peers will see this node as down");
+        }
         if let Err(e) = self.foca.leave_cluster(&mut self.runtime) {
             tracing::warn!(error = %e, "cannot leave the gossip cluster cleanly");
         }
@@ -368,10 +382,7 @@ impl Owner {
         if tokio::time::timeout(LEAVE_FLUSH_TIMEOUT, flush).await.is_err() {
             tracing::warn!(timeout = ?LEAVE_FLUSH_TIMEOUT, "leave packets not all sent in time");
         }
-        let peers_state =
-            self.foca.iter_membership_state().map(|m| (m.id().clone(), MemberState::from(m.state())));
-        let peers_state: Vec<_> = peers_state.collect();
-        self.members.replace(self.foca.identity().clone(), MemberState::Left, peers_state);
+        self.members.replace(self.foca.identity().clone(), MemberState::Left, self.peer_states());
         tracing::info!(told = outgoing.len(), active_peers = peers, "left the gossip cluster");
     }
 }
@@ -418,6 +429,7 @@ mod tests {
     /// One simulated member: foca driven exactly as the owner task drives it.
     struct Sim {
         foca: Gossip,
+        left: LeftNotices,
         runtime: AccumulatingRuntime<NodeIdentity>,
         timers: Timers<Timer<NodeIdentity>>,
         running: bool,
@@ -478,24 +490,26 @@ mod tests {
         None
     }
 
-    /// Three members in virtual time, no sockets: they converge after one joins through
-    /// another, and a member that stops answering is declared down by both others within
-    /// the bound of the default timing (probe wait, failed probe, suspicion, one gossip hop).
-    #[test]
-    fn members_converge_and_detect_a_dead_one_in_virtual_time() {
+    /// Three simulated members, 2 and 3 joined through 1, run until all see each other.
+    fn three_joined() -> (Instant, VecDeque<(SocketAddr, Bytes)>, Vec<Sim>) {
         let mut clock = Instant::now();
         let mut wire = VecDeque::new();
         let mut sims: Vec<Sim> = (1..=3u64)
-            .map(|n| Sim {
-                foca: Foca::new(
-                    identity(n, 7000 + n as u16, 1),
-                    default_config(),
-                    StdRng::seed_from_u64(n),
-                    PostcardCodec,
-                ),
-                runtime: AccumulatingRuntime::new(),
-                timers: Timers::default(),
-                running: true,
+            .map(|n| {
+                let left = LeftNotices::default();
+                Sim {
+                    foca: Foca::with_custom_broadcast(
+                        identity(n, 7000 + n as u16, 1),
+                        default_config(),
+                        StdRng::seed_from_u64(n),
+                        PostcardCodec,
+                        left.clone(),
+                    ),
+                    left,
+                    runtime: AccumulatingRuntime::new(),
+                    timers: Timers::default(),
+                    running: true,
+                }
             })
             .collect();
         let seed = sims[0].foca.identity().clone();
@@ -508,6 +522,15 @@ mod tests {
         let converged = run(&mut sims, &mut clock, &mut wire, Duration::from_secs(30), all_alive);
         assert!(converged.is_some(), "{:?}", sims.iter().map(view).collect::<Vec<_>>());
 
+        (clock, wire, sims)
+    }
+
+    /// Three members in virtual time, no sockets: they converge after one joins through
+    /// another, and a member that stops answering is declared down by both others within
+    /// the bound of the default timing (probe wait, failed probe, suspicion, one gossip hop).
+    #[test]
+    fn members_converge_and_detect_a_dead_one_in_virtual_time() {
+        let (mut clock, mut wire, mut sims) = three_joined();
         sims[2].running = false;
         let down = |sims: &[Sim]| {
             sims[..2]
@@ -523,5 +546,33 @@ mod tests {
         let bound = timing::detection_bound(&defaults, 3);
         assert!(bound < Duration::from_secs(3), "{bound:?}");
         assert!(detected >= defaults.suspicion_timeout && detected <= bound, "{detected:?} > {bound:?}");
+    }
+
+    /// A member that leaves (left notice, then foca's leave) is `left` to both others at
+    /// once, with no suspicion period; a crashed one stays `down`.
+    #[test]
+    fn a_member_that_leaves_is_left_not_down() {
+        let (mut clock, mut wire, mut sims) = three_joined();
+        let leaving = sims[2].foca.identity().clone();
+        let notice = LeftNotice::of(&leaving).encode();
+        let sim = &mut sims[2];
+        sim.foca.add_broadcast(&notice).unwrap();
+        sim.foca.leave_cluster(&mut sim.runtime).unwrap();
+        drain(sim, clock, &mut wire);
+        sim.running = false;
+        let down = |sims: &[Sim]| {
+            sims[..2]
+                .iter()
+                .all(|s| view(s).iter().any(|(id, state)| *id == 3 && *state == foca::State::Down))
+        };
+        let took = run(&mut sims, &mut clock, &mut wire, Duration::from_secs(10), down)
+            .unwrap_or_else(|| panic!("leave not seen: {:?}", sims.iter().map(view).collect::<Vec<_>>()));
+        assert_eq!(took, Duration::ZERO, "the leave packets alone should tell");
+        assert!(sims[..2].iter().all(|s| s.left.has_left(&leaving)));
+        // A new process of the same node has not left.
+        assert!(
+            !sims[0].left.has_left(&NodeIdentity { started_ms: leaving.started_ms + 1, ..leaving.clone() })
+        );
+        assert!(!sims[0].left.has_left(sims[1].foca.identity()));
     }
 }
