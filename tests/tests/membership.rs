@@ -204,3 +204,59 @@ fn a_restarted_node_rejoins_and_replaces_its_old_entry() {
         n1.admin_json("/v1/members")
     );
 }
+
+#[test]
+fn the_members_subcommand_prints_a_table_or_json_and_fails_clearly() {
+    node_only!("the node's members subcommand");
+    let n1 = Node::start(named("n1"));
+    let n2 = Node::start(joining("n2", &n1));
+    for node in [&n1, &n2] {
+        assert!(
+            wait_until(CONVERGE, || all_alive(node, &["n1", "n2"])),
+            "never converged: {:?}",
+            states(node)
+        );
+    }
+    let members = |args: &[&str]| {
+        let mut cmd = node_command();
+        cmd.arg("members").args(args);
+        run_with_deadline(cmd, Duration::from_secs(15)).expect("the members subcommand finishes")
+    };
+    let admin = n1.admin_addr().to_string();
+
+    let out = members(&["--admin-addr", &admin]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(header, ["Name", "Address", "Status", "Role", "Datacenter", "Version", "Id"], "{stdout}");
+    let n1_id = n1.admin_json("/v1/status")["node_id"].as_str().unwrap().to_string();
+    let n2_gossip = n2.gossip_addr().to_string();
+    let first: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        (first[0], first[2], first[3], first[4], first[6]),
+        ("n1", "alive", "node", "dc1", n1_id.as_str())
+    );
+    assert!(lines[2].starts_with("n2 ") && lines[2].contains(&n2_gossip), "{stdout}");
+    // Columns are aligned: every Status cell starts where the header's does.
+    let status_at = lines[0].find("Status").unwrap();
+    assert!(lines[1..].iter().all(|l| &l[status_at..status_at + 5] == "alive"), "{stdout}");
+
+    let out = members(&["--admin-addr", &admin, "--format", "json"]);
+    assert!(out.status.success(), "{out:?}");
+    let json: Value = serde_json::from_slice(&out.stdout).expect("--format json prints JSON");
+    assert_eq!(json, n1.admin_json("/v1/members"));
+
+    // From the config, like `health`: OPENCLUSTER_ADMIN_ADDR.
+    let mut cmd = node_command();
+    cmd.arg("members").env("OPENCLUSTER_ADMIN_ADDR", &admin);
+    let out = run_with_deadline(cmd, Duration::from_secs(15)).expect("finishes");
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("n2"), "{out:?}");
+
+    let nobody = format!("127.0.0.1:{}", opencluster_tests::node::free_port());
+    let out = members(&["--admin-addr", &nobody]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{out:?}");
+    assert!(stderr.contains(&format!("cannot reach the admin API at {nobody}")), "{stderr}");
+}
