@@ -47,6 +47,7 @@ pub struct Metrics {
     pub write_buffer_records: IntGauge,
     pub insecure_default_keys: IntGauge,
     pub gossip: crate::membership::runtime::GossipMetrics,
+    pub keyring: crate::membership::keyring::KeyringMetrics,
 }
 
 /// The per-command handles.
@@ -171,6 +172,20 @@ impl Metrics {
                     )
                     .expect("valid gauge"),
                 ),
+            },
+            keyring: crate::membership::keyring::KeyringMetrics {
+                changes: register(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "opencluster_gossip_keyring_changes_total",
+                            "Changes made to the gossip keyring through the admin API, by operation (install, use, remove)",
+                        ),
+                        &["op"],
+                    )
+                    .expect("valid counter"),
+                ),
+                keys: gauge("opencluster_gossip_keyring_keys", "Keys installed in the gossip keyring"),
             },
             registry: r,
         };

@@ -1,5 +1,7 @@
-//! The admin HTTP API: `/v1/health`, `/v1/status`, `/v1/members` and `/metrics`; [`client`]
-//! is its other end, for the `health` and `members` subcommands.
+//! The admin HTTP API: `/v1/health`, `/v1/status`, `/v1/members`, `/metrics`, and the
+//! gossip keyring (`/v1/keyring`, changed through `/v1/keyring/install|use|remove`, which
+//! need `admin_token`: [`auth`]); [`client`] is its other end, for the `health` and
+//! `members` subcommands.
 //!
 //! It listens on loopback by default: status and metrics are for the operator, not for
 //! every host that can reach the node.
@@ -12,18 +14,21 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::membership::keyring::LiveKeyring;
 use crate::membership::members::{Counts, Members};
 use crate::metrics::Metrics;
 use crate::resp::server::ServerState;
 use crate::security::Security;
 use crate::store::flusher::FsyncPolicy;
 
+mod auth;
 pub mod client;
+mod keyring;
 
 pub use client::{ClientError, check_health, get_members};
 
@@ -34,6 +39,10 @@ pub struct AdminState {
     pub node_id: u64,
     /// The member table; `None` when membership is off (`gossip_addr` empty).
     pub members: Option<Arc<Members>>,
+    /// The gossip keyring in use; `None` when membership is off.
+    pub keyring: Option<Arc<LiveKeyring>>,
+    /// `admin_token`: what the changing endpoints require.
+    pub admin_token: Option<String>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -41,6 +50,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/status", get(status))
         .route("/v1/members", get(members))
+        .route("/v1/keyring", get(keyring::show))
+        .route("/v1/keyring/install", post(keyring::install))
+        .route("/v1/keyring/use", post(keyring::use_key))
+        .route("/v1/keyring/remove", post(keyring::remove))
         .route("/metrics", get(metrics))
         .with_state(state)
 }

@@ -43,6 +43,9 @@ pub struct Config {
     /// Admin HTTP listener (health, status, metrics); empty disables it.
     #[serde(with = "units::opt_addr")]
     pub admin_addr: Option<SocketAddr>,
+    /// Bearer token the admin API's changing endpoints (gossip keyring rotation) require.
+    /// Unset: those endpoints refuse every request; the read-only ones stay open.
+    pub admin_token: Option<String>,
     /// UDP address gossip membership listens on; empty disables membership (a lone node).
     #[serde(with = "units::opt_addr")]
     pub gossip_addr: Option<SocketAddr>,
@@ -175,6 +178,7 @@ impl Default for Config {
             client_password: None,
             insecure_no_client_password: false,
             admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9379))),
+            admin_token: None,
             gossip_addr: Some(SocketAddr::from(([0, 0, 0, 0], 7946))),
             advertise: None,
             join: Vec::new(),
@@ -290,6 +294,14 @@ impl Config {
         }
         if self.client_password.as_deref() == Some("") {
             return Err(err("client_password", "must not be empty (leave it unset instead)"));
+        }
+        if let Some(token) = &self.admin_token
+            && (token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(err(
+                "admin_token",
+                "must be at least 16 characters without spaces (e.g. from `openssl rand -hex 32`)",
+            ));
         }
         if let Some(addr) = self.advertise {
             if self.gossip_addr.is_none() {
@@ -458,6 +470,7 @@ mod tests {
             ("client_addr", Box::new(|c| c.client_addr = None)),
             ("advertise", Box::new(|c| c.advertise = Some("0.0.0.0:7946".parse().unwrap()))),
             ("join", Box::new(|c| c.join = vec!["no-port".into()])),
+            ("admin_token", Box::new(|c| c.admin_token = Some("short".into()))),
             (
                 "join",
                 Box::new(|c| {

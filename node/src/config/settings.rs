@@ -69,6 +69,11 @@ pub const SETTINGS: &[Setting] = &[
         "Admin HTTP address (/v1/health, /v1/status, /metrics); empty disables [default: 127.0.0.1:9379]",
     ),
     s(
+        "admin_token",
+        Kind::Str,
+        "Token the admin API's changing endpoints (gossip keyring rotation) require as `Authorization: Bearer <token>`; unset: they are refused. Prefer OPENCLUSTER_ADMIN_TOKEN to the flag",
+    ),
+    s(
         "gossip_addr",
         Kind::Addr,
         "UDP address for gossip membership; empty disables it [default: 0.0.0.0:7946; with --dev 127.0.0.1:7946]",
@@ -223,6 +228,7 @@ mod tests {
             tls_dir: Some("/tls".into()),
             unix_socket: Some("/s".into()),
             client_password: Some("p".into()),
+            admin_token: Some("t".into()),
             advertise: Some("10.0.0.1:7946".parse().unwrap()),
             join: vec!["a:1".into()],
             ..Config::default()

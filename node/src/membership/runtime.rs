@@ -24,7 +24,7 @@ use opencluster_pki::Keyring;
 use prometheus::{IntCounterVec, IntGaugeVec};
 use rand::rngs::StdRng;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -67,8 +67,9 @@ pub struct Settings {
     pub identity: NodeIdentity,
     /// The bound gossip socket.
     pub socket: UdpSocket,
-    /// The gossip keyring: packets are sealed with its primary key.
-    pub keyring: Keyring,
+    /// The gossip keyring, as it changes: packets are sealed with its primary key and
+    /// opened with any of its keys.
+    pub keyring: watch::Receiver<Keyring>,
     /// The cluster name packets are bound to.
     pub cluster: String,
     /// `join` targets.
@@ -122,12 +123,14 @@ pub fn start(
     let config = timing::foca_config(&settings.timing, max_payload());
     let rng: StdRng = rand::make_rng();
     let left = LeftNotices::default();
+    let first_keyring = settings.keyring.borrow().clone();
     let owner = Owner {
         foca: Foca::with_custom_broadcast(settings.identity, config, rng, PostcardCodec, left.clone()),
         left,
         runtime: AccumulatingRuntime::new(),
         timers: Timers::default(),
-        sealer: Sealer::new(settings.keyring, &settings.cluster, settings.sender),
+        sealer: Sealer::new(first_keyring, &settings.cluster, settings.sender),
+        keyring: settings.keyring,
         socket,
         members: members.clone(),
         metrics,
@@ -148,7 +151,7 @@ fn max_payload() -> NonZeroUsize {
 /// Reads, opens and replay-checks datagrams; forwards the plaintext to the owner.
 async fn receive(
     socket: Arc<UdpSocket>,
-    keyring: Keyring,
+    mut keyring_updates: watch::Receiver<Keyring>,
     cluster: String,
     input: mpsc::Sender<Input>,
     metrics: GossipMetrics,
@@ -159,6 +162,7 @@ async fn receive(
     let mut replay = ReplayFilter::new(seal::DEFAULT_MAX_SENDERS, REPLAY_MEMORY);
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let drop = |reason: &str| metrics.dropped.with_label_values(&[reason]).inc();
+    let mut keyring = keyring_updates.borrow_and_update().clone();
     loop {
         let (len, from) = tokio::select! {
             _ = done.cancelled() => return,
@@ -176,6 +180,9 @@ async fn receive(
             drop("oversized");
             tracing::debug!(%from, "gossip packet larger than {MAX_DATAGRAM} bytes dropped");
             continue;
+        }
+        if keyring_updates.has_changed().unwrap_or(false) {
+            keyring = keyring_updates.borrow_and_update().clone();
         }
         let opened = match seal::open(&keyring, &cluster, &buf[..len]) {
             Ok(opened) => opened,
@@ -245,6 +252,8 @@ struct Owner {
     runtime: AccumulatingRuntime<NodeIdentity>,
     timers: Timers<Timer<NodeIdentity>>,
     sealer: Sealer,
+    /// Keyring changes, taken by the sealer before the next packet.
+    keyring: watch::Receiver<Keyring>,
     socket: Arc<UdpSocket>,
     members: Arc<Members>,
     metrics: GossipMetrics,
@@ -320,6 +329,7 @@ impl Owner {
     /// Seals and sends one datagram without waiting: a full socket buffer drops it, as the
     /// network could.
     fn send(&mut self, to: SocketAddr, data: &Bytes) {
+        self.refresh_keyring();
         if let Err(e) = self.sealer.seal(data, &mut self.sealed) {
             self.metrics.dropped.with_label_values(&["seal_failed"]).inc();
             tracing::error!(%to, error = %e, "cannot seal a gossip packet");
@@ -331,6 +341,14 @@ impl Owner {
                 self.metrics.dropped.with_label_values(&["send_failed"]).inc();
                 tracing::debug!(%to, error = %e, "cannot send a gossip packet");
             }
+        }
+    }
+
+    /// Takes a changed keyring before sealing: the next packet goes out under its primary.
+    fn refresh_keyring(&mut self) {
+        if self.keyring.has_changed().unwrap_or(false) {
+            let keyring = self.keyring.borrow_and_update().clone();
+            self.sealer.set_keyring(keyring);
         }
     }
 
@@ -363,6 +381,7 @@ impl Owner {
         if let Err(e) = self.foca.leave_cluster(&mut self.runtime) {
             tracing::warn!(error = %e, "cannot leave the gossip cluster cleanly");
         }
+        self.refresh_keyring();
         let mut outgoing = Vec::new();
         while let Some((to, data)) = self.runtime.to_send() {
             outgoing.push((to.addr, data));
