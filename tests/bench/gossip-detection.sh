@@ -13,6 +13,7 @@
 # 10 nodes), GossipInterval 200ms, GossipNodes 3, IndirectChecks 3. It is also what foca's
 # Config::new_lan used before the gossip.* settings existed.
 #
+# NODE_BIN=path runs that binary instead of building target/release/opencluster-node.
 # Needs curl. Figures include up to one POLL interval plus a curl round of latency.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,8 +26,8 @@ POLL=${POLL:-0.02}
 command -v curl >/dev/null || { echo "gossip-detection: curl not found" >&2; exit 2; }
 [ "$NODES" -ge 3 ] || { echo "gossip-detection: NODES must be at least 3" >&2; exit 2; }
 
-cargo build --release -q -p opencluster-node
-NODE=target/release/opencluster-node
+NODE=${NODE_BIN:-target/release/opencluster-node}
+[ -n "${NODE_BIN:-}" ] || cargo build --release -q -p opencluster-node
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -50,7 +51,8 @@ count_state() {
   local name=$1 state=$2 n=0 i
   shift 2
   for i in "$@"; do
-    members "$i" | grep -q "\"name\":\"$name\",\"id\":\"[0-9a-f]*\",\"datacenter\":\"[^\"]*\",\"role\":\"[^\"]*\",\"state\":\"$state\"" && n=$((n + 1))
+    # One member object per line; the keys' order is not fixed.
+    members "$i" | tr '}' '\n' | grep "\"name\":\"$name\"" | grep -q "\"state\":\"$state\"" && n=$((n + 1))
   done
   echo "$n"
 }
@@ -61,9 +63,15 @@ round() {
   local label=$1 i deadline
   shift
   PIDS=() ADMIN=() GOSSIP=()
+  local used=" " p
   for i in $(seq "$NODES"); do
-    ADMIN[i]=$(free_port)
-    GOSSIP[i]=$(free_port)
+    # free_port only checks TCP and nothing is bound yet: keep the ports distinct.
+    for kind in ADMIN GOSSIP; do
+      p=$(free_port)
+      while [[ $used == *" $p "* ]]; do p=$(free_port); done
+      used+="$p "
+      eval "$kind[i]=$p"
+    done
   done
   for i in $(seq "$NODES"); do
     local join=()
@@ -78,7 +86,11 @@ round() {
   deadline=$((SECONDS + 30))
   for i in $(seq "$NODES"); do
     until [ "$(members "$i" | grep -o '"state":"alive"' | wc -l)" -eq "$NODES" ]; do
-      [ $SECONDS -lt $deadline ] || { echo "cluster did not converge (node n$i)" >&2; exit 1; }
+      [ $SECONDS -lt $deadline ] || {
+        echo "cluster did not converge (node n$i): $(members "$i")" >&2
+        tail -n 5 "$WORK/$label"-n*.log >&2
+        exit 1
+      }
       sleep 0.1
     done
   done
@@ -86,7 +98,7 @@ round() {
   local others victim=$NODES start end
   others=$(seq 1 $((NODES - 1)))
   start=$(now_ms)
-  kill -9 "${PIDS[victim - 1]}"
+  { kill -9 "${PIDS[victim - 1]}" && wait "${PIDS[victim - 1]}"; } 2>/dev/null || true
   # shellcheck disable=SC2086
   until [ "$(count_state "n$victim" down $others)" -eq $((NODES - 1)) ]; do
     [ $(($(now_ms) - start)) -lt 60000 ] || { echo "n$victim never seen down" >&2; exit 1; }
@@ -94,7 +106,7 @@ round() {
   done
   end=$(now_ms)
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  { wait; } 2>/dev/null || true
   rm -rf "${WORK:?}/$label-"*
   echo $((end - start))
 }

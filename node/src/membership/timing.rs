@@ -24,7 +24,9 @@
 //! memberlist's `DefaultLANConfig` (P = 1 s, probe timeout 500 ms, S = 4 s for up to 10
 //! members, G = 200 ms) gives
 //! 1 + 1 + 4 + 0.2 = 6.2 s, which is what foca's `new_lan` preset measured here
-//! (5.8-6.8 s); `tests/bench/gossip-detection.sh` measures both.
+//! (5.8-6.8 s); `tests/bench/gossip-detection.sh` measures both. Measured with 4 nodes on
+//! loopback the defaults took 1.8 s to 3.3 s, median 2.3 s: step 1 sometimes takes two or
+//! three intervals rather than one (see docs/benchmarks.md).
 //!
 //! The price of short timeouts is false suspicion: a member that cannot answer for longer
 //! than P + S (a paused VM, a starved container) is declared down. It notices, renews its
