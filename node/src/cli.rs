@@ -17,6 +17,42 @@ pub enum Invocation {
     Run { load: LoadOptions, dev: bool },
     /// Check the health of a running node; `admin_addr` None means "from the config".
     Health { load: LoadOptions, admin_addr: Option<SocketAddr>, timeout: Duration },
+    /// List the members a running node knows.
+    Members { load: LoadOptions, admin_addr: Option<SocketAddr>, timeout: Duration, format: MembersFormat },
+}
+
+/// How `members` prints the list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MembersFormat {
+    /// An aligned table for people.
+    Table,
+    /// The `/v1/members` JSON, for scripts.
+    Json,
+}
+
+fn admin_addr_arg(what: &str) -> Arg {
+    Arg::new("admin-addr").long("admin-addr").value_name("ADDR").help(format!(
+        "Admin address of the node to {what} [default: admin_addr from the config, 127.0.0.1:9379]"
+    ))
+}
+
+fn timeout_arg() -> Arg {
+    Arg::new("timeout")
+        .long("timeout")
+        .value_name("DURATION")
+        .default_value("3s")
+        .help("Give up after this long")
+}
+
+fn parse_admin_addr(m: &ArgMatches) -> Result<Option<SocketAddr>, String> {
+    m.get_one::<String>("admin-addr")
+        .map(|a| a.parse().map_err(|_| format!("--admin-addr {a:?} is not an address like 127.0.0.1:9379")))
+        .transpose()
+}
+
+fn parse_timeout(m: &ArgMatches) -> Result<Duration, String> {
+    let timeout = m.get_one::<String>("timeout").expect("has a default");
+    humantime::parse_duration(timeout).map_err(|e| format!("--timeout {timeout:?}: {e}"))
 }
 
 const ABOUT: &str = "OpenCluster node: a clustered, disk-backed data service that speaks the Redis protocol.
@@ -45,10 +81,27 @@ pub fn command() -> Command {
         .subcommand(
             Command::new("health")
                 .about("Exit 0 if the node's admin API reports healthy (for container HEALTHCHECK)")
-                .arg(Arg::new("admin-addr").long("admin-addr").value_name("ADDR").help(
-                    "Admin address of the node to check [default: admin_addr from the config, 127.0.0.1:9379]",
-                ))
-                .arg(Arg::new("timeout").long("timeout").value_name("DURATION").default_value("3s").help("Give up after this long")),
+                .arg(admin_addr_arg("check"))
+                .arg(timeout_arg()),
+        )
+        .subcommand(
+            Command::new("members")
+                .about("List the cluster members a running node knows (its /v1/members)")
+                .long_about(
+                    "List the cluster members a running node knows, from its admin API (/v1/members): name, \
+                     gossip address, status (alive, suspect, down, left), role, datacenter, version and node id, \
+                     the node asked first. Exits 1 with a message when the node cannot be reached.",
+                )
+                .arg(admin_addr_arg("ask"))
+                .arg(timeout_arg())
+                .arg(
+                    Arg::new("format")
+                        .long("format")
+                        .value_name("FORMAT")
+                        .value_parser(["table", "json"])
+                        .default_value("table")
+                        .help("table: aligned columns; json: the /v1/members JSON as the node answers it"),
+                ),
         );
     for s in SETTINGS {
         let mut arg = Arg::new(s.key)
@@ -96,17 +149,18 @@ where
         .or_else(|| std::env::var("OPENCLUSTER_CONFIG").ok())
         .map(PathBuf::from);
     if let Some(h) = m.subcommand_matches("health") {
-        let admin_addr = h
-            .get_one::<String>("admin-addr")
-            .map(|a| {
-                a.parse().map_err(|_| format!("--admin-addr {a:?} is not an address like 127.0.0.1:9379"))
-            })
-            .transpose()?;
-        let timeout = h.get_one::<String>("timeout").expect("has a default");
-        let timeout =
-            humantime::parse_duration(timeout).map_err(|e| format!("--timeout {timeout:?}: {e}"))?;
+        let (admin_addr, timeout) = (parse_admin_addr(h)?, parse_timeout(h)?);
         let load = LoadOptions { config_file, env, ..Default::default() };
         return Ok(Invocation::Health { load, admin_addr, timeout });
+    }
+    if let Some(sub) = m.subcommand_matches("members") {
+        let (admin_addr, timeout) = (parse_admin_addr(sub)?, parse_timeout(sub)?);
+        let format = match sub.get_one::<String>("format").map(String::as_str) {
+            Some("json") => MembersFormat::Json,
+            _ => MembersFormat::Table,
+        };
+        let load = LoadOptions { config_file, env, ..Default::default() };
+        return Ok(Invocation::Members { load, admin_addr, timeout, format });
     }
     let dev = m.get_flag("dev");
     let load = LoadOptions { config_file, dev_data_dir: dev.then(dev_data_dir), env, flags: flags(&m) };
@@ -149,5 +203,19 @@ mod tests {
         let Invocation::Health { admin_addr, .. } = inv else { panic!("expected health") };
         assert_eq!(admin_addr, Some("127.0.0.1:1".parse().unwrap()));
         assert!(parse_from(["opencluster-node", "health", "--admin-addr", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn members_takes_an_address_and_a_format() {
+        let inv =
+            parse_from(["opencluster-node", "members", "--admin-addr", "127.0.0.1:1", "--format", "json"])
+                .unwrap();
+        let Invocation::Members { admin_addr, format, .. } = inv else { panic!("expected members") };
+        assert_eq!((admin_addr, format), (Some("127.0.0.1:1".parse().unwrap()), MembersFormat::Json));
+        let Invocation::Members { admin_addr: None, format: MembersFormat::Table, .. } =
+            parse_from(["opencluster-node", "members"]).unwrap()
+        else {
+            panic!("expected members with defaults")
+        };
     }
 }

@@ -14,6 +14,9 @@ fn main() -> ExitCode {
     };
     match invocation {
         Invocation::Health { load, admin_addr, timeout } => health(load, admin_addr, timeout),
+        Invocation::Members { load, admin_addr, timeout, format } => {
+            members(load, admin_addr, timeout, format)
+        }
         Invocation::Run { load, dev } => run(load, dev),
     }
 }
@@ -32,20 +35,28 @@ fn runtime(multi_thread: bool) -> std::io::Result<tokio::runtime::Runtime> {
     b.enable_all().build()
 }
 
+/// The admin address given on the command line, else the config's `admin_addr`.
+fn admin_addr(
+    load: &config::LoadOptions,
+    given: Option<std::net::SocketAddr>,
+) -> Result<std::net::SocketAddr, String> {
+    match given {
+        Some(a) => Ok(a),
+        None => match config::load_unvalidated(load).map_err(|e| e.to_string())?.admin_addr {
+            Some(a) => Ok(a),
+            None => Err("admin_addr is disabled in the config: give --admin-addr".to_string()),
+        },
+    }
+}
+
 fn health(
     load: config::LoadOptions,
     admin_addr: Option<std::net::SocketAddr>,
     timeout: std::time::Duration,
 ) -> ExitCode {
-    let addr = match admin_addr {
-        Some(a) => a,
-        None => match config::load_unvalidated(&load) {
-            Ok(c) => match c.admin_addr {
-                Some(a) => a,
-                None => return fail("admin_addr is disabled in the config: nothing to check"),
-            },
-            Err(e) => return fail(e),
-        },
+    let addr = match self::admin_addr(&load, admin_addr) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
     };
     let rt = match runtime(false) {
         Ok(rt) => rt,
@@ -58,6 +69,35 @@ fn health(
         }
         Err(e) => {
             eprintln!("opencluster-node health: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn members(
+    load: config::LoadOptions,
+    admin_addr: Option<std::net::SocketAddr>,
+    timeout: std::time::Duration,
+    format: cli::MembersFormat,
+) -> ExitCode {
+    let addr = match self::admin_addr(&load, admin_addr) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    let rt = match runtime(false) {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    match rt.block_on(admin::get_members(addr, timeout)) {
+        Ok(list) => {
+            match format {
+                cli::MembersFormat::Table => print!("{}", admin::client::members_table(&list)),
+                cli::MembersFormat::Json => println!("{}", serde_json::Value::Array(list)),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("opencluster-node members: {e}");
             ExitCode::FAILURE
         }
     }

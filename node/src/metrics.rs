@@ -50,6 +50,7 @@ pub struct Metrics {
     pub gossip: crate::membership::runtime::GossipMetrics,
     pub rpc: crate::peer::RpcMetrics,
     pub cluster: crate::cluster::ClusterMetrics,
+    pub keyring: crate::membership::keyring::KeyringMetrics,
 }
 
 /// The per-command handles.
@@ -177,6 +178,20 @@ impl Metrics {
             },
             rpc: crate::peer::RpcMetrics::register(&r),
             cluster: crate::cluster::ClusterMetrics::register(&r),
+            keyring: crate::membership::keyring::KeyringMetrics {
+                changes: register(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "opencluster_gossip_keyring_changes_total",
+                            "Changes made to the gossip keyring through the admin API, by operation (install, use, remove)",
+                        ),
+                        &["op"],
+                    )
+                    .expect("valid counter"),
+                ),
+                keys: gauge("opencluster_gossip_keyring_keys", "Keys installed in the gossip keyring"),
+            },
             registry: r,
         };
         // Error kinds are listed at zero from the start, so dashboards see them before the

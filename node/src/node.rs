@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::membership::{
     self,
     identity::{Metadata, NodeIdentity, Role},
+    keyring::{self, LiveKeyring},
     members::Members,
 };
 use crate::metrics::Metrics;
@@ -55,6 +56,8 @@ pub enum NodeError {
          or set gossip_addr = \"\" to run this node alone"
     )]
     NoKeyring { keys: String },
+    #[error("gossip keyring: {0}")]
+    Keyring(#[from] keyring::LoadError),
 }
 
 /// The sockets a node serves on, bound before [`run`] so that callers (tests, `--dev`)
@@ -220,12 +223,12 @@ pub async fn run(
 
     let rpc_socket = listeners.rpc.take();
     let rpc_bound = rpc_socket.as_ref().and_then(|s| s.local_addr().ok());
-    let members = match listeners.gossip.take() {
+    let (members, gossip_keyring) = match listeners.gossip.take() {
         None => {
             tracing::info!("gossip_addr is empty: membership is off, this node runs alone");
-            None
+            (None, None)
         }
-        Some(socket) => Some(start_membership(
+        Some(socket) => start_membership(
             &config,
             socket,
             [listeners.client.as_ref().and_then(|l| l.local_addr().ok()), rpc_bound],
@@ -234,7 +237,8 @@ pub async fn run(
             &metrics,
             &background_tasks,
             background.clone(),
-        )?),
+        )
+        .map(|(members, keyring)| (Some(members), Some(keyring)))?,
     };
 
     let origin = Origin { datacenter: config.datacenter.as_str().into(), node: node_id };
@@ -312,6 +316,8 @@ pub async fn run(
             data_dir: config.data_dir.clone(),
             node_id,
             members: members.clone(),
+            keyring: gossip_keyring.clone(),
+            admin_token: config.admin_token.clone(),
         });
         background_tasks.spawn(admin::serve(l, admin_state, background.clone()));
     }
@@ -353,7 +359,7 @@ fn start_membership(
     metrics: &Metrics,
     tasks: &TaskTracker,
     stop: CancellationToken,
-) -> Result<Arc<Members>, NodeError> {
+) -> Result<(Arc<Members>, Arc<LiveKeyring>), NodeError> {
     let bound = socket.local_addr().map_err(|source| NodeError::Listen {
         setting: "gossip_addr",
         addr: config.gossip_addr.map(|a| a.to_string()).unwrap_or_default(),
@@ -364,11 +370,14 @@ fn start_membership(
         None if bound.ip().is_unspecified() => return Err(NodeError::NoAdvertise { bound }),
         None => bound,
     };
-    let keyring = security
-        .keys
-        .keyring
-        .clone()
-        .ok_or_else(|| NodeError::NoKeyring { keys: security.keys.source.clone() })?;
+    let keyring = LiveKeyring::load(
+        &config.data_dir,
+        security.keys.keyring.clone(),
+        &security.keys.source,
+        metrics.keyring.clone(),
+    )?
+    .map(Arc::new)
+    .ok_or_else(|| NodeError::NoKeyring { keys: security.keys.source.clone() })?;
     // Peers reach the client port on the advertised IP when the listener is on all interfaces.
     let reachable =
         |a: SocketAddr| if a.ip().is_unspecified() { SocketAddr::new(advertise.ip(), a.port()) } else { a };
@@ -395,12 +404,13 @@ fn start_membership(
     let settings = membership::runtime::Settings {
         identity,
         socket,
-        keyring,
+        keyring: keyring.subscribe(),
         cluster: security.keys.cluster.clone(),
         join: config.join.clone(),
         sender: rand::Rng::next_u64(&mut rng),
+        timing: config.gossip.clone(),
     };
-    Ok(membership::runtime::start(settings, metrics.gossip.clone(), tasks, stop))
+    Ok((membership::runtime::start(settings, metrics.gossip.clone(), tasks, stop), keyring))
 }
 
 async fn warn_insecure(stop: CancellationToken) {

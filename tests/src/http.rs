@@ -1,6 +1,6 @@
-//! A minimal HTTP/1.1 GET over `std::net::TcpStream` for the node's admin API.
+//! A minimal HTTP/1.1 client over `std::net::TcpStream` for the node's admin API.
 //!
-//! The admin API is a handful of GET endpoints; a client crate would add build time
+//! The admin API is a handful of endpoints; a client crate would add build time
 //! and hide nothing worth hiding, so this sends one request per connection
 //! (`Connection: close`) and decodes either a Content-Length or a chunked body.
 
@@ -10,9 +10,32 @@ use std::time::Duration;
 
 /// `GET path` on `addr`: (status code, body).
 pub fn get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    request(addr, "GET", path, None, None)
+}
+
+/// `POST path` on `addr` with a JSON `body` and, when given, `Authorization: Bearer <token>`.
+pub fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) -> io::Result<(u16, String)> {
+    request(addr, "POST", path, token, Some(body))
+}
+
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n")?;
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    if let Some(body) = body {
+        head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    write!(s, "{head}\r\n{}", body.unwrap_or_default())?;
     s.flush()?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;

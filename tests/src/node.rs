@@ -218,6 +218,13 @@ impl Node {
         http::get(self.admin_addr(), path).unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log()))
     }
 
+    /// `POST` of a JSON body on the admin API, with a bearer token when given: (status, body).
+    pub fn admin_post(&self, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+        assert_eq!(self.target, Target::Node, "the admin API exists only on the node");
+        http::post(self.admin_addr(), path, token, body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", self.log()))
+    }
+
     /// `GET` on the admin API, parsed as JSON, expecting 200.
     pub fn admin_json(&self, path: &str) -> serde_json::Value {
         let (status, body) = self.admin_get(path);

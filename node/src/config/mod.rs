@@ -43,6 +43,9 @@ pub struct Config {
     /// Admin HTTP listener (health, status, metrics); empty disables it.
     #[serde(with = "units::opt_addr")]
     pub admin_addr: Option<SocketAddr>,
+    /// Bearer token the admin API's changing endpoints (gossip keyring rotation) require.
+    /// Unset: those endpoints refuse every request; the read-only ones stay open.
+    pub admin_token: Option<String>,
     /// UDP address gossip membership listens on; empty disables membership (a lone node).
     #[serde(with = "units::opt_addr")]
     pub gossip_addr: Option<SocketAddr>,
@@ -67,6 +70,7 @@ pub struct Config {
     pub allow_flushdb: bool,
     pub limits: Limits,
     pub store: StoreConfig,
+    pub gossip: GossipConfig,
     pub cluster: ClusterConfig,
     pub rpc: RpcConfig,
 }
@@ -158,6 +162,46 @@ pub struct StoreConfig {
     pub tombstone_grace: Duration,
 }
 
+/// Failure detection and dissemination timing of gossip membership (SWIM). The defaults
+/// detect a crashed member within about 2 s on a LAN; see `membership::timing` for the
+/// arithmetic and `docs/operations.md` for when to change them.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GossipConfig {
+    /// How often this node probes one other member (a ping that must be answered).
+    #[serde(with = "units::duration")]
+    pub probe_interval: Duration,
+    /// How long a probed member has to answer directly before other members are asked to
+    /// probe it too; shorter than `probe_interval`.
+    #[serde(with = "units::duration")]
+    pub probe_timeout: Duration,
+    /// How many other members are asked to probe a member that did not answer in time.
+    pub indirect_probes: u32,
+    /// How long a member that failed a probe stays suspect, with time to refute it, before
+    /// it is declared down.
+    #[serde(with = "units::duration")]
+    pub suspicion_timeout: Duration,
+    /// How often news (joins, failures, leaves) is sent to `fanout` random members, besides
+    /// riding on probes.
+    #[serde(with = "units::duration")]
+    pub interval: Duration,
+    /// How many random members each round of `interval` gossip goes to.
+    pub fanout: u32,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        GossipConfig {
+            probe_interval: Duration::from_millis(500),
+            probe_timeout: Duration::from_millis(200),
+            indirect_probes: 3,
+            suspicion_timeout: Duration::from_secs(1),
+            interval: Duration::from_millis(200),
+            fanout: 3,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Fsync {
@@ -184,6 +228,7 @@ impl Default for Config {
             client_password: None,
             insecure_no_client_password: false,
             admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9379))),
+            admin_token: None,
             gossip_addr: Some(SocketAddr::from(([0, 0, 0, 0], 7946))),
             advertise: None,
             join: Vec::new(),
@@ -196,6 +241,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             cluster: ClusterConfig::default(),
             rpc: RpcConfig::default(),
+            gossip: GossipConfig::default(),
         }
     }
 }
@@ -302,6 +348,14 @@ impl Config {
         if self.client_password.as_deref() == Some("") {
             return Err(err("client_password", "must not be empty (leave it unset instead)"));
         }
+        if let Some(token) = &self.admin_token
+            && (token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(err(
+                "admin_token",
+                "must be at least 16 characters without spaces (e.g. from `openssl rand -hex 32`)",
+            ));
+        }
         if let Some(addr) = self.advertise {
             if self.gossip_addr.is_none() {
                 return Err(err("advertise", "is set but gossip_addr is empty (membership is disabled)"));
@@ -381,7 +435,7 @@ impl Config {
         if s.cache_bytes.0 < 1 << 20 {
             return Err(err("store.cache_bytes", "must be at least 1MiB"));
         }
-        Ok(())
+        self.gossip.validate()
     }
 
     /// The durability policy the store runs with.
@@ -406,6 +460,52 @@ impl Config {
                 None => Err(format!("{n:?} is not majority, all, one or a number of owners from 1")),
             },
         }
+    }
+}
+
+impl GossipConfig {
+    /// Bounds that keep foca's probe cycle well formed and detection meaningful.
+    fn validate(&self) -> Result<(), ConfigError> {
+        fn err(setting: &str, message: impl Into<String>) -> ConfigError {
+            ConfigError::new(setting, message)
+        }
+        let ms = |d: Duration| humantime::format_duration(d).to_string();
+        let range = Duration::from_millis(10)..=Duration::from_secs(60);
+        if !range.contains(&self.probe_interval) {
+            return Err(err("gossip.probe_interval", "must be between 10ms and 1m"));
+        }
+        if self.probe_timeout.is_zero() || self.probe_timeout >= self.probe_interval {
+            return Err(err(
+                "gossip.probe_timeout",
+                format!(
+                    "{} must be more than 0 and shorter than gossip.probe_interval ({}): the indirect \
+                     probes run in the rest of the interval (half of it or less is best)",
+                    ms(self.probe_timeout),
+                    ms(self.probe_interval)
+                ),
+            ));
+        }
+        if !(1..=16).contains(&self.indirect_probes) {
+            return Err(err("gossip.indirect_probes", "must be between 1 and 16"));
+        }
+        if self.suspicion_timeout < self.probe_interval || self.suspicion_timeout > Duration::from_secs(600) {
+            return Err(err(
+                "gossip.suspicion_timeout",
+                format!(
+                    "{} must be between gossip.probe_interval ({}) and 10m: a suspected member needs \
+                     at least one probe interval to hear of the suspicion and refute it",
+                    ms(self.suspicion_timeout),
+                    ms(self.probe_interval)
+                ),
+            ));
+        }
+        if !range.contains(&self.interval) {
+            return Err(err("gossip.interval", "must be between 10ms and 1m"));
+        }
+        if !(1..=16).contains(&self.fanout) {
+            return Err(err("gossip.fanout", "must be between 1 and 16"));
+        }
+        Ok(())
     }
 }
 
@@ -446,9 +546,19 @@ mod tests {
             ("limits.max_clients", Box::new(|c| c.limits.max_clients = 0)),
             ("store.partitions", Box::new(|c| c.store.partitions = 0)),
             ("store.fsync_interval", Box::new(|c| c.store.fsync_interval = Duration::ZERO)),
+            ("gossip.probe_interval", Box::new(|c| c.gossip.probe_interval = Duration::ZERO)),
+            ("gossip.probe_timeout", Box::new(|c| c.gossip.probe_timeout = c.gossip.probe_interval)),
+            ("gossip.indirect_probes", Box::new(|c| c.gossip.indirect_probes = 0)),
+            (
+                "gossip.suspicion_timeout",
+                Box::new(|c| c.gossip.suspicion_timeout = Duration::from_millis(100)),
+            ),
+            ("gossip.interval", Box::new(|c| c.gossip.interval = Duration::from_secs(3600))),
+            ("gossip.fanout", Box::new(|c| c.gossip.fanout = 0)),
             ("client_addr", Box::new(|c| c.client_addr = None)),
             ("advertise", Box::new(|c| c.advertise = Some("0.0.0.0:7946".parse().unwrap()))),
             ("join", Box::new(|c| c.join = vec!["no-port".into()])),
+            ("admin_token", Box::new(|c| c.admin_token = Some("short".into()))),
             (
                 "join",
                 Box::new(|c| {

@@ -69,6 +69,11 @@ pub const SETTINGS: &[Setting] = &[
         "Admin HTTP address (/v1/health, /v1/status, /metrics); empty disables [default: 127.0.0.1:9379]",
     ),
     s(
+        "admin_token",
+        Kind::Str,
+        "Token the admin API's changing endpoints (gossip keyring rotation) require as `Authorization: Bearer <token>`; unset: they are refused. Prefer OPENCLUSTER_ADMIN_TOKEN to the flag",
+    ),
+    s(
         "gossip_addr",
         Kind::Addr,
         "UDP address for gossip membership; empty disables it [default: 0.0.0.0:7946; with --dev 127.0.0.1:7946]",
@@ -155,6 +160,32 @@ pub const SETTINGS: &[Setting] = &[
         "How often expired keys and old tombstones are purged [default: 100ms]",
     ),
     s("store.tombstone_grace", Kind::Duration, "How long deleted keys' tombstones are kept [default: 24h]"),
+    s(
+        "gossip.probe_interval",
+        Kind::Duration,
+        "How often this node probes one other member for failure detection [default: 500ms]",
+    ),
+    s(
+        "gossip.probe_timeout",
+        Kind::Duration,
+        "How long a probed member has to answer before others are asked to probe it; < gossip.probe_interval [default: 200ms]",
+    ),
+    s(
+        "gossip.indirect_probes",
+        Kind::Int,
+        "How many members are asked to probe a member that did not answer in time [default: 3]",
+    ),
+    s(
+        "gossip.suspicion_timeout",
+        Kind::Duration,
+        "How long a member that failed a probe stays suspect before it is declared down [default: 1s]",
+    ),
+    s(
+        "gossip.interval",
+        Kind::Duration,
+        "How often membership news is gossiped to gossip.fanout members [default: 200ms]",
+    ),
+    s("gossip.fanout", Kind::Int, "How many random members each gossip round goes to [default: 3]"),
 ];
 
 impl Setting {
@@ -228,6 +259,7 @@ mod tests {
             tls_dir: Some("/tls".into()),
             unix_socket: Some("/s".into()),
             client_password: Some("p".into()),
+            admin_token: Some("t".into()),
             advertise: Some("10.0.0.1:7946".parse().unwrap()),
             join: vec!["a:1".into()],
             ..Config::default()

@@ -19,9 +19,9 @@ pub enum MemberState {
     Alive,
     /// Missed probes; declared down unless it refutes the suspicion in time.
     Suspect,
-    /// Declared down by the cluster (crashed, cut off, or left).
+    /// Declared down by the cluster: crashed or cut off.
     Down,
-    /// Left the cluster on purpose (only this node itself, once it stopped gossiping).
+    /// Left the cluster on purpose (stopped with SIGTERM), as its left notice told.
     Left,
 }
 

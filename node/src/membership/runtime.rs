@@ -14,26 +14,29 @@
 //! sends those packets before it returns, within [`LEAVE_FLUSH_TIMEOUT`].
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec, Timer};
+use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec, Timer};
 use opencluster_pki::Keyring;
 use prometheus::{IntCounterVec, IntGaugeVec};
 use rand::rngs::StdRng;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::identity::NodeIdentity;
 use super::join::{self, Backoff};
+use super::left::{LeftNotice, LeftNotices};
 use super::members::{MemberState, Members};
 use super::seal::{self, OVERHEAD, ReplayFilter, Sealer};
 use super::timers::Timers;
+use super::timing;
+use crate::config::GossipConfig;
 
 /// Largest datagram sent or read, sealed envelope included.
 pub const MAX_DATAGRAM: usize = 1400;
@@ -43,14 +46,11 @@ const INPUT_CAPACITY: usize = 1024;
 pub const LEAVE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the joiner checks whether the node is alone again.
 const ALONE_CHECK: Duration = Duration::from_secs(1);
-/// How long foca remembers a member declared down before forgetting it.
-const REMOVE_DOWN_AFTER: Duration = Duration::from_secs(24 * 3600);
-/// How long the replay filter remembers a silent sender: past [`REMOVE_DOWN_AFTER`].
+/// How long the replay filter remembers a silent sender: past
+/// [`timing::REMOVE_DOWN_AFTER`].
 const REPLAY_MEMORY: Duration = Duration::from_secs(25 * 3600);
-/// The cluster size foca's LAN preset is tuned for (retransmissions and suspicion time).
-const EXPECTED_CLUSTER_SIZE: u32 = 8;
 
-type Gossip = Foca<NodeIdentity, PostcardCodec, StdRng, NoCustomBroadcast>;
+type Gossip = Foca<NodeIdentity, PostcardCodec, StdRng, LeftNotices>;
 
 /// What the other tasks ask of the owner.
 #[derive(Debug)]
@@ -67,14 +67,17 @@ pub struct Settings {
     pub identity: NodeIdentity,
     /// The bound gossip socket.
     pub socket: UdpSocket,
-    /// The gossip keyring: packets are sealed with its primary key.
-    pub keyring: Keyring,
+    /// The gossip keyring, as it changes: packets are sealed with its primary key and
+    /// opened with any of its keys.
+    pub keyring: watch::Receiver<Keyring>,
     /// The cluster name packets are bound to.
     pub cluster: String,
     /// `join` targets.
     pub join: Vec<String>,
     /// Sealer sender id: random, drawn at every start.
     pub sender: u64,
+    /// Failure-detection timing.
+    pub timing: GossipConfig,
 }
 
 /// Gossip metrics.
@@ -117,16 +120,17 @@ pub fn start(
         done.clone(),
     ));
 
-    let mut config = foca::Config::new_lan(NonZeroU32::new(EXPECTED_CLUSTER_SIZE).unwrap_or(NonZeroU32::MIN));
-    config.remove_down_after = Some(REMOVE_DOWN_AFTER);
-    config.max_packet_size =
-        std::num::NonZeroUsize::new(MAX_DATAGRAM - OVERHEAD).unwrap_or(config.max_packet_size);
+    let config = timing::foca_config(&settings.timing, max_payload());
     let rng: StdRng = rand::make_rng();
+    let left = LeftNotices::default();
+    let first_keyring = settings.keyring.borrow().clone();
     let owner = Owner {
-        foca: Foca::new(settings.identity, config, rng, PostcardCodec),
+        foca: Foca::with_custom_broadcast(settings.identity, config, rng, PostcardCodec, left.clone()),
+        left,
         runtime: AccumulatingRuntime::new(),
         timers: Timers::default(),
-        sealer: Sealer::new(settings.keyring, &settings.cluster, settings.sender),
+        sealer: Sealer::new(first_keyring, &settings.cluster, settings.sender),
+        keyring: settings.keyring,
         socket,
         members: members.clone(),
         metrics,
@@ -139,10 +143,15 @@ pub fn start(
     members
 }
 
+/// The largest gossip payload: a datagram less the sealed envelope.
+fn max_payload() -> NonZeroUsize {
+    NonZeroUsize::new(MAX_DATAGRAM - OVERHEAD).unwrap_or(NonZeroUsize::MIN)
+}
+
 /// Reads, opens and replay-checks datagrams; forwards the plaintext to the owner.
 async fn receive(
     socket: Arc<UdpSocket>,
-    keyring: Keyring,
+    mut keyring_updates: watch::Receiver<Keyring>,
     cluster: String,
     input: mpsc::Sender<Input>,
     metrics: GossipMetrics,
@@ -153,6 +162,7 @@ async fn receive(
     let mut replay = ReplayFilter::new(seal::DEFAULT_MAX_SENDERS, REPLAY_MEMORY);
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let drop = |reason: &str| metrics.dropped.with_label_values(&[reason]).inc();
+    let mut keyring = keyring_updates.borrow_and_update().clone();
     loop {
         let (len, from) = tokio::select! {
             _ = done.cancelled() => return,
@@ -170,6 +180,9 @@ async fn receive(
             drop("oversized");
             tracing::debug!(%from, "gossip packet larger than {MAX_DATAGRAM} bytes dropped");
             continue;
+        }
+        if keyring_updates.has_changed().unwrap_or(false) {
+            keyring = keyring_updates.borrow_and_update().clone();
         }
         let opened = match seal::open(&keyring, &cluster, &buf[..len]) {
             Ok(opened) => opened,
@@ -234,9 +247,13 @@ async fn join_while_alone(
 
 struct Owner {
     foca: Gossip,
+    /// Who left on purpose (shared with foca's broadcast handler).
+    left: LeftNotices,
     runtime: AccumulatingRuntime<NodeIdentity>,
     timers: Timers<Timer<NodeIdentity>>,
     sealer: Sealer,
+    /// Keyring changes, taken by the sealer before the next packet.
+    keyring: watch::Receiver<Keyring>,
     socket: Arc<UdpSocket>,
     members: Arc<Members>,
     metrics: GossipMetrics,
@@ -312,6 +329,7 @@ impl Owner {
     /// Seals and sends one datagram without waiting: a full socket buffer drops it, as the
     /// network could.
     fn send(&mut self, to: SocketAddr, data: &Bytes) {
+        self.refresh_keyring();
         if let Err(e) = self.sealer.seal(data, &mut self.sealed) {
             self.metrics.dropped.with_label_values(&["seal_failed"]).inc();
             tracing::error!(%to, error = %e, "cannot seal a gossip packet");
@@ -326,26 +344,44 @@ impl Owner {
         }
     }
 
+    /// Takes a changed keyring before sealing: the next packet goes out under its primary.
+    fn refresh_keyring(&mut self) {
+        if self.keyring.has_changed().unwrap_or(false) {
+            let keyring = self.keyring.borrow_and_update().clone();
+            self.sealer.set_keyring(keyring);
+        }
+    }
+
     /// Copies foca's view into the shared table and the gauges.
     fn publish(&self) {
-        let peers = self
-            .foca
-            .iter_membership_state()
-            .map(|m| (m.id().clone(), MemberState::from(m.state())))
-            .collect::<Vec<_>>();
-        self.members.replace(self.foca.identity().clone(), MemberState::Alive, peers);
+        self.members.replace(self.foca.identity().clone(), MemberState::Alive, self.peer_states());
         let counts = self.members.counts();
         for state in MemberState::ALL {
             self.metrics.members.with_label_values(&[state.as_str()]).set(counts.get(state) as i64);
         }
     }
 
-    /// Declares this node down to the cluster and sends the news before returning.
+    /// Every peer foca knows, `down` ones that left on purpose shown as `left`.
+    fn peer_states(&self) -> Vec<(NodeIdentity, MemberState)> {
+        let state = |m: &foca::Member<NodeIdentity>| match MemberState::from(m.state()) {
+            MemberState::Down if self.left.has_left(m.id()) => MemberState::Left,
+            state => state,
+        };
+        self.foca.iter_membership_state().map(|m| (m.id().clone(), state(m))).collect()
+    }
+
+    /// Declares this node down to the cluster, with a left notice so that peers show it as
+    /// `left` rather than crashed, and sends the news before returning.
     async fn leave(mut self) {
         let peers = self.members.active_peers();
+        let notice = LeftNotice::of(self.foca.identity()).encode();
+        if let Err(e) = self.foca.add_broadcast(&notice) {
+            tracing::warn!(error = %e, "cannot add the left notice; peers will see this node as down");
+        }
         if let Err(e) = self.foca.leave_cluster(&mut self.runtime) {
             tracing::warn!(error = %e, "cannot leave the gossip cluster cleanly");
         }
+        self.refresh_keyring();
         let mut outgoing = Vec::new();
         while let Some((to, data)) = self.runtime.to_send() {
             outgoing.push((to.addr, data));
@@ -365,10 +401,7 @@ impl Owner {
         if tokio::time::timeout(LEAVE_FLUSH_TIMEOUT, flush).await.is_err() {
             tracing::warn!(timeout = ?LEAVE_FLUSH_TIMEOUT, "leave packets not all sent in time");
         }
-        let peers_state =
-            self.foca.iter_membership_state().map(|m| (m.id().clone(), MemberState::from(m.state())));
-        let peers_state: Vec<_> = peers_state.collect();
-        self.members.replace(self.foca.identity().clone(), MemberState::Left, peers_state);
+        self.members.replace(self.foca.identity().clone(), MemberState::Left, self.peer_states());
         tracing::info!(told = outgoing.len(), active_peers = peers, "left the gossip cluster");
     }
 }
@@ -415,15 +448,14 @@ mod tests {
     /// One simulated member: foca driven exactly as the owner task drives it.
     struct Sim {
         foca: Gossip,
+        left: LeftNotices,
         runtime: AccumulatingRuntime<NodeIdentity>,
         timers: Timers<Timer<NodeIdentity>>,
         running: bool,
     }
 
-    fn lan_config() -> foca::Config {
-        let mut config = foca::Config::new_lan(NonZeroU32::new(EXPECTED_CLUSTER_SIZE).unwrap());
-        config.max_packet_size = std::num::NonZeroUsize::new(MAX_DATAGRAM - OVERHEAD).unwrap();
-        config
+    fn default_config() -> foca::Config {
+        timing::foca_config(&GossipConfig::default(), max_payload())
     }
 
     /// Collects what foca produced: packets onto the wire, timers into the queue.
@@ -477,24 +509,26 @@ mod tests {
         None
     }
 
-    /// Three members in virtual time, no sockets: they converge after one joins through
-    /// another, and a member that stops answering is declared down by both others within
-    /// the LAN preset's probe period, indirect probes and suspicion time.
-    #[test]
-    fn members_converge_and_detect_a_dead_one_in_virtual_time() {
+    /// Three simulated members, 2 and 3 joined through 1, run until all see each other.
+    fn three_joined() -> (Instant, VecDeque<(SocketAddr, Bytes)>, Vec<Sim>) {
         let mut clock = Instant::now();
         let mut wire = VecDeque::new();
         let mut sims: Vec<Sim> = (1..=3u64)
-            .map(|n| Sim {
-                foca: Foca::new(
-                    identity(n, 7000 + n as u16, 1),
-                    lan_config(),
-                    StdRng::seed_from_u64(n),
-                    PostcardCodec,
-                ),
-                runtime: AccumulatingRuntime::new(),
-                timers: Timers::default(),
-                running: true,
+            .map(|n| {
+                let left = LeftNotices::default();
+                Sim {
+                    foca: Foca::with_custom_broadcast(
+                        identity(n, 7000 + n as u16, 1),
+                        default_config(),
+                        StdRng::seed_from_u64(n),
+                        PostcardCodec,
+                        left.clone(),
+                    ),
+                    left,
+                    runtime: AccumulatingRuntime::new(),
+                    timers: Timers::default(),
+                    running: true,
+                }
             })
             .collect();
         let seed = sims[0].foca.identity().clone();
@@ -507,6 +541,15 @@ mod tests {
         let converged = run(&mut sims, &mut clock, &mut wire, Duration::from_secs(30), all_alive);
         assert!(converged.is_some(), "{:?}", sims.iter().map(view).collect::<Vec<_>>());
 
+        (clock, wire, sims)
+    }
+
+    /// Three members in virtual time, no sockets: they converge after one joins through
+    /// another, and a member that stops answering is declared down by both others within
+    /// the bound of the default timing (probe wait, failed probe, suspicion, one gossip hop).
+    #[test]
+    fn members_converge_and_detect_a_dead_one_in_virtual_time() {
+        let (mut clock, mut wire, mut sims) = three_joined();
         sims[2].running = false;
         let down = |sims: &[Sim]| {
             sims[..2]
@@ -517,7 +560,38 @@ mod tests {
             run(&mut sims, &mut clock, &mut wire, Duration::from_secs(60), down).unwrap_or_else(|| {
                 panic!("never declared down: {:?}", sims.iter().map(view).collect::<Vec<_>>())
             });
-        // Probe period 1 s + 500 ms RTT + indirect probes, then 4 s of suspicion.
-        assert!(detected >= Duration::from_secs(4) && detected <= Duration::from_secs(12), "{detected:?}");
+        // At least the suspicion time; at most the bound, which is under 3 s.
+        let defaults = GossipConfig::default();
+        let bound = timing::detection_bound(&defaults, 3);
+        assert!(bound < Duration::from_secs(3), "{bound:?}");
+        assert!(detected >= defaults.suspicion_timeout && detected <= bound, "{detected:?} > {bound:?}");
+    }
+
+    /// A member that leaves (left notice, then foca's leave) is `left` to both others at
+    /// once, with no suspicion period; a crashed one stays `down`.
+    #[test]
+    fn a_member_that_leaves_is_left_not_down() {
+        let (mut clock, mut wire, mut sims) = three_joined();
+        let leaving = sims[2].foca.identity().clone();
+        let notice = LeftNotice::of(&leaving).encode();
+        let sim = &mut sims[2];
+        sim.foca.add_broadcast(&notice).unwrap();
+        sim.foca.leave_cluster(&mut sim.runtime).unwrap();
+        drain(sim, clock, &mut wire);
+        sim.running = false;
+        let down = |sims: &[Sim]| {
+            sims[..2]
+                .iter()
+                .all(|s| view(s).iter().any(|(id, state)| *id == 3 && *state == foca::State::Down))
+        };
+        let took = run(&mut sims, &mut clock, &mut wire, Duration::from_secs(10), down)
+            .unwrap_or_else(|| panic!("leave not seen: {:?}", sims.iter().map(view).collect::<Vec<_>>()));
+        assert_eq!(took, Duration::ZERO, "the leave packets alone should tell");
+        assert!(sims[..2].iter().all(|s| s.left.has_left(&leaving)));
+        // A new process of the same node has not left.
+        assert!(
+            !sims[0].left.has_left(&NodeIdentity { started_ms: leaving.started_ms + 1, ..leaving.clone() })
+        );
+        assert!(!sims[0].left.has_left(sims[1].foca.identity()));
     }
 }

@@ -1,31 +1,37 @@
-//! The admin HTTP API: `/v1/health`, `/v1/status`, `/v1/members`, `/v1/placement` and
-//! `/metrics`, and the client the
-//! `health` subcommand uses (a container HEALTHCHECK has no curl in a scratch image).
+//! The admin HTTP API: `/v1/health`, `/v1/status`, `/v1/members`, `/v1/placement`,
+//! `/metrics`, and the
+//! gossip keyring (`/v1/keyring`, changed through `/v1/keyring/install|use|remove`, which
+//! need `admin_token`: [`auth`]); [`client`] is its other end, for the `health` and
+//! `members` subcommands.
 //!
 //! It listens on loopback by default: status and metrics are for the operator, not for
 //! every host that can reach the node.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::membership::keyring::LiveKeyring;
 use crate::membership::members::{Counts, Members};
 use crate::metrics::Metrics;
 use crate::resp::server::ServerState;
 use crate::security::Security;
 use crate::store::flusher::FsyncPolicy;
+
+mod auth;
+pub mod client;
+mod keyring;
+
+pub use client::{ClientError, check_health, get_members};
 
 pub struct AdminState {
     pub server: Arc<ServerState>,
@@ -34,6 +40,10 @@ pub struct AdminState {
     pub node_id: u64,
     /// The member table; `None` when membership is off (`gossip_addr` empty).
     pub members: Option<Arc<Members>>,
+    /// The gossip keyring in use; `None` when membership is off.
+    pub keyring: Option<Arc<LiveKeyring>>,
+    /// `admin_token`: what the changing endpoints require.
+    pub admin_token: Option<String>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -42,6 +52,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/members", get(members))
         .route("/v1/placement", get(placement))
+        .route("/v1/keyring", get(keyring::show))
+        .route("/v1/keyring/install", post(keyring::install))
+        .route("/v1/keyring/use", post(keyring::use_key))
+        .route("/v1/keyring/remove", post(keyring::remove))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -141,6 +155,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
             "alive": member_counts.alive,
             "suspect": member_counts.suspect,
             "down": member_counts.down,
+            "left": member_counts.left,
         },
         "placement": cluster.placement_status(),
         "clients": {
@@ -202,38 +217,4 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         m.write_buffer_records.set(b.records as i64);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
-}
-
-/// Why a health check failed.
-#[derive(Debug, thiserror::Error)]
-pub enum HealthError {
-    #[error("cannot reach the admin API at {addr}: {source}")]
-    Unreachable { addr: SocketAddr, source: std::io::Error },
-    #[error("no answer from the admin API at {addr} within {timeout:?}")]
-    Timeout { addr: SocketAddr, timeout: Duration },
-    #[error("the node at {addr} is not healthy: {response}")]
-    Unhealthy { addr: SocketAddr, response: String },
-}
-
-/// Asks the node at `addr` for `/v1/health`; Ok with the body when it answers 200.
-pub async fn check_health(addr: SocketAddr, timeout: Duration) -> Result<String, HealthError> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let request = format!("GET /v1/health HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.take(64 << 10).read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).into_owned())
-    };
-    let response = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| HealthError::Timeout { addr, timeout })?
-        .map_err(|source| HealthError::Unreachable { addr, source })?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status_line = head.lines().next().unwrap_or_default();
-    if status_line.split_whitespace().nth(1) == Some("200") {
-        Ok(body.to_string())
-    } else {
-        Err(HealthError::Unhealthy { addr, response: format!("{status_line} {body}").trim().to_string() })
-    }
 }
