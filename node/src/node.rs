@@ -256,7 +256,7 @@ pub async fn run(
                 cluster: security.keys.cluster.clone(),
                 dc: security.keys.datacenter.clone(),
             };
-            let peers = Arc::new(Peers::new(socket, &security.tls, policy, &options, metrics.rpc.clone())?);
+            let peers = Peers::new(socket, &security.tls, policy, &options, metrics.rpc.clone())?;
             tracing::info!(addr = %peers.local_addr().map(|a| a.to_string()).unwrap_or_default(), "peer RPC endpoint ready");
             Some(Topology {
                 members: members.clone(),

@@ -292,7 +292,8 @@ impl Cluster {
         // Missing at the first owner asked: the others may have it (a new owner that has
         // not received the partition yet, a replica that missed a write).
         let rest: Vec<NodeId> = others.collect();
-        let answers = futures_join(rest.iter().map(|&n| self.read_from(&view, n, &keys, deadline))).await;
+        let answers =
+            crate::peer::join_all(rest.iter().map(|&n| self.read_from(&view, n, &keys, deadline))).await;
         let mut best: Option<Record> = None;
         for answer in answers {
             match answer {
@@ -730,28 +731,4 @@ fn remaining(deadline: Instant) -> Duration {
 /// second.
 fn half_of(deadline: Instant) -> Instant {
     Instant::now() + remaining(deadline) / 2
-}
-
-/// Runs futures concurrently and collects their outputs in order: each awaits the
-/// network, so together they take as long as the slowest, not the sum.
-async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut pending: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
-    let mut results: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (slot, result) in pending.iter_mut().zip(results.iter_mut()) {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        *result = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
-    })
-    .await;
-    results.into_iter().flatten().collect()
 }

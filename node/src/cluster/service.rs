@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::{Cluster, DataError, NodeId};
 use crate::peer::messages::{self, Kind, Refusal, WireRecord, WriteOutcome};
-use crate::peer::{BoxFuture, Handler, answer};
+use crate::peer::{BoxFuture, Handler, answer, refused};
 use crate::record::Record;
 
 /// Answers peers' requests from this node's [`Cluster`].
@@ -36,6 +36,8 @@ impl Handler for Service {
         let c = &self.cluster;
         Box::pin(async move {
             match kind {
+                // The peer layer unpacks batches before they get here.
+                Kind::Batch => refused(Refusal::Malformed("nested batch".into())),
                 Kind::Ping => answer(&body, |_: messages::Ping| async { Ok(c.node.0) }).await,
                 Kind::Read => {
                     answer(&body, |m: messages::Read| async move {

@@ -36,6 +36,9 @@ pub enum Kind {
     Replicate = 4,
     Keys = 5,
     Count = 6,
+    /// Several requests on one stream (see [`crate::peer`]); not a [`Message`]: its body
+    /// is the list of encoded requests, its answer the list of encoded answers.
+    Batch = 7,
 }
 
 impl Kind {
@@ -47,6 +50,7 @@ impl Kind {
             4 => Kind::Replicate,
             5 => Kind::Keys,
             6 => Kind::Count,
+            7 => Kind::Batch,
             _ => return None,
         })
     }
@@ -60,11 +64,12 @@ impl Kind {
             Kind::Replicate => "replicate",
             Kind::Keys => "keys",
             Kind::Count => "count",
+            Kind::Batch => "batch",
         }
     }
 
-    pub const ALL: [Kind; 6] =
-        [Kind::Ping, Kind::Read, Kind::Write, Kind::Replicate, Kind::Keys, Kind::Count];
+    pub const ALL: [Kind; 7] =
+        [Kind::Ping, Kind::Read, Kind::Write, Kind::Replicate, Kind::Keys, Kind::Count, Kind::Batch];
 }
 
 /// A record in its storage encoding.

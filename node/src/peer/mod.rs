@@ -20,14 +20,15 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use opencluster_pki::MutualTls;
 use opencluster_pki::peer::{PeerError, Policy, authorize, connection_error};
 use opencluster_pki::tls::TlsError;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -105,6 +106,8 @@ pub struct RpcMetrics {
     pub served: IntCounterVec,
     /// `opencluster_rpc_refused_peers_total{reason}`: connections refused (handshake or policy).
     pub refused_peers: IntCounterVec,
+    /// `opencluster_rpc_batched_requests_total`: calls that shared a stream with others.
+    pub batched: IntCounter,
 }
 
 impl RpcMetrics {
@@ -126,7 +129,14 @@ impl RpcMetrics {
         )
         .expect("valid histogram");
         r.register(Box::new(duration.clone())).expect("metric names are unique");
+        let batched = IntCounter::new(
+            "opencluster_rpc_batched_requests_total",
+            "Peer RPC calls sent together with others on one stream (under load)",
+        )
+        .expect("valid counter");
+        r.register(Box::new(batched.clone())).expect("metric names are unique");
         let m = RpcMetrics {
+            batched,
             calls: counter(
                 "opencluster_rpc_calls_total",
                 "Peer RPC calls made, by request kind and outcome (ok, unreachable, failed, timeout, refused)",
@@ -169,6 +179,11 @@ where
     encode_reply(&result)
 }
 
+/// The encoded answer of a refused request.
+pub fn refused(refusal: Refusal) -> Vec<u8> {
+    encode_reply::<()>(&Err(refusal))
+}
+
 fn encode_reply<T: serde::Serialize>(result: &Result<T, Refusal>) -> Vec<u8> {
     postcard::to_allocvec(result).unwrap_or_else(|e| {
         postcard::to_allocvec(&Err::<(), _>(Refusal::Malformed(format!("cannot encode the answer: {e}"))))
@@ -179,14 +194,42 @@ fn encode_reply<T: serde::Serialize>(result: &Result<T, Refusal>) -> Vec<u8> {
 /// A cached connection to one peer, or the dial that will make it.
 type Slot = Arc<tokio::sync::Mutex<Option<(SocketAddr, quinn::Connection)>>>;
 
+/// Streams one peer may have in flight from this node; requests that arrive while all are
+/// busy wait in the peer's queue and leave together on the next free stream.
+const MAX_IN_FLIGHT_PER_PEER: usize = 8;
+/// Most requests, and bytes of requests, sent together on one stream.
+const MAX_BATCH_REQUESTS: usize = 512;
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// A request waiting for a stream to its peer.
+struct Pending {
+    request: Vec<u8>,
+    target: Target,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Bytes, RpcError>>,
+}
+
+/// Everything about one peer: its connection and the queue of requests for it.
+struct Link {
+    slot: Slot,
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
 /// The endpoint: dials peers, and accepts them once [`Peers::serve`] runs.
+///
+/// Calls to one peer go through its queue: a request is sent at once on its own stream
+/// while fewer than [`MAX_IN_FLIGHT_PER_PEER`] streams are busy; under load the requests
+/// that queued meanwhile leave together in one [`Kind::Batch`] stream. So a lone request
+/// pays one round trip, and a busy node sends a few large messages instead of many small
+/// ones (each stream costs both sides packets, acknowledgements and a task).
 pub struct Peers {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     policy: Policy,
-    connections: Mutex<HashMap<u64, Slot>>,
+    links: Mutex<HashMap<u64, Link>>,
     max_message_bytes: usize,
     metrics: RpcMetrics,
+    me: Weak<Peers>,
 }
 
 impl Peers {
@@ -197,7 +240,7 @@ impl Peers {
         policy: Policy,
         options: &PeerOptions,
         metrics: RpcMetrics,
-    ) -> Result<Self, PeerSetupError> {
+    ) -> Result<Arc<Self>, PeerSetupError> {
         let transport = Arc::new(transport_config(options)?);
         let mut server = tls.quic_server_config()?;
         server.transport_config(transport.clone());
@@ -207,14 +250,15 @@ impl Peers {
             .ok_or_else(|| PeerSetupError::Settings("no async runtime for the peer endpoint".into()))?;
         let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
             .map_err(PeerSetupError::Endpoint)?;
-        Ok(Peers {
+        Ok(Arc::new_cyclic(|me| Peers {
             endpoint,
             client,
             policy,
-            connections: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
             max_message_bytes: options.max_message_bytes,
             metrics,
-        })
+            me: me.clone(),
+        }))
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -229,10 +273,7 @@ impl Peers {
         timeout: Duration,
     ) -> Result<M::Response, RpcError> {
         let started = Instant::now();
-        let result = match tokio::time::timeout(timeout, self.call_once(to, msg)).await {
-            Ok(result) => result,
-            Err(_) => Err(RpcError::Timeout { peer: to.name.clone(), timeout }),
-        };
+        let result = self.call_within(to, msg, started + timeout).await;
         let kind = M::KIND.as_str();
         let outcome = result.as_ref().map_or_else(RpcError::outcome, |_| "ok");
         self.metrics.calls.with_label_values(&[kind, outcome]).inc();
@@ -240,7 +281,12 @@ impl Peers {
         result
     }
 
-    async fn call_once<M: Message>(&self, to: &Target, msg: &M) -> Result<M::Response, RpcError> {
+    async fn call_within<M: Message>(
+        &self,
+        to: &Target,
+        msg: &M,
+        deadline: Instant,
+    ) -> Result<M::Response, RpcError> {
         let transport = |reason: String| RpcError::Transport { peer: to.name.clone(), reason };
         let request =
             encode_request(msg).map_err(|e| transport(format!("cannot encode the request: {e}")))?;
@@ -251,6 +297,89 @@ impl Peers {
                 self.max_message_bytes
             )));
         }
+        let (reply, answer) = oneshot::channel();
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.enqueue(Pending { request, target: to.clone(), deadline, reply });
+        let reply = match tokio::time::timeout_at(deadline.into(), answer).await {
+            Err(_) | Ok(Err(_)) => return Err(RpcError::Timeout { peer: to.name.clone(), timeout }),
+            Ok(Ok(reply)) => reply?,
+        };
+        let result: Result<M::Response, Refusal> =
+            postcard::from_bytes(&reply).map_err(|e| transport(format!("malformed answer: {e}")))?;
+        result.map_err(|refusal| RpcError::Refused { peer: to.name.clone(), refusal })
+    }
+
+    /// Queues a request for its peer, starting the peer's sender on first use.
+    fn enqueue(&self, pending: Pending) {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let link = links.entry(pending.target.id).or_insert_with(|| {
+            let (queue, requests) = mpsc::unbounded_channel();
+            tokio::spawn(send_queued(self.me.clone(), requests));
+            Link { slot: Slot::default(), queue }
+        });
+        if let Err(mpsc::error::SendError(pending)) = link.queue.send(pending) {
+            let peer = pending.target.name.clone();
+            let _ =
+                pending.reply.send(Err(RpcError::Transport { peer, reason: "the node is stopping".into() }));
+        }
+    }
+
+    /// Sends `batch` (requests to one peer) on one stream and hands each caller its answer.
+    async fn send_batch(&self, batch: Vec<Pending>) {
+        let Some(target) = batch.last().map(|p| p.target.clone()) else { return };
+        let deadline = batch.iter().map(|p| p.deadline).max().unwrap_or_else(Instant::now);
+        let (requests, replies): (Vec<Vec<u8>>, Vec<_>) =
+            batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+        if requests.len() > 1 {
+            self.metrics.batched.inc_by(requests.len() as u64);
+        }
+        let exchange = self.exchange(&target, requests);
+        let answers = match tokio::time::timeout_at(deadline.into(), exchange).await {
+            Ok(answers) => answers,
+            // Every caller has given up by now.
+            Err(_) => return,
+        };
+        match answers {
+            Ok(answers) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// One stream: a lone request as it is, several as one [`Kind::Batch`]. Returns the
+    /// encoded answers, in order.
+    async fn exchange(&self, to: &Target, mut requests: Vec<Vec<u8>>) -> Result<Vec<Bytes>, RpcError> {
+        let transport = |reason: String| RpcError::Transport { peer: to.name.clone(), reason };
+        if requests.len() == 1 {
+            let request = requests.pop().unwrap_or_default();
+            return Ok(vec![self.round_trip(to, &request, self.max_message_bytes).await?]);
+        }
+        let count = requests.len();
+        let parts: Vec<Bytes> = requests.into_iter().map(Bytes::from).collect();
+        let mut request = vec![messages::PROTOCOL_VERSION, Kind::Batch as u8];
+        postcard::to_io(&parts, &mut request)
+            .map_err(|e| transport(format!("cannot encode a batch: {e}")))?;
+        let limit = self.max_message_bytes.saturating_mul(count);
+        let reply = self.round_trip(to, &request, limit).await?;
+        let answers: Result<Vec<Bytes>, Refusal> =
+            postcard::from_bytes(&reply).map_err(|e| transport(format!("malformed batch answer: {e}")))?;
+        let answers = answers.map_err(|refusal| RpcError::Refused { peer: to.name.clone(), refusal })?;
+        if answers.len() != count {
+            return Err(transport(format!("{} answers to a batch of {count}", answers.len())));
+        }
+        Ok(answers)
+    }
+
+    /// Sends one encoded request on a new stream and reads the answer.
+    async fn round_trip(&self, to: &Target, request: &[u8], limit: usize) -> Result<Bytes, RpcError> {
+        let transport = |reason: String| RpcError::Transport { peer: to.name.clone(), reason };
         let conn = self.connection(to).await?;
         // A cached connection may have died since it was last used: then dial once more
         // (nothing was sent on it, so this cannot apply a request twice).
@@ -266,18 +395,23 @@ impl Peers {
             self.forget_if_closed(to.id, &conn);
             transport(e.to_string())
         };
-        send.write_all(&request).await.map_err(|e| failed(&e))?;
+        send.write_all(request).await.map_err(|e| failed(&e))?;
         send.finish().map_err(|e| failed(&e))?;
-        let reply = recv.read_to_end(self.max_message_bytes).await.map_err(|e| failed(&e))?;
-        let result: Result<M::Response, Refusal> =
-            postcard::from_bytes(&reply).map_err(|e| transport(format!("malformed answer: {e}")))?;
-        result.map_err(|refusal| RpcError::Refused { peer: to.name.clone(), refusal })
+        let reply = recv.read_to_end(limit).await.map_err(|e| failed(&e))?;
+        Ok(Bytes::from(reply))
     }
 
     /// The open connection to `to`, dialling it if needed.
     async fn connection(&self, to: &Target) -> Result<quinn::Connection, RpcError> {
-        let slot =
-            self.connections.lock().unwrap_or_else(|e| e.into_inner()).entry(to.id).or_default().clone();
+        let slot = match self.links.lock().unwrap_or_else(|e| e.into_inner()).get(&to.id) {
+            Some(link) => link.slot.clone(),
+            None => {
+                return Err(RpcError::Connect {
+                    peer: to.name.clone(),
+                    reason: "no link to this peer".into(),
+                });
+            }
+        };
         let mut cached = slot.lock().await;
         if let Some((addr, conn)) = cached.as_ref()
             && *addr == to.addr
@@ -321,13 +455,12 @@ impl Peers {
 
     fn forget_if_closed(&self, id: u64, conn: &quinn::Connection) {
         if conn.close_reason().is_some() {
-            let mut map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-            let same = map.get(&id).is_some_and(|slot| {
-                slot.try_lock()
-                    .is_ok_and(|c| c.as_ref().is_some_and(|(_, c)| c.stable_id() == conn.stable_id()))
-            });
-            if same {
-                map.remove(&id);
+            let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(link) = links.get(&id)
+                && let Ok(mut cached) = link.slot.try_lock()
+                && cached.as_ref().is_some_and(|(_, c)| c.stable_id() == conn.stable_id())
+            {
+                *cached = None;
             }
         }
     }
@@ -412,12 +545,9 @@ impl Peers {
         handler: Arc<dyn Handler>,
     ) {
         let reply = match recv.read_to_end(self.max_message_bytes).await {
-            Ok(request) => match decode_header(&request).map(|(kind, body)| (kind, body.len())) {
-                Ok((kind, body_len)) => {
-                    self.metrics.served.with_label_values(&[kind.as_str()]).inc();
-                    let body = Bytes::from(request).slice(2..2 + body_len);
-                    handler.handle(kind, body).await
-                }
+            Ok(request) => match decode_header(&request).map(|(kind, _)| kind) {
+                Ok(Kind::Batch) => self.serve_batch(&request[2..], handler.as_ref()).await,
+                Ok(kind) => self.serve_one(Bytes::from(request), kind, handler.as_ref()).await,
                 Err(refusal) => encode_reply::<()>(&Err(refusal)),
             },
             Err(quinn::ReadToEndError::TooLong) => encode_reply::<()>(&Err(Refusal::Malformed(format!(
@@ -437,6 +567,87 @@ impl Peers {
     }
 }
 
+impl Peers {
+    /// Answers one request (`request` includes its header).
+    async fn serve_one(&self, request: Bytes, kind: Kind, handler: &dyn Handler) -> Vec<u8> {
+        self.metrics.served.with_label_values(&[kind.as_str()]).inc();
+        handler.handle(kind, request.slice(2..)).await
+    }
+
+    /// Answers every request of a batch, concurrently, in order.
+    async fn serve_batch(&self, body: &[u8], handler: &dyn Handler) -> Vec<u8> {
+        let parts: Vec<Bytes> = match postcard::from_bytes(body) {
+            Ok(parts) => parts,
+            Err(e) => return encode_reply::<()>(&Err(Refusal::Malformed(format!("malformed batch: {e}")))),
+        };
+        let answers = join_all(parts.into_iter().map(|part| async move {
+            match decode_header(&part).map(|(kind, _)| kind) {
+                Ok(Kind::Batch) => encode_reply::<()>(&Err(Refusal::Malformed("nested batch".into()))),
+                Ok(kind) => self.serve_one(part.clone(), kind, handler).await,
+                Err(refusal) => encode_reply::<()>(&Err(refusal)),
+            }
+        }))
+        .await;
+        let answers: Vec<Bytes> = answers.into_iter().map(Bytes::from).collect();
+        encode_reply(&Ok(answers))
+    }
+}
+
+/// The sender of one peer's queue: takes a stream slot, then everything queued by then
+/// (up to the batch limits), and sends it. Ends when the endpoint is gone.
+async fn send_queued(peers: Weak<Peers>, mut queue: mpsc::UnboundedReceiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_PEER));
+    while let Some(first) = queue.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut bytes = first.request.len();
+        let mut batch = vec![first];
+        while bytes < MAX_BATCH_BYTES && batch.len() < MAX_BATCH_REQUESTS {
+            match queue.try_recv() {
+                Ok(next) => {
+                    bytes += next.request.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        // Callers that gave up while queued are not sent.
+        let now = Instant::now();
+        batch.retain(|p| p.deadline > now && !p.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let Some(peers) = peers.upgrade() else { return };
+        tokio::spawn(async move {
+            peers.send_batch(batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Runs futures concurrently and collects their outputs in order: each awaits the
+/// network or the disk, so together they take as long as the slowest, not the sum.
+pub async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut results: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (slot, result) in pending.iter_mut().zip(results.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *result = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await;
+    results.into_iter().flatten().collect()
+}
+
 fn transport_config(o: &PeerOptions) -> Result<quinn::TransportConfig, PeerSetupError> {
     let varint = |name: &str, v: u64| {
         quinn::VarInt::from_u64(v).map_err(|_| PeerSetupError::Settings(format!("{name} {v} is too large")))
@@ -452,4 +663,153 @@ fn transport_config(o: &PeerOptions) -> Result<quinn::TransportConfig, PeerSetup
         quinn::IdleTimeout::try_from(IDLE_TIMEOUT).map_err(|e| PeerSetupError::Settings(e.to_string()))?,
     ));
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::SystemTime;
+
+    use opencluster_pki::ca::{LeafRequest, RootCa, Validity};
+    use opencluster_pki::{Credentials, Role};
+
+    use super::*;
+
+    /// Answers Ping with a fixed id; Read waits until `release` is set, counting arrivals.
+    struct Echo {
+        id: u64,
+        arrived: AtomicUsize,
+        hold: tokio::sync::watch::Receiver<bool>,
+    }
+
+    impl Handler for Echo {
+        fn handle(&self, kind: Kind, body: Bytes) -> BoxFuture<'_, Vec<u8>> {
+            Box::pin(async move {
+                match kind {
+                    Kind::Ping => answer(&body, |_: messages::Ping| async { Ok(self.id) }).await,
+                    Kind::Read => {
+                        answer(&body, |m: messages::Read| async move {
+                            self.arrived.fetch_add(1, Ordering::SeqCst);
+                            let mut hold = self.hold.clone();
+                            let _ = hold.wait_for(|released| *released).await;
+                            Ok(m.keys.iter().map(|_| None).collect())
+                        })
+                        .await
+                    }
+                    _ => refused(Refusal::Malformed("not in this test".into())),
+                }
+            })
+        }
+    }
+
+    struct Pki {
+        root: RootCa,
+        dc: opencluster_pki::ca::DatacenterCa,
+    }
+
+    impl Pki {
+        fn new(cluster: &str) -> Self {
+            let validity = Validity::days(SystemTime::now() - Duration::from_secs(3600), 30);
+            let root = RootCa::create(cluster, validity).unwrap();
+            let dc = root.create_datacenter("dc1", validity).unwrap();
+            Pki { root, dc }
+        }
+
+        fn tls(&self, name: &str) -> MutualTls {
+            let validity = Validity::days(SystemTime::now(), 7);
+            let leaf = self
+                .dc
+                .issue(&LeafRequest { role: Role::Node, name: name.into(), sans: vec![], validity })
+                .unwrap();
+            MutualTls::new(self.root.cert_der(), &Credentials::self_issued(leaf)).unwrap()
+        }
+    }
+
+    fn endpoint(tls: &MutualTls, cluster: &str) -> Arc<Peers> {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let options = PeerOptions {
+            stream_window: 1 << 20,
+            connection_window: 8 << 20,
+            max_concurrent_requests: 64,
+            max_message_bytes: 1 << 20,
+        };
+        let policy = Policy::NodeOrConnectorOfDatacenter { cluster: cluster.into(), dc: "dc1".into() };
+        let registry = Registry::new();
+        Peers::new(socket, tls, policy, &options, RpcMetrics::register(&registry)).unwrap()
+    }
+
+    /// A server named `name` answering with `Echo`; returns it, its target and the release switch.
+    fn server(pki: &Pki, name: &str) -> (Arc<Peers>, Arc<Echo>, Target, tokio::sync::watch::Sender<bool>) {
+        let peers = endpoint(&pki.tls(name), pki.root.cluster());
+        let (release, hold) = tokio::sync::watch::channel(false);
+        let echo = Arc::new(Echo { id: 42, arrived: AtomicUsize::new(0), hold });
+        let target = Target { id: 42, name: name.into(), addr: peers.local_addr().unwrap() };
+        tokio::spawn(peers.clone().serve(echo.clone(), TaskTracker::new(), CancellationToken::new()));
+        (peers, echo, target, release)
+    }
+
+    #[tokio::test]
+    async fn calls_are_answered_and_queued_calls_share_streams() {
+        opencluster_pki::install_crypto_provider();
+        let pki = Pki::new("acme");
+        let (_server, echo, target, release) = server(&pki, "b");
+        let client = endpoint(&pki.tls("a"), "acme");
+        let timeout = Duration::from_secs(10);
+        assert_eq!(client.call(&target, &messages::Ping, timeout).await.unwrap(), 42);
+
+        // 100 reads held by the server. The client has at most 8 streams to the peer, so
+        // all 100 can only be at the server at once if they travelled in batches; at most
+        // 8 of them went alone.
+        let reads = (0..100).map(|i| {
+            let (client, target) = (client.clone(), target.clone());
+            tokio::spawn(async move {
+                let msg = messages::Read { keys: vec![Bytes::from(format!("k{i}"))] };
+                client.call(&target, &msg, timeout).await
+            })
+        });
+        let reads: Vec<_> = reads.collect();
+        let all_arrived = async {
+            while echo.arrived.load(Ordering::SeqCst) < 100 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(timeout, all_arrived).await.expect("all 100 reads reach the server while held");
+        assert!(client.metrics.batched.get() >= 92, "{}", client.metrics.batched.get());
+        release.send(true).unwrap();
+        for read in reads {
+            assert_eq!(read.await.unwrap().unwrap(), vec![None]);
+        }
+        assert_eq!(echo.arrived.load(Ordering::SeqCst), 100);
+    }
+
+    #[tokio::test]
+    async fn a_peer_of_another_root_or_name_is_refused_and_deadlines_hold() {
+        opencluster_pki::install_crypto_provider();
+        let pki = Pki::new("acme");
+        let (_server, _echo, target, _release) = server(&pki, "b");
+        let timeout = Duration::from_secs(10);
+
+        // Same cluster name, another root: the handshake fails.
+        let stranger = endpoint(&Pki::new("acme").tls("x"), "acme");
+        let e = stranger.call(&target, &messages::Ping, timeout).await.unwrap_err();
+        assert!(matches!(e, RpcError::Connect { .. }), "{e}");
+
+        // The right PKI, but the member at that address is not the one named.
+        let client = endpoint(&pki.tls("a"), "acme");
+        let wrong = Target { name: "c".into(), ..target.clone() };
+        let e = client.call(&wrong, &messages::Ping, timeout).await.unwrap_err().to_string();
+        assert!(e.contains("where membership says c is"), "{e}");
+
+        // A held request times out at its deadline, and the error says so.
+        let started = Instant::now();
+        let msg = messages::Read { keys: vec![Bytes::from_static(b"k")] };
+        let e = client.call(&target, &msg, Duration::from_millis(200)).await.unwrap_err();
+        assert!(matches!(e, RpcError::Timeout { .. }), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+
+        // Nobody listening: unreachable within the deadline.
+        let gone = Target { addr: "127.0.0.1:9".parse().unwrap(), id: 7, ..target };
+        let e = client.call(&gone, &messages::Ping, Duration::from_millis(300)).await.unwrap_err();
+        assert!(matches!(e, RpcError::Timeout { .. } | RpcError::Connect { .. }), "{e}");
+    }
 }
