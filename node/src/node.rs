@@ -276,6 +276,7 @@ pub async fn run(
     let stop_peers = CancellationToken::new();
     if let Some(peers) = peers {
         peer_tasks.spawn(peers.serve(Service::new(cluster.clone()), peer_tasks.clone(), stop_peers.clone()));
+        background_tasks.spawn(cluster.clone().verify_peers(background.clone()));
     }
     let state = Arc::new(ServerState {
         cluster,

@@ -1,7 +1,8 @@
 //! A datacenter cluster of real node processes on loopback: any node serves any key,
 //! read-modify-write commands through different nodes are serialised at the key's
 //! primary, multi-key commands span partitions, a killed node loses no acknowledged
-//! write, and a write that cannot reach its quorum is refused with CLUSTERDOWN.
+//! write, a write that cannot reach its quorum is refused with CLUSTERDOWN, and a member
+//! whose certificate the cluster does not trust is given no data.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -249,4 +250,60 @@ fn a_write_that_cannot_reach_its_quorum_gets_clusterdown() {
         assert_eq!(node.raw().cmd(&["GET", "after"]), bulk("1"));
     }
     assert_eq!(metric_sum(&nodes[0], "opencluster_errors_total{kind=\"cluster\"}"), 1);
+}
+
+#[test]
+fn a_member_with_a_certificate_from_another_root_gets_no_data() {
+    node_only!("clustering is the node's");
+    let dir = tempfile::tempdir().unwrap();
+    let ours = opencluster_tests::pki::customer_keys(&dir.path().join("ours"), "dc1");
+    let theirs = opencluster_tests::pki::customer_keys(&dir.path().join("theirs"), "dc1");
+    // The intruder has the gossip keyring (it gossips) but a certificate of another root.
+    std::fs::copy(ours.join("gossip.keyring"), theirs.join("gossip.keyring")).unwrap();
+    let tls = |dir: &std::path::Path| ["--tls-dir".to_string(), dir.to_str().unwrap().to_string()];
+    let ours_args = tls(&ours);
+    let ours_args: Vec<&str> = ours_args.iter().map(String::as_str).collect();
+    let nodes = start_cluster(2, &ours_args);
+    let theirs_args = tls(&theirs);
+    let intruder = Node::start(
+        opencluster_tests::cluster::member_opts("intruder", Some(&nodes[0]), &[])
+            .args(&theirs_args.iter().map(String::as_str).collect::<Vec<_>>()),
+    );
+    // It becomes a gossip member...
+    let is_member = |n: &Node| {
+        n.admin_json("/v1/members")
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "intruder" && m["state"] == "alive")
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || is_member(&nodes[0])),
+        "{}",
+        nodes[0].admin_json("/v1/members")
+    );
+    // ...but never proves itself over mutual TLS, so it is given no partitions, and why is logged.
+    assert!(
+        wait_until(Duration::from_secs(30), || nodes[0]
+            .stderr_log()
+            .contains("member cannot be verified over peer RPC; it gets no partitions until it can")),
+        "{}",
+        nodes[0].stderr_log()
+    );
+    let log = nodes[0].stderr_log();
+    let line = log.lines().find(|l| l.contains("cannot be verified")).unwrap();
+    assert!(line.contains("intruder"), "{line}");
+    for node in &nodes {
+        assert_eq!(opencluster_tests::cluster::placed_nodes(node), 2);
+    }
+    // The intruder's own attempts to reach the cluster are refused in the handshake.
+    let refused = || nodes.iter().map(|n| metric_sum(n, "opencluster_rpc_refused_peers_total")).sum::<u64>();
+    assert!(wait_until(Duration::from_secs(30), || refused() > 0));
+    // The cluster keeps serving; the intruder holds none of its data.
+    let mut conn = nodes[1].raw();
+    for i in 0..50 {
+        assert_eq!(conn.cmd(&["SET", &format!("k{i}"), "v"]), ok());
+    }
+    eventually(&mut nodes[0].raw(), &["DBSIZE"], int(50));
+    assert_eq!(intruder.admin_json("/v1/status")["store"]["keys"], 0);
 }

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prometheus::{IntCounterVec, Opts, Registry};
+use tokio_util::sync::CancellationToken;
 
 pub use local::Stamp;
 use local::{Executed, Local};
@@ -116,15 +117,32 @@ pub struct Topology {
 
 /// One placement snapshot, rebuilt when membership changes.
 struct View {
-    generation: u64,
+    /// (membership generation, verified-peers generation) it was built from.
+    generation: (u64, u64),
     placement: Placement,
     targets: HashMap<u64, Target>,
 }
+
+/// Peers proven to be who membership says they are: a Ping over mutual TLS reached them
+/// at their RPC address and answered with their node id. Only verified peers are given
+/// partitions, so a member that gossips with the right key but holds a certificate this
+/// cluster does not trust (or runs no RPC endpoint) never owns data.
+#[derive(Default)]
+struct Verified {
+    peers: std::sync::Mutex<std::collections::HashSet<(u64, std::net::SocketAddr)>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+/// How often unverified members are tried again.
+const VERIFY_EVERY: Duration = Duration::from_millis(250);
+/// How often a member that keeps failing verification is logged.
+const VERIFY_LOG_EVERY: Duration = Duration::from_secs(30);
 
 pub struct Cluster {
     local: Local,
     node: NodeId,
     topology: Option<Topology>,
+    verified: Verified,
     view: RwLock<Arc<View>>,
     metrics: ClusterMetrics,
 }
@@ -143,12 +161,16 @@ impl Cluster {
         clock.observe(store.max_hlc()?);
         let node = NodeId(origin.node);
         let partitions = store.partitions();
-        let view =
-            View { generation: 0, placement: Placement::new(partitions, 1, [node]), targets: HashMap::new() };
+        let view = View {
+            generation: (0, 0),
+            placement: Placement::new(partitions, 1, [node]),
+            targets: HashMap::new(),
+        };
         Ok(Cluster {
             local: Local { store, flusher, clock, origin },
             node,
             topology,
+            verified: Verified::default(),
             view: RwLock::new(Arc::new(view)),
             metrics,
         })
@@ -179,11 +201,16 @@ impl Cluster {
     fn view(&self) -> Arc<View> {
         let current = self.view.read().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(topology) = &self.topology else { return current };
-        let generation = topology.members.generation();
+        let generation = (
+            topology.members.generation(),
+            self.verified.generation.load(std::sync::atomic::Ordering::Acquire),
+        );
         if generation == current.generation {
             return current;
         }
-        let nodes = topology.members.data_nodes();
+        let verified = self.verified.peers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut nodes = topology.members.data_nodes();
+        nodes.retain(|n| n.id == self.node.0 || verified.contains(&(n.id, n.rpc_addr)));
         let targets: HashMap<u64, Target> = nodes
             .iter()
             .map(|n| (n.id, Target { id: n.id, name: n.name.clone(), addr: n.rpc_addr }))
@@ -199,6 +226,57 @@ impl Cluster {
         );
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = view.clone();
         view
+    }
+
+    /// Verifies members that placement does not use yet, every [`VERIFY_EVERY`], until
+    /// `stop`; forgets members that left so that a returning one is verified again.
+    pub async fn verify_peers(self: Arc<Self>, stop: CancellationToken) {
+        let Some(topology) = &self.topology else { return };
+        let mut logged: HashMap<u64, Instant> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(VERIFY_EVERY) => {}
+            }
+            let nodes = topology.members.data_nodes();
+            let unverified: Vec<Target> = {
+                let mut verified = self.verified.peers.lock().unwrap_or_else(|e| e.into_inner());
+                let before = verified.len();
+                verified.retain(|(id, addr)| nodes.iter().any(|n| n.id == *id && n.rpc_addr == *addr));
+                if verified.len() != before {
+                    self.verified.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                }
+                nodes
+                    .iter()
+                    .filter(|n| n.id != self.node.0 && !verified.contains(&(n.id, n.rpc_addr)))
+                    .map(|n| Target { id: n.id, name: n.name.clone(), addr: n.rpc_addr })
+                    .collect()
+            };
+            let pings =
+                unverified.iter().map(|t| topology.peers.call(t, &messages::Ping, Duration::from_secs(1)));
+            for (target, answer) in unverified.iter().zip(crate::peer::join_all(pings).await) {
+                let failure = match answer {
+                    Ok(id) if id == target.id => {
+                        tracing::info!(peer = %target.name, addr = %target.addr, "peer verified over mutual TLS");
+                        logged.remove(&target.id);
+                        let mut verified = self.verified.peers.lock().unwrap_or_else(|e| e.into_inner());
+                        verified.insert((target.id, target.addr));
+                        self.verified.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                        continue;
+                    }
+                    Ok(id) => format!("node {id:016x} answers at its RPC address"),
+                    Err(e) => e.to_string(),
+                };
+                let due = logged.get(&target.id).is_none_or(|at| at.elapsed() >= VERIFY_LOG_EVERY);
+                if due {
+                    logged.insert(target.id, Instant::now());
+                    tracing::warn!(
+                        peer = %target.name, addr = %target.addr, error = %failure,
+                        "member cannot be verified over peer RPC; it gets no partitions until it can"
+                    );
+                }
+            }
+        }
     }
 
     /// Partitions this node owns and is primary of, and the placement's shape, for status.
