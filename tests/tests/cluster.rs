@@ -217,6 +217,26 @@ fn a_killed_node_loses_no_acknowledged_write_in_a_five_node_cluster() {
         errors.len(),
         &errors[..errors.len().min(3)]
     );
+
+    // The killed node comes back with its data and a new gossip identity, takes its
+    // partitions again, and serves every acknowledged write (what it missed while down
+    // comes from the other owners).
+    nodes[4].restart();
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_placed(&all, 5);
+    for node in [&nodes[4], &nodes[0]] {
+        let mut bad = Vec::new();
+        let converged = wait_until(CONVERGE, || {
+            bad = missing_through(node, &acked);
+            bad.extend(missing_through(node, &acked_after));
+            bad.is_empty()
+        });
+        assert!(converged, "after the restart: {} lost, e.g. {:?}", bad.len(), &bad[..bad.len().min(5)]);
+    }
+    let members = nodes[0].admin_json("/v1/members");
+    let n5: Vec<_> = members.as_array().unwrap().iter().filter(|m| m["name"] == "n5").collect();
+    assert_eq!(n5.len(), 1, "one entry for the restarted node: {members}");
+    assert_eq!(n5[0]["state"], "alive");
 }
 
 #[test]

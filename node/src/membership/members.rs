@@ -153,13 +153,31 @@ impl Members {
     }
 
     /// Replaces what is known: this node's identity and state and every peer foca knows.
+    ///
+    /// A node that restarted at another address (a container with a new IP) is known to
+    /// foca twice, its old identity down and its new one alive: only the newest process of
+    /// each node id is kept, so operators see one entry per node.
     pub fn replace(
         &self,
         local: NodeIdentity,
         local_state: MemberState,
         peers: impl IntoIterator<Item = (NodeIdentity, MemberState)>,
     ) {
-        let peers = peers.into_iter().map(|(id, state)| (id.addr, (id, state))).collect();
+        let mut newest: BTreeMap<u64, (NodeIdentity, MemberState)> = BTreeMap::new();
+        for (id, state) in peers {
+            if id.id == local.id {
+                // This node's own previous process, at another address.
+                continue;
+            }
+            let generation = |i: &NodeIdentity| (i.started_ms, i.renewals);
+            match newest.get(&id.id) {
+                Some((held, _)) if generation(held) >= generation(&id) => {}
+                _ => {
+                    newest.insert(id.id, (id, state));
+                }
+            }
+        }
+        let peers = newest.into_values().map(|(id, state)| (id.addr, (id, state))).collect();
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
         let before = data_nodes(&table);
         *table = Table { local, local_state, peers };
@@ -262,6 +280,18 @@ mod tests {
         );
         assert_ne!(members.generation(), generation);
         assert_eq!(members.data_nodes().len(), 1);
+
+        // Node 2 restarted at another address: one entry, the new process.
+        let mut moved = identity(2, 7012, 5);
+        moved.meta.name = "node-2".into();
+        members.replace(
+            identity(1, 7001, 0),
+            MemberState::Alive,
+            [(identity(2, 7002, 0), MemberState::Down), (moved, MemberState::Alive)],
+        );
+        let list = members.list();
+        let entries: Vec<_> = list.iter().map(|m| (m.name.as_str(), m.gossip_addr.port(), m.state)).collect();
+        assert_eq!(entries, [("node-1", 7001, MemberState::Alive), ("node-2", 7012, MemberState::Alive)]);
         let json = serde_json::to_value(&list[0]).unwrap();
         assert_eq!(json["id"], "0000000000000001");
         assert_eq!(json["state"], "alive");
