@@ -263,6 +263,10 @@ pub async fn run(
                 peers,
                 replicas: config.cluster.replicas as usize,
                 quorum: config.write_quorum().unwrap_or_default(),
+                read_quorum: match config.cluster.read_quorum {
+                    crate::config::ReadQuorum::Quorum => crate::cluster::ReadQuorum::Quorum,
+                    crate::config::ReadQuorum::One => crate::cluster::ReadQuorum::One,
+                },
                 timeout: config.cluster.request_timeout,
             })
         }

@@ -13,9 +13,18 @@ use crate::wait::wait_until;
 /// How long a new cluster may take to converge (membership and placement).
 pub const CONVERGE: Duration = Duration::from_secs(30);
 
+/// How long a silent member stays suspect before it is declared down, in cluster tests:
+/// longer than the default (1s) because these tests run dozens of nodes on two busy
+/// cores, where a node that is alive but starved of CPU for a second must not be declared
+/// down in the middle of a check. Tests of failure detection set their own.
+pub const TEST_SUSPICION: &str = "3s";
+
 /// Options for node `name` joining `seed` (or starting the cluster when `None`).
 pub fn member_opts(name: &str, seed: Option<&Node>, extra: &[&str]) -> NodeOpts {
     let mut opts = NodeOpts::new().args(&["--node-name", name]).args(extra);
+    if !extra.contains(&"--gossip-suspicion-timeout") {
+        opts = opts.args(&["--gossip-suspicion-timeout", TEST_SUSPICION]);
+    }
     if let Some(seed) = seed {
         opts = opts.args(&["--join", &seed.gossip_addr().to_string()]);
     }

@@ -242,7 +242,19 @@ fn a_killed_node_loses_no_acknowledged_write_in_a_five_node_cluster() {
 #[test]
 fn a_write_that_cannot_reach_its_quorum_gets_clusterdown() {
     node_only!("clustering is the node's");
-    let nodes = start_cluster(3, &["--cluster-write-quorum", "all", "--cluster-request-timeout", "500ms"]);
+    // n3 is paused, not dead: a long suspicion keeps it a member (and an owner) for the
+    // whole test however busy the machine is.
+    let nodes = start_cluster(
+        3,
+        &[
+            "--cluster-write-quorum",
+            "all",
+            "--cluster-request-timeout",
+            "500ms",
+            "--gossip-suspicion-timeout",
+            "30s",
+        ],
+    );
     let mut conn = nodes[0].raw();
     assert_eq!(conn.cmd(&["SET", "before", "1"]), ok());
     // Pause n3: it is still a member (not yet suspected) but answers nothing.
@@ -326,4 +338,68 @@ fn a_member_with_a_certificate_from_another_root_gets_no_data() {
     }
     eventually(&mut nodes[0].raw(), &["DBSIZE"], int(50));
     assert_eq!(intruder.admin_json("/v1/status")["store"]["keys"], 0);
+}
+
+/// The name of the primary owner of `key`, as `node` places it.
+fn primary_of(node: &Node, key: &str) -> String {
+    node.admin_json(&format!("/v1/placement?key={key}"))["owners"][0]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_returning_or_new_primary_never_undoes_acknowledged_writes() {
+    node_only!("clustering is the node's");
+    let mut nodes = start_cluster(3, &[]);
+    let mut n1 = nodes[0].raw();
+    // Keys whose primary is n3, written before n3 goes away.
+    let keys: Vec<String> =
+        (0..400).map(|i| format!("x{i}")).filter(|k| primary_of(&nodes[0], k) == "n3").take(20).collect();
+    assert_eq!(keys.len(), 20);
+    for key in &keys {
+        assert_eq!(n1.cmd(&["SET", key, "10"]), ok());
+    }
+    // While n3 is down the others acknowledge newer values.
+    nodes[2].kill9();
+    wait_placed(&[&nodes[0], &nodes[1]], 2);
+    for key in &keys {
+        assert_eq!(n1.cmd(&["SET", key, "20"]), ok());
+    }
+    // n3 returns with its old copies and is the keys' primary again: reads through it see
+    // the acknowledged values, and read-modify-writes build on them.
+    nodes[2].restart();
+    wait_placed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let mut n3 = nodes[2].raw();
+    for key in &keys {
+        assert_eq!(primary_of(&nodes[0], key), "n3");
+        assert_eq!(n3.cmd(&["GET", key]), bulk("20"), "{key} through the returning primary");
+        assert_eq!(n1.cmd(&["INCR", key]), int(21), "{key}");
+    }
+    for key in &keys {
+        assert_eq!(n3.cmd(&["GET", key]), bulk("21"));
+    }
+
+    // A new node becomes the primary of partitions it holds no data for: commands through
+    // any node still see every acknowledged value.
+    let mut n2 = nodes[1].raw();
+    for i in 0..200 {
+        assert_eq!(n2.cmd(&["SET", &format!("y{i}"), "100"]), ok());
+    }
+    nodes.push(Node::start(opencluster_tests::cluster::member_opts("n4", Some(&nodes[0]), &[])));
+    wait_placed(&nodes.iter().collect::<Vec<_>>(), 4);
+    let gained: Vec<usize> = (0..200).filter(|i| primary_of(&nodes[0], &format!("y{i}")) == "n4").collect();
+    assert!(!gained.is_empty(), "n4 is the primary of none of the keys");
+    let mut n4 = nodes[3].raw();
+    for i in 0..200 {
+        let key = format!("y{i}");
+        assert_eq!(n2.cmd(&["INCR", &key]), int(101), "{key}");
+        assert_eq!(n4.cmd(&["SETNX", &key, "other"]), int(0), "{key}");
+    }
+    for &i in &gained {
+        let key = format!("y{i}");
+        assert_eq!(n4.cmd(&["GET", &key]), bulk("101"));
+        assert_eq!(n1.cmd(&["DEL", &key]), int(1), "{key}");
+        assert_eq!(n4.cmd(&["EXISTS", &key]), int(0));
+    }
 }

@@ -134,36 +134,61 @@ impl Local {
         Ok((Bytes::copy_from_slice(key), record))
     }
 
-    /// As a partition's primary: checks every op's expectation against the stored record
-    /// and, if all hold, stamps and applies the changes atomically.
+    /// As a partition's primary: first takes in what the coordinator saw at the other
+    /// owners (`seen`, by last-writer-wins), then checks every op's expectation against the
+    /// result and, if all hold, stamps and applies the changes, all in one atomic step.
+    /// Records taken in from `seen` are kept even when an expectation fails.
     pub async fn execute(&self, ops: &[Op]) -> Result<Executed, DataError> {
-        if let [Op { key, expect: None, change: Change::Put { value, expires_at_ms } }] = ops {
+        if let [Op { key, expect: None, change: Change::Put { value, expires_at_ms }, seen: None }] = ops {
             // A blind SET needs no read.
             let written = self.put(key, value.clone(), *expires_at_ms).await?;
             return Ok(Executed::Written(vec![written]));
+        }
+        let seen: Vec<Option<Record>> = ops
+            .iter()
+            .map(|op| op.seen.as_ref().map(|w| w.decode()).transpose())
+            .collect::<Result<_, _>>()
+            .map_err(|e| DataError::Unavailable(format!("a peer sent an unreadable record: {e}")))?;
+        if let Some(max) = seen.iter().flatten().map(|r| r.hlc).max() {
+            self.clock.observe(max);
         }
         let keys: Vec<&[u8]> = ops.iter().map(|op| &op.key[..]).collect();
         let mut conflict = None;
         let written = self
             .update(&keys, |current, stamp| {
+                // What each key holds once the newer records seen elsewhere are taken in.
+                let merged: Vec<Option<Record>> = current
+                    .iter()
+                    .zip(&seen)
+                    .map(|(cur, seen)| match seen {
+                        Some(s) if s.wins_over(cur.as_ref()) => Some(s.clone()),
+                        _ => cur.clone(),
+                    })
+                    .collect();
+                let caught_up = |i: usize| merged[i] != current[i];
                 let holds = ops
                     .iter()
-                    .zip(current)
-                    .all(|(op, cur)| op.expect.is_none_or(|hlc| cur.as_ref().map(|r| r.hlc) == hlc));
-                if !holds {
-                    conflict = Some(current.to_vec());
-                    return vec![Write::Keep; ops.len()];
-                }
-                ops.iter()
-                    .zip(current)
-                    .map(|(op, cur)| match &op.change {
-                        Change::Keep => Write::Keep,
-                        Change::Put { value, expires_at_ms } => {
-                            stamp.put(cur.as_ref(), value.clone(), *expires_at_ms)
+                    .zip(&merged)
+                    .all(|(op, m)| op.expect.is_none_or(|hlc| m.as_ref().map(|r| r.hlc) == hlc));
+                let writes = ops
+                    .iter()
+                    .enumerate()
+                    .map(|(i, op)| match (&op.change, holds) {
+                        (Change::Put { value, expires_at_ms }, true) => {
+                            stamp.put(merged[i].as_ref(), value.clone(), *expires_at_ms)
                         }
-                        Change::Delete => stamp.delete(cur.as_ref()),
+                        (Change::Delete, true) => match stamp.delete(merged[i].as_ref()) {
+                            Write::Keep if caught_up(i) => merged[i].clone().map_or(Write::Keep, Write::Put),
+                            write => write,
+                        },
+                        _ if caught_up(i) => merged[i].clone().map_or(Write::Keep, Write::Put),
+                        _ => Write::Keep,
                     })
-                    .collect()
+                    .collect();
+                if !holds {
+                    conflict = Some(merged);
+                }
+                writes
             })
             .await?;
         Ok(match conflict {

@@ -28,7 +28,10 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use prometheus::{IntCounterVec, Opts, Registry};
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use tokio_util::sync::CancellationToken;
 
 pub use local::Stamp;
@@ -71,6 +74,8 @@ pub struct ClusterMetrics {
     /// `opencluster_replicated_records_total{direction}`: records copied to (sent) or from
     /// (received) other owners.
     pub replicated_records: IntCounterVec,
+    /// `opencluster_read_repairs_total`: records sent to owners a read found behind.
+    pub read_repairs: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -83,7 +88,14 @@ impl ClusterMetrics {
             }
             c
         };
+        let read_repairs = IntCounter::new(
+            "opencluster_read_repairs_total",
+            "Records copied to owners that a read found holding an older version (or none)",
+        )
+        .expect("valid counter");
+        r.register(Box::new(read_repairs.clone())).expect("metric names are unique");
         ClusterMetrics {
+            read_repairs,
             forwarded: counter(
                 "opencluster_forwarded_total",
                 "Reads and writes sent to the owners of their keys, by operation",
@@ -106,12 +118,31 @@ impl ClusterMetrics {
     }
 }
 
+/// How many owners a read asks (`cluster.read_quorum`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadQuorum {
+    /// Enough owners to overlap every write quorum; the newest record wins.
+    #[default]
+    Quorum,
+    /// The first owner with a record: fastest, and may miss writes after a fault.
+    One,
+}
+
+/// A quorum read's result.
+struct Merged {
+    /// The newest record any owner asked holds.
+    record: Option<Record>,
+    /// Whether the key's primary answered with that record (else writes send it along).
+    primary_current: bool,
+}
+
 /// How this node reaches the rest of its datacenter.
 pub struct Topology {
     pub members: Arc<Members>,
     pub peers: Arc<Peers>,
     pub replicas: usize,
     pub quorum: WriteQuorum,
+    pub read_quorum: ReadQuorum,
     pub timeout: Duration,
 }
 
@@ -254,7 +285,7 @@ impl Cluster {
             };
             let pings =
                 unverified.iter().map(|t| topology.peers.call(t, &messages::Ping, Duration::from_secs(1)));
-            for (target, answer) in unverified.iter().zip(crate::peer::join_all(pings).await) {
+            for (target, answer) in unverified.iter().zip(join_all(pings).await) {
                 let failure = match answer {
                     Ok(id) if id == target.id => {
                         tracing::info!(peer = %target.name, addr = %target.addr, "peer verified over mutual TLS");
@@ -344,9 +375,119 @@ impl Cluster {
 
     /// The stored record of `key` (tombstones and expired values included: the caller
     /// decides what is live at its own `now`).
+    ///
+    /// With `cluster.read_quorum = "quorum"` (the default) enough owners answer that every
+    /// acknowledged write is among them, and the newest record wins; owners that answered
+    /// with an older one are repaired. With `"one"` the first owner that has a record
+    /// answers (this node when it owns the key).
     pub async fn get(&self, key: &[u8]) -> Result<Option<Record>, DataError> {
         let view = self.view();
-        let owners = self.owners(&view, key);
+        let deadline = Instant::now() + self.timeout();
+        match self.topology.as_ref().map_or(ReadQuorum::One, |t| t.read_quorum) {
+            ReadQuorum::Quorum => {
+                let need = self.read_required(&view);
+                Ok(self.read_merged(&view, key, need, deadline).await?.record)
+            }
+            ReadQuorum::One => self.read_one(&view, key, deadline).await,
+        }
+    }
+
+    /// Owners a quorum read must hear from: enough that any write quorum overlaps them
+    /// (`owners - write quorum + 1`).
+    fn read_required(&self, view: &View) -> usize {
+        let owners = view.placement.owners_per_partition();
+        (owners + 1).saturating_sub(self.required(view)).clamp(1, owners.max(1))
+    }
+
+    /// Reads `key` from `need` of its owners (this node first when it is one), takes the
+    /// newest record, and repairs the owners that answered with an older one.
+    async fn read_merged(
+        &self,
+        view: &View,
+        key: &[u8],
+        need: usize,
+        deadline: Instant,
+    ) -> Result<Merged, DataError> {
+        let owners = self.owners(view, key);
+        let primary = owners.first().copied();
+        let mut answers: Vec<(NodeId, Option<Record>)> = Vec::with_capacity(owners.len());
+        if owners.contains(&self.node) || owners.is_empty() {
+            answers.push((self.node, self.local.store.get(key)?));
+        }
+        let mut errors = Vec::new();
+        if answers.len() < need {
+            let keys = [Bytes::copy_from_slice(key)];
+            let keys = &keys;
+            let mut reads: FuturesUnordered<_> = owners
+                .iter()
+                .filter(|&&n| n != self.node)
+                .map(|&n| async move { (n, self.read_from(view, n, keys, deadline).await) })
+                .collect();
+            while answers.len() < need {
+                match reads.next().await {
+                    Some((node, Ok(record))) => answers.push((node, record)),
+                    Some((_, Err(e))) => errors.push(e.to_string()),
+                    None => break,
+                }
+            }
+        }
+        if answers.len() < need {
+            return Err(DataError::Unavailable(format!(
+                "read reached {} of the {need} owners it needs (cluster.read_quorum) in time: {}",
+                answers.len(),
+                errors.join("; ")
+            )));
+        }
+        let mut best: Option<Record> = None;
+        for (_, record) in &answers {
+            if let Some(r) = record
+                && r.wins_over(best.as_ref())
+            {
+                best = Some(r.clone());
+            }
+        }
+        let newest = |r: &Option<Record>| best.as_ref().is_none_or(|b| !b.wins_over(r.as_ref()));
+        let primary_current = answers.iter().any(|(n, r)| Some(*n) == primary && newest(r));
+        if let Some(best) = &best {
+            for (node, record) in &answers {
+                if !best.wins_over(record.as_ref()) {
+                    continue;
+                }
+                let copy = [(Bytes::copy_from_slice(key), best.clone())];
+                if *node == self.node {
+                    self.local.apply(&copy).await?;
+                } else {
+                    self.repair(view, *node, &copy);
+                }
+            }
+        }
+        Ok(Merged { record: best, primary_current })
+    }
+
+    /// Sends `records` to an owner that answered a read with older ones, in the background.
+    fn repair(&self, view: &View, node: NodeId, records: &[(Bytes, Record)]) {
+        let (Some(topology), Ok(target)) = (&self.topology, self.target(view, node)) else { return };
+        let (peers, timeout) = (topology.peers.clone(), topology.timeout);
+        let msg = messages::Replicate {
+            records: records.iter().map(|(k, r)| (k.clone(), WireRecord::new(r))).collect(),
+        };
+        self.metrics.read_repairs.inc_by(records.len() as u64);
+        tokio::spawn(async move {
+            if let Err(e) = peers.call(&target, &msg, timeout).await {
+                tracing::debug!(peer = %target.name, error = %e, "read repair failed");
+            }
+        });
+    }
+
+    /// `cluster.read_quorum = "one"`: this node's record when it owns the key and has one;
+    /// else the primary's; when that has nothing (or fails), the newest of the others'.
+    async fn read_one(
+        &self,
+        view: &View,
+        key: &[u8],
+        deadline: Instant,
+    ) -> Result<Option<Record>, DataError> {
+        let owners = self.owners(view, key);
         let here = owners.contains(&self.node);
         if here {
             let local = self.local.store.get(key)?;
@@ -354,24 +495,20 @@ impl Cluster {
                 return Ok(local);
             }
         }
-        let deadline = Instant::now() + self.timeout();
         let keys = vec![Bytes::copy_from_slice(key)];
-        let mut others = owners.iter().copied().filter(|&n| n != self.node).peekable();
+        let mut others = owners.iter().copied().filter(|&n| n != self.node);
         let mut answered = here;
         let mut errors = Vec::new();
         // Not an owner: ask the primary alone first (usually it has the record).
         if !here && let Some(primary) = others.next() {
-            match self.read_from(&view, primary, &keys, half_of(deadline)).await {
+            match self.read_from(view, primary, &keys, half_of(deadline)).await {
                 Ok(Some(record)) => return Ok(Some(record)),
                 Ok(None) => answered = true,
                 Err(e) => errors.push(e.to_string()),
             }
         }
-        // Missing at the first owner asked: the others may have it (a new owner that has
-        // not received the partition yet, a replica that missed a write).
         let rest: Vec<NodeId> = others.collect();
-        let answers =
-            crate::peer::join_all(rest.iter().map(|&n| self.read_from(&view, n, &keys, deadline))).await;
+        let answers = join_all(rest.iter().map(|&n| self.read_from(view, n, &keys, deadline))).await;
         let mut best: Option<Record> = None;
         for answer in answers {
             match answer {
@@ -393,7 +530,6 @@ impl Cluster {
             )));
         }
         if here && let Some(record) = &best {
-            // Read repair: this owner missed the record.
             self.local.apply(&[(Bytes::copy_from_slice(key), record.clone())]).await?;
         }
         Ok(best)
@@ -439,28 +575,37 @@ impl Cluster {
         let view = self.view();
         let primaries: Vec<NodeId> =
             keys.iter().map(|k| self.owners(&view, k).first().copied().unwrap_or(self.node)).collect();
+        let deadline = Instant::now() + self.timeout();
+        // Decide on the acknowledged state: read every key from a quorum of its owners
+        // (just this node when it is the only one needed), whatever cluster.read_quorum says.
+        let need = self.read_required(&view);
+        let merged = join_all(keys.iter().map(|k| self.read_merged(&view, k, need, deadline))).await;
+        let merged: Vec<Merged> = merged.into_iter().collect::<Result<_, _>>()?;
         if primaries.iter().all(|&p| p == self.node) {
+            // The reads repaired this node's copies: decide and write in one local step.
             let written = self.local.update(keys, |current, stamp| decide(current, stamp)).await?;
             let n = written.len();
             self.replicate_as_primary(&view, written, None, self.required(&view)).await?;
             return Ok(n);
         }
         let owned: Vec<Bytes> = keys.iter().map(|k| Bytes::copy_from_slice(k)).collect();
-        let deadline = Instant::now() + self.timeout();
-        let mut current = self.read_current(&view, &owned, &primaries, deadline).await?;
+        let mut primary_current: Vec<bool> = merged.iter().map(|m| m.primary_current).collect();
+        let mut current: Vec<Option<Record>> = merged.into_iter().map(|m| m.record).collect();
         for attempt in 1u32.. {
             let writes = decide(&current, &self.local.stamp());
             let ops: Vec<Op> = owned
                 .iter()
                 .zip(&current)
                 .zip(&writes)
-                .map(|((key, cur), write)| Op {
+                .zip(&primary_current)
+                .map(|(((key, cur), write), &primary_has_it)| Op {
                     key: key.clone(),
                     expect: Some(cur.as_ref().map(|r| r.hlc)),
                     change: change_of(write),
+                    seen: if primary_has_it { None } else { cur.as_ref().map(WireRecord::new) },
                 })
                 .collect();
-            if ops.iter().all(|op| op.change == Change::Keep) {
+            if ops.iter().all(|op| op.change == Change::Keep && op.seen.is_none()) {
                 return Ok(0);
             }
             match self.write_ops(&view, ops, &primaries, deadline).await? {
@@ -471,9 +616,11 @@ impl Cluster {
                             "the keys kept changing under this write; gave up after {attempt} attempts"
                         )));
                     }
-                    // The primary sent what it holds now: decide again on that.
+                    // The primary sent what it holds now (it kept what it was sent): decide
+                    // again on that.
                     for (i, record) in conflict {
                         current[i] = record;
+                        primary_current[i] = true;
                     }
                     let pause = MAX_CONFLICT_BACKOFF.min(Duration::from_micros(100) * attempt);
                     tokio::time::sleep(pause.mul_f64(rand::random::<f64>())).await;
@@ -495,6 +642,7 @@ impl Cluster {
             key: Bytes::copy_from_slice(key),
             expect: None,
             change: Change::Put { value, expires_at_ms },
+            seen: None,
         };
         let deadline = Instant::now() + self.timeout();
         match self.write_ops(&view, vec![op], &[primary], deadline).await? {
@@ -506,34 +654,6 @@ impl Cluster {
     /// Acknowledgements a write needs under the current placement.
     fn required(&self, view: &View) -> usize {
         self.topology.as_ref().map_or(1, |t| t.quorum.required(view.placement.owners_per_partition()))
-    }
-
-    /// The records of `keys`, each from its primary (this node's store for its own).
-    async fn read_current(
-        &self,
-        view: &View,
-        keys: &[Bytes],
-        primaries: &[NodeId],
-        deadline: Instant,
-    ) -> Result<Vec<Option<Record>>, DataError> {
-        let mut current = vec![None; keys.len()];
-        for (primary, indexes) in group(primaries) {
-            let group_keys: Vec<Bytes> = indexes.iter().map(|&i| keys[i].clone()).collect();
-            let records = if primary == self.node {
-                self.local.read(&group_keys)?
-            } else {
-                let target = self.target(view, primary)?;
-                self.metrics.forwarded.with_label_values(&["read"]).inc();
-                let msg = messages::Read { keys: group_keys };
-                let answer =
-                    self.peers()?.call(&target, &msg, remaining(deadline)).await.map_err(unavailable)?;
-                answer.iter().map(|w| w.as_ref().map(decode).transpose()).collect::<Result<_, _>>()?
-            };
-            for (i, r) in indexes.into_iter().zip(records) {
-                current[i] = r;
-            }
-        }
-        Ok(current)
     }
 
     /// Sends each group of ops to its primary. `Ok(Err(current))`: a conflict; `current`
@@ -550,7 +670,7 @@ impl Cluster {
         let mut ops: Vec<Option<Op>> = ops.into_iter().map(Some).collect();
         for (primary, indexes) in group(primaries) {
             let group_ops: Vec<Op> = indexes.iter().filter_map(|&i| ops[i].take()).collect();
-            if group_ops.iter().all(|op| op.change == Change::Keep) {
+            if group_ops.iter().all(|op| op.change == Change::Keep && op.seen.is_none()) {
                 continue;
             }
             if primary == self.node {

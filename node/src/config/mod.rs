@@ -83,6 +83,8 @@ pub struct ClusterConfig {
     pub replicas: u32,
     /// `majority`, `all`, `one`, or a number of owners.
     pub write_quorum: String,
+    /// `quorum` or `one`.
+    pub read_quorum: ReadQuorum,
     /// Deadline of a request that involves other nodes.
     #[serde(with = "units::duration")]
     pub request_timeout: Duration,
@@ -105,6 +107,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             replicas: 3,
             write_quorum: "majority".into(),
+            read_quorum: ReadQuorum::Quorum,
             request_timeout: Duration::from_secs(2),
         }
     }
@@ -200,6 +203,14 @@ impl Default for GossipConfig {
             fanout: 3,
         }
     }
+}
+
+/// How many owners a read asks.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadQuorum {
+    Quorum,
+    One,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]

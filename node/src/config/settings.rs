@@ -104,6 +104,11 @@ pub const SETTINGS: &[Setting] = &[
         "Owners that must have a write on disk before it is acknowledged: majority, all, one, or a number [default: majority]",
     ),
     s(
+        "cluster.read_quorum",
+        Kind::Choice(&["quorum", "one"]),
+        "quorum: reads ask enough owners to see every acknowledged write; one: the first owner with the key answers (faster, may be stale after a fault) [default: quorum]",
+    ),
+    s(
         "cluster.request_timeout",
         Kind::Duration,
         "Deadline of a read or write that involves other nodes; past it the client gets a CLUSTERDOWN error [default: 2s]",

@@ -142,6 +142,10 @@ pub struct Op {
     /// i.e. nothing changed since the coordinator read it. `None`: apply whatever is stored.
     pub expect: Option<Option<Hlc>>,
     pub change: Change,
+    /// The newest record the coordinator found at a quorum of owners, when the primary
+    /// did not hold it: the primary applies it first (last-writer-wins), so a primary that
+    /// missed writes (it just joined, or was down) decides on the acknowledged state.
+    pub seen: Option<WireRecord>,
 }
 
 /// Sent to a partition's primary owner: check every op's expectation, and if all hold,
@@ -241,6 +245,7 @@ mod tests {
                 key: Bytes::from_static(b"k"),
                 expect: Some(Some(Hlc::new(5, 1))),
                 change: Change::Put { value: Bytes::from_static(b"v"), expires_at_ms: Some(9) },
+                seen: None,
             }],
             quorum: 2,
             skip: Some(7),

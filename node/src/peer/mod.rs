@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use opencluster_pki::MutualTls;
 use opencluster_pki::peer::{PeerError, Policy, authorize, connection_error};
 use opencluster_pki::tls::TlsError;
@@ -622,30 +623,6 @@ async fn send_queued(peers: Weak<Peers>, mut queue: mpsc::UnboundedReceiver<Pend
             drop(slot);
         });
     }
-}
-
-/// Runs futures concurrently and collects their outputs in order: each awaits the
-/// network or the disk, so together they take as long as the slowest, not the sum.
-pub async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut pending: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
-    let mut results: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (slot, result) in pending.iter_mut().zip(results.iter_mut()) {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        *result = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
-    })
-    .await;
-    results.into_iter().flatten().collect()
 }
 
 fn transport_config(o: &PeerOptions) -> Result<quinn::TransportConfig, PeerSetupError> {
