@@ -30,6 +30,10 @@ use crate::store::purger::{self, PurgeStatus};
 use crate::store::{BufferOptions, BufferedStore, SledStore, Store, StoreError, StoreOptions};
 use opencluster_pki::Policy;
 
+/// A stopping node closes its peer endpoint once no peer request has arrived for this long
+/// (peers learn of the leave within a gossip round or two).
+const PEER_QUIET: Duration = Duration::from_millis(300);
+
 /// How often a node on the default keys repeats its warning.
 const INSECURE_WARNING_EVERY: Duration = Duration::from_secs(600);
 
@@ -223,6 +227,10 @@ pub async fn run(
 
     let rpc_socket = listeners.rpc.take();
     let rpc_bound = rpc_socket.as_ref().and_then(|s| s.local_addr().ok());
+    // Membership stops on its own signal: a stopping node leaves the cluster before it
+    // stops answering its peers.
+    let gossip_tasks = TaskTracker::new();
+    let stop_gossip = CancellationToken::new();
     let (members, gossip_keyring) = match listeners.gossip.take() {
         None => {
             tracing::info!("gossip_addr is empty: membership is off, this node runs alone");
@@ -235,8 +243,8 @@ pub async fn run(
             node_id,
             &security,
             &metrics,
-            &background_tasks,
-            background.clone(),
+            &gossip_tasks,
+            stop_gossip.clone(),
         )
         .map(|(members, keyring)| (Some(members), Some(keyring)))?,
     };
@@ -273,12 +281,13 @@ pub async fn run(
         _ => None,
     };
     let peers = topology.as_ref().map(|t| t.peers.clone());
+    let peer_endpoint = peers.clone();
     let security = Arc::new(security);
     let cluster =
         Arc::new(Cluster::new(store.clone(), flusher.clone(), origin, topology, metrics.cluster.clone())?);
     let peer_tasks = TaskTracker::new();
     let stop_peers = CancellationToken::new();
-    if let Some(peers) = peers {
+    if let Some(peers) = peer_endpoint {
         peer_tasks.spawn(peers.serve(Service::new(cluster.clone()), peer_tasks.clone(), stop_peers.clone()));
         background_tasks.spawn(cluster.clone().verify_peers(background.clone()));
     }
@@ -333,8 +342,14 @@ pub async fn run(
     if tokio::time::timeout(config.shutdown_timeout, clients.wait()).await.is_err() {
         tracing::warn!(timeout = ?config.shutdown_timeout, "client connections still open after shutdown_timeout; closing them");
     }
-    // Peers' requests in flight finish (they are writes other nodes wait for); then the
-    // endpoint closes and peers send to the remaining owners.
+    // Leave the cluster, so that peers stop placing partitions here; answer what they
+    // still send until it has been quiet for a moment; then close the endpoint.
+    stop_gossip.cancel();
+    gossip_tasks.close();
+    gossip_tasks.wait().await;
+    if let Some(peers) = &peers {
+        peers.drain(PEER_QUIET, config.shutdown_timeout).await;
+    }
     stop_peers.cancel();
     peer_tasks.close();
     if tokio::time::timeout(config.shutdown_timeout, peer_tasks.wait()).await.is_err() {

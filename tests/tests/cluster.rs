@@ -403,3 +403,28 @@ fn a_returning_or_new_primary_never_undoes_acknowledged_writes() {
         assert_eq!(n4.cmd(&["EXISTS", &key]), int(0));
     }
 }
+
+#[test]
+fn a_node_that_leaves_gracefully_costs_the_load_no_error() {
+    node_only!("clustering is the node's");
+    let mut nodes = start_cluster(3, &[]);
+    let clients: Vec<_> = nodes[..2].iter().map(Node::client_addr).collect();
+    let load = Load::start("leave", &clients);
+    assert!(wait_until(Duration::from_secs(30), || nodes[0].admin_json("/v1/status")["store"]["keys"]
+        .as_u64()
+        .is_some_and(|k| k >= 200)));
+    // SIGTERM: n3 leaves gossip, answers what peers still send, then exits.
+    let status = nodes[2].sigterm_and_wait();
+    assert!(status.success(), "{}", nodes[2].log());
+    wait_placed(&[&nodes[0], &nodes[1]], 2);
+    let (acked, errors) = load.finish();
+    assert!(errors.is_empty(), "{} errors, e.g. {:?}", errors.len(), &errors[..errors.len().min(5)]);
+    for node in &nodes[..2] {
+        let bad = missing_through(node, &acked);
+        assert!(bad.is_empty(), "{} lost, e.g. {:?}", bad.len(), &bad[..bad.len().min(5)]);
+    }
+    let log = nodes[2].stderr_log();
+    let left = log.find("left the gossip cluster").expect("n3 left gossip");
+    let stopped = log.find("flushing the store").expect("n3 flushed");
+    assert!(left < stopped, "n3 left the cluster before it stopped answering");
+}

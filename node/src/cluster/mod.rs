@@ -415,7 +415,12 @@ impl Cluster {
             answers.push((self.node, self.local.store.get(key)?));
         }
         let mut errors = Vec::new();
-        if answers.len() < need {
+        // A quorum that found nothing asks the remaining owners too: an owner that gained
+        // the partition since the write (or one that missed it) answers "none", and the
+        // write may be at an owner outside the quorum that answered first.
+        let found = |answers: &[(NodeId, Option<Record>)]| answers.iter().any(|(_, r)| r.is_some());
+        let others = owners.iter().any(|&n| n != self.node);
+        if others && (answers.len() < need || !found(&answers)) {
             let keys = [Bytes::copy_from_slice(key)];
             let keys = &keys;
             let mut reads: FuturesUnordered<_> = owners
@@ -423,7 +428,7 @@ impl Cluster {
                 .filter(|&&n| n != self.node)
                 .map(|&n| async move { (n, self.read_from(view, n, keys, deadline).await) })
                 .collect();
-            while answers.len() < need {
+            while answers.len() < need || !found(&answers) {
                 match reads.next().await {
                     Some((node, Ok(record))) => answers.push((node, record)),
                     Some((_, Err(e))) => errors.push(e.to_string()),

@@ -231,6 +231,9 @@ pub struct Peers {
     max_message_bytes: usize,
     metrics: RpcMetrics,
     me: Weak<Peers>,
+    /// Peer requests being answered now, and answered in all (for [`Peers::drain`]).
+    serving: std::sync::atomic::AtomicUsize,
+    answered: std::sync::atomic::AtomicU64,
 }
 
 impl Peers {
@@ -259,6 +262,8 @@ impl Peers {
             max_message_bytes: options.max_message_bytes,
             metrics,
             me: me.clone(),
+            serving: Default::default(),
+            answered: Default::default(),
         }))
     }
 
@@ -539,12 +544,42 @@ impl Peers {
         }
     }
 
+    /// Waits until no peer request is being answered and none has arrived for `quiet`,
+    /// or `max` has passed: the last step of a node's shutdown before [`Peers::serve`]
+    /// closes the endpoint.
+    pub async fn drain(&self, quiet: Duration, max: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let give_up = Instant::now() + max;
+        let mut last = (self.answered.load(Relaxed), Instant::now());
+        while Instant::now() < give_up {
+            let answered = self.answered.load(Relaxed);
+            if answered != last.0 || self.serving.load(Relaxed) > 0 {
+                last = (answered, Instant::now());
+            } else if last.1.elapsed() >= quiet {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::warn!(serving = self.serving.load(Relaxed), "peers still sending requests at shutdown");
+    }
+
     async fn serve_stream(
         &self,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
         handler: Arc<dyn Handler>,
     ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        /// Counts the stream as being served until it is dropped, however it ends.
+        struct Serving<'a>(&'a Peers);
+        impl Drop for Serving<'_> {
+            fn drop(&mut self) {
+                self.0.serving.fetch_sub(1, Relaxed);
+                self.0.answered.fetch_add(1, Relaxed);
+            }
+        }
+        self.serving.fetch_add(1, Relaxed);
+        let _serving = Serving(self);
         let reply = match recv.read_to_end(self.max_message_bytes).await {
             Ok(request) => match decode_header(&request).map(|(kind, _)| kind) {
                 Ok(Kind::Batch) => self.serve_batch(&request[2..], handler.as_ref()).await,
