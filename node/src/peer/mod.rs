@@ -4,10 +4,12 @@
 //! - **Security**: mutual TLS from the PKI ([`opencluster_pki::MutualTls`]); both sides
 //!   check the other's identity against a [`Policy`] (nodes and connectors of this
 //!   datacenter) and the dialler also checks that it reached the node it meant to.
-//! - **Shape**: one bidirectional stream per request: the caller writes the encoded
-//!   [`messages::Message`] and finishes its side, the callee answers and finishes. Streams
-//!   are cheap in QUIC, so a slow request never holds up the others (no head-of-line
-//!   blocking), and a request's size is bounded on both ends.
+//! - **Shape**: a request and its answer travel on one bidirectional QUIC stream: the
+//!   caller writes the encoded [`messages::Message`] and finishes its side, the callee
+//!   answers and finishes. Calls to one peer queue for at most [`MAX_IN_FLIGHT_PER_PEER`]
+//!   streams; requests that queue meanwhile leave together as one [`Kind::Batch`]. A
+//!   slow stream never holds up the others (no head-of-line blocking), and sizes are
+//!   bounded on both ends.
 //! - **Connections** are cached per peer and redialled when they fail; a dial in progress
 //!   is shared by the calls that wait for it.
 //! - **Bounds**: every call has a deadline; a peer may have at most
