@@ -5,6 +5,8 @@
 #
 #   tests/bench/cluster-forwarding.sh                 # 200000 requests per test, 3 rounds
 #   REQUESTS=50000 ROUNDS=1 tests/bench/cluster-forwarding.sh
+#   REPLICAS=3 tests/bench/cluster-forwarding.sh      # every node owns every key: compares
+#                                                     # the primary with another owner
 #
 # The key is redis-benchmark's own `key:__rand_int__` (no -r: one key), so "owner" and
 # "non-owner" are well defined; `/v1/placement?key=` says which node is which. A SET
@@ -19,6 +21,7 @@ cd "$(dirname "$0")/../.."
 REQUESTS=${REQUESTS:-200000}
 ROUNDS=${ROUNDS:-3}
 CLIENTS=${CLIENTS:-50}
+REPLICAS=${REPLICAS:-2}
 KEY='key:__rand_int__'
 for tool in redis-benchmark redis-cli curl; do
   command -v "$tool" >/dev/null || { echo "cluster-forwarding: $tool not found" >&2; exit 2; }
@@ -45,7 +48,7 @@ for n in n1 n2 n3; do
   [ -n "$SEED" ] && join=(--join "$SEED")
   "$NODE" --dev --node-name "$n" --data-dir "$WORK/$n" --client-addr "127.0.0.1:${CLIENT[$n]}" \
     --admin-addr "127.0.0.1:${ADMIN[$n]}" --gossip-addr "127.0.0.1:$gossip" --rpc-addr 127.0.0.1:0 \
-    --cluster-replicas 2 --log-level warn "${join[@]}" >"$WORK/$n.log" 2>&1 &
+    --cluster-replicas "$REPLICAS" --log-level warn "${join[@]}" >"$WORK/$n.log" 2>&1 &
   PIDS+=($!)
   [ -n "$SEED" ] || SEED="127.0.0.1:$gossip"
   wait_ping "${CLIENT[$n]}"
@@ -66,10 +69,16 @@ NON_OWNER=""
 for n in n1 n2 n3; do
   echo "$placement" | grep -q "\"name\":\"$n\"" || NON_OWNER=$n
 done
-[ -n "$OWNER" ] && [ -n "$NON_OWNER" ] || { echo "cannot tell owner from non-owner: $placement" >&2; exit 1; }
+OTHER_LABEL=non-owner
+if [ -z "$NON_OWNER" ]; then
+  # Every node owns the key: compare the primary with the second owner.
+  NON_OWNER=$(echo "$placement" | grep -o '"name":"n[0-9]"' | sed -n 2p | cut -d'"' -f4)
+  OTHER_LABEL="other owner"
+fi
+[ -n "$OWNER" ] && [ -n "$NON_OWNER" ] || { echo "cannot tell the nodes apart: $placement" >&2; exit 1; }
 echo "machine: $(nproc) cores; requests $REQUESTS, clients $CLIENTS, 64-byte values, one key"
 echo "key $KEY: $placement"
-echo "primary owner $OWNER (port ${CLIENT[$OWNER]}), non-owner $NON_OWNER (port ${CLIENT[$NON_OWNER]})"
+echo "replicas $REPLICAS; primary owner $OWNER (port ${CLIENT[$OWNER]}), $OTHER_LABEL $NON_OWNER (port ${CLIENT[$NON_OWNER]})"
 
 bench() {
   redis-benchmark -p "$1" -t set,get -c "$CLIENTS" -n "$REQUESTS" -d 64 -P "$2" --csv 2>/dev/null \
@@ -87,7 +96,7 @@ done
 
 fig() { awk -F, -v t="$1" -v p="$2" -v n="$3" -v c="$4" '$1 == t && $2 == p && $3 == n { print $c }' "$WORK/results.csv" | median; }
 
-printf '\nmedian of %s rounds\n%-4s %-4s %12s %15s %7s   %-17s %-17s\n' "$ROUNDS" test P "owner ops/s" "non-owner ops/s" ratio "owner p50/p99 ms" "non-owner p50/p99"
+printf '\nmedian of %s rounds; "other" = the %s\n%-4s %-4s %12s %15s %7s   %-17s %-17s\n' "$ROUNDS" "$OTHER_LABEL" test P "owner ops/s" "other ops/s" ratio "owner p50/p99 ms" "other p50/p99"
 for pipeline in 1 16; do
   for test in SET GET; do
     o=$(fig owner "$pipeline" "$test" 4)

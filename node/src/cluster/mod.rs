@@ -415,25 +415,49 @@ impl Cluster {
             answers.push((self.node, self.local.store.get(key)?));
         }
         let mut errors = Vec::new();
-        // A quorum that found nothing asks the remaining owners too: an owner that gained
-        // the partition since the write (or one that missed it) answers "none", and the
-        // write may be at an owner outside the quorum that answered first.
+        // Other owners are asked only as many at a time as are still needed, primary first,
+        // the first ones with half of the time left so that a replacement fits. One more is
+        // asked for each that fails, and when every answer so far is "no record": an owner
+        // that gained the partition after the write has nothing, and the write may be only
+        // at an owner not asked yet.
         let found = |answers: &[(NodeId, Option<Record>)]| answers.iter().any(|(_, r)| r.is_some());
-        let others = owners.iter().any(|&n| n != self.node);
-        if others && (answers.len() < need || !found(&answers)) {
-            let keys = [Bytes::copy_from_slice(key)];
-            let keys = &keys;
-            let mut reads: FuturesUnordered<_> = owners
-                .iter()
-                .filter(|&&n| n != self.node)
-                .map(|&n| async move { (n, self.read_from(view, n, keys, deadline).await) })
-                .collect();
-            while answers.len() < need || !found(&answers) {
-                match reads.next().await {
-                    Some((node, Ok(record))) => answers.push((node, record)),
-                    Some((_, Err(e))) => errors.push(e.to_string()),
-                    None => break,
+        let keys = [Bytes::copy_from_slice(key)];
+        let keys = &keys;
+        let others: Vec<NodeId> = owners.iter().copied().filter(|&n| n != self.node).collect();
+        let mut next = 0;
+        let mut reads = FuturesUnordered::new();
+        let ask =
+            |node: NodeId, by: Instant| async move { (node, self.read_from(view, node, keys, by).await) };
+        while next < others.len() && reads.len() < need.saturating_sub(answers.len()) {
+            reads.push(ask(others[next], half_of(deadline)));
+            next += 1;
+        }
+        loop {
+            let enough = answers.len() >= need;
+            if enough && found(&answers) {
+                break;
+            }
+            if reads.is_empty() {
+                if next == others.len() {
+                    break;
                 }
+                // Enough answers, all "no record": ask every owner not heard yet.
+                let more = if enough { others.len() - next } else { 1 };
+                for &node in &others[next..next + more] {
+                    reads.push(ask(node, deadline));
+                }
+                next += more;
+            }
+            match reads.next().await {
+                Some((node, Ok(record))) => answers.push((node, record)),
+                Some((_, Err(e))) => {
+                    errors.push(e.to_string());
+                    if next < others.len() {
+                        reads.push(ask(others[next], deadline));
+                        next += 1;
+                    }
+                }
+                None => {}
             }
         }
         if answers.len() < need {
