@@ -259,6 +259,10 @@ pub async fn run(
                 // A request carries at most what a client request may; answers of scans
                 // are bounded by one partition's keys.
                 max_message_bytes: config.limits.max_request_bytes.as_usize() + (1 << 20),
+                streams_per_peer: config.rpc.streams_per_peer as usize,
+                max_batch_bytes: config.rpc.max_batch_bytes.as_usize(),
+                connect_timeout: config.rpc.connect_timeout,
+                idle_timeout: config.rpc.idle_timeout,
             };
             let policy = Policy::NodeOrConnectorOfDatacenter {
                 cluster: security.keys.cluster.clone(),

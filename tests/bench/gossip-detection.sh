@@ -78,7 +78,7 @@ round() {
     [ "$i" -gt 1 ] && join=(--join "127.0.0.1:${GOSSIP[1]}")
     mkdir -p "$WORK/$label-n$i"
     "$NODE" --dev --data-dir "$WORK/$label-n$i" --node-name "n$i" --client-addr 127.0.0.1:0 \
-      --admin-addr "127.0.0.1:${ADMIN[i]}" --gossip-addr "127.0.0.1:${GOSSIP[i]}" --log-level warn \
+      --admin-addr "127.0.0.1:${ADMIN[i]}" --gossip-addr "127.0.0.1:${GOSSIP[i]}" --rpc-addr 127.0.0.1:0 --log-level warn \
       "${join[@]}" "$@" >"$WORK/$label-n$i.log" 2>&1 &
     PIDS+=($!)
   done

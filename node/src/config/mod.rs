@@ -100,6 +100,16 @@ pub struct RpcConfig {
     pub connection_window: ByteSize,
     /// Requests one peer may have in flight at once.
     pub max_concurrent_requests: u32,
+    /// Streams this node keeps in flight to one peer; more requests wait and are batched.
+    pub streams_per_peer: u32,
+    /// Most bytes of requests sent together in one batch.
+    pub max_batch_bytes: ByteSize,
+    /// How long a handshake with a peer may take.
+    #[serde(with = "units::duration")]
+    pub connect_timeout: Duration,
+    /// A peer connection silent for this long is closed (keep-alives every third of it).
+    #[serde(with = "units::duration")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -119,6 +129,10 @@ impl Default for RpcConfig {
             stream_window: ByteSize(1 << 20),
             connection_window: ByteSize(8 << 20),
             max_concurrent_requests: 256,
+            streams_per_peer: 8,
+            max_batch_bytes: ByteSize(1 << 20),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -405,6 +419,21 @@ impl Config {
         }
         if r.max_concurrent_requests == 0 || r.max_concurrent_requests > 65_536 {
             return Err(err("rpc.max_concurrent_requests", "must be between 1 and 65536"));
+        }
+        if r.streams_per_peer == 0 || r.streams_per_peer > r.max_concurrent_requests {
+            return Err(err(
+                "rpc.streams_per_peer",
+                "must be between 1 and rpc.max_concurrent_requests (what a peer accepts at once)",
+            ));
+        }
+        if r.max_batch_bytes.0 < 1024 || r.max_batch_bytes.0 > 64 << 20 {
+            return Err(err("rpc.max_batch_bytes", "must be between 1KiB and 64MiB"));
+        }
+        if r.connect_timeout < Duration::from_millis(100) || r.connect_timeout > Duration::from_secs(300) {
+            return Err(err("rpc.connect_timeout", "must be between 100ms and 5m"));
+        }
+        if r.idle_timeout < Duration::from_secs(1) || r.idle_timeout > Duration::from_secs(600) {
+            return Err(err("rpc.idle_timeout", "must be between 1s and 10m"));
         }
         let l = &self.limits;
         if l.max_key_bytes.0 == 0 || l.max_key_bytes.0 > 512 << 20 {

@@ -120,6 +120,22 @@ pub const SETTINGS: &[Setting] = &[
         "QUIC flow-control window of one peer connection, all streams together [default: 8MiB]",
     ),
     s(
+        "rpc.streams_per_peer",
+        Kind::Int,
+        "Streams this node keeps in flight to one peer; requests beyond wait and leave together in batches [default: 8]",
+    ),
+    s(
+        "rpc.max_batch_bytes",
+        Kind::Size,
+        "Most bytes of peer requests sent together in one batch [default: 1MiB]",
+    ),
+    s("rpc.connect_timeout", Kind::Duration, "How long a handshake with a peer may take [default: 5s]"),
+    s(
+        "rpc.idle_timeout",
+        Kind::Duration,
+        "A peer connection silent for this long is closed; keep-alives go every third of it [default: 5s]",
+    ),
+    s(
         "rpc.max_concurrent_requests",
         Kind::Int,
         "Requests one peer may have in flight to this node at once; more wait for a slot [default: 256]",

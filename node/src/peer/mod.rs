@@ -6,7 +6,7 @@
 //!   datacenter) and the dialler also checks that it reached the node it meant to.
 //! - **Shape**: a request and its answer travel on one bidirectional QUIC stream: the
 //!   caller writes the encoded [`messages::Message`] and finishes its side, the callee
-//!   answers and finishes. Calls to one peer queue for at most [`MAX_IN_FLIGHT_PER_PEER`]
+//!   answers and finishes. Calls to one peer queue for at most `rpc.streams_per_peer`
 //!   streams; requests that queue meanwhile leave together as one [`Kind::Batch`]. A
 //!   slow stream never holds up the others (no head-of-line blocking), and sizes are
 //!   bounded on both ends.
@@ -37,12 +37,6 @@ use tokio_util::task::TaskTracker;
 
 use messages::{Kind, Message, Refusal, decode_header, encode_request};
 
-/// How long a handshake may take before the dial or accept gives up.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Keep-alive on established connections, so that idle ones stay open and dead ones are
-/// noticed; the idle timeout closes a connection whose peer stopped answering.
-const KEEP_ALIVE: Duration = Duration::from_secs(1);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The name given to TLS; peers are recognised by their certificate's URI SAN instead.
 const SERVER_NAME: &str = "opencluster.invalid";
 
@@ -54,6 +48,15 @@ pub struct PeerOptions {
     pub max_concurrent_requests: u32,
     /// Largest request or response accepted.
     pub max_message_bytes: usize,
+    /// Streams this node keeps in flight to one peer; requests beyond wait and are batched.
+    pub streams_per_peer: usize,
+    /// Most bytes of requests sent together in one batch (a larger request goes alone).
+    pub max_batch_bytes: usize,
+    /// How long a handshake may take before a dial or an accept gives up.
+    pub connect_timeout: Duration,
+    /// A connection whose peer has sent nothing (not even a keep-alive, sent every third
+    /// of this) for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// The peer a call goes to, as membership knows it.
@@ -197,12 +200,9 @@ fn encode_reply<T: serde::Serialize>(result: &Result<T, Refusal>) -> Vec<u8> {
 /// A cached connection to one peer, or the dial that will make it.
 type Slot = Arc<tokio::sync::Mutex<Option<(SocketAddr, quinn::Connection)>>>;
 
-/// Streams one peer may have in flight from this node; requests that arrive while all are
-/// busy wait in the peer's queue and leave together on the next free stream.
-const MAX_IN_FLIGHT_PER_PEER: usize = 8;
-/// Most requests, and bytes of requests, sent together on one stream.
+/// Most requests sent together on one stream (their bytes are bounded by
+/// `rpc.max_batch_bytes`).
 const MAX_BATCH_REQUESTS: usize = 512;
-const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// A request waiting for a stream to its peer.
 struct Pending {
@@ -221,7 +221,7 @@ struct Link {
 /// The endpoint: dials peers, and accepts them once [`Peers::serve`] runs.
 ///
 /// Calls to one peer go through its queue: a request is sent at once on its own stream
-/// while fewer than [`MAX_IN_FLIGHT_PER_PEER`] streams are busy; under load the requests
+/// while fewer than `rpc.streams_per_peer` streams are busy; under load the requests
 /// that queued meanwhile leave together in one [`Kind::Batch`] stream. So a lone request
 /// pays one round trip, and a busy node sends a few large messages instead of many small
 /// ones (each stream costs both sides packets, acknowledgements and a task).
@@ -231,6 +231,7 @@ pub struct Peers {
     policy: Policy,
     links: Mutex<HashMap<u64, Link>>,
     max_message_bytes: usize,
+    options: PeerOptions,
     metrics: RpcMetrics,
     me: Weak<Peers>,
     /// Peer requests being answered now, and answered in all (for [`Peers::drain`]).
@@ -262,6 +263,7 @@ impl Peers {
             policy,
             links: Mutex::new(HashMap::new()),
             max_message_bytes: options.max_message_bytes,
+            options: options.clone(),
             metrics,
             me: me.clone(),
             serving: Default::default(),
@@ -322,7 +324,8 @@ impl Peers {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         let link = links.entry(pending.target.id).or_insert_with(|| {
             let (queue, requests) = mpsc::unbounded_channel();
-            tokio::spawn(send_queued(self.me.clone(), requests));
+            let limits = (self.options.streams_per_peer, self.options.max_batch_bytes);
+            tokio::spawn(send_queued(self.me.clone(), requests, limits));
             Link { slot: Slot::default(), queue }
         });
         if let Err(mpsc::error::SendError(pending)) = link.queue.send(pending) {
@@ -432,10 +435,11 @@ impl Peers {
             .endpoint
             .connect_with(self.client.clone(), to.addr, SERVER_NAME)
             .map_err(|e| unreachable(e.to_string()))?;
-        let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        let connect_timeout = self.options.connect_timeout;
+        let conn = match tokio::time::timeout(connect_timeout, connecting).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => return Err(unreachable(connection_error(&e).to_string())),
-            Err(_) => return Err(unreachable(format!("no handshake within {HANDSHAKE_TIMEOUT:?}"))),
+            Err(_) => return Err(unreachable(format!("no handshake within {connect_timeout:?}"))),
         };
         let peer = authorize(&conn, &self.policy).map_err(|e| {
             self.metrics.refused_peers.with_label_values(&["policy"]).inc();
@@ -507,7 +511,7 @@ impl Peers {
         stop: CancellationToken,
     ) {
         let from = incoming.remote_address();
-        let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        let conn = match tokio::time::timeout(self.options.connect_timeout, incoming).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
                 self.metrics.refused_peers.with_label_values(&["handshake"]).inc();
@@ -633,13 +637,17 @@ impl Peers {
 
 /// The sender of one peer's queue: takes a stream slot, then everything queued by then
 /// (up to the batch limits), and sends it. Ends when the endpoint is gone.
-async fn send_queued(peers: Weak<Peers>, mut queue: mpsc::UnboundedReceiver<Pending>) {
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_PEER));
+async fn send_queued(
+    peers: Weak<Peers>,
+    mut queue: mpsc::UnboundedReceiver<Pending>,
+    (streams, max_batch_bytes): (usize, usize),
+) {
+    let slots = Arc::new(Semaphore::new(streams));
     while let Some(first) = queue.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let mut bytes = first.request.len();
         let mut batch = vec![first];
-        while bytes < MAX_BATCH_BYTES && batch.len() < MAX_BATCH_REQUESTS {
+        while bytes < max_batch_bytes && batch.len() < MAX_BATCH_REQUESTS {
             match queue.try_recv() {
                 Ok(next) => {
                     bytes += next.request.len();
@@ -672,9 +680,9 @@ fn transport_config(o: &PeerOptions) -> Result<quinn::TransportConfig, PeerSetup
     t.send_window(o.connection_window);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(o.max_concurrent_requests));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
-    t.keep_alive_interval(Some(KEEP_ALIVE));
+    t.keep_alive_interval(Some(o.idle_timeout / 3));
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(IDLE_TIMEOUT).map_err(|e| PeerSetupError::Settings(e.to_string()))?,
+        quinn::IdleTimeout::try_from(o.idle_timeout).map_err(|e| PeerSetupError::Settings(e.to_string()))?,
     ));
     Ok(t)
 }
@@ -746,6 +754,10 @@ mod tests {
             connection_window: 8 << 20,
             max_concurrent_requests: 64,
             max_message_bytes: 1 << 20,
+            streams_per_peer: 8,
+            max_batch_bytes: 1 << 20,
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
         };
         let policy = Policy::NodeOrConnectorOfDatacenter { cluster: cluster.into(), dc: "dc1".into() };
         let registry = Registry::new();
