@@ -54,24 +54,11 @@ fn health(
     admin_addr: Option<std::net::SocketAddr>,
     timeout: std::time::Duration,
 ) -> ExitCode {
-    let addr = match self::admin_addr(&load, admin_addr) {
-        Ok(a) => a,
-        Err(e) => return fail(e),
-    };
-    let rt = match runtime(false) {
-        Ok(rt) => rt,
-        Err(e) => return fail(e),
-    };
-    match rt.block_on(admin::check_health(addr, timeout)) {
-        Ok(body) => {
-            println!("{}", body.trim());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("opencluster-node health: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    admin_command("health", &load, admin_addr, |addr| async move {
+        let body = admin::check_health(addr, timeout).await?;
+        println!("{}", body.trim());
+        Ok(())
+    })
 }
 
 fn members(
@@ -80,7 +67,29 @@ fn members(
     timeout: std::time::Duration,
     format: cli::MembersFormat,
 ) -> ExitCode {
-    let addr = match self::admin_addr(&load, admin_addr) {
+    admin_command("members", &load, admin_addr, |addr| async move {
+        let list = admin::get_members(addr, timeout).await?;
+        match format {
+            cli::MembersFormat::Table => print!("{}", admin::client::members_table(&list)),
+            cli::MembersFormat::Json => println!("{}", serde_json::Value::Array(list)),
+        }
+        Ok(())
+    })
+}
+
+/// Runs a subcommand that talks to a node's admin API: finds the address, runs `call`
+/// on a small runtime, and turns its error into `opencluster-node <name>: <error>`.
+fn admin_command<F, Fut>(
+    name: &str,
+    load: &config::LoadOptions,
+    admin_addr: Option<std::net::SocketAddr>,
+    call: F,
+) -> ExitCode
+where
+    F: FnOnce(std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<(), admin::client::ClientError>>,
+{
+    let addr = match self::admin_addr(load, admin_addr) {
         Ok(a) => a,
         Err(e) => return fail(e),
     };
@@ -88,16 +97,10 @@ fn members(
         Ok(rt) => rt,
         Err(e) => return fail(e),
     };
-    match rt.block_on(admin::get_members(addr, timeout)) {
-        Ok(list) => {
-            match format {
-                cli::MembersFormat::Table => print!("{}", admin::client::members_table(&list)),
-                cli::MembersFormat::Json => println!("{}", serde_json::Value::Array(list)),
-            }
-            ExitCode::SUCCESS
-        }
+    match rt.block_on(call(addr)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("opencluster-node members: {e}");
+            eprintln!("opencluster-node {name}: {e}");
             ExitCode::FAILURE
         }
     }

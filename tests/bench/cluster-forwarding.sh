@@ -23,20 +23,8 @@ ROUNDS=${ROUNDS:-3}
 CLIENTS=${CLIENTS:-50}
 REPLICAS=${REPLICAS:-2}
 KEY='key:__rand_int__'
-for tool in redis-benchmark redis-cli curl; do
-  command -v "$tool" >/dev/null || { echo "cluster-forwarding: $tool not found" >&2; exit 2; }
-done
-
-cargo build --release -q -p opencluster-node
-NODE=target/release/opencluster-node
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+need_tools redis-benchmark redis-cli curl
+setup_run
 
 declare -A CLIENT ADMIN
 SEED=""

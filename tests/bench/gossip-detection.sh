@@ -23,19 +23,10 @@ cd "$(dirname "$0")/../.."
 NODES=${NODES:-4}
 ROUNDS=${ROUNDS:-7}
 POLL=${POLL:-0.02}
-command -v curl >/dev/null || { echo "gossip-detection: curl not found" >&2; exit 2; }
+need_tools curl
 [ "$NODES" -ge 3 ] || { echo "gossip-detection: NODES must be at least 3" >&2; exit 2; }
-
-NODE=${NODE_BIN:-target/release/opencluster-node}
-[ -n "${NODE_BIN:-}" ] || cargo build --release -q -p opencluster-node
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+KILL_SIGNAL=-9
+setup_run
 
 OURS=()
 MEMBERLIST=(--gossip-probe-interval 1s --gossip-probe-timeout 500ms --gossip-suspicion-timeout 4s

@@ -20,3 +20,33 @@ wait_ping() {
 
 # Resident memory of a process, in kB.
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# Exits with a message naming the script if one of the given tools is missing.
+need_tools() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "$(basename "$0" .sh): $tool not found (Debian: redis-server, redis-tools, curl)" >&2; exit 2; }
+  done
+}
+
+# Sets NODE (NODE_BIN, or target/release/opencluster-node built now), a scratch dir WORK
+# and an empty PIDS list; on exit every process in PIDS is killed (SIGKILL with
+# KILL_SIGNAL=-9) and WORK is removed.
+setup_run() {
+  if [ -n "${NODE_BIN:-}" ]; then
+    NODE=$NODE_BIN
+  else
+    cargo build --release -q -p opencluster-node
+    NODE=target/release/opencluster-node
+  fi
+  WORK=$(mktemp -d)
+  PIDS=()
+  trap cleanup_run EXIT
+}
+
+cleanup_run() {
+  local p
+  for p in "${PIDS[@]}"; do kill ${KILL_SIGNAL:-} "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}

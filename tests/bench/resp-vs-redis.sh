@@ -20,23 +20,8 @@ REQUESTS=${REQUESTS:-200000}
 ROUNDS=${ROUNDS:-3}
 CLIENTS=${CLIENTS:-50}
 TESTS=${TESTS:-set,get,incr}
-for tool in redis-server redis-benchmark redis-cli; do
-  command -v "$tool" >/dev/null || { echo "resp-vs-redis: $tool not found (apt-get install redis-server redis-tools)" >&2; exit 2; }
-done
-
-cargo build --release -q -p opencluster-node
-NODE=target/release/opencluster-node
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-
-
+need_tools redis-server redis-benchmark redis-cli
+setup_run
 
 REDIS_PORT=$(free_port)
 NODE_PORT=$(free_port)

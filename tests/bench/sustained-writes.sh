@@ -11,14 +11,8 @@ cd "$(dirname "$0")/../.."
 . tests/bench/lib.sh
 REQUESTS=${REQUESTS:-2000000}
 KEYS=${KEYS:-1000000}
-for tool in redis-server redis-benchmark redis-cli; do
-  command -v "$tool" >/dev/null || { echo "sustained-writes: $tool not found" >&2; exit 2; }
-done
-cargo build --release -q -p opencluster-node
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+need_tools redis-server redis-benchmark redis-cli
+setup_run
 REDIS_PORT=$(free_port); NODE_PORT=$(free_port); ADMIN_PORT=$(free_port)
 mkdir -p "$WORK/redis" "$WORK/node"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK/redis" --appendonly yes \

@@ -31,6 +31,29 @@ pub fn member_opts(name: &str, seed: Option<&Node>, extra: &[&str]) -> NodeOpts 
     opts
 }
 
+/// `(name, state)` of every member `node` lists in `/v1/members`, sorted.
+pub fn member_states(node: &Node) -> Vec<(String, String)> {
+    let members = node.admin_json("/v1/members");
+    let mut out: Vec<(String, String)> = members
+        .as_array()
+        .unwrap_or_else(|| panic!("/v1/members is not a list: {members}"))
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or_default().to_string(),
+                m["state"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Waits until `node`'s store holds at least `n` keys (a load has made progress).
+pub fn wait_for_stored_keys(node: &Node, n: u64) -> bool {
+    wait_until(CONVERGE, || node.admin_json("/v1/status")["store"]["keys"].as_u64().is_some_and(|k| k >= n))
+}
+
 /// How many data nodes `node`'s placement spreads partitions over.
 pub fn placed_nodes(node: &Node) -> u64 {
     node.admin_json("/v1/status")["placement"]["nodes"].as_u64().unwrap_or(0)

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use opencluster_tests::cluster::{Load, missing_through, start_cluster, wait_placed};
+use opencluster_tests::cluster::{Load, missing_through, start_cluster, wait_for_stored_keys, wait_placed};
 use opencluster_tests::{Node, Reply, bulk, int, nil, node_only, ok, wait_until};
 
 /// How long replica copies in flight may take to land everywhere (they take well under a
@@ -177,12 +177,7 @@ fn a_killed_node_loses_no_acknowledged_write_in_a_five_node_cluster() {
     let survivors: Vec<_> = nodes[..4].iter().map(Node::client_addr).collect();
     let load = Load::start("before", &survivors);
     // Let writes accumulate, kill n5 in the middle of the load, and keep writing.
-    let until = |n: u64| {
-        wait_until(Duration::from_secs(30), || {
-            nodes[0].admin_json("/v1/status")["store"]["keys"].as_u64().unwrap_or(0) >= n
-        })
-    };
-    assert!(until(300), "the load made no progress");
+    assert!(wait_for_stored_keys(&nodes[0], 300), "the load made no progress");
     let killed = Instant::now();
     nodes[4].kill9();
     let others: Vec<&Node> = nodes[..4].iter().collect();
@@ -410,9 +405,7 @@ fn a_node_that_leaves_gracefully_costs_the_load_no_error() {
     let mut nodes = start_cluster(3, &[]);
     let clients: Vec<_> = nodes[..2].iter().map(Node::client_addr).collect();
     let load = Load::start("leave", &clients);
-    assert!(wait_until(Duration::from_secs(30), || nodes[0].admin_json("/v1/status")["store"]["keys"]
-        .as_u64()
-        .is_some_and(|k| k >= 200)));
+    assert!(wait_for_stored_keys(&nodes[0], 200), "the load made no progress");
     // SIGTERM: n3 leaves gossip, answers what peers still send, then exits.
     let status = nodes[2].sigterm_and_wait();
     assert!(status.success(), "{}", nodes[2].log());

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use opencluster_tests::cluster::member_states as states;
 use opencluster_tests::{Node, NodeOpts, RawConn, bulk, node_only, ok, pki_binary, wait_until};
 use serde_json::Value;
 
@@ -22,24 +23,6 @@ fn opts(name: &str) -> NodeOpts {
 
 fn joining(name: &str, seed: &Node) -> NodeOpts {
     opts(name).args(&["--join", &seed.gossip_addr().to_string()])
-}
-
-/// `(name, state)` of every member `node` lists.
-fn states(node: &Node) -> Vec<(String, String)> {
-    let members = node.admin_json("/v1/members");
-    let mut out: Vec<_> = members
-        .as_array()
-        .unwrap_or_else(|| panic!("not a list: {members}"))
-        .iter()
-        .map(|m| {
-            (
-                m["name"].as_str().unwrap_or_default().to_string(),
-                m["state"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 fn all_alive(node: &Node, names: &[&str]) -> bool {

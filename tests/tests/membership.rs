@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use opencluster_tests::cluster::member_states as states;
 use opencluster_tests::pki::customer_keys;
 use opencluster_tests::{Node, NodeOpts, node_command, node_only, run_with_deadline, wait_until};
 use serde_json::Value;
@@ -22,24 +23,6 @@ fn named(name: &str) -> NodeOpts {
 
 fn joining(name: &str, seed: &Node) -> NodeOpts {
     named(name).args(&["--join", &seed.gossip_addr().to_string()])
-}
-
-/// `name -> state` as `node` sees the cluster.
-fn states(node: &Node) -> Vec<(String, String)> {
-    let members = node.admin_json("/v1/members");
-    let mut out: Vec<(String, String)> = members
-        .as_array()
-        .unwrap_or_else(|| panic!("/v1/members is not a list: {members}"))
-        .iter()
-        .map(|m| {
-            (
-                m["name"].as_str().unwrap_or_default().to_string(),
-                m["state"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 fn state_of(node: &Node, name: &str) -> Option<String> {
