@@ -1,10 +1,12 @@
 # Shared by the benchmark scripts: free loopback ports and waiting for a RESP server.
 
-# A port on 127.0.0.1 that nothing listens on.
+# A port on 127.0.0.1 that nothing listens on, below the kernel's ephemeral range (32768
+# and up here), so that no outgoing connection or port-0 socket takes it before the
+# server binds it.
 free_port() {
   local p
   while :; do
-    p=$(( (RANDOM << 15 | RANDOM) % 30000 + 20000 ))
+    p=$(( (RANDOM << 15 | RANDOM) % 12000 + 20000 ))
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
   done
 }
