@@ -4,18 +4,19 @@
 //! Each key belongs to a partition; each partition has owners (rendezvous hashing over
 //! the alive data nodes, [`crate::placement`]), the first of which is its **primary**.
 //!
-//! - **Writes** are decided where the client is (the command's logic runs on the current
-//!   records) and executed by the primary: it checks that the records it holds are still
-//!   the ones the decision was made on (their HLCs), stamps the new records with its clock,
-//!   applies them, copies them to the other owners and answers once the write quorum has
-//!   them on disk. A conflict (the key changed in between) makes the coordinator decide
-//!   again on the fresh records, so read-modify-write commands (INCR, APPEND, SETNX...) on
-//!   one key are serialised at its primary. When this node is the primary of every key of
-//!   a command, the decision and the write are one local atomic step.
-//! - **Reads** are answered by this node's own store when it owns the key and holds a
-//!   record of it; otherwise by the primary, and when that has nothing (or cannot be
-//!   reached) by the other owners, taking the last writer's record. A node that owns a key
-//!   but missed its record is repaired from the answer.
+//! - **Writes** are decided where the client is (the command's logic runs on the records
+//!   a quorum of owners holds) and executed by the primary: it takes in any newer record
+//!   the coordinator found elsewhere, checks that the records it holds are still the ones
+//!   the decision was made on (their HLCs), stamps the new records with its clock, applies
+//!   them, copies them to the other owners and answers once the write quorum has them on
+//!   disk. A conflict (the key changed in between) makes the coordinator decide again on
+//!   the fresh records, so read-modify-write commands (INCR, APPEND, SETNX...) on one key
+//!   are serialised at its primary. When this node is the primary of every key of a
+//!   command, the decision and the write are one local atomic step.
+//! - **Reads** ask enough owners to overlap every write quorum (this node first when it
+//!   owns the key), take the newest record and repair the owners found behind
+//!   (`cluster.read_quorum = "one"`: the first owner with a record answers).
+//! - Only members **verified** over mutual TLS are given partitions.
 //!
 //! Without membership (or alone in its cluster) a node owns everything and every path is
 //! local.
@@ -38,7 +39,7 @@ pub use local::Stamp;
 use local::{Executed, Local};
 pub use service::Service;
 
-use crate::hlc::{Clock, unix_ms};
+use crate::hlc::Clock;
 use crate::membership::members::Members;
 use crate::peer::messages::{self, Change, Op, WireRecord, WriteOutcome};
 use crate::peer::{Peers, RpcError, Target};
@@ -905,11 +906,6 @@ impl Cluster {
             };
         }
         Ok(total)
-    }
-
-    /// The current time for commands that scan (one clock for the whole scan).
-    pub fn now_ms(&self) -> u64 {
-        unix_ms()
     }
 }
 
