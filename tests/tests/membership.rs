@@ -119,6 +119,11 @@ fn a_node_with_another_gossip_keyring_never_joins() {
     assert_eq!(states(&n1), [("n1".to_string(), "alive".to_string())]);
     assert_eq!(states(&intruder), [("intruder".to_string(), "alive".to_string())]);
     assert_eq!(counter(&n1, "opencluster_gossip_packets_total", &["direction=\"sent\""]), 0, "n1 answered");
+    // And the operator is told, once per sending host.
+    let log = n1.stderr_log();
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("gossip packets refused")).collect();
+    assert_eq!(refusals.len(), 1, "{log}");
+    assert!(refusals[0].contains("WARN") && refusals[0].contains("127.0.0.1"), "{}", refusals[0]);
 }
 
 #[test]

@@ -40,6 +40,10 @@ use crate::config::GossipConfig;
 
 /// Largest datagram sent or read, sealed envelope included.
 pub const MAX_DATAGRAM: usize = 1400;
+/// How often packets refused from one host are logged at `warn`.
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Hosts remembered for that (a flood from many addresses is counted, not logged).
+const REFUSED_LOG_SENDERS: usize = 1024;
 /// Capacity of the owner's input channel.
 const INPUT_CAPACITY: usize = 1024;
 /// Longest a stopping node spends sending its leave packets.
@@ -163,6 +167,8 @@ async fn receive(
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let drop = |reason: &str| metrics.dropped.with_label_values(&[reason]).inc();
     let mut keyring = keyring_updates.borrow_and_update().clone();
+    let mut refused_logged: std::collections::HashMap<std::net::IpAddr, std::time::Instant> =
+        std::collections::HashMap::new();
     loop {
         let (len, from) = tokio::select! {
             _ = done.cancelled() => return,
@@ -188,7 +194,27 @@ async fn receive(
             Ok(opened) => opened,
             Err(e) => {
                 drop(e.reason());
-                tracing::debug!(%from, error = %e, "gossip packet dropped");
+                // An operator needs to hear of a host sending with another key (a node
+                // with the wrong keyring, a rotation half done): once per sender per
+                // REFUSED_LOG_EVERY; the counter has every packet.
+                let now = std::time::Instant::now();
+                let due = refused_logged
+                    .get(&from.ip())
+                    .is_none_or(|at| now.duration_since(*at) >= REFUSED_LOG_EVERY);
+                if due {
+                    if refused_logged.len() >= REFUSED_LOG_SENDERS {
+                        refused_logged.retain(|_, at| now.duration_since(*at) < REFUSED_LOG_EVERY);
+                    }
+                    if refused_logged.len() < REFUSED_LOG_SENDERS {
+                        refused_logged.insert(from.ip(), now);
+                        tracing::warn!(
+                            %from, error = %e,
+                            "gossip packets refused: sealed with a key this node does not have, or not for this cluster"
+                        );
+                    }
+                } else {
+                    tracing::debug!(%from, error = %e, "gossip packet dropped");
+                }
                 continue;
             }
         };
