@@ -280,6 +280,11 @@ pub async fn run(
                     crate::config::ReadQuorum::One => crate::cluster::ReadQuorum::One,
                 },
                 timeout: config.cluster.request_timeout,
+                rebalance: crate::cluster::RebalanceOptions {
+                    max_bytes_per_sec: config.rebalance.max_bytes_per_sec.0,
+                    max_parallel: config.rebalance.max_parallel as usize,
+                    chunk_records: config.rebalance.chunk_records,
+                },
             })
         }
         _ => None,
@@ -294,6 +299,7 @@ pub async fn run(
     if let Some(peers) = peer_endpoint {
         peer_tasks.spawn(peers.serve(Service::new(cluster.clone()), peer_tasks.clone(), stop_peers.clone()));
         background_tasks.spawn(cluster.clone().verify_peers(background.clone()));
+        background_tasks.spawn(cluster.clone().rebalance(background.clone()));
     }
     let state = Arc::new(ServerState {
         cluster,

@@ -421,3 +421,47 @@ fn a_node_that_leaves_gracefully_costs_the_load_no_error() {
     let stopped = log.find("flushing the store").expect("n3 flushed");
     assert!(left < stopped, "n3 left the cluster before it stopped answering");
 }
+
+/// The rebalance worker's entry in `/v1/status`.
+fn rebalance_of(node: &Node) -> serde_json::Value {
+    let status = node.admin_json("/v1/status");
+    status["workers"].as_array().unwrap().iter().find(|w| w["name"] == "rebalance").cloned().unwrap()
+}
+
+#[test]
+fn a_new_node_copies_the_partitions_it_gains() {
+    node_only!("clustering is the node's");
+    let mut nodes = start_cluster(3, &["--cluster-replicas", "2"]);
+    let mut n1 = nodes[0].raw();
+    for i in 0..600 {
+        assert_eq!(n1.cmd(&["SET", &format!("key-{i}"), &format!("value-{i}")]), ok());
+    }
+    // n4 reads only its own copies (read quorum "one"): what it serves is what it copied.
+    nodes.push(Node::start(opencluster_tests::cluster::member_opts(
+        "n4",
+        Some(&nodes[0]),
+        &["--cluster-replicas", "2", "--cluster-read-quorum", "one"],
+    )));
+    wait_placed(&nodes.iter().collect::<Vec<_>>(), 4);
+    let n4 = &nodes[3];
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let r = rebalance_of(n4);
+            r["state"] == "idle" && r["partitions_done"].as_u64().unwrap_or(0) > 0
+        }),
+        "{}",
+        rebalance_of(n4)
+    );
+    let r = rebalance_of(n4);
+    let held = n4.admin_json("/v1/status")["store"]["keys"].as_u64().unwrap();
+    assert_eq!(r["keys_moved"].as_u64(), Some(held), "{r}");
+    // About half of the keys (2 owners of 4 nodes), all of them those it owns.
+    assert!((150..=450).contains(&held), "{held}");
+    let mut c4 = n4.raw();
+    eventually(&mut c4, &["DBSIZE"], int(600));
+    assert_eq!(keys_reply(&c4.cmd(&["KEYS", "key-*"])).len(), 600);
+    for i in 0..600 {
+        assert_eq!(c4.cmd(&["GET", &format!("key-{i}")]), bulk(format!("value-{i}")));
+    }
+    assert!(n4.stderr_log().contains("rebalance finished"), "{}", n4.stderr_log());
+}

@@ -198,6 +198,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
                 "errors": purge.errors.load(Ordering::Relaxed),
                 "last_run_ms": purge.last_run_ms.load(Ordering::Relaxed),
             },
+            cluster.rebalance_status(),
         ],
     }))
 }

@@ -22,6 +22,7 @@
 //! local.
 
 mod local;
+mod rebalance;
 mod service;
 
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +38,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use local::Stamp;
 use local::{Executed, Local};
+pub use rebalance::RebalanceOptions;
+use rebalance::{RebalanceStatus, Task};
 pub use service::Service;
 
 use crate::hlc::Clock;
@@ -77,6 +80,10 @@ pub struct ClusterMetrics {
     pub replicated_records: IntCounterVec,
     /// `opencluster_read_repairs_total`: records sent to owners a read found behind.
     pub read_repairs: IntCounter,
+    /// `opencluster_rebalance_bytes_total`: bytes of records copied in by rebalance.
+    pub rebalance_bytes: IntCounter,
+    /// `opencluster_rebalance_failures_total`: partition copies that failed and were retried.
+    pub rebalance_failures: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -95,7 +102,20 @@ impl ClusterMetrics {
         )
         .expect("valid counter");
         r.register(Box::new(read_repairs.clone())).expect("metric names are unique");
+        let plain = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid counter");
+            r.register(Box::new(c.clone())).expect("metric names are unique");
+            c
+        };
         ClusterMetrics {
+            rebalance_bytes: plain(
+                "opencluster_rebalance_bytes_total",
+                "Bytes of records this node copied in from other owners for partitions it gained",
+            ),
+            rebalance_failures: plain(
+                "opencluster_rebalance_failures_total",
+                "Partition copies that failed (every source unreachable) and were queued again",
+            ),
             read_repairs,
             forwarded: counter(
                 "opencluster_forwarded_total",
@@ -145,6 +165,7 @@ pub struct Topology {
     pub quorum: WriteQuorum,
     pub read_quorum: ReadQuorum,
     pub timeout: Duration,
+    pub rebalance: RebalanceOptions,
 }
 
 /// One placement snapshot, rebuilt when membership changes.
@@ -177,6 +198,11 @@ pub struct Cluster {
     verified: Verified,
     view: RwLock<Arc<View>>,
     metrics: ClusterMetrics,
+    /// Partitions to copy, for the rebalance worker (which takes the receiver).
+    rebalance_tasks: tokio::sync::mpsc::UnboundedSender<Task>,
+    rebalance_queue: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Task>>>,
+    rebalance_options: RebalanceOptions,
+    rebalance_status: RebalanceStatus,
 }
 
 impl Cluster {
@@ -198,6 +224,11 @@ impl Cluster {
             placement: Placement::new(partitions, 1, [node]),
             targets: HashMap::new(),
         };
+        let (rebalance_tasks, queue) = rebalance::queue();
+        let rebalance_options = topology.as_ref().map_or(
+            RebalanceOptions { max_bytes_per_sec: 64 << 20, max_parallel: 2, chunk_records: 1000 },
+            |t| t.rebalance,
+        );
         Ok(Cluster {
             local: Local { store, flusher, clock, origin },
             node,
@@ -205,6 +236,10 @@ impl Cluster {
             verified: Verified::default(),
             view: RwLock::new(Arc::new(view)),
             metrics,
+            rebalance_tasks,
+            rebalance_queue: std::sync::Mutex::new(Some(queue)),
+            rebalance_options,
+            rebalance_status: RebalanceStatus::default(),
         })
     }
 
@@ -257,7 +292,44 @@ impl Cluster {
             "placement updated"
         );
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = view.clone();
+        self.queue_gained_partitions(&current, &view);
         view
+    }
+
+    /// Queues every partition this node owns in `next` but not in `previous` for the
+    /// rebalance worker, with where to copy it from: its owners in `previous` that are
+    /// still here, or, when this node was alone before (it just started, or lost every
+    /// peer), the partition's other owners now, since it may have missed their writes.
+    fn queue_gained_partitions(&self, previous: &View, next: &View) {
+        let was_alone = previous.placement.nodes().len() <= 1;
+        let mut queued = 0;
+        for partition in next.placement.partitions_of(self.node) {
+            let sources: Vec<NodeId> = if was_alone {
+                next.placement.owners(partition).to_vec()
+            } else if previous.placement.is_owner(partition, self.node) {
+                continue;
+            } else {
+                previous.placement.owners(partition).to_vec()
+            };
+            let sources: Vec<NodeId> =
+                sources.into_iter().filter(|&n| n != self.node && next.targets.contains_key(&n.0)).collect();
+            if sources.is_empty() {
+                continue;
+            }
+            if self.rebalance_tasks.send(Task { partition, sources }).is_err() {
+                tracing::debug!("the rebalance worker has stopped; nothing queued");
+                return;
+            }
+            queued += 1;
+        }
+        if queued > 0 {
+            tracing::info!(partitions = queued, "partitions to copy from their owners queued");
+        }
+    }
+
+    /// The rebalance worker's progress, for `/v1/status`.
+    pub fn rebalance_status(&self) -> serde_json::Value {
+        self.rebalance_status.json()
     }
 
     /// Verifies members that placement does not use yet, every [`VERIFY_EVERY`], until

@@ -94,6 +94,22 @@ impl Handler for Service {
                     })
                     .await
                 }
+                Kind::Pull => {
+                    answer(&body, |m: messages::Pull| async move {
+                        if m.partition >= c.partitions() {
+                            return Err(Refusal::Malformed(format!("no partition {}", m.partition)));
+                        }
+                        let since = crate::hlc::Hlc(m.from.0.saturating_sub(1));
+                        let limit = (m.limit as usize).clamp(1, 100_000);
+                        let records = c
+                            .local
+                            .store
+                            .changes_since(m.partition, since, limit)
+                            .map_err(|e| refusal(e.into()))?;
+                        Ok(wire(&records))
+                    })
+                    .await
+                }
                 Kind::Count => {
                     answer(&body, |m: messages::Count| async move {
                         if m.partitions.iter().any(|&p| p >= c.partitions()) {

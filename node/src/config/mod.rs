@@ -73,6 +73,25 @@ pub struct Config {
     pub gossip: GossipConfig,
     pub cluster: ClusterConfig,
     pub rpc: RpcConfig,
+    pub rebalance: RebalanceConfig,
+}
+
+/// Copying partitions to the nodes that gain them.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RebalanceConfig {
+    /// Bytes per second copied in, over all partitions together.
+    pub max_bytes_per_sec: ByteSize,
+    /// Partitions copied at once.
+    pub max_parallel: u32,
+    /// Records asked for per chunk.
+    pub chunk_records: u32,
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> Self {
+        RebalanceConfig { max_bytes_per_sec: ByteSize(64 << 20), max_parallel: 2, chunk_records: 1000 }
+    }
 }
 
 /// Replication inside the datacenter.
@@ -266,6 +285,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             cluster: ClusterConfig::default(),
             rpc: RpcConfig::default(),
+            rebalance: RebalanceConfig::default(),
             gossip: GossipConfig::default(),
         }
     }
@@ -434,6 +454,16 @@ impl Config {
         }
         if r.idle_timeout < Duration::from_secs(1) || r.idle_timeout > Duration::from_secs(600) {
             return Err(err("rpc.idle_timeout", "must be between 1s and 10m"));
+        }
+        let b = &self.rebalance;
+        if b.max_bytes_per_sec.0 < 64 << 10 {
+            return Err(err("rebalance.max_bytes_per_sec", "must be at least 64KiB"));
+        }
+        if b.max_parallel == 0 || b.max_parallel > 64 {
+            return Err(err("rebalance.max_parallel", "must be between 1 and 64"));
+        }
+        if b.chunk_records == 0 || b.chunk_records > 100_000 {
+            return Err(err("rebalance.chunk_records", "must be between 1 and 100000"));
         }
         let l = &self.limits;
         if l.max_key_bytes.0 == 0 || l.max_key_bytes.0 > 512 << 20 {

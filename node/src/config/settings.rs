@@ -140,6 +140,17 @@ pub const SETTINGS: &[Setting] = &[
         Kind::Int,
         "Requests one peer may have in flight to this node at once; more wait for a slot [default: 256]",
     ),
+    s(
+        "rebalance.max_bytes_per_sec",
+        Kind::Size,
+        "Bytes per second a node copies in for partitions it gains, all partitions together [default: 64MiB]",
+    ),
+    s("rebalance.max_parallel", Kind::Int, "Partitions a node copies in at once [default: 2]"),
+    s(
+        "rebalance.chunk_records",
+        Kind::Int,
+        "Records asked for per chunk when copying a partition [default: 1000]",
+    ),
     s("log_format", Kind::Choice(&["text", "json"]), "Log format: text or json [default: text]"),
     s("log_level", Kind::Str, "Log filter, e.g. info, debug, opencluster_node=debug [default: info]"),
     s(

@@ -39,6 +39,7 @@ pub enum Kind {
     /// Several requests on one stream (see [`crate::peer`]); not a [`Message`]: its body
     /// is the list of encoded requests, its answer the list of encoded answers.
     Batch = 7,
+    Pull = 8,
 }
 
 impl Kind {
@@ -51,6 +52,7 @@ impl Kind {
             5 => Kind::Keys,
             6 => Kind::Count,
             7 => Kind::Batch,
+            8 => Kind::Pull,
             _ => return None,
         })
     }
@@ -65,11 +67,20 @@ impl Kind {
             Kind::Keys => "keys",
             Kind::Count => "count",
             Kind::Batch => "batch",
+            Kind::Pull => "pull",
         }
     }
 
-    pub const ALL: [Kind; 7] =
-        [Kind::Ping, Kind::Read, Kind::Write, Kind::Replicate, Kind::Keys, Kind::Count, Kind::Batch];
+    pub const ALL: [Kind; 8] = [
+        Kind::Ping,
+        Kind::Read,
+        Kind::Write,
+        Kind::Replicate,
+        Kind::Keys,
+        Kind::Count,
+        Kind::Batch,
+        Kind::Pull,
+    ];
 }
 
 /// A record in its storage encoding.
@@ -213,6 +224,21 @@ pub struct Count {
 impl Message for Count {
     const KIND: Kind = Kind::Count;
     type Response = u64;
+}
+
+/// A partition's records (tombstones included) with an HLC of at least `from`, in HLC
+/// order, at most `limit` of them: how a new owner copies a partition, chunk by chunk,
+/// resuming from the last HLC it received.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Pull {
+    pub partition: Partition,
+    pub from: Hlc,
+    pub limit: u32,
+}
+
+impl Message for Pull {
+    const KIND: Kind = Kind::Pull;
+    type Response = Vec<(Bytes, WireRecord)>;
 }
 
 /// Encodes a request for the wire.

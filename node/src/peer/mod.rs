@@ -229,7 +229,9 @@ pub struct Peers {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     policy: Policy,
-    links: Mutex<HashMap<u64, Link>>,
+    /// By node id and address: a node that comes back at another address gets a fresh
+    /// link, so calls to it never wait behind dials to where it was.
+    links: Mutex<HashMap<(u64, SocketAddr), Link>>,
     max_message_bytes: usize,
     options: PeerOptions,
     metrics: RpcMetrics,
@@ -322,7 +324,12 @@ impl Peers {
     /// Queues a request for its peer, starting the peer's sender on first use.
     fn enqueue(&self, pending: Pending) {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        let link = links.entry(pending.target.id).or_insert_with(|| {
+        let key = (pending.target.id, pending.target.addr);
+        if !links.contains_key(&key) {
+            // The node's link at an older address goes; calls still queued there fail.
+            links.retain(|(id, _), _| *id != key.0);
+        }
+        let link = links.entry(key).or_insert_with(|| {
             let (queue, requests) = mpsc::unbounded_channel();
             let limits = (self.options.streams_per_peer, self.options.max_batch_bytes);
             tokio::spawn(send_queued(self.me.clone(), requests, limits));
@@ -397,13 +404,13 @@ impl Peers {
         let (mut send, mut recv) = match conn.open_bi().await {
             Ok(streams) => streams,
             Err(_) => {
-                self.forget(to.id, &conn);
+                self.forget(to, &conn);
                 let conn = self.connection(to).await?;
                 conn.open_bi().await.map_err(|e| transport(connection_error(&e).to_string()))?
             }
         };
         let failed = |e: &dyn std::fmt::Display| {
-            self.forget_if_closed(to.id, &conn);
+            self.forget_if_closed(to, &conn);
             transport(e.to_string())
         };
         send.write_all(request).await.map_err(|e| failed(&e))?;
@@ -414,7 +421,7 @@ impl Peers {
 
     /// The open connection to `to`, dialling it if needed.
     async fn connection(&self, to: &Target) -> Result<quinn::Connection, RpcError> {
-        let slot = match self.links.lock().unwrap_or_else(|e| e.into_inner()).get(&to.id) {
+        let slot = match self.links.lock().unwrap_or_else(|e| e.into_inner()).get(&(to.id, to.addr)) {
             Some(link) => link.slot.clone(),
             None => {
                 return Err(RpcError::Connect {
@@ -460,15 +467,15 @@ impl Peers {
         Ok(conn)
     }
 
-    fn forget(&self, id: u64, conn: &quinn::Connection) {
+    fn forget(&self, to: &Target, conn: &quinn::Connection) {
         conn.close(0u32.into(), b"redialling");
-        self.forget_if_closed(id, conn);
+        self.forget_if_closed(to, conn);
     }
 
-    fn forget_if_closed(&self, id: u64, conn: &quinn::Connection) {
+    fn forget_if_closed(&self, to: &Target, conn: &quinn::Connection) {
         if conn.close_reason().is_some() {
             let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(link) = links.get(&id)
+            if let Some(link) = links.get(&(to.id, to.addr))
                 && let Ok(mut cached) = link.slot.try_lock()
                 && cached.as_ref().is_some_and(|(_, c)| c.stable_id() == conn.stable_id())
             {

@@ -1,0 +1,269 @@
+//! Rebalance: a node that becomes an owner of a partition copies it from the owners that
+//! had it, in the background, throttled.
+//!
+//! When placement changes, every partition this node gained is queued with the nodes to
+//! copy it from (its previous owners that are still here; when this node had no cluster
+//! before — it just started or was alone — the partition's other current owners). A
+//! worker copies up to `rebalance.max_parallel` partitions at once, each as a series of
+//! [`messages::Pull`] chunks in HLC order, applied by last-writer-wins, so writes that
+//! arrive meanwhile are never overwritten by older copies and an interrupted copy resumes
+//! from the last HLC received. The bytes copied per second, over all partitions, stay
+//! under `rebalance.max_bytes_per_sec`.
+//!
+//! While a partition is arriving, reads and writes do not wait for it: quorum reads ask
+//! the other owners, and writes are decided on what a quorum holds.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Cluster, DataError, decode};
+use crate::hlc::Hlc;
+use crate::peer::messages;
+use crate::placement::{NodeId, Partition};
+use crate::record::Record;
+
+/// How long a partition whose sources all failed waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Rebalance settings, from config.
+#[derive(Clone, Copy, Debug)]
+pub struct RebalanceOptions {
+    pub max_bytes_per_sec: u64,
+    pub max_parallel: usize,
+    pub chunk_records: u32,
+}
+
+/// A partition to copy and where from, best source first (node ids: their addresses are
+/// looked up at each attempt, so a source that moved is reached where it is now).
+#[derive(Debug)]
+pub struct Task {
+    pub partition: Partition,
+    pub sources: Vec<NodeId>,
+}
+
+/// What the worker reports in `/v1/status` and logs.
+#[derive(Default)]
+pub struct RebalanceStatus {
+    inner: Mutex<Progress>,
+}
+
+#[derive(Default)]
+struct Progress {
+    pending: usize,
+    active: usize,
+    done: u64,
+    failed_attempts: u64,
+    keys: u64,
+    bytes: u64,
+    /// When the current round of work started, and its totals at that time.
+    round: Option<(Instant, u64, u64, u64)>,
+}
+
+impl RebalanceStatus {
+    fn update(&self, f: impl FnOnce(&mut Progress)) {
+        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// For `/v1/status`'s workers list.
+    pub fn json(&self) -> Value {
+        let p = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let running = p.pending + p.active > 0;
+        json!({
+            "name": "rebalance",
+            "state": if running { "running" } else { "idle" },
+            "partitions_pending": p.pending,
+            "partitions_active": p.active,
+            "partitions_done": p.done,
+            "failed_attempts": p.failed_attempts,
+            "keys_moved": p.keys,
+            "bytes_moved": p.bytes,
+        })
+    }
+}
+
+/// Paces copying to a byte rate shared by every partition being copied.
+struct Throttle {
+    bytes_per_sec: f64,
+    next: Mutex<Instant>,
+}
+
+impl Throttle {
+    /// How long to wait after moving `bytes` so that the rate stays under the limit.
+    fn pause_for(&self, bytes: usize) -> Duration {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let start = (*next).max(now);
+        *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec);
+        next.saturating_duration_since(now)
+    }
+}
+
+impl Cluster {
+    /// The rebalance worker: copies the partitions queued by placement changes until `stop`.
+    pub async fn rebalance(self: Arc<Self>, stop: CancellationToken) {
+        let Some(mut tasks) = self.rebalance_queue.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let options = self.rebalance_options;
+        let throttle = Throttle {
+            bytes_per_sec: options.max_bytes_per_sec.max(1) as f64,
+            next: Mutex::new(Instant::now()),
+        };
+        let throttle = &throttle;
+        let mut queue: VecDeque<Task> = VecDeque::new();
+        let mut active = FuturesUnordered::new();
+        loop {
+            let idle = queue.is_empty() && active.is_empty();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                task = tasks.recv() => match task {
+                    None => return,
+                    Some(task) => {
+                        if idle {
+                            self.rebalance_status.update(|p| {
+                                p.round = Some((Instant::now(), p.done, p.keys, p.bytes));
+                            });
+                            tracing::info!("rebalance started");
+                        }
+                        // A partition queued again replaces its older entry (newer sources).
+                        queue.retain(|t: &Task| t.partition != task.partition);
+                        queue.push_back(task);
+                    }
+                },
+                Some((task, result)) = active.next(), if !active.is_empty() => {
+                    let task: Task = task;
+                    match result {
+                        Ok((keys, bytes)) => self.rebalance_status.update(|p| {
+                            p.done += 1;
+                            p.keys += keys;
+                            p.bytes += bytes;
+                        }),
+                        Err(e) => {
+                            tracing::warn!(partition = task.partition, error = %e, "copying a partition failed; will retry");
+                            self.rebalance_status.update(|p| p.failed_attempts += 1);
+                            self.metrics.rebalance_failures.inc();
+                            queue.push_back(task);
+                        }
+                    }
+                }
+            }
+            while active.len() < options.max_parallel.max(1)
+                && let Some(task) = queue.pop_front()
+            {
+                let attempt = self.clone();
+                active.push(async move {
+                    let result = attempt.copy_partition(&task, options.chunk_records, throttle).await;
+                    if result.is_err() {
+                        tokio::time::sleep(RETRY_AFTER).await;
+                    }
+                    (task, result)
+                });
+            }
+            self.rebalance_status.update(|p| {
+                p.pending = queue.len();
+                p.active = active.len();
+            });
+            if queue.is_empty() && active.is_empty() && !idle {
+                self.rebalance_status.update(|p| {
+                    if let Some((started, done, keys, bytes)) = p.round.take() {
+                        tracing::info!(
+                            partitions = p.done - done,
+                            keys = p.keys - keys,
+                            bytes = p.bytes - bytes,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "rebalance finished"
+                        );
+                    }
+                });
+            }
+        }
+    }
+
+    /// Copies one partition from the first of its sources that answers; returns the keys
+    /// and bytes received. Skips a partition this node no longer owns.
+    async fn copy_partition(
+        &self,
+        task: &Task,
+        chunk_records: u32,
+        throttle: &Throttle,
+    ) -> Result<(u64, u64), DataError> {
+        let Some(topology) = &self.topology else { return Ok((0, 0)) };
+        let mut errors = Vec::new();
+        let (mut from, mut keys, mut bytes) = (Hlc::ZERO, 0u64, 0u64);
+        for &node in &task.sources {
+            let Ok(source) = self.target(&self.view(), node) else {
+                errors.push(format!("node {node} is no longer a member"));
+                continue;
+            };
+            let source = &source;
+            let mut limit = chunk_records.max(1);
+            loop {
+                if !self.view().placement.is_owner(task.partition, self.node) {
+                    return Ok((keys, bytes));
+                }
+                let msg = messages::Pull { partition: task.partition, from, limit };
+                let chunk = match topology.peers.call(source, &msg, topology.timeout).await {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        errors.push(e.to_string());
+                        break;
+                    }
+                };
+                let size: usize = chunk.iter().map(|(k, w)| k.len() + w.0.len()).sum();
+                let records: Vec<(Bytes, Record)> = chunk
+                    .iter()
+                    .map(|(k, w)| Ok((k.clone(), decode(w)?)))
+                    .collect::<Result<_, DataError>>()?;
+                self.local.apply(&records).await?;
+                keys += records.len() as u64;
+                bytes += size as u64;
+                self.metrics.rebalance_bytes.inc_by(size as u64);
+                tokio::time::sleep(throttle.pause_for(size)).await;
+                if records.len() < limit as usize {
+                    return Ok((keys, bytes));
+                }
+                // The next chunk starts at the last HLC received (inclusive: records
+                // sharing it are sent again rather than skipped); a chunk that is all one
+                // HLC needs a larger one to get past it.
+                let last = records.last().map_or(from, |(_, r)| r.hlc);
+                if last == from {
+                    limit = limit.saturating_mul(2);
+                }
+                from = last;
+            }
+        }
+        Err(DataError::Unavailable(format!(
+            "no source of partition {} answered: {}",
+            task.partition,
+            errors.join("; ")
+        )))
+    }
+}
+
+/// An unbounded queue: placement changes are rare and each queues at most every partition.
+pub fn queue() -> (mpsc::UnboundedSender<Task>, mpsc::UnboundedReceiver<Task>) {
+    mpsc::unbounded_channel()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_throttle_paces_bytes_to_the_rate() {
+        let throttle = Throttle { bytes_per_sec: 1000.0, next: Mutex::new(Instant::now()) };
+        // 500 bytes at 1000 B/s: the next may start half a second later.
+        let first = throttle.pause_for(500);
+        assert!(first <= Duration::from_millis(500) && first >= Duration::from_millis(490), "{first:?}");
+        let second = throttle.pause_for(500);
+        assert!(second >= Duration::from_millis(990) && second <= Duration::from_secs(1), "{second:?}");
+    }
+}
