@@ -280,6 +280,7 @@ pub async fn run(
                     crate::config::ReadQuorum::One => crate::cluster::ReadQuorum::One,
                 },
                 timeout: config.cluster.request_timeout,
+                max_hint_bytes: config.cluster.max_hint_bytes.as_usize(),
                 rebalance: crate::cluster::RebalanceOptions {
                     max_bytes_per_sec: config.rebalance.max_bytes_per_sec.0,
                     max_parallel: config.rebalance.max_parallel as usize,
@@ -300,6 +301,7 @@ pub async fn run(
         peer_tasks.spawn(peers.serve(Service::new(cluster.clone()), peer_tasks.clone(), stop_peers.clone()));
         background_tasks.spawn(cluster.clone().verify_peers(background.clone()));
         background_tasks.spawn(cluster.clone().rebalance(background.clone()));
+        background_tasks.spawn(cluster.clone().hand_off(background.clone()));
     }
     let state = Arc::new(ServerState {
         cluster,

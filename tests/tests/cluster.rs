@@ -465,3 +465,48 @@ fn a_new_node_copies_the_partitions_it_gains() {
     }
     assert!(n4.stderr_log().contains("rebalance finished"), "{}", n4.stderr_log());
 }
+
+/// A worker's entry in `/v1/status`.
+fn worker(node: &Node, name: &str) -> serde_json::Value {
+    let status = node.admin_json("/v1/status");
+    status["workers"].as_array().unwrap().iter().find(|w| w["name"] == name).cloned().unwrap()
+}
+
+#[test]
+fn copies_an_owner_missed_while_paused_are_handed_off_when_it_answers() {
+    node_only!("clustering is the node's");
+    // n3 is paused, not dead: it stays a member and an owner of every partition.
+    let nodes =
+        start_cluster(3, &["--gossip-suspicion-timeout", "30s", "--cluster-request-timeout", "500ms"]);
+    let pid = nodes[2].pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let mut n1 = nodes[0].raw();
+    let mut acked = 0;
+    for i in 0..60 {
+        // Keys whose primary is n3 get CLUSTERDOWN; the others reach n1 and n2.
+        if n1.cmd(&["SET", &format!("k{i}"), "v"]) == ok() {
+            acked += 1;
+        }
+    }
+    assert!(acked > 0);
+    let pending = worker(&nodes[0], "handoff")["records_pending"].as_u64().unwrap()
+        + worker(&nodes[1], "handoff")["records_pending"].as_u64().unwrap();
+    assert!(pending > 0, "no copy for n3 was kept");
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    // Once n3 answers, the kept copies reach it: its own store holds what n1 holds.
+    let local_keys = |n: &Node| n.admin_json("/v1/status")["store"]["keys"].as_u64().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || local_keys(&nodes[2]) == local_keys(&nodes[0])
+            && local_keys(&nodes[0]) >= acked),
+        "n3 holds {} keys, n1 {}",
+        local_keys(&nodes[2]),
+        local_keys(&nodes[0])
+    );
+    for node in &nodes[..2] {
+        let h = worker(node, "handoff");
+        assert_eq!(h["records_pending"], 0, "{h}");
+    }
+    let delivered: u64 =
+        nodes[..2].iter().map(|n| worker(n, "handoff")["records_delivered"].as_u64().unwrap()).sum();
+    assert!(delivered >= pending, "{delivered} < {pending}");
+}

@@ -199,6 +199,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
                 "last_run_ms": purge.last_run_ms.load(Ordering::Relaxed),
             },
             cluster.rebalance_status(),
+            cluster.handoff_status(),
         ],
     }))
 }

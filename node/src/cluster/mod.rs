@@ -21,6 +21,7 @@
 //! Without membership (or alone in its cluster) a node owns everything and every path is
 //! local.
 
+mod handoff;
 mod local;
 mod rebalance;
 mod service;
@@ -84,6 +85,12 @@ pub struct ClusterMetrics {
     pub rebalance_bytes: IntCounter,
     /// `opencluster_rebalance_failures_total`: partition copies that failed and were retried.
     pub rebalance_failures: IntCounter,
+    /// `opencluster_hints_pending`: copies kept for owners that did not answer.
+    pub hints_pending: prometheus::IntGauge,
+    /// `opencluster_hints_delivered_total`.
+    pub hints_delivered: IntCounter,
+    /// `opencluster_hints_dropped_total`: hints dropped beyond `cluster.max_hint_bytes`.
+    pub hints_dropped: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -107,7 +114,22 @@ impl ClusterMetrics {
             r.register(Box::new(c.clone())).expect("metric names are unique");
             c
         };
+        let hints_pending = prometheus::IntGauge::new(
+            "opencluster_hints_pending",
+            "Copies kept for owners that did not answer",
+        )
+        .expect("valid gauge");
+        r.register(Box::new(hints_pending.clone())).expect("metric names are unique");
         ClusterMetrics {
+            hints_pending,
+            hints_delivered: plain(
+                "opencluster_hints_delivered_total",
+                "Kept copies delivered to their owner once it answered again",
+            ),
+            hints_dropped: plain(
+                "opencluster_hints_dropped_total",
+                "Kept copies dropped because cluster.max_hint_bytes was full",
+            ),
             rebalance_bytes: plain(
                 "opencluster_rebalance_bytes_total",
                 "Bytes of records this node copied in from other owners for partitions it gained",
@@ -166,6 +188,8 @@ pub struct Topology {
     pub read_quorum: ReadQuorum,
     pub timeout: Duration,
     pub rebalance: RebalanceOptions,
+    /// Bytes of undelivered copies kept for owners that did not answer.
+    pub max_hint_bytes: usize,
 }
 
 /// One placement snapshot, rebuilt when membership changes.
@@ -203,6 +227,8 @@ pub struct Cluster {
     rebalance_queue: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Task>>>,
     rebalance_options: RebalanceOptions,
     rebalance_status: RebalanceStatus,
+    /// Copies an owner did not receive, for the handoff worker.
+    hints: Arc<handoff::Hints>,
 }
 
 impl Cluster {
@@ -225,6 +251,7 @@ impl Cluster {
             targets: HashMap::new(),
         };
         let (rebalance_tasks, queue) = rebalance::queue();
+        let max_hint_bytes = topology.as_ref().map_or(64 << 20, |t| t.max_hint_bytes);
         let rebalance_options = topology.as_ref().map_or(
             RebalanceOptions { max_bytes_per_sec: 64 << 20, max_parallel: 2, chunk_records: 1000 },
             |t| t.rebalance,
@@ -240,6 +267,7 @@ impl Cluster {
             rebalance_queue: std::sync::Mutex::new(Some(queue)),
             rebalance_options,
             rebalance_status: RebalanceStatus::default(),
+            hints: Arc::new(handoff::Hints::new(max_hint_bytes)),
         })
     }
 
@@ -330,6 +358,11 @@ impl Cluster {
     /// The rebalance worker's progress, for `/v1/status`.
     pub fn rebalance_status(&self) -> serde_json::Value {
         self.rebalance_status.json()
+    }
+
+    /// The handoff worker's hints, for `/v1/status`.
+    pub fn handoff_status(&self) -> serde_json::Value {
+        self.hints.json()
     }
 
     /// Verifies members that placement does not use yet, every [`VERIFY_EVERY`], until
@@ -891,10 +924,20 @@ impl Cluster {
             let sent = records.len() as u64;
             self.metrics.replicated_records.with_label_values(&["sent"]).inc_by(sent);
             outstanding += 1;
+            let (hints, dropped_hints) = (self.hints.clone(), self.metrics.hints_dropped.clone());
             tokio::spawn(async move {
-                let result = peers.call(&target, &messages::Replicate { records }, timeout).await;
+                let msg = messages::Replicate { records };
+                let result = peers.call(&target, &msg, timeout).await;
                 if let Err(e) = &result {
-                    tracing::debug!(peer = %target.name, error = %e, "replica copy failed");
+                    tracing::debug!(peer = %target.name, error = %e, "replica copy failed; kept as a hint");
+                    let dropped = hints.keep(target.id, msg.records);
+                    if dropped > 0 {
+                        dropped_hints.inc_by(dropped as u64);
+                        tracing::warn!(
+                            dropped,
+                            "hint budget (cluster.max_hint_bytes) full: oldest hints dropped"
+                        );
+                    }
                 }
                 let _ = tx.send((parts, result.is_ok()));
             });

@@ -107,6 +107,8 @@ pub struct ClusterConfig {
     /// Deadline of a request that involves other nodes.
     #[serde(with = "units::duration")]
     pub request_timeout: Duration,
+    /// Bytes of copies a primary keeps for owners that did not answer (hinted handoff).
+    pub max_hint_bytes: ByteSize,
 }
 
 /// The peer QUIC endpoint.
@@ -137,6 +139,7 @@ impl Default for ClusterConfig {
             replicas: 3,
             write_quorum: "majority".into(),
             read_quorum: ReadQuorum::Quorum,
+            max_hint_bytes: ByteSize(64 << 20),
             request_timeout: Duration::from_secs(2),
         }
     }

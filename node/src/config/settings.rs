@@ -109,6 +109,11 @@ pub const SETTINGS: &[Setting] = &[
         "quorum: reads ask enough owners to see every acknowledged write; one: the first owner with the key answers (faster, may be stale after a fault) [default: quorum]",
     ),
     s(
+        "cluster.max_hint_bytes",
+        Kind::Size,
+        "Copies a primary keeps in memory for owners that did not answer, delivered when they do; the oldest go beyond it [default: 64MiB]",
+    ),
+    s(
         "cluster.request_timeout",
         Kind::Duration,
         "Deadline of a read or write that involves other nodes; past it the client gets a CLUSTERDOWN error [default: 2s]",
