@@ -17,6 +17,8 @@ pub enum Invocation {
     Run { load: LoadOptions, dev: bool },
     /// Check the health of a running node; `admin_addr` None means "from the config".
     Health { load: LoadOptions, admin_addr: Option<SocketAddr>, timeout: Duration },
+    /// Show a running node's status.
+    Status { load: LoadOptions, admin_addr: Option<SocketAddr>, timeout: Duration, format: MembersFormat },
     /// List the members a running node knows.
     Members { load: LoadOptions, admin_addr: Option<SocketAddr>, timeout: Duration, format: MembersFormat },
 }
@@ -83,6 +85,20 @@ pub fn command() -> Command {
                 .about("Exit 0 if the node's admin API reports healthy (for container HEALTHCHECK)")
                 .arg(admin_addr_arg("check"))
                 .arg(timeout_arg()),
+        )
+        .subcommand(
+            Command::new("status")
+                .about("Show a running node's status (its /v1/status): members, placement, store, rebalance progress")
+                .arg(admin_addr_arg("ask"))
+                .arg(timeout_arg())
+                .arg(
+                    Arg::new("format")
+                        .long("format")
+                        .value_name("FORMAT")
+                        .value_parser(["text", "json"])
+                        .default_value("text")
+                        .help("text: a few lines, rebalance as a progress bar; json: /v1/status as the node answers it"),
+                ),
         )
         .subcommand(
             Command::new("members")
@@ -152,6 +168,15 @@ where
         let (admin_addr, timeout) = (parse_admin_addr(h)?, parse_timeout(h)?);
         let load = LoadOptions { config_file, env, ..Default::default() };
         return Ok(Invocation::Health { load, admin_addr, timeout });
+    }
+    if let Some(sub) = m.subcommand_matches("status") {
+        let (admin_addr, timeout) = (parse_admin_addr(sub)?, parse_timeout(sub)?);
+        let format = match sub.get_one::<String>("format").map(String::as_str) {
+            Some("json") => MembersFormat::Json,
+            _ => MembersFormat::Table,
+        };
+        let load = LoadOptions { config_file, env, ..Default::default() };
+        return Ok(Invocation::Status { load, admin_addr, timeout, format });
     }
     if let Some(sub) = m.subcommand_matches("members") {
         let (admin_addr, timeout) = (parse_admin_addr(sub)?, parse_timeout(sub)?);

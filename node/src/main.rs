@@ -17,6 +17,16 @@ fn main() -> ExitCode {
         Invocation::Members { load, admin_addr, timeout, format } => {
             members(load, admin_addr, timeout, format)
         }
+        Invocation::Status { load, admin_addr, timeout, format } => {
+            admin_command("status", &load, admin_addr, |addr| async move {
+                let status = admin::client::get_status(addr, timeout).await?;
+                match format {
+                    cli::MembersFormat::Table => print!("{}", admin::client::status_text(&status)),
+                    cli::MembersFormat::Json => println!("{status}"),
+                }
+                Ok(())
+            })
+        }
         Invocation::Run { load, dev } => run(load, dev),
     }
 }

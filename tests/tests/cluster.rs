@@ -464,6 +464,15 @@ fn a_new_node_copies_the_partitions_it_gains() {
         assert_eq!(c4.cmd(&["GET", &format!("key-{i}")]), bulk(format!("value-{i}")));
     }
     assert!(n4.stderr_log().contains("rebalance finished"), "{}", n4.stderr_log());
+    // The operator's summary says the same.
+    let out = opencluster_tests::node_command()
+        .args(["status", "--admin-addr", &n4.admin_addr().to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("members   4 alive") && text.contains("placement 4 nodes"), "{text}");
+    assert!(text.contains(&format!("rebalance idle; {held} keys")), "{text}");
 }
 
 /// A worker's entry in `/v1/status`.

@@ -75,6 +75,88 @@ pub async fn get_members(addr: SocketAddr, timeout: Duration) -> Result<Vec<Valu
     }
 }
 
+/// The node's `/v1/status`.
+pub async fn get_status(addr: SocketAddr, timeout: Duration) -> Result<Value, ClientError> {
+    const PATH: &str = "/v1/status";
+    let (_, body) = get(addr, PATH, timeout).await?;
+    serde_json::from_str(&body).map_err(|e| ClientError::Json { addr, path: PATH, message: e.to_string() })
+}
+
+/// `/v1/status` as `opencluster-node status` prints it: a few lines for people, the
+/// rebalance worker as a progress bar while it runs.
+pub fn status_text(s: &Value) -> String {
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let mut out = format!(
+        "node      {} ({}), datacenter {}, version {}, up {}s\n",
+        s["node"].as_str().unwrap_or("?"),
+        s["node_id"].as_str().unwrap_or("?"),
+        s["datacenter"].as_str().unwrap_or("?"),
+        s["version"].as_str().unwrap_or("?"),
+        n(&s["uptime_seconds"]),
+    );
+    let m = &s["members"];
+    out += &format!(
+        "members   {} alive, {} suspect, {} down, {} left\n",
+        n(&m["alive"]),
+        n(&m["suspect"]),
+        n(&m["down"]),
+        n(&m["left"])
+    );
+    let p = &s["placement"];
+    out += &format!(
+        "placement {} nodes; owns {} of {} partitions, primary of {}; {} of {} replicas, write quorum {}: {}\n",
+        n(&p["nodes"]),
+        n(&p["owned"]),
+        n(&p["partitions"]),
+        n(&p["primary"]),
+        n(&p["owners_per_partition"]),
+        n(&p["replicas_configured"]),
+        n(&p["write_quorum"]),
+        p["replica_health"].as_str().unwrap_or("?"),
+    );
+    out += &format!(
+        "store     {} keys, {} bytes on disk\n",
+        n(&s["store"]["keys"]),
+        n(&s["store"]["bytes_on_disk"])
+    );
+    for w in s["workers"].as_array().into_iter().flatten() {
+        match w["name"].as_str() {
+            Some("rebalance") => out += &rebalance_line(w),
+            Some("handoff") => {
+                out += &format!(
+                    "handoff   {} records pending, {} delivered, {} dropped\n",
+                    n(&w["records_pending"]),
+                    n(&w["records_delivered"]),
+                    n(&w["records_dropped"])
+                )
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `rebalance idle` or a progress bar of this round's partitions with the time left.
+fn rebalance_line(w: &Value) -> String {
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let (done, left) =
+        (n(&w["round_partitions_done"]), n(&w["partitions_pending"]) + n(&w["partitions_active"]));
+    let moved = format!("{} keys, {} bytes moved in all", n(&w["keys_moved"]), n(&w["bytes_moved"]));
+    if left == 0 {
+        return format!("rebalance idle; {moved}\n");
+    }
+    const WIDTH: u64 = 30;
+    let total = done + left;
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(0) as usize;
+    let eta =
+        w["eta_seconds"].as_u64().map_or_else(|| "estimating".to_string(), |s| format!("about {s}s left"));
+    format!(
+        "rebalance [{}{}] {done}/{total} partitions, {eta}; {moved}\n",
+        "#".repeat(filled),
+        "-".repeat(WIDTH as usize - filled)
+    )
+}
+
 /// The members as an aligned table, as `opencluster-node members` prints it: one line per
 /// member, this node first as the API lists it.
 pub fn members_table(members: &[Value]) -> String {
@@ -104,6 +186,34 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn status_shows_rebalance_progress_as_a_bar() {
+        let running = json!({"name": "rebalance", "round_partitions_done": 10, "partitions_pending": 28,
+                             "partitions_active": 2, "eta_seconds": 12, "keys_moved": 500, "bytes_moved": 9000});
+        assert_eq!(
+            rebalance_line(&running),
+            "rebalance [#######-----------------------] 10/40 partitions, about 12s left; 500 keys, 9000 bytes moved in all\n"
+        );
+        let idle = json!({"name": "rebalance", "round_partitions_done": 0, "partitions_pending": 0,
+                          "partitions_active": 0, "eta_seconds": null, "keys_moved": 0, "bytes_moved": 0});
+        assert_eq!(rebalance_line(&idle), "rebalance idle; 0 keys, 0 bytes moved in all\n");
+        let status = json!({"node": "n1", "node_id": "aa", "datacenter": "dc1", "version": "0.1.0",
+            "uptime_seconds": 5, "members": {"alive": 3, "suspect": 0, "down": 0, "left": 0},
+            "placement": {"nodes": 3, "owned": 1024, "partitions": 1024, "primary": 341,
+                          "owners_per_partition": 3, "replicas_configured": 3, "write_quorum": 2, "replica_health": "full"},
+            "store": {"keys": 7, "bytes_on_disk": 100}, "workers": [running]});
+        let text = status_text(&status);
+        assert!(text.starts_with("node      n1 (aa), datacenter dc1, version 0.1.0, up 5s\n"), "{text}");
+        assert!(text.contains("members   3 alive, 0 suspect, 0 down, 0 left\n"), "{text}");
+        assert!(
+            text.contains(
+                "owns 1024 of 1024 partitions, primary of 341; 3 of 3 replicas, write quorum 2: full"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("rebalance [#######"), "{text}");
+    }
 
     #[test]
     fn the_table_is_aligned_with_a_header() {

@@ -76,7 +76,20 @@ impl RebalanceStatus {
     pub fn json(&self) -> Value {
         let p = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let running = p.pending + p.active > 0;
+        // This round: partitions done since it started, and the time left at that pace.
+        let (round_done, eta) = match p.round {
+            Some((started, done, _, _)) => {
+                let round_done = p.done - done;
+                let elapsed = started.elapsed().as_secs_f64();
+                let left = (p.pending + p.active) as f64;
+                let eta = (round_done > 0).then(|| (left * elapsed / round_done as f64).ceil() as u64);
+                (round_done, eta)
+            }
+            None => (0, None),
+        };
         json!({
+            "round_partitions_done": round_done,
+            "eta_seconds": eta,
             "name": "rebalance",
             "state": if running { "running" } else { "idle" },
             "partitions_pending": p.pending,
