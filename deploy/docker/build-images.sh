@@ -64,12 +64,11 @@ for b in "${BINARIES[@]}"; do
     say "WARNING: no strip on PATH: $b goes into its image with its debug info"
   fi
 done
-# The directories of the images, with the modes they keep there (COPY keeps modes; the
-# owner comes from COPY --chown in the Dockerfile).
-install -d -m 0700 "$CONTEXT/rootfs/data"
-install -d -m 0750 "$CONTEXT/rootfs/run/opencluster"
-install -d -m 0755 "$CONTEXT/rootfs/etc/opencluster" "$CONTEXT/rootfs/etc/opencluster/conf.d" \
-  "$CONTEXT/rootfs/etc/opencluster/tls"
+# The directories of the images. Their owner comes from COPY --chown in the Dockerfile;
+# their mode is 0755 whatever it is here, since COPY of a directory copies its contents
+# into a destination it creates (files keep their modes: the socket is 0660, keys 0600).
+install -d -m 0755 "$CONTEXT/rootfs/data" "$CONTEXT/rootfs/run/opencluster" "$CONTEXT/rootfs/etc/opencluster" \
+  "$CONTEXT/rootfs/etc/opencluster/conf.d" "$CONTEXT/rootfs/etc/opencluster/tls"
 cp deploy/docker/Dockerfile.scratch "$CONTEXT/Dockerfile"
 
 for image in "${IMAGES[@]}"; do
