@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::membership::{
     self,
     identity::{Metadata, NodeIdentity, Role},
+    interface::{self, InterfaceError},
     keyring::{self, LiveKeyring},
     members::Members,
 };
@@ -51,9 +52,12 @@ pub enum NodeError {
     Peer(#[from] PeerSetupError),
     #[error(
         "invalid setting `advertise`: gossip_addr {bound} is not an address peers can use; set advertise \
-         (OPENCLUSTER_ADVERTISE, --advertise) to this node's IP address and gossip port in the datacenter"
+         (OPENCLUSTER_ADVERTISE, --advertise) to this node's IP address and gossip port in the datacenter, \
+         or bind_interface (OPENCLUSTER_BIND_INTERFACE) to the network interface whose address they use"
     )]
     NoAdvertise { bound: SocketAddr },
+    #[error(transparent)]
+    BindInterface(#[from] InterfaceError),
     #[error(
         "gossip_addr is set but {keys} has no gossip.keyring to seal gossip with: create one with \
          `opencluster-pki gossip-key --keyring <tls_dir>/gossip.keyring --install $(opencluster-pki gossip-key)`, \
@@ -397,10 +401,15 @@ fn start_membership(
         addr: config.gossip_addr.map(|a| a.to_string()).unwrap_or_default(),
         source,
     })?;
-    let advertise = match config.advertise {
-        Some(addr) => addr,
-        None if bound.ip().is_unspecified() => return Err(NodeError::NoAdvertise { bound }),
-        None => bound,
+    let advertise = match (config.advertise, &config.bind_interface) {
+        (Some(addr), _) => addr,
+        (None, Some(name)) => {
+            let ip = interface::ipv4_of(name)?;
+            tracing::info!(interface = %name, %ip, "advertising the address of bind_interface");
+            SocketAddr::new(ip.into(), bound.port())
+        }
+        (None, None) if bound.ip().is_unspecified() => return Err(NodeError::NoAdvertise { bound }),
+        (None, None) => bound,
     };
     let keyring = LiveKeyring::load(
         &config.data_dir,

@@ -1,7 +1,8 @@
 //! Gossip membership between real node processes on loopback: nodes that `--join` one
 //! another all see each other alive; a node killed with `kill -9` is declared down by the
 //! others; a node that stops with SIGTERM is `left` (and alive again once restarted); a node with another cluster's gossip
-//! keyring never becomes a member, and its packets are counted as dropped.
+//! keyring never becomes a member, and its packets are counted as dropped; `bind_interface`
+//! advertises an interface's address.
 
 use std::time::{Duration, Instant};
 
@@ -146,6 +147,36 @@ fn a_wildcard_gossip_address_needs_advertise() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("`advertise`") && stderr.contains("--advertise"), "{stderr}");
+}
+
+#[test]
+fn bind_interface_advertises_the_interface_address_with_the_bound_port() {
+    node_only!("membership is the node's");
+    // `lo` exists everywhere and has 127.0.0.1: the same path a container takes with eth0.
+    let node = Node::start(named("n1").args(&["--gossip-addr", "0.0.0.0:0", "--bind-interface", "lo"]));
+    let advertised = node.gossip_addr();
+    assert_eq!(advertised.ip().to_string(), "127.0.0.1");
+    assert_ne!(advertised.port(), 0);
+    assert!(node.stderr_log().contains("advertising the address of bind_interface"), "{}", node.log());
+    // The empty value (how an image's OPENCLUSTER_BIND_INTERFACE is switched off) is unset.
+    let plain = Node::start(named("n2").env("OPENCLUSTER_BIND_INTERFACE", ""));
+    assert_eq!(plain.gossip_addr().ip().to_string(), "127.0.0.1");
+}
+
+#[test]
+fn a_missing_bind_interface_is_named() {
+    node_only!("membership is the node's");
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = node_command();
+    cmd.args(["--dev", "--client-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .args(["--gossip-addr", "0.0.0.0:0", "--bind-interface", "nosuchif0"])
+        .arg("--data-dir")
+        .arg(data.path());
+    let out = run_with_deadline(cmd, Duration::from_secs(15)).expect("the node refused to start, and exited");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("`bind_interface`") && stderr.contains("\"nosuchif0\""), "{stderr}");
+    assert!(stderr.contains("lo"), "the error lists the interfaces there are: {stderr}");
 }
 
 #[test]

@@ -53,6 +53,10 @@ pub struct Config {
     /// `gossip_addr`, which must then be a specific address (not `0.0.0.0` or `[::]`).
     #[serde(with = "units::opt_addr")]
     pub advertise: Option<SocketAddr>,
+    /// Network interface (e.g. `eth0`) whose IPv4 address, with the bound gossip port, is
+    /// advertised when `advertise` is unset: a container learns its address at start.
+    #[serde(with = "units::opt_text")]
+    pub bind_interface: Option<String>,
     /// Gossip addresses (`host:port`; names are resolved again at every attempt) of members
     /// to join. Empty: this node starts a cluster of its own and waits to be joined.
     pub join: Vec<String>,
@@ -278,6 +282,7 @@ impl Default for Config {
             admin_token: None,
             gossip_addr: Some(SocketAddr::from(([0, 0, 0, 0], 7946))),
             advertise: None,
+            bind_interface: None,
             join: Vec::new(),
             rpc_addr: Some(SocketAddr::from(([0, 0, 0, 0], 7947))),
             log_format: LogFormat::Text,
@@ -412,6 +417,22 @@ impl Config {
                 return Err(err(
                     "advertise",
                     format!("{addr} cannot be reached by peers: give the IP address and port they use"),
+                ));
+            }
+        }
+        if let Some(name) = &self.bind_interface {
+            if self.gossip_addr.is_none() {
+                return Err(err(
+                    "bind_interface",
+                    "is set but gossip_addr is empty (membership is disabled)",
+                ));
+            }
+            if name.len() > 15 || name.chars().any(|c| c == '/' || c.is_whitespace() || c.is_control()) {
+                return Err(err(
+                    "bind_interface",
+                    format!(
+                        "{name:?} is not a network interface name (at most 15 characters, no '/' or spaces)"
+                    ),
                 ));
             }
         }
@@ -631,6 +652,15 @@ mod tests {
             ("client_addr", Box::new(|c| c.client_addr = None)),
             ("advertise", Box::new(|c| c.advertise = Some("0.0.0.0:7946".parse().unwrap()))),
             ("join", Box::new(|c| c.join = vec!["no-port".into()])),
+            ("bind_interface", Box::new(|c| c.bind_interface = Some("eth0/1".into()))),
+            ("bind_interface", Box::new(|c| c.bind_interface = Some("a-very-long-interface".into()))),
+            (
+                "bind_interface",
+                Box::new(|c| {
+                    c.gossip_addr = None;
+                    c.bind_interface = Some("eth0".into());
+                }),
+            ),
             ("admin_token", Box::new(|c| c.admin_token = Some("short".into()))),
             (
                 "join",

@@ -84,6 +84,11 @@ pub const SETTINGS: &[Setting] = &[
         "Gossip address peers use to reach this node [default: gossip_addr when it is a specific IP]",
     ),
     s(
+        "bind_interface",
+        Kind::Str,
+        "Network interface (e.g. eth0) whose IPv4 address is advertised with the gossip port when advertise is unset; \"\" for none [default: unset; eth0 in the container images]",
+    ),
+    s(
         "join",
         Kind::List,
         "Gossip addresses or DNS names (host:port, comma-separated) of members to join; retried until one answers",
@@ -298,6 +303,7 @@ mod tests {
             client_password: Some("p".into()),
             admin_token: Some("t".into()),
             advertise: Some("10.0.0.1:7946".parse().unwrap()),
+            bind_interface: Some("eth0".into()),
             join: vec!["a:1".into()],
             ..Config::default()
         };

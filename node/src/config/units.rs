@@ -106,6 +106,21 @@ pub mod opt_addr {
     }
 }
 
+/// Optional text where the empty string means unset, so that an environment variable
+/// set by an image (`OPENCLUSTER_BIND_INTERFACE=eth0`) can be switched off with `""`.
+pub mod opt_text {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(t: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(t.as_deref().unwrap_or_default())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(if s.is_empty() { None } else { Some(s) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
