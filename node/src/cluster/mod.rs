@@ -720,7 +720,7 @@ impl Cluster {
             // The reads repaired this node's copies: decide and write in one local step.
             let written = self.local.update(keys, |current, stamp| decide(current, stamp)).await?;
             let n = written.len();
-            self.replicate_as_primary(&view, written, None, self.required(&view)).await?;
+            self.replicate_as_primary(&view, written, self.required(&view)).await?;
             return Ok(n);
         }
         let owned: Vec<Bytes> = keys.iter().map(|k| Bytes::copy_from_slice(k)).collect();
@@ -771,7 +771,7 @@ impl Cluster {
         let primary = self.owners(&view, key).first().copied().unwrap_or(self.node);
         if primary == self.node {
             let written = self.local.put(key, value, expires_at_ms).await?;
-            return self.replicate_as_primary(&view, vec![written], None, self.required(&view)).await;
+            return self.replicate_as_primary(&view, vec![written], self.required(&view)).await;
         }
         let op = Op {
             key: Bytes::copy_from_slice(key),
@@ -815,16 +815,15 @@ impl Cluster {
                     }
                     Executed::Written(written) => {
                         total += written.len();
-                        self.replicate_as_primary(view, written, None, required).await?;
+                        self.replicate_as_primary(view, written, required).await?;
                     }
                 }
                 continue;
             }
-            // This node owns every key of the group: it keeps its own copy and counts it.
-            let keep_here = group_ops.iter().all(|op| self.owners(view, &op.key).contains(&self.node));
+            // The primary copies the records to every other owner, this node included when
+            // it is one (a coordinator that gave up waiting must still get its copy).
             let msg = messages::Write {
-                quorum: (required - usize::from(keep_here)).max(1) as u32,
-                skip: keep_here.then_some(self.node.0),
+                quorum: required as u32,
                 budget_ms: (remaining(deadline).as_millis() * 3 / 4).min(u128::from(u32::MAX)) as u32,
                 ops: group_ops,
             };
@@ -851,11 +850,7 @@ impl Cluster {
                         .map(|(k, w)| Ok((k.clone(), decode(w)?)))
                         .collect::<Result<_, DataError>>()?;
                     total += records.len();
-                    let mut acks = acks as usize;
-                    if keep_here {
-                        self.local.apply(&records).await?;
-                        acks += 1;
-                    }
+                    let acks = acks as usize;
                     if acks < required {
                         return Err(quorum_missed(acks, required));
                     }
@@ -865,17 +860,16 @@ impl Cluster {
         Ok(Ok(total))
     }
 
-    /// As primary: copies `written` to the other owners of their partitions (except
-    /// `skip`) and waits until `required` owners, this one included, have each record.
-    /// Copies still in flight then complete in the background.
+    /// As primary: copies `written` to the other owners of their partitions and waits
+    /// until `required` owners, this one included, have each record. Copies still in
+    /// flight then complete in the background.
     async fn replicate_as_primary(
         &self,
         view: &View,
         written: Vec<(Bytes, Record)>,
-        skip: Option<NodeId>,
         required: usize,
     ) -> Result<(), DataError> {
-        let acks = self.replicate(view, written, skip, required, self.timeout()).await?;
+        let acks = self.replicate(view, written, required, self.timeout()).await?;
         if acks < required {
             return Err(quorum_missed(acks, required));
         }
@@ -887,7 +881,6 @@ impl Cluster {
         &self,
         view: &View,
         written: Vec<(Bytes, Record)>,
-        skip: Option<NodeId>,
         required: usize,
         wait: Duration,
     ) -> Result<usize, DataError> {
@@ -908,7 +901,7 @@ impl Cluster {
             let p = partition_of(key, self.partitions());
             partitions.insert(p, 1);
             for &owner in view.placement.owners(p) {
-                if owner != self.node && Some(owner) != skip {
+                if owner != self.node {
                     let copies = per_node.entry(owner).or_default();
                     copies.records.push((key.clone(), WireRecord::new(record)));
                     copies.partitions.push(p);

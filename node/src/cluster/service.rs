@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Cluster, DataError, NodeId};
+use super::{Cluster, DataError};
 use crate::peer::messages::{self, Kind, Refusal, WireRecord, WriteOutcome};
 use crate::peer::{BoxFuture, Handler, answer, refused};
 use crate::record::Record;
@@ -55,10 +55,9 @@ impl Handler for Service {
                             }),
                             super::Executed::Written(written) => {
                                 let records = wire(&written);
-                                let skip = m.skip.map(NodeId);
                                 let wait = std::time::Duration::from_millis(u64::from(m.budget_ms));
                                 let acks = c
-                                    .replicate(&view, written, skip, m.quorum as usize, wait)
+                                    .replicate(&view, written, m.quorum as usize, wait)
                                     .await
                                     .map_err(refusal)?;
                                 Ok(WriteOutcome::Written { records, acks: acks as u32 })

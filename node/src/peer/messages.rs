@@ -161,15 +161,12 @@ pub struct Op {
 
 /// Sent to a partition's primary owner: check every op's expectation, and if all hold,
 /// stamp and apply the changes atomically, then replicate them to the other owners and
-/// answer once `quorum` owners have them (the coordinator counts itself in when it is an
-/// owner and applies the records itself: it is then `skip`, and not sent a copy).
+/// answer once `quorum` owners have them (itself included).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Write {
     pub ops: Vec<Op>,
     /// Acknowledgements needed, the primary's own included.
     pub quorum: u32,
-    /// An owner the primary does not replicate to (the coordinator).
-    pub skip: Option<u64>,
     /// How long the primary may wait for replicas, in milliseconds: less than the
     /// coordinator's own deadline, so that a missed quorum is reported as such.
     pub budget_ms: u32,
@@ -274,7 +271,6 @@ mod tests {
                 seen: None,
             }],
             quorum: 2,
-            skip: Some(7),
             budget_ms: 1500,
         };
         let bytes = encode_request(&write).unwrap();
@@ -282,7 +278,7 @@ mod tests {
         assert_eq!(kind, Kind::Write);
         let back: Write = postcard::from_bytes(body).unwrap();
         assert_eq!(back.ops, write.ops);
-        assert_eq!((back.quorum, back.skip), (2, Some(7)));
+        assert_eq!((back.quorum, back.budget_ms), (2, 1500));
 
         let mut other = bytes.clone();
         other[0] = PROTOCOL_VERSION + 1;
