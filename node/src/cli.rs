@@ -169,23 +169,19 @@ where
         let load = LoadOptions { config_file, env, ..Default::default() };
         return Ok(Invocation::Health { load, admin_addr, timeout });
     }
-    if let Some(sub) = m.subcommand_matches("status") {
+    for name in ["status", "members"] {
+        let Some(sub) = m.subcommand_matches(name) else { continue };
         let (admin_addr, timeout) = (parse_admin_addr(sub)?, parse_timeout(sub)?);
         let format = match sub.get_one::<String>("format").map(String::as_str) {
             Some("json") => MembersFormat::Json,
             _ => MembersFormat::Table,
         };
         let load = LoadOptions { config_file, env, ..Default::default() };
-        return Ok(Invocation::Status { load, admin_addr, timeout, format });
-    }
-    if let Some(sub) = m.subcommand_matches("members") {
-        let (admin_addr, timeout) = (parse_admin_addr(sub)?, parse_timeout(sub)?);
-        let format = match sub.get_one::<String>("format").map(String::as_str) {
-            Some("json") => MembersFormat::Json,
-            _ => MembersFormat::Table,
-        };
-        let load = LoadOptions { config_file, env, ..Default::default() };
-        return Ok(Invocation::Members { load, admin_addr, timeout, format });
+        return Ok(if name == "status" {
+            Invocation::Status { load, admin_addr, timeout, format }
+        } else {
+            Invocation::Members { load, admin_addr, timeout, format }
+        });
     }
     let dev = m.get_flag("dev");
     let load = LoadOptions { config_file, dev_data_dir: dev.then(dev_data_dir), env, flags: flags(&m) };

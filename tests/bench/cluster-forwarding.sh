@@ -72,8 +72,6 @@ bench() {
   redis-benchmark -p "$1" -t set,get -c "$CLIENTS" -n "$REQUESTS" -d 64 -P "$2" --csv 2>/dev/null \
     | tail -n +2 | tr -d '"'
 }
-median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-
 for round in $(seq "$ROUNDS"); do
   for pipeline in 1 16; do
     bench "${CLIENT[$OWNER]}" "$pipeline" | sed "s/^/owner,$pipeline,/" >>"$WORK/results.csv"
@@ -81,8 +79,6 @@ for round in $(seq "$ROUNDS"); do
   done
   echo "round $round of $ROUNDS done" >&2
 done
-
-fig() { awk -F, -v t="$1" -v p="$2" -v n="$3" -v c="$4" '$1 == t && $2 == p && $3 == n { print $c }' "$WORK/results.csv" | median; }
 
 printf '\nmedian of %s rounds; "other" = the %s\n%-4s %-4s %12s %15s %7s   %-17s %-17s\n' "$ROUNDS" "$OTHER_LABEL" test P "owner ops/s" "other ops/s" ratio "owner p50/p99 ms" "other p50/p99"
 for pipeline in 1 16; do

@@ -102,7 +102,6 @@ round() {
   echo $((end - start))
 }
 
-median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 max() { sort -n | tail -1; }
 min() { sort -n | head -1; }
 

@@ -20,6 +20,15 @@ wait_ping() {
   done
 }
 
+# The median of the numbers on stdin, one per line.
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# fig LABEL PIPELINE TEST COLUMN: the median over rounds of one column (4 = ops/s,
+# 7 = p50, 9 = p99) of $WORK/results.csv, whose lines are LABEL,PIPELINE,redis-benchmark CSV.
+fig() {
+  awk -F, -v t="$1" -v p="$2" -v n="$3" -v c="$4" '$1 == t && $2 == p && $3 == n { print $c }' "$WORK/results.csv" | median
+}
+
 # Resident memory of a process, in kB.
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 

@@ -47,8 +47,6 @@ bench() {
     | tail -n +2 | tr -d '"'
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-
 # Rounds: every figure of every workload, for both servers.
 for round in $(seq "$ROUNDS"); do
   for pipeline in 1 16; do
@@ -57,9 +55,6 @@ for round in $(seq "$ROUNDS"); do
   done
   echo "round $round of $ROUNDS done" >&2
 done
-
-# fig TARGET PIPELINE TEST COLUMN (4 = ops/s, 7 = p50, 9 = p99)
-fig() { awk -F, -v t="$1" -v p="$2" -v n="$3" -v c="$4" '$1 == t && $2 == p && $3 == n { print $c }' "$WORK/results.csv" | median; }
 
 printf '\nmedian of %s rounds\n%-6s %-4s %12s %12s %7s   %-17s %-17s\n' "$ROUNDS" test P "redis ops/s" "node ops/s" ratio "redis p50/p99 ms" "node p50/p99 ms"
 for pipeline in 1 16; do
