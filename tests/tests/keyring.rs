@@ -8,10 +8,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use opencluster_tests::cluster::member_states as states;
-use opencluster_tests::{Node, NodeOpts, RawConn, bulk, node_only, ok, pki_binary, wait_until};
+use opencluster_tests::{Node, NodeOpts, RawConn, bulk, node_only, ok, pki_binary, wait_past, wait_until};
 use serde_json::Value;
 
 const TOKEN: &str = "test-admin-token-0123456789abcdef";
@@ -124,15 +124,25 @@ fn the_gossip_key_rotates_at_runtime_without_losing_a_member_or_a_write() {
         .collect();
 
     // The three rounds, each on every node before the next; a few probe rounds in between.
+    let received = |n: &Node| counter(n, "opencluster_gossip_packets_total", "direction=\"received\"");
     for (op, key) in [("install", &new), ("use", &new), ("remove", &old)] {
         for node in [&n1, &n2, &n3] {
             let (status, body) = post(node, op, key);
             assert_eq!((status, &body["changed"]), (200, &Value::Bool(true)), "{op}: {body}");
         }
-        thread::sleep(Duration::from_secs(1));
+        // Gossip goes on under the changed keyring: every node keeps receiving packets.
+        let before: Vec<u64> = [&n1, &n2, &n3].iter().map(|n| received(n)).collect();
+        for (node, before) in [&n1, &n2, &n3].iter().zip(before) {
+            assert!(
+                wait_until(CONVERGE, || received(node) >= before + 10),
+                "no gossip after {op}: {}",
+                node.admin_get("/metrics").1
+            );
+        }
     }
-    // Longer than failure detection takes (2.2 s): a node that could no longer talk would show.
-    thread::sleep(Duration::from_secs(4));
+    // The watcher keeps looking for longer than failure detection takes (2.2 s): a node that
+    // could no longer talk would show as down. Time itself is the condition here.
+    wait_past(Instant::now() + Duration::from_secs(4));
     stop.store(true, Ordering::Relaxed);
     let (polls, not_alive) = watcher.join().unwrap();
     writers.into_iter().for_each(|w| w.join().unwrap());
