@@ -91,14 +91,10 @@ pub fn command() -> Command {
                 .about("Show a running node's status (its /v1/status): members, placement, store, rebalance progress")
                 .arg(admin_addr_arg("ask"))
                 .arg(timeout_arg())
-                .arg(
-                    Arg::new("format")
-                        .long("format")
-                        .value_name("FORMAT")
-                        .value_parser(["text", "json"])
-                        .default_value("text")
-                        .help("text: a few lines, rebalance as a progress bar; json: /v1/status as the node answers it"),
-                ),
+                .arg(format_arg(
+                    "text",
+                    "text: a few lines, rebalance as a progress bar; json: /v1/status as the node answers it",
+                )),
         )
         .subcommand(
             Command::new("members")
@@ -110,14 +106,7 @@ pub fn command() -> Command {
                 )
                 .arg(admin_addr_arg("ask"))
                 .arg(timeout_arg())
-                .arg(
-                    Arg::new("format")
-                        .long("format")
-                        .value_name("FORMAT")
-                        .value_parser(["table", "json"])
-                        .default_value("table")
-                        .help("table: aligned columns; json: the /v1/members JSON as the node answers it"),
-                ),
+                .arg(format_arg("table", "table: aligned columns; json: the /v1/members JSON as the node answers it")),
         );
     for s in SETTINGS {
         let mut arg = Arg::new(s.key)
@@ -130,6 +119,16 @@ pub fn command() -> Command {
         cmd = cmd.arg(arg);
     }
     cmd
+}
+
+/// `--format human|json`, where `human` names the subcommand's own readable form.
+fn format_arg(human: &'static str, help: &'static str) -> Arg {
+    Arg::new("format")
+        .long("format")
+        .value_name("FORMAT")
+        .value_parser([human, "json"])
+        .default_value(human)
+        .help(help)
 }
 
 fn value_name(kind: Kind) -> &'static str {

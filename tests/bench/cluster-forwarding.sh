@@ -68,17 +68,7 @@ echo "machine: $(nproc) cores; requests $REQUESTS, clients $CLIENTS, 64-byte val
 echo "key $KEY: $placement"
 echo "replicas $REPLICAS; primary owner $OWNER (port ${CLIENT[$OWNER]}), $OTHER_LABEL $NON_OWNER (port ${CLIENT[$NON_OWNER]})"
 
-bench() {
-  redis-benchmark -p "$1" -t set,get -c "$CLIENTS" -n "$REQUESTS" -d 64 -P "$2" --csv 2>/dev/null \
-    | tail -n +2 | tr -d '"'
-}
-for round in $(seq "$ROUNDS"); do
-  for pipeline in 1 16; do
-    bench "${CLIENT[$OWNER]}" "$pipeline" | sed "s/^/owner,$pipeline,/" >>"$WORK/results.csv"
-    bench "${CLIENT[$NON_OWNER]}" "$pipeline" | sed "s/^/non-owner,$pipeline,/" >>"$WORK/results.csv"
-  done
-  echo "round $round of $ROUNDS done" >&2
-done
+bench_rounds "-t set,get" owner "${CLIENT[$OWNER]}" non-owner "${CLIENT[$NON_OWNER]}"
 
 printf '\nmedian of %s rounds; "other" = the %s\n%-4s %-4s %12s %15s %7s   %-17s %-17s\n' "$ROUNDS" "$OTHER_LABEL" test P "owner ops/s" "other ops/s" ratio "owner p50/p99 ms" "other p50/p99"
 for pipeline in 1 16; do

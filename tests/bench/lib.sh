@@ -20,6 +20,27 @@ wait_ping() {
   done
 }
 
+# bench_rounds "EXTRA" LABEL PORT [LABEL PORT ...]: ROUNDS rounds; in each, for -P 1 and
+# -P 16, redis-benchmark (CLIENTS clients, REQUESTS requests, 64-byte values, plus the
+# arguments in EXTRA) against each port in turn, its CSV lines prefixed LABEL,PIPELINE and
+# appended to $WORK/results.csv (what fig reads). Interleaving the targets within each
+# round spreads the machine's drift evenly over them.
+bench_rounds() {
+  local extra=$1 round pipeline i
+  shift
+  local -a targets=("$@")
+  for round in $(seq "$ROUNDS"); do
+    for pipeline in 1 16; do
+      for ((i = 0; i < ${#targets[@]}; i += 2)); do
+        # shellcheck disable=SC2086 # EXTRA is a list of arguments
+        redis-benchmark -p "${targets[i + 1]}" -c "$CLIENTS" -n "$REQUESTS" -d 64 -P "$pipeline" $extra --csv \
+          2>/dev/null | tail -n +2 | tr -d '"' | sed "s/^/${targets[i]},$pipeline,/" >>"$WORK/results.csv"
+      done
+    done
+    echo "round $round of $ROUNDS done" >&2
+  done
+}
+
 # The median of the numbers on stdin, one per line.
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 

@@ -41,20 +41,8 @@ sleep 1
 echo "idle RSS: redis-server $(rss_kb $REDIS_PID) kB, opencluster-node $(rss_kb $NODE_PID) kB"
 echo "machine: $(nproc) cores; redis $(redis-server --version | awk '{print $3}'); requests $REQUESTS, clients $CLIENTS, 64-byte values"
 
-# bench PORT PIPELINE -> CSV lines "test",rps,avg,min,p50,p95,p99,max
-bench() {
-  redis-benchmark -p "$1" -t "$TESTS" -c "$CLIENTS" -n "$REQUESTS" -d 64 -P "$2" -r 100000 --csv 2>/dev/null \
-    | tail -n +2 | tr -d '"'
-}
-
 # Rounds: every figure of every workload, for both servers.
-for round in $(seq "$ROUNDS"); do
-  for pipeline in 1 16; do
-    bench "$REDIS_PORT" "$pipeline" | sed "s/^/redis,$pipeline,/" >>"$WORK/results.csv"
-    bench "$NODE_PORT" "$pipeline" | sed "s/^/node,$pipeline,/" >>"$WORK/results.csv"
-  done
-  echo "round $round of $ROUNDS done" >&2
-done
+bench_rounds "-t $TESTS -r 100000" redis "$REDIS_PORT" node "$NODE_PORT"
 
 printf '\nmedian of %s rounds\n%-6s %-4s %12s %12s %7s   %-17s %-17s\n' "$ROUNDS" test P "redis ops/s" "node ops/s" ratio "redis p50/p99 ms" "node p50/p99 ms"
 for pipeline in 1 16; do
