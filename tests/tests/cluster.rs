@@ -254,8 +254,7 @@ fn a_write_that_cannot_reach_its_quorum_gets_clusterdown() {
     assert_eq!(conn.cmd(&["SET", "before", "1"]), ok());
     // Pause n3: it is still a member (not yet suspected) but answers nothing.
     let pid = nodes[2].pid().to_string();
-    let stop = std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap();
-    assert!(stop.success());
+    pause(&nodes[2]);
     let reply = conn.cmd(&["SET", "during", "1"]);
     let resumed = std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap();
     assert!(resumed.success());
@@ -333,6 +332,25 @@ fn a_member_with_a_certificate_from_another_root_gets_no_data() {
     }
     eventually(&mut nodes[0].raw(), &["DBSIZE"], int(50));
     assert_eq!(intruder.admin_json("/v1/status")["store"]["keys"], 0);
+}
+
+/// Stops `node` with SIGSTOP and waits until every one of its threads is stopped (a
+/// signal is delivered to each thread when it next runs; on a busy machine that can be
+/// after the next request arrives).
+fn pause(node: &Node) {
+    let pid = node.pid();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success());
+    let all_stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+            tasks.flatten().all(|t| {
+                std::fs::read_to_string(t.path().join("stat"))
+                    .ok()
+                    .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                    .unwrap_or(true)
+            })
+        })
+    };
+    assert!(wait_until(Duration::from_secs(10), all_stopped), "node {pid} did not stop");
 }
 
 /// The name of the primary owner of `key`, as `node` places it.
@@ -488,7 +506,7 @@ fn copies_an_owner_missed_while_paused_are_handed_off_when_it_answers() {
     let nodes =
         start_cluster(3, &["--gossip-suspicion-timeout", "30s", "--cluster-request-timeout", "500ms"]);
     let pid = nodes[2].pid().to_string();
-    assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    pause(&nodes[2]);
     let mut n1 = nodes[0].raw();
     let mut acked = 0;
     for i in 0..60 {
