@@ -35,6 +35,8 @@ pub struct Hints {
     max_bytes: usize,
 }
 
+/// `records` and `bytes` count every undelivered copy, queued or out for delivery, so
+/// that `/v1/status` never shows a copy as gone before its owner has it.
 #[derive(Default)]
 struct State {
     queues: HashMap<u64, VecDeque<Copy>>,
@@ -74,15 +76,13 @@ impl Hints {
         dropped
     }
 
-    /// Takes up to `max` of `node`'s hints, oldest first.
+    /// Takes up to `max` of `node`'s hints, oldest first, for delivery: they still count
+    /// as pending until [`Hints::delivered`] or [`Hints::give_back`].
     fn take(&self, node: u64, max: usize) -> Vec<Copy> {
         let mut s = self.lock();
         let Some(queue) = s.queues.get_mut(&node) else { return Vec::new() };
         let n = queue.len().min(max);
         let taken: Vec<Copy> = queue.drain(..n).collect();
-        let bytes: usize = taken.iter().map(size).sum();
-        s.bytes -= bytes;
-        s.records -= taken.len();
         s.queues.retain(|_, q| !q.is_empty());
         taken
     }
@@ -90,16 +90,18 @@ impl Hints {
     /// Puts back hints whose delivery failed, in front (they are the oldest).
     fn give_back(&self, node: u64, copies: Vec<Copy>) {
         let mut s = self.lock();
-        s.bytes += copies.iter().map(size).sum::<usize>();
-        s.records += copies.len();
         let queue = s.queues.entry(node).or_default();
         for copy in copies.into_iter().rev() {
             queue.push_front(copy);
         }
     }
 
-    fn delivered(&self, n: usize) {
-        self.lock().delivered += n as u64;
+    /// Counts `copies` as delivered.
+    fn delivered(&self, copies: &[Copy]) {
+        let mut s = self.lock();
+        s.bytes -= copies.iter().map(size).sum::<usize>();
+        s.records -= copies.len();
+        s.delivered += copies.len() as u64;
     }
 
     fn nodes(&self) -> Vec<u64> {
@@ -148,7 +150,7 @@ impl Cluster {
                     let msg = messages::Replicate { records: copies.clone() };
                     match topology.peers.call(&target, &msg, topology.timeout).await {
                         Ok(()) => {
-                            self.hints.delivered(copies.len());
+                            self.hints.delivered(&copies);
                             self.metrics.hints_delivered.inc_by(copies.len() as u64);
                         }
                         Err(e) => {
@@ -183,10 +185,15 @@ mod tests {
         let taken = hints.take(1, 10);
         let keys: Vec<&[u8]> = taken.iter().map(|(k, _)| &k[..]).collect();
         assert_eq!(keys, [&b"b"[..], &b"d"[..]]);
+        // Out for delivery is still pending.
+        assert_eq!(hints.pending(), 3);
         hints.give_back(1, taken);
-        assert_eq!(hints.take(1, 1)[0].0, Bytes::from_static(b"b"));
+        let first = hints.take(1, 1);
+        assert_eq!(first[0].0, Bytes::from_static(b"b"));
+        hints.delivered(&first);
         let status = hints.json();
         assert_eq!(status["records_dropped"], 1);
+        assert_eq!(status["records_delivered"], 1);
         assert_eq!(status["records_pending"], 2);
     }
 }
