@@ -290,6 +290,11 @@ pub async fn run(
                     max_parallel: config.rebalance.max_parallel as usize,
                     chunk_records: config.rebalance.chunk_records,
                 },
+                repair: crate::cluster::RepairOptions {
+                    interval: config.repair.interval,
+                    max_parallel: config.repair.max_parallel as usize,
+                    tombstone_grace: config.store.tombstone_grace,
+                },
             })
         }
         _ => None,
@@ -306,6 +311,7 @@ pub async fn run(
         background_tasks.spawn(cluster.clone().verify_peers(background.clone()));
         background_tasks.spawn(cluster.clone().rebalance(background.clone()));
         background_tasks.spawn(cluster.clone().hand_off(background.clone()));
+        background_tasks.spawn(cluster.clone().anti_entropy(background.clone()));
     }
     let state = Arc::new(ServerState {
         cluster,

@@ -175,3 +175,28 @@ impl Load {
         (acked, errors)
     }
 }
+
+/// Stops `node` with SIGSTOP and waits until every one of its threads is stopped (a
+/// signal is delivered to each thread when it next runs; on a busy machine that can be
+/// after the next request arrives).
+pub fn pause(node: &Node) {
+    let pid = node.pid();
+    assert!(std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success());
+    let all_stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+            tasks.flatten().all(|t| {
+                std::fs::read_to_string(t.path().join("stat"))
+                    .ok()
+                    .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                    .unwrap_or(true)
+            })
+        })
+    };
+    assert!(wait_until(Duration::from_secs(10), all_stopped), "node {pid} did not stop");
+}
+
+/// Lets a node stopped by [`pause`] run again.
+pub fn resume(node: &Node) {
+    let pid = node.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+}

@@ -7,7 +7,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use opencluster_tests::cluster::{Load, missing_through, start_cluster, wait_for_stored_keys, wait_placed};
+use opencluster_tests::cluster::{
+    Load, missing_through, pause, resume, start_cluster, wait_for_stored_keys, wait_placed,
+};
 use opencluster_tests::{Node, Reply, bulk, int, nil, node_only, ok, wait_until};
 
 /// How long replica copies in flight may take to land everywhere (they take well under a
@@ -253,11 +255,9 @@ fn a_write_that_cannot_reach_its_quorum_gets_clusterdown() {
     let mut conn = nodes[0].raw();
     assert_eq!(conn.cmd(&["SET", "before", "1"]), ok());
     // Pause n3: it is still a member (not yet suspected) but answers nothing.
-    let pid = nodes[2].pid().to_string();
     pause(&nodes[2]);
     let reply = conn.cmd(&["SET", "during", "1"]);
-    let resumed = std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap();
-    assert!(resumed.success());
+    resume(&nodes[2]);
     // Either n3 is the key's primary and does not answer, or it is a replica the
     // primary cannot reach: both are refused, with the reason.
     let text = reply.error().to_string();
@@ -332,25 +332,6 @@ fn a_member_with_a_certificate_from_another_root_gets_no_data() {
     }
     eventually(&mut nodes[0].raw(), &["DBSIZE"], int(50));
     assert_eq!(intruder.admin_json("/v1/status")["store"]["keys"], 0);
-}
-
-/// Stops `node` with SIGSTOP and waits until every one of its threads is stopped (a
-/// signal is delivered to each thread when it next runs; on a busy machine that can be
-/// after the next request arrives).
-fn pause(node: &Node) {
-    let pid = node.pid();
-    assert!(std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success());
-    let all_stopped = || {
-        std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
-            tasks.flatten().all(|t| {
-                std::fs::read_to_string(t.path().join("stat"))
-                    .ok()
-                    .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
-                    .unwrap_or(true)
-            })
-        })
-    };
-    assert!(wait_until(Duration::from_secs(10), all_stopped), "node {pid} did not stop");
 }
 
 /// The name of the primary owner of `key`, as `node` places it.
@@ -505,7 +486,6 @@ fn copies_an_owner_missed_while_paused_are_handed_off_when_it_answers() {
     // n3 is paused, not dead: it stays a member and an owner of every partition.
     let nodes =
         start_cluster(3, &["--gossip-suspicion-timeout", "30s", "--cluster-request-timeout", "500ms"]);
-    let pid = nodes[2].pid().to_string();
     pause(&nodes[2]);
     let mut n1 = nodes[0].raw();
     let mut acked = 0;
@@ -519,7 +499,7 @@ fn copies_an_owner_missed_while_paused_are_handed_off_when_it_answers() {
     let pending = worker(&nodes[0], "handoff")["records_pending"].as_u64().unwrap()
         + worker(&nodes[1], "handoff")["records_pending"].as_u64().unwrap();
     assert!(pending > 0, "no copy for n3 was kept");
-    assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    resume(&nodes[2]);
     // Once n3 answers, the kept copies reach it: its own store holds what n1 holds.
     let local_keys = |n: &Node| n.admin_json("/v1/status")["store"]["keys"].as_u64().unwrap();
     assert!(

@@ -130,6 +130,16 @@ pub fn status_text(s: &Value) -> String {
                     n(&w["records_dropped"])
                 )
             }
+            Some("repair") => {
+                out += &format!(
+                    "repair    {}; {} rounds, {} partitions repaired, {} keys fetched, {} pushed\n",
+                    w["state"].as_str().unwrap_or("?"),
+                    n(&w["rounds"]),
+                    n(&w["partitions_repaired"]),
+                    n(&w["keys_fetched"]),
+                    n(&w["keys_pushed"])
+                )
+            }
             _ => {}
         }
     }

@@ -200,6 +200,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
             },
             cluster.rebalance_status(),
             cluster.handoff_status(),
+            cluster.repair_status(),
         ],
     }))
 }

@@ -24,6 +24,7 @@
 mod handoff;
 mod local;
 mod rebalance;
+mod repair;
 mod service;
 
 use std::collections::{BTreeMap, HashMap};
@@ -41,6 +42,7 @@ pub use local::Stamp;
 use local::{Executed, Local};
 pub use rebalance::RebalanceOptions;
 use rebalance::{RebalanceStatus, Task};
+pub use repair::{Horizon, RepairOptions};
 pub use service::Service;
 
 use crate::hlc::Clock;
@@ -85,6 +87,10 @@ pub struct ClusterMetrics {
     pub rebalance_bytes: IntCounter,
     /// `opencluster_rebalance_failures_total`: partition copies that failed and were retried.
     pub rebalance_failures: IntCounter,
+    /// `opencluster_repair_rounds_total`: anti-entropy rounds finished.
+    pub repair_rounds: IntCounter,
+    /// `opencluster_repair_keys_total{direction}`: records anti-entropy fetched or pushed.
+    pub repair_keys: IntCounterVec,
     /// `opencluster_hints_pending`: copies kept for owners that did not answer.
     pub hints_pending: prometheus::IntGauge,
     /// `opencluster_hints_delivered_total`.
@@ -138,6 +144,13 @@ impl ClusterMetrics {
                 "opencluster_rebalance_failures_total",
                 "Partition copies that failed (every source unreachable) and were queued again",
             ),
+            repair_rounds: plain("opencluster_repair_rounds_total", "Anti-entropy rounds this node finished"),
+            repair_keys: counter(
+                "opencluster_repair_keys_total",
+                "Records anti-entropy copied from other owners (fetched) or to them (pushed)",
+                "direction",
+                &["fetched", "pushed"],
+            ),
             read_repairs,
             forwarded: counter(
                 "opencluster_forwarded_total",
@@ -188,6 +201,7 @@ pub struct Topology {
     pub read_quorum: ReadQuorum,
     pub timeout: Duration,
     pub rebalance: RebalanceOptions,
+    pub repair: RepairOptions,
     /// Bytes of undelivered copies kept for owners that did not answer.
     pub max_hint_bytes: usize,
 }
@@ -227,6 +241,7 @@ pub struct Cluster {
     rebalance_queue: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Task>>>,
     rebalance_options: RebalanceOptions,
     rebalance_status: RebalanceStatus,
+    repair_status: repair::RepairStatus,
     /// Copies an owner did not receive, for the handoff worker.
     hints: Arc<handoff::Hints>,
 }
@@ -267,6 +282,7 @@ impl Cluster {
             rebalance_queue: std::sync::Mutex::new(Some(queue)),
             rebalance_options,
             rebalance_status: RebalanceStatus::default(),
+            repair_status: repair::RepairStatus::default(),
             hints: Arc::new(handoff::Hints::new(max_hint_bytes)),
         })
     }

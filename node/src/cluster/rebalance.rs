@@ -72,6 +72,12 @@ impl RebalanceStatus {
         f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
+    /// Whether partitions are queued or being copied.
+    pub fn busy(&self) -> bool {
+        let p = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        p.pending + p.active > 0
+    }
+
     /// For `/v1/status`'s workers list.
     pub fn json(&self) -> Value {
         let p = self.inner.lock().unwrap_or_else(|e| e.into_inner());

@@ -109,6 +109,33 @@ impl Handler for Service {
                     })
                     .await
                 }
+                Kind::Digest => {
+                    answer(&body, |m: messages::Digest| async move {
+                        if m.partition >= c.partitions() {
+                            return Err(Refusal::Malformed(format!("no partition {}", m.partition)));
+                        }
+                        c.local_digest(m.partition, m.horizon).await.map_err(refusal)
+                    })
+                    .await
+                }
+                Kind::Versions => {
+                    answer(&body, |m: messages::Versions| async move {
+                        if m.partition >= c.partitions() {
+                            return Err(Refusal::Malformed(format!("no partition {}", m.partition)));
+                        }
+                        if m.buckets.iter().any(|&b| b as usize >= super::repair::BUCKETS) {
+                            return Err(Refusal::Malformed("bucket out of range".into()));
+                        }
+                        let store = c.local.store.clone();
+                        tokio::task::spawn_blocking(move || {
+                            super::repair::versions(&*store, m.partition, &m.buckets, m.horizon)
+                        })
+                        .await
+                        .map_err(|e| Refusal::Store(e.to_string()))?
+                        .map_err(|e| refusal(e.into()))
+                    })
+                    .await
+                }
                 Kind::Count => {
                     answer(&body, |m: messages::Count| async move {
                         if m.partitions.iter().any(|&p| p >= c.partitions()) {

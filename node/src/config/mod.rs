@@ -78,6 +78,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub rpc: RpcConfig,
     pub rebalance: RebalanceConfig,
+    pub repair: RepairConfig,
 }
 
 /// Copying partitions to the nodes that gain them.
@@ -95,6 +96,23 @@ pub struct RebalanceConfig {
 impl Default for RebalanceConfig {
     fn default() -> Self {
         RebalanceConfig { max_bytes_per_sec: ByteSize(64 << 20), max_parallel: 2, chunk_records: 1000 }
+    }
+}
+
+/// Anti-entropy between the owners of each partition.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepairConfig {
+    /// Time between comparison rounds (a round also starts soon after placement changes).
+    #[serde(with = "units::duration")]
+    pub interval: Duration,
+    /// Partitions compared at once.
+    pub max_parallel: u32,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        RepairConfig { interval: Duration::from_secs(600), max_parallel: 2 }
     }
 }
 
@@ -294,6 +312,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             rpc: RpcConfig::default(),
             rebalance: RebalanceConfig::default(),
+            repair: RepairConfig::default(),
             gossip: GossipConfig::default(),
         }
     }
@@ -488,6 +507,13 @@ impl Config {
         }
         if b.chunk_records == 0 || b.chunk_records > 100_000 {
             return Err(err("rebalance.chunk_records", "must be between 1 and 100000"));
+        }
+        let a = &self.repair;
+        if a.interval < Duration::from_secs(1) || a.interval > Duration::from_secs(7 * 24 * 3600) {
+            return Err(err("repair.interval", "must be between 1s and 7d"));
+        }
+        if a.max_parallel == 0 || a.max_parallel > 64 {
+            return Err(err("repair.max_parallel", "must be between 1 and 64"));
         }
         let l = &self.limits;
         if l.max_key_bytes.0 == 0 || l.max_key_bytes.0 > 512 << 20 {

@@ -161,6 +161,16 @@ pub const SETTINGS: &[Setting] = &[
         Kind::Int,
         "Records asked for per chunk when copying a partition [default: 1000]",
     ),
+    s(
+        "repair.interval",
+        Kind::Duration,
+        "Time between anti-entropy rounds, in which owners compare partitions and copy what differs; a round also starts 2s after placement changes [default: 10m]",
+    ),
+    s(
+        "repair.max_parallel",
+        Kind::Int,
+        "Partitions a node compares with their other owners at once [default: 2]",
+    ),
     s("log_format", Kind::Choice(&["text", "json"]), "Log format: text or json [default: text]"),
     s("log_level", Kind::Str, "Log filter, e.g. info, debug, opencluster_node=debug [default: info]"),
     s(

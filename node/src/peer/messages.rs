@@ -40,6 +40,8 @@ pub enum Kind {
     /// is the list of encoded requests, its answer the list of encoded answers.
     Batch = 7,
     Pull = 8,
+    Digest = 9,
+    Versions = 10,
 }
 
 impl Kind {
@@ -53,6 +55,8 @@ impl Kind {
             6 => Kind::Count,
             7 => Kind::Batch,
             8 => Kind::Pull,
+            9 => Kind::Digest,
+            10 => Kind::Versions,
             _ => return None,
         })
     }
@@ -68,10 +72,12 @@ impl Kind {
             Kind::Count => "count",
             Kind::Batch => "batch",
             Kind::Pull => "pull",
+            Kind::Digest => "digest",
+            Kind::Versions => "versions",
         }
     }
 
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Ping,
         Kind::Read,
         Kind::Write,
@@ -80,6 +86,8 @@ impl Kind {
         Kind::Count,
         Kind::Batch,
         Kind::Pull,
+        Kind::Digest,
+        Kind::Versions,
     ];
 }
 
@@ -236,6 +244,33 @@ pub struct Pull {
 impl Message for Pull {
     const KIND: Kind = Kind::Pull;
     type Response = Vec<(Bytes, WireRecord)>;
+}
+
+/// Anti-entropy: the bucket hashes of a partition's records that count at `horizon`
+/// (see `cluster::repair`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Digest {
+    pub partition: Partition,
+    pub horizon: crate::cluster::Horizon,
+}
+
+impl Message for Digest {
+    const KIND: Kind = Kind::Digest;
+    type Response = Vec<u64>;
+}
+
+/// Anti-entropy: the keys and HLCs of a partition's records in `buckets` that count at
+/// `horizon`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Versions {
+    pub partition: Partition,
+    pub buckets: Vec<u8>,
+    pub horizon: crate::cluster::Horizon,
+}
+
+impl Message for Versions {
+    const KIND: Kind = Kind::Versions;
+    type Response = Vec<(Bytes, Hlc)>;
 }
 
 /// Encodes a request for the wire.
