@@ -240,7 +240,7 @@ pub struct Cluster {
     rebalance_tasks: tokio::sync::mpsc::UnboundedSender<Task>,
     rebalance_queue: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Task>>>,
     rebalance_options: RebalanceOptions,
-    rebalance_status: RebalanceStatus,
+    pub(super) rebalance_status: RebalanceStatus,
     repair_status: repair::RepairStatus,
     /// Copies an owner did not receive, for the handoff worker.
     hints: Arc<handoff::Hints>,

@@ -136,6 +136,8 @@ pub fn differences(mine: &[(Bytes, Hlc)], theirs: &[(Bytes, Hlc)]) -> (Vec<Bytes
 /// The outcome of comparing one partition with one peer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Compared {
+    /// The peer is still copying partitions it gained: compared later.
+    deferred: bool,
     differing_buckets: usize,
     fetched: u64,
     pushed: u64,
@@ -152,6 +154,7 @@ struct Progress {
     running: bool,
     rounds: u64,
     compared: u64,
+    deferred: u64,
     repaired: u64,
     failed: u64,
     fetched: u64,
@@ -176,6 +179,7 @@ impl RepairStatus {
             "state": if p.running { "comparing" } else { "idle" },
             "rounds": p.rounds,
             "partitions_compared": p.compared,
+            "comparisons_deferred": p.deferred,
             "partitions_repaired": p.repaired,
             "comparisons_failed": p.failed,
             "keys_fetched": p.fetched,
@@ -236,12 +240,19 @@ impl Cluster {
         let mut running = FuturesUnordered::new();
         let (mut compared, mut repaired, mut failed, mut fetched, mut pushed) =
             (0u64, 0u64, 0u64, 0u64, 0u64);
+        let mut deferred = 0u64;
         // Partitions held without ownership, and those whose owners all confirmed.
         let mut held: BTreeMap<Partition, bool> = BTreeMap::new();
+        // Peers that did not answer, or are still copying: skipped for the rest of the round.
         let mut unreachable: HashSet<NodeId> = HashSet::new();
+        let mut copying: HashSet<NodeId> = HashSet::new();
         loop {
             while running.len() < options.max_parallel {
                 let Some((partition, peer, owned)) = pending.next() else { break };
+                if copying.contains(&peer) {
+                    deferred += 1;
+                    continue;
+                }
                 if unreachable.contains(&peer) {
                     failed += 1;
                     if !owned {
@@ -256,6 +267,10 @@ impl Cluster {
             let Some((partition, peer, owned, result)) = running.next().await else { break };
             match result {
                 Ok(None) => {}
+                Ok(Some(c)) if c.deferred => {
+                    deferred += 1;
+                    copying.insert(peer);
+                }
                 Ok(Some(c)) => {
                     compared += 1;
                     fetched += c.fetched;
@@ -292,6 +307,7 @@ impl Cluster {
             p.running = false;
             p.rounds += 1;
             p.compared += compared;
+            p.deferred += deferred;
             p.repaired += repaired;
             p.failed += failed;
             p.fetched += fetched;
@@ -314,7 +330,7 @@ impl Cluster {
         } else {
             tracing::debug!(compared, elapsed_ms = elapsed.as_millis() as u64, "anti-entropy round: in sync");
         }
-        failed == 0 && !stop.is_cancelled()
+        failed + deferred == 0 && !stop.is_cancelled()
     }
 
     /// Compares `partition` with `peer` and repairs the difference. `owned`: this node is
@@ -335,11 +351,14 @@ impl Cluster {
         if !owned && mine.iter().all(|&h| h == 0) {
             return Ok(None);
         }
-        let theirs = topology
+        let answer = topology
             .peers
             .call(&target, &messages::Digest { partition, horizon }, self.timeout())
             .await
             .map_err(unavailable)?;
+        let messages::DigestAnswer::Buckets(theirs) = answer else {
+            return Ok(Some(Compared { deferred: true, ..Compared::default() }));
+        };
         let differing: Vec<u8> =
             (0..BUCKETS).filter(|&b| theirs.get(b) != Some(&mine[b])).map(|b| b as u8).collect();
         let mut result = Compared { differing_buckets: differing.len(), ..Compared::default() };

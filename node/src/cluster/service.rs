@@ -114,7 +114,13 @@ impl Handler for Service {
                         if m.partition >= c.partitions() {
                             return Err(Refusal::Malformed(format!("no partition {}", m.partition)));
                         }
-                        c.local_digest(m.partition, m.horizon).await.map_err(refusal)
+                        if c.rebalance_status.busy() {
+                            return Ok(messages::DigestAnswer::Copying);
+                        }
+                        c.local_digest(m.partition, m.horizon)
+                            .await
+                            .map(messages::DigestAnswer::Buckets)
+                            .map_err(refusal)
                     })
                     .await
                 }

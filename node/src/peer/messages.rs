@@ -256,7 +256,15 @@ pub struct Digest {
 
 impl Message for Digest {
     const KIND: Kind = Kind::Digest;
-    type Response = Vec<u64>;
+    type Response = DigestAnswer;
+}
+
+/// A peer's bucket hashes, or none while it is still copying partitions it gained (its
+/// copy is incomplete by design; comparing now would repeat the copy unthrottled).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum DigestAnswer {
+    Buckets(Vec<u64>),
+    Copying,
 }
 
 /// Anti-entropy: the keys and HLCs of a partition's records in `buckets` that count at
