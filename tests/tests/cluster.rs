@@ -7,7 +7,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use opencluster_tests::cluster::{Load, missing_through, start_cluster, wait_for_stored_keys, wait_placed};
+use opencluster_tests::cluster::{
+    Load, missing_through, pause, start_cluster, wait_for_stored_keys, wait_placed, worker,
+};
 use opencluster_tests::{Node, Reply, bulk, int, nil, node_only, ok, wait_until};
 
 /// How long replica copies in flight may take to land everywhere (they take well under a
@@ -334,25 +336,6 @@ fn a_member_with_a_certificate_from_another_root_gets_no_data() {
     assert_eq!(intruder.admin_json("/v1/status")["store"]["keys"], 0);
 }
 
-/// Stops `node` with SIGSTOP and waits until every one of its threads is stopped (a
-/// signal is delivered to each thread when it next runs; on a busy machine that can be
-/// after the next request arrives).
-fn pause(node: &Node) {
-    let pid = node.pid();
-    assert!(std::process::Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success());
-    let all_stopped = || {
-        std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
-            tasks.flatten().all(|t| {
-                std::fs::read_to_string(t.path().join("stat"))
-                    .ok()
-                    .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
-                    .unwrap_or(true)
-            })
-        })
-    };
-    assert!(wait_until(Duration::from_secs(10), all_stopped), "node {pid} did not stop");
-}
-
 /// The name of the primary owner of `key`, as `node` places it.
 fn primary_of(node: &Node, key: &str) -> String {
     node.admin_json(&format!("/v1/placement?key={key}"))["owners"][0]["name"]
@@ -440,12 +423,6 @@ fn a_node_that_leaves_gracefully_costs_the_load_no_error() {
     assert!(left < stopped, "n3 left the cluster before it stopped answering");
 }
 
-/// The rebalance worker's entry in `/v1/status`.
-fn rebalance_of(node: &Node) -> serde_json::Value {
-    let status = node.admin_json("/v1/status");
-    status["workers"].as_array().unwrap().iter().find(|w| w["name"] == "rebalance").cloned().unwrap()
-}
-
 #[test]
 fn a_new_node_copies_the_partitions_it_gains() {
     node_only!("clustering is the node's");
@@ -464,13 +441,13 @@ fn a_new_node_copies_the_partitions_it_gains() {
     let n4 = &nodes[3];
     assert!(
         wait_until(Duration::from_secs(60), || {
-            let r = rebalance_of(n4);
+            let r = worker(n4, "rebalance");
             r["state"] == "idle" && r["partitions_done"].as_u64().unwrap_or(0) > 0
         }),
         "{}",
-        rebalance_of(n4)
+        worker(n4, "rebalance")
     );
-    let r = rebalance_of(n4);
+    let r = worker(n4, "rebalance");
     let held = n4.admin_json("/v1/status")["store"]["keys"].as_u64().unwrap();
     assert_eq!(r["keys_moved"].as_u64(), Some(held), "{r}");
     // About half of the keys (2 owners of 4 nodes), all of them those it owns.
@@ -491,12 +468,6 @@ fn a_new_node_copies_the_partitions_it_gains() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("members   4 alive") && text.contains("placement 4 nodes"), "{text}");
     assert!(text.contains(&format!("rebalance idle; {held} keys")), "{text}");
-}
-
-/// A worker's entry in `/v1/status`.
-fn worker(node: &Node, name: &str) -> serde_json::Value {
-    let status = node.admin_json("/v1/status");
-    status["workers"].as_array().unwrap().iter().find(|w| w["name"] == name).cloned().unwrap()
 }
 
 #[test]
