@@ -324,6 +324,11 @@ fn a_node_cut_off_for_thirty_seconds_catches_up_when_it_returns() {
 
     // Replicas converge: each node's own store holds every acknowledged key (n3 those
     // written while it was cut off too), and every key reads back through every node.
+    // Known gap until anti-entropy: n3 starts copying the moment it rejoins, but the others
+    // place it again only once their next verification ping reaches it (up to 250 ms
+    // later); writes they acknowledge in between go to the two of them, with no hint for
+    // n3, and the ones to partitions n3 had already copied are missing from its store
+    // (a handful per run), named by the check below.
     assert_held_by_each(&all, &report);
     assert_readable_through(&all, &report.acked);
     println!("{:?} in all", started.elapsed());
