@@ -115,15 +115,60 @@ pub fn missing_through(node: &Node, acked: &Acked) -> Vec<String> {
 }
 
 /// A steady load of SETs with distinct keys through several nodes, one thread each,
-/// remembering what was acknowledged and counting what failed.
+/// remembering what was acknowledged and counting what failed; optionally each SET is
+/// followed by a GET of a key the same writer had acknowledged earlier.
 pub struct Load {
     stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<(Acked, Vec<String>)>>,
+    threads: Vec<std::thread::JoinHandle<LoadReport>>,
+}
+
+/// What a [`Load`] saw.
+#[derive(Default)]
+pub struct LoadReport {
+    /// Every acknowledged write.
+    pub acked: Acked,
+    /// Every write or read refused with an error reply (or answered with something else
+    /// than OK), as `<key>: <reply>`: the client was told. The key names its writer
+    /// (`<prefix>-<writer>-<n>`).
+    pub errors: Vec<String>,
+    /// Every write or read whose connection failed, as `<key>: <I/O error>`: the client
+    /// was told, by the connection.
+    pub broken: Vec<String>,
+    /// Keys whose write failed (an error reply or a lost connection): they may or may not
+    /// have been stored.
+    pub failed_writes: Vec<String>,
+    /// Reads of an acknowledged key that answered something else than its value: the
+    /// client was not told. Always a bug.
+    pub wrong_reads: Vec<String>,
+    /// Reads that answered the acknowledged value.
+    pub reads: u64,
+}
+
+impl LoadReport {
+    /// Adds what another load saw.
+    pub fn extend(&mut self, other: LoadReport) {
+        self.acked.extend(other.acked);
+        self.errors.extend(other.errors);
+        self.broken.extend(other.broken);
+        self.failed_writes.extend(other.failed_writes);
+        self.wrong_reads.extend(other.wrong_reads);
+        self.reads += other.reads;
+    }
 }
 
 impl Load {
     /// One writer per client address, keys `<prefix>-<writer>-<n>`.
     pub fn start(prefix: &str, clients: &[std::net::SocketAddr]) -> Load {
+        Load::spawn(prefix, clients, false)
+    }
+
+    /// Like [`Load::start`], and each acknowledged SET is followed by a GET, through the
+    /// same node, of a key this writer had acknowledged earlier (spread over its history).
+    pub fn start_with_reads(prefix: &str, clients: &[std::net::SocketAddr]) -> Load {
+        Load::spawn(prefix, clients, true)
+    }
+
+    fn spawn(prefix: &str, clients: &[std::net::SocketAddr], reads: bool) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = clients
             .iter()
@@ -131,48 +176,80 @@ impl Load {
             .map(|(w, &addr)| {
                 let (stop, prefix) = (stop.clone(), prefix.to_string());
                 std::thread::spawn(move || {
-                    let mut acked = Acked::new();
-                    let mut errors = Vec::new();
+                    let mut report = LoadReport::default();
+                    // Acknowledged keys in order, to pick earlier ones to read back.
+                    let mut history: Vec<String> = Vec::new();
                     let mut conn = RawConn::connect(addr).ok();
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
                         let (key, value) = (format!("{prefix}-{w}-{n}"), format!("v{n}"));
                         let Some(c) = conn.as_mut() else {
-                            errors.push(format!("{key}: not connected"));
+                            report.broken.push(format!("{key}: not connected"));
                             std::thread::sleep(Duration::from_millis(20));
                             conn = RawConn::connect(addr).ok();
                             continue;
                         };
                         match c.try_cmd(&["SET", &key, &value]) {
                             Ok(Reply::Simple(ok)) if ok == "OK" => {
-                                acked.insert(key, value);
+                                report.acked.insert(key.clone(), value);
+                                history.push(key);
                             }
-                            Ok(other) => errors.push(format!("{key}: {other:?}")),
+                            Ok(other) => {
+                                report.errors.push(format!("{key}: {other:?}"));
+                                report.failed_writes.push(key);
+                                continue;
+                            }
                             Err(e) => {
-                                errors.push(format!("{key}: {e}"));
+                                report.broken.push(format!("{key}: {e}"));
+                                report.failed_writes.push(key);
+                                conn = None;
+                                continue;
+                            }
+                        }
+                        if !reads {
+                            continue;
+                        }
+                        // Alternately the newest key and the one halfway through the history.
+                        let i = if n.is_multiple_of(2) { history.len() - 1 } else { history.len() / 2 };
+                        let earlier = &history[i];
+                        let want = &report.acked[earlier];
+                        match c.try_cmd(&["GET", earlier]) {
+                            Ok(Reply::Bulk(got)) if got == want.as_bytes() => report.reads += 1,
+                            Ok(Reply::Error(e)) => report.errors.push(format!("GET {earlier}: {e}")),
+                            Ok(other) => report
+                                .wrong_reads
+                                .push(format!("GET {earlier}: want {want:?}, got {other:?}")),
+                            Err(e) => {
+                                report.broken.push(format!("GET {earlier}: {e}"));
                                 conn = None;
                             }
                         }
                     }
-                    (acked, errors)
+                    report
                 })
             })
             .collect();
         Load { stop, threads }
     }
 
-    /// Stops the writers; returns every acknowledged write and every error.
+    /// Stops the writers; returns every acknowledged write and every error, refused or
+    /// broken (panics on a wrong read).
     pub fn finish(self) -> (Acked, Vec<String>) {
+        let mut report = self.report();
+        assert!(report.wrong_reads.is_empty(), "wrong reads: {:?}", report.wrong_reads);
+        report.errors.extend(report.broken);
+        (report.acked, report.errors)
+    }
+
+    /// Stops the writers; returns everything they saw.
+    pub fn report(self) -> LoadReport {
         self.stop.store(true, Ordering::Relaxed);
-        let mut acked = Acked::new();
-        let mut errors = Vec::new();
+        let mut report = LoadReport::default();
         for t in self.threads {
-            let (a, e) = t.join().expect("writer thread");
-            acked.extend(a);
-            errors.extend(e);
+            report.extend(t.join().expect("writer thread"));
         }
-        (acked, errors)
+        report
     }
 }
 
@@ -195,8 +272,23 @@ pub fn pause(node: &Node) {
     assert!(wait_until(Duration::from_secs(10), all_stopped), "node {pid} did not stop");
 }
 
-/// Lets a node stopped by [`pause`] run again.
+/// Lets a node stopped by [`pause`] run again (SIGCONT).
 pub fn resume(node: &Node) {
     let pid = node.pid().to_string();
     assert!(std::process::Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+}
+
+/// A worker's entry (`rebalance`, `handoff`) in `node`'s `/v1/status`.
+pub fn worker(node: &Node, name: &str) -> serde_json::Value {
+    let status = node.admin_json("/v1/status");
+    status["workers"]
+        .as_array()
+        .and_then(|w| w.iter().find(|w| w["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} worker in /v1/status: {status}"))
+}
+
+/// Keys `node` holds in its own store (`store.keys` in `/v1/status`).
+pub fn local_key_count(node: &Node) -> u64 {
+    node.admin_json("/v1/status")["store"]["keys"].as_u64().unwrap_or(0)
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use opencluster_tests::cluster::{
-    Load, missing_through, pause, resume, start_cluster, wait_for_stored_keys, wait_placed,
+    Load, missing_through, pause, resume, start_cluster, wait_for_stored_keys, wait_placed, worker,
 };
 use opencluster_tests::{Node, Reply, bulk, int, nil, node_only, ok, wait_until};
 
@@ -421,12 +421,6 @@ fn a_node_that_leaves_gracefully_costs_the_load_no_error() {
     assert!(left < stopped, "n3 left the cluster before it stopped answering");
 }
 
-/// The rebalance worker's entry in `/v1/status`.
-fn rebalance_of(node: &Node) -> serde_json::Value {
-    let status = node.admin_json("/v1/status");
-    status["workers"].as_array().unwrap().iter().find(|w| w["name"] == "rebalance").cloned().unwrap()
-}
-
 #[test]
 fn a_new_node_copies_the_partitions_it_gains() {
     node_only!("clustering is the node's");
@@ -445,13 +439,13 @@ fn a_new_node_copies_the_partitions_it_gains() {
     let n4 = &nodes[3];
     assert!(
         wait_until(Duration::from_secs(60), || {
-            let r = rebalance_of(n4);
+            let r = worker(n4, "rebalance");
             r["state"] == "idle" && r["partitions_done"].as_u64().unwrap_or(0) > 0
         }),
         "{}",
-        rebalance_of(n4)
+        worker(n4, "rebalance")
     );
-    let r = rebalance_of(n4);
+    let r = worker(n4, "rebalance");
     let held = n4.admin_json("/v1/status")["store"]["keys"].as_u64().unwrap();
     assert_eq!(r["keys_moved"].as_u64(), Some(held), "{r}");
     // About half of the keys (2 owners of 4 nodes), all of them those it owns.
@@ -472,12 +466,6 @@ fn a_new_node_copies_the_partitions_it_gains() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("members   4 alive") && text.contains("placement 4 nodes"), "{text}");
     assert!(text.contains(&format!("rebalance idle; {held} keys")), "{text}");
-}
-
-/// A worker's entry in `/v1/status`.
-fn worker(node: &Node, name: &str) -> serde_json::Value {
-    let status = node.admin_json("/v1/status");
-    status["workers"].as_array().unwrap().iter().find(|w| w["name"] == name).cloned().unwrap()
 }
 
 #[test]

@@ -3,14 +3,8 @@
 
 use std::time::Duration;
 
-use opencluster_tests::cluster::{pause, resume, start_cluster};
+use opencluster_tests::cluster::{pause, resume, start_cluster, worker};
 use opencluster_tests::{Node, bulk, nil, node_only, ok, wait_until};
-
-/// A worker's entry in `/v1/status`.
-fn worker(node: &Node, name: &str) -> serde_json::Value {
-    let status = node.admin_json("/v1/status");
-    status["workers"].as_array().unwrap().iter().find(|w| w["name"] == name).cloned().unwrap()
-}
 
 fn store(node: &Node, field: &str) -> u64 {
     node.admin_json("/v1/status")["store"][field].as_u64().unwrap()

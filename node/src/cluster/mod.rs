@@ -212,6 +212,8 @@ struct View {
     generation: (u64, u64),
     placement: Placement,
     targets: HashMap<u64, Target>,
+    /// This node's identity renewals (times it rejoined after being declared down).
+    renewals: u32,
 }
 
 /// Peers proven to be who membership says they are: a Ping over mutual TLS reached them
@@ -264,6 +266,7 @@ impl Cluster {
             generation: (0, 0),
             placement: Placement::new(partitions, 1, [node]),
             targets: HashMap::new(),
+            renewals: 0,
         };
         let (rebalance_tasks, queue) = rebalance::queue();
         let max_hint_bytes = topology.as_ref().map_or(64 << 20, |t| t.max_hint_bytes);
@@ -328,7 +331,8 @@ impl Cluster {
             .collect();
         let ids = nodes.iter().map(|n| NodeId(n.id)).chain([self.node]);
         let placement = Placement::new(self.partitions(), topology.replicas, ids);
-        let view = Arc::new(View { generation, placement, targets });
+        let renewals = topology.members.local_renewals();
+        let view = Arc::new(View { generation, placement, targets, renewals });
         tracing::info!(
             nodes = view.placement.nodes().len(),
             owners_per_partition = view.placement.owners_per_partition(),
@@ -343,9 +347,11 @@ impl Cluster {
     /// Queues every partition this node owns in `next` but not in `previous` for the
     /// rebalance worker, with where to copy it from: its owners in `previous` that are
     /// still here, or, when this node was alone before (it just started, or lost every
-    /// peer), the partition's other owners now, since it may have missed their writes.
+    /// peer) or rejoined after the others declared it down (they placed its partitions
+    /// elsewhere and kept no hints for it), the partition's other owners now, since it may
+    /// have missed their writes.
     fn queue_gained_partitions(&self, previous: &View, next: &View) {
-        let was_alone = previous.placement.nodes().len() <= 1;
+        let was_alone = previous.placement.nodes().len() <= 1 || next.renewals > previous.renewals;
         let mut queued = 0;
         for partition in next.placement.partitions_of(self.node) {
             let sources: Vec<NodeId> = if was_alone {

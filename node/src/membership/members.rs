@@ -141,9 +141,16 @@ impl Members {
         }
     }
 
-    /// Changes whenever [`Members::data_nodes`] would return another set.
+    /// Changes whenever [`Members::data_nodes`] would return another set, or this node
+    /// renewed its identity ([`Members::local_renewals`]).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// How many times this node renewed its identity because the cluster had declared it
+    /// down: each time, it may have missed writes to every partition it owns.
+    pub fn local_renewals(&self) -> u32 {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).local.renewals
     }
 
     /// The nodes partitions are placed on, this node included while it is alive, by id.
@@ -179,9 +186,9 @@ impl Members {
         }
         let peers = newest.into_values().map(|(id, state)| (id.addr, (id, state))).collect();
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-        let before = data_nodes(&table);
+        let (before, renewals) = (data_nodes(&table), table.local.renewals);
         *table = Table { local, local_state, peers };
-        if data_nodes(&table) != before {
+        if data_nodes(&table) != before || table.local.renewals != renewals {
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -280,6 +287,12 @@ mod tests {
         );
         assert_ne!(members.generation(), generation);
         assert_eq!(members.data_nodes().len(), 1);
+        // Declared down and back with a renewed identity: same nodes, a new generation.
+        let (generation, mut renewed) = (members.generation(), identity(1, 7001, 0));
+        renewed.renewals = 1;
+        members.replace(renewed, MemberState::Alive, [(identity(2, 7002, 0), MemberState::Down)]);
+        assert_eq!((members.data_nodes().len(), members.local_renewals()), (1, 1));
+        assert_ne!(members.generation(), generation);
 
         // Node 2 restarted at another address: one entry, the new process.
         let mut moved = identity(2, 7012, 5);
