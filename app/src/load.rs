@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use crate::acked::Ledger;
+use crate::latency::LatencyLog;
 use crate::target::NodeTarget;
 use crate::verify::{self, Tally};
 
@@ -67,6 +68,7 @@ pub async fn run(
     target: &NodeTarget,
     s: &Settings,
     mut ledger: Ledger,
+    mut latencies: Option<LatencyLog>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<Report> {
     let started = Instant::now();
@@ -90,10 +92,10 @@ pub async fn run(
         }
     };
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
+        let due = tokio::select! {
+            due = ticker.tick() => due.into_std(),
             _ = stop.wait_for(|stopped| *stopped) => break,
-        }
+        };
         if s.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
@@ -102,6 +104,9 @@ pub async fn run(
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     error(&mut report, format!("connect: {e}"));
+                    if let Some(log) = &mut latencies {
+                        log.record(due, Instant::now(), false)?;
+                    }
                     continue;
                 }
             }
@@ -112,7 +117,11 @@ pub async fn run(
         let val = value(report.attempted, s.value_bytes);
         let mut set = redis::cmd("SET");
         set.arg(&key).arg(&val);
-        match tokio::time::timeout(target.timeout(), set.query_async::<()>(c)).await {
+        let answer = tokio::time::timeout(target.timeout(), set.query_async::<()>(c)).await;
+        if let Some(log) = &mut latencies {
+            log.record(due, Instant::now(), matches!(answer, Ok(Ok(()))))?;
+        }
+        match answer {
             Ok(Ok(())) => {
                 report.acknowledged += 1;
                 ledger.acknowledged(key, val)?;
@@ -140,6 +149,9 @@ pub async fn run(
     }
     report.elapsed = started.elapsed();
     ledger.finish()?;
+    if let Some(log) = &mut latencies {
+        log.finish()?;
+    }
     let last = check(target, &mut conn, ledger.take_pending()).await;
     report.tally.add(last);
     Ok(report)

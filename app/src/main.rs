@@ -9,6 +9,7 @@
 //! lost, 2 bad usage, 3 something could not be checked (or nothing was acknowledged).
 
 mod acked;
+mod latency;
 mod load;
 mod target;
 mod verify;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::acked::Ledger;
+use crate::latency::LatencyLog;
 use crate::target::NodeTarget;
 use crate::verify::Tally;
 
@@ -74,6 +76,10 @@ struct LoadArgs {
     /// running forever); without it they are checked once, at the end
     #[arg(long)]
     verify_every: Option<humantime::Duration>,
+    /// Also log every write's latency to this file: `<unix µs when due> TAB <latency µs> TAB
+    /// <ok|error>` per line, latency counted from when the write was due by the schedule
+    #[arg(long)]
+    latencies: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -123,6 +129,13 @@ async fn run_load(target: &NodeTarget, args: LoadArgs) -> ExitCode {
             Err(e) => return usage(format!("--acked {}: {e}", p.display())),
         },
     };
+    let latencies = match &args.latencies {
+        None => None,
+        Some(p) => match std::fs::File::create(p) {
+            Ok(f) => Some(LatencyLog::new(Box::new(std::io::BufWriter::new(f)))),
+            Err(e) => return usage(format!("--latencies {}: {e}", p.display())),
+        },
+    };
     let settings = load::Settings {
         rate: args.rate,
         duration,
@@ -138,7 +151,7 @@ async fn run_load(target: &NodeTarget, args: LoadArgs) -> ExitCode {
         target.describe()
     );
     let stop = stop_signal();
-    let report = match load::run(target, &settings, Ledger::new(sink), stop).await {
+    let report = match load::run(target, &settings, Ledger::new(sink), latencies, stop).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("opencluster-example-app: {e}");

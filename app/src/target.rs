@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
+use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
 /// The socket a node container shares with the applications of its host.
 pub const DEFAULT_SOCKET: &str = "/run/opencluster/opencluster.sock";
@@ -63,10 +63,17 @@ impl NodeTarget {
         self.timeout
     }
 
-    /// A new connection, authenticated when a password is set.
+    /// A new connection, authenticated when a password is set. Its commands may take up to
+    /// the timeout: the `redis` crate's own defaults (500 ms per answer, 1 s to connect)
+    /// would turn a slow answer into an error well before `--timeout`.
     pub async fn connect(&self) -> Result<MultiplexedConnection, String> {
         let client = redis::Client::open(self.info.clone()).map_err(|e| e.to_string())?;
-        match tokio::time::timeout(self.timeout, client.get_multiplexed_async_connection()).await {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        match tokio::time::timeout(self.timeout, client.get_multiplexed_async_connection_with_config(&config))
+            .await
+        {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(format!("{}: {e}", self.shown)),
             Err(_) => Err(format!("{}: no connection within {:?}", self.shown, self.timeout)),

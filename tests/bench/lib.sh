@@ -57,19 +57,19 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 need_tools() {
   local tool
   for tool in "$@"; do
-    command -v "$tool" >/dev/null || { echo "$(basename "$0" .sh): $tool not found (Debian: redis-server, redis-tools, curl)" >&2; exit 2; }
+    command -v "$tool" >/dev/null || { echo "$(basename "$0" .sh): $tool not found (Debian: redis-server, redis-tools, curl, jq)" >&2; exit 2; }
   done
 }
 
-# Sets NODE (NODE_BIN, or target/release/opencluster-node built now), a scratch dir WORK
-# and an empty PIDS list; on exit every process in PIDS is killed (SIGKILL with
-# KILL_SIGNAL=-9) and WORK is removed.
+# Sets NODE (NODE_BIN, or opencluster-node built now, in CARGO_TARGET_DIR or target/), a
+# scratch dir WORK and an empty PIDS list; on exit every process in PIDS is killed (SIGKILL
+# with KILL_SIGNAL=-9) and WORK is removed.
 setup_run() {
   if [ -n "${NODE_BIN:-}" ]; then
     NODE=$NODE_BIN
   else
     cargo build --release -q -p opencluster-node
-    NODE=target/release/opencluster-node
+    NODE=${CARGO_TARGET_DIR:-target}/release/opencluster-node
   fi
   WORK=$(mktemp -d)
   PIDS=()
