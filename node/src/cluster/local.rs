@@ -206,18 +206,26 @@ impl Local {
             self.clock.observe(max);
         }
         self.wait_for_room().await;
-        let keys: Vec<&[u8]> = records.iter().map(|(k, _)| &k[..]).collect();
-        let written = self.store.update(&keys, &mut |current| {
-            records
-                .iter()
-                .zip(current)
-                .map(
-                    |((_, r), cur)| {
-                        if r.wins_over(cur.as_ref()) { Write::Put(r.clone()) } else { Write::Keep }
-                    },
-                )
-                .collect()
-        })?;
+        if apply_newer(&*self.store, records)? > 0 {
+            self.flusher.written().await?;
+        }
+        Ok(())
+    }
+
+    /// [`Local::apply`] for large batches (a rebalance chunk, a repair): the store work runs
+    /// on a blocking thread, so client requests on the async workers do not wait behind it.
+    pub async fn apply_batch(&self, records: Vec<(Bytes, Record)>) -> Result<(), DataError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        if let Some(max) = records.iter().map(|(_, r)| r.hlc).max() {
+            self.clock.observe(max);
+        }
+        self.wait_for_room().await;
+        let store = self.store.clone();
+        let written = tokio::task::spawn_blocking(move || apply_newer(&*store, &records))
+            .await
+            .map_err(|e| DataError::Unavailable(format!("applying a batch failed: {e}")))??;
         if written > 0 {
             self.flusher.written().await?;
         }
@@ -248,4 +256,17 @@ impl Local {
         }
         Ok(n)
     }
+}
+
+/// Stores each of `records` that wins over the stored one (last-writer-wins); returns how
+/// many were written.
+fn apply_newer(store: &dyn Store, records: &[(Bytes, Record)]) -> Result<usize, StoreError> {
+    let keys: Vec<&[u8]> = records.iter().map(|(k, _)| &k[..]).collect();
+    store.update(&keys, &mut |current| {
+        records
+            .iter()
+            .zip(current)
+            .map(|((_, r), cur)| if r.wins_over(cur.as_ref()) { Write::Put(r.clone()) } else { Write::Keep })
+            .collect()
+    })
 }

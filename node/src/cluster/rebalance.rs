@@ -241,18 +241,18 @@ impl Cluster {
                     .iter()
                     .map(|(k, w)| Ok((k.clone(), decode(w)?)))
                     .collect::<Result<_, DataError>>()?;
-                self.local.apply(&records).await?;
-                keys += records.len() as u64;
+                let (count, last) = (records.len(), records.last().map_or(from, |(_, r)| r.hlc));
+                self.local.apply_batch(records).await?;
+                keys += count as u64;
                 bytes += size as u64;
                 self.metrics.rebalance_bytes.inc_by(size as u64);
                 tokio::time::sleep(throttle.pause_for(size)).await;
-                if records.len() < limit as usize {
+                if count < limit as usize {
                     return Ok((keys, bytes));
                 }
                 // The next chunk starts at the last HLC received (inclusive: records
                 // sharing it are sent again rather than skipped); a chunk that is all one
                 // HLC needs a larger one to get past it.
-                let last = records.last().map_or(from, |(_, r)| r.hlc);
                 if last == from {
                     limit = limit.saturating_mul(2);
                 }

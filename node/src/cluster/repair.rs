@@ -12,8 +12,8 @@
 //! repair can only move a key forward.
 //!
 //! The primary of each partition compares it with every other owner, one round every
-//! `repair.interval` and soon after placement changes (a node returned, a partition
-//! healed), once this node's rebalance is idle. A node also compares partitions it holds
+//! `repair.interval` and soon after a node returns to placement (it restarted or resumed,
+//! or a network partition healed), once this node's rebalance is idle. A node also compares partitions it holds
 //! records of but no longer owns with their owners, and pushes whatever they lack: the
 //! new owners confirm they hold everything before such a partition counts as handed over.
 //!
@@ -197,7 +197,11 @@ impl Cluster {
     pub async fn anti_entropy(self: Arc<Self>, stop: CancellationToken) {
         let Some(topology) = &self.topology else { return };
         let options = topology.repair;
-        let mut seen = self.view().generation;
+        let first = self.view();
+        let mut seen = first.generation;
+        // Nodes placed now, and every node ever placed: one placed again has returned.
+        let mut placed: HashSet<NodeId> = first.placement.nodes().iter().copied().collect();
+        let mut ever = placed.clone();
         let mut changed_at: Option<Instant> = None;
         let mut next_round = Instant::now() + options.interval;
         loop {
@@ -208,7 +212,16 @@ impl Cluster {
             let view = self.view();
             if view.generation != seen {
                 seen = view.generation;
-                changed_at = Some(Instant::now());
+                let now: HashSet<NodeId> = view.placement.nodes().iter().copied().collect();
+                // A node that returned (restarted, resumed, or on the other side of a
+                // healed network partition) may hold or lack writes; a new node or one
+                // that left is rebalance's work, and comparing in the middle of a copy
+                // would only slow it down.
+                if now.iter().any(|n| !placed.contains(n) && ever.contains(n)) {
+                    changed_at = Some(Instant::now());
+                }
+                ever.extend(now.iter().copied());
+                placed = now;
             }
             let settled = changed_at.is_some_and(|t| t.elapsed() >= SETTLE);
             if !(settled || Instant::now() >= next_round) || self.rebalance_status.busy() {
@@ -393,7 +406,7 @@ impl Cluster {
                     }
                 }
                 result.fetched += got.len() as u64;
-                self.local.apply(&got).await?;
+                self.local.apply_batch(got).await?;
             }
         }
         for keys in push.chunks(BATCH_RECORDS) {

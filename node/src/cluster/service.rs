@@ -100,11 +100,14 @@ impl Handler for Service {
                         }
                         let since = crate::hlc::Hlc(m.from.0.saturating_sub(1));
                         let limit = (m.limit as usize).clamp(1, 100_000);
-                        let records = c
-                            .local
-                            .store
-                            .changes_since(m.partition, since, limit)
-                            .map_err(|e| refusal(e.into()))?;
+                        // A chunk can be large: read it off the async workers.
+                        let store = c.local.store.clone();
+                        let records = tokio::task::spawn_blocking(move || {
+                            store.changes_since(m.partition, since, limit)
+                        })
+                        .await
+                        .map_err(|e| Refusal::Store(e.to_string()))?
+                        .map_err(|e| refusal(e.into()))?;
                         Ok(wire(&records))
                     })
                     .await

@@ -164,7 +164,7 @@ pub const SETTINGS: &[Setting] = &[
     s(
         "repair.interval",
         Kind::Duration,
-        "Time between anti-entropy rounds, in which owners compare partitions and copy what differs; a round also starts 2s after placement changes [default: 10m]",
+        "Time between anti-entropy rounds, in which owners compare partitions and copy what differs; a round also starts 2s after a node returns [default: 10m]",
     ),
     s(
         "repair.max_parallel",
