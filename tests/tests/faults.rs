@@ -25,7 +25,7 @@ const REBALANCE: Duration = Duration::from_secs(60);
 
 /// How long replica copies in flight, and what the anti-entropy round after a placement
 /// change repairs, may take to land on every owner once the load has stopped.
-const LANDED: Duration = Duration::from_secs(20);
+const LANDED: Duration = Duration::from_secs(60);
 
 /// The partitions of a cluster (`cluster.partitions` default).
 const PARTITIONS: u64 = 1024;
