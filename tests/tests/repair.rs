@@ -58,7 +58,10 @@ fn replicas_that_missed_writes_converge_without_hints() {
         nodes[..2].iter().map(|n| worker(n, "handoff")["records_dropped"].as_u64().unwrap()).sum();
     assert!(dropped > 0, "a copy for n3 was kept as a hint; this test needs none");
     resume(&nodes[2]);
-    // n3's own store ends up holding every acknowledged key, like n1's and n2's.
+    // n3's own store ends up holding every acknowledged key, like n1's and n2's: by
+    // anti-entropy, or, when n3 on waking declared the others down before hearing from
+    // them, by copying its partitions again; some copies also land late from its socket
+    // buffers. Which path did it varies from run to run; no hint did.
     let converged = wait_until(Duration::from_secs(30), || {
         let keys: Vec<u64> = nodes.iter().map(|n| store(n, "keys")).collect();
         keys.iter().all(|&k| k == keys[0]) && keys[0] >= acked.len() as u64
@@ -66,8 +69,6 @@ fn replicas_that_missed_writes_converge_without_hints() {
     let keys: Vec<u64> = nodes.iter().map(|n| store(n, "keys")).collect();
     let workers: Vec<_> = nodes.iter().map(|n| n.admin_json("/v1/status")["workers"].clone()).collect();
     assert!(converged, "stored keys per node: {keys:?}, acknowledged {}; {workers:#?}", acked.len());
-    // Some copies may still land late from n3's socket buffers; the rest anti-entropy moved.
-    assert!(repair_moved(&nodes) > 0, "{}", worker(&nodes[0], "repair"));
     let mut n3 = nodes[2].raw();
     for key in &acked {
         let i = &key[1..];
