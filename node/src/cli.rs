@@ -292,7 +292,8 @@ where
     Ok(Invocation::Run { load, dev })
 }
 
-fn flags(m: &ArgMatches) -> Vec<(&'static str, String)> {
+/// The settings given as flags in `m`: (setting key, raw text).
+pub(crate) fn flags(m: &ArgMatches) -> Vec<(&'static str, String)> {
     SETTINGS.iter().filter_map(|s| m.get_one::<String>(s.key).map(|v| (s.key, v.clone()))).collect()
 }
 

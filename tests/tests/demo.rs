@@ -231,6 +231,26 @@ fn a_node_that_dies_is_reported_and_the_others_keep_running() {
 }
 
 #[test]
+fn a_node_that_cannot_start_is_named_with_its_log_and_the_others_are_stopped() {
+    node_only!("the demo runs the node");
+    let keep = tempfile::tempdir().unwrap();
+    let dir = keep.path().join("demo");
+    fs::create_dir(&dir).unwrap();
+    // n2's data directory cannot be made: a file has its name.
+    fs::write(dir.join("n2"), "not a directory").unwrap();
+    let mut cmd = node_command();
+    cmd.args(["demo", "--nodes", "2", "--data-dir", dir.to_str().unwrap()]);
+    let out = run_with_deadline(cmd, READY).expect("the demo gives up");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("n2 did not come up: it exited (exit status: 2)"), "{stderr}");
+    assert!(stderr.contains(&format!("last lines of its log {}", dir.join("n2.log").display())), "{stderr}");
+    assert!(stderr.contains(&dir.join("n2").display().to_string()), "the log tail names the path: {stderr}");
+    assert!(stdout.contains("stopped 1 node(s)") && !stdout.contains("Stop with Ctrl-C."), "{stdout}");
+    assert!(dir.join("n1.log").is_file(), "the logs stay for the user");
+}
+
+#[test]
 fn wrong_flags_are_refused_before_anything_starts() {
     node_only!("the demo runs the node");
     let out = run_with_deadline(
@@ -261,5 +281,15 @@ fn wrong_flags_are_refused_before_anything_starts() {
         String::from_utf8_lossy(&out.stdout).is_empty(),
         "nothing may start: {}",
         String::from_utf8_lossy(&out.stdout)
+    );
+
+    let mut cmd = node_command();
+    cmd.args(["demo", "--", "--log-format", "yaml"]);
+    let out = run_with_deadline(cmd, Duration::from_secs(10)).expect("exits");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the node flags after `--`: invalid setting `log_format` (from --log-format)"),
+        "{stderr}"
     );
 }

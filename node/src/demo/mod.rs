@@ -150,25 +150,39 @@ fn node_name(i: usize) -> String {
     format!("n{}", i + 1)
 }
 
-/// Parses a node's command line as the node will, so that a wrong flag after `--` is
-/// reported once, before anything starts.
+/// Parses a node's command line and loads its config as the node will, so that a wrong
+/// flag or value after `--` (or in `--config`) is reported once, before anything starts.
 fn check_node_args(args: &[String]) -> Result<(), DemoError> {
     let matches = crate::cli::command()
         .try_get_matches_from(std::iter::once("opencluster-node").chain(args.iter().map(String::as_str)));
     let problem = match matches {
         Ok(m) => match m.subcommand_name() {
-            None => return Ok(()),
             Some(sub) => format!("`{sub}` is a subcommand, not a node flag"),
+            None => {
+                // The values too, as the node checks them at start (the data directory is
+                // not touched).
+                let load = crate::config::LoadOptions {
+                    config_file: m.get_one::<String>("config").map(PathBuf::from),
+                    dev_data_dir: Some(PathBuf::from("demo")),
+                    env: Vec::new(),
+                    flags: crate::cli::flags(&m),
+                };
+                match crate::config::load(&load) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => e.to_string(),
+                }
+            }
         },
         Err(e) => {
             let text = e.to_string();
-            text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string()
+            let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
+            format!(
+                "{first} (the demo itself gives each node --dev, --node-name, --data-dir, --join and its four \
+                 addresses)"
+            )
         }
     };
-    Err(DemoError::Flags(format!(
-        "the node flags after `--`: {problem} (the demo itself gives each node --dev, --node-name, --data-dir, \
-         --join and its four addresses)"
-    )))
+    Err(DemoError::Flags(format!("the node flags after `--`: {problem}")))
 }
 
 /// The directory holding every node's data directory and log.
@@ -560,6 +574,7 @@ mod tests {
             (vec!["--client-addr", "127.0.0.1:1"], "'--client-addr <ADDR>' cannot be used multiple times"),
             (vec!["--no-such-flag"], "unexpected argument '--no-such-flag'"),
             (vec!["members"], "`members` is a subcommand, not a node flag"),
+            (vec!["--log-format", "yaml"], "invalid setting `log_format` (from --log-format)"),
         ] {
             o.node_args = extra.iter().map(|s| s.to_string()).collect();
             let e = check_node_args(&node_args(&o, Path::new("/d"), 1, &plan[1], &plan[0])).unwrap_err();
