@@ -176,7 +176,7 @@ fn demo_command() -> Command {
                 .long("replicas")
                 .value_name("N")
                 .value_parser(clap::value_parser!(u32).range(1..))
-                .help("Copies of each partition (cluster.replicas) [default: 3, or N when fewer nodes]"),
+                .help("Copies of each partition, for every node (cluster.replicas) [default: 3; fewer while there are fewer nodes]"),
         )
         .arg(
             Arg::new("start-timeout")

@@ -192,7 +192,7 @@ async fn supervise(
 ) -> Result<(), DemoError> {
     // Listening before the first node starts: no exit or Ctrl-C can slip past.
     let mut signals = Signals::listen()?;
-    println!("starting {} nodes in {}", plan.len(), dir.display());
+    println!("starting {} node(s) in {}", plan.len(), dir.display());
     let mut nodes = Vec::with_capacity(plan.len());
     for (i, (ports, args)) in plan.into_iter().zip(args).enumerate() {
         let log = dir.join(format!("{}.log", node_name(i)));
