@@ -288,7 +288,8 @@ pub async fn run(
                 rebalance: crate::cluster::RebalanceOptions {
                     max_bytes_per_sec: config.rebalance.max_bytes_per_sec.0,
                     max_parallel: config.rebalance.max_parallel as usize,
-                    chunk_records: config.rebalance.chunk_records,
+                    // A chunk must fit in a peer message, which limits.max_request_bytes bounds.
+                    chunk_bytes: config.rebalance.chunk_bytes.min(config.limits.max_request_bytes).0 as u32,
                 },
                 repair: crate::cluster::RepairOptions {
                     interval: config.repair.interval,

@@ -8,7 +8,7 @@
 #
 #   tests/bench/rebalance.sh                          # 1 GiB of 16 KiB values, 64MiB/s
 #   DATA_MB=64 STEADY=10 tests/bench/rebalance.sh     # a quick run
-#   THROTTLE=16MiB PARALLEL=4 CHUNK=8 tests/bench/rebalance.sh   # rebalance.* settings
+#   THROTTLE=16MiB PARALLEL=4 CHUNK=1MiB tests/bench/rebalance.sh   # rebalance.* settings
 #
 # The load is the example app's `load` (one connection, RATE SETs per second of
 # LOAD_VALUE_BYTES values, every acknowledged write read back at the end) with
@@ -34,7 +34,7 @@ SETTLE_IDLE=${SETTLE_IDLE:-2}
 AFTER=${AFTER:-10}
 THROTTLE=${THROTTLE:-64MiB}
 PARALLEL=${PARALLEL:-2}
-CHUNK=${CHUNK:-1000}
+CHUNK=${CHUNK:-256KiB}
 KEYS=$((DATA_MB * 1024 * 1024 / VALUE_BYTES))
 need_tools redis-cli curl jq
 setup_run
@@ -60,7 +60,7 @@ start_node() {
   "$NODE" --dev --node-name "$n" --data-dir "$WORK/$n" --client-addr "127.0.0.1:${CLIENT[$n]}" \
     --admin-addr "127.0.0.1:${ADMIN[$n]}" --gossip-addr "127.0.0.1:$gossip" --rpc-addr 127.0.0.1:0 \
     --cluster-replicas 3 --rebalance-max-bytes-per-sec "$THROTTLE" --rebalance-max-parallel "$PARALLEL" \
-    --rebalance-chunk-records "$CHUNK" \
+    --rebalance-chunk-bytes "$CHUNK" \
     --log-level "${2:-warn}" "${join[@]}" >"$WORK/$n.log" 2>&1 &
   PIDS+=($!)
   [ -n "$SEED" ] || SEED="127.0.0.1:$gossip"
@@ -89,7 +89,7 @@ for n in n1 n2 n3; do start_node "$n"; done
 for n in n1 n2 n3; do wait_for 30 "$n to see 3 nodes" sees_nodes "$n" 3; done
 store=$(status n1 | jq -c '{cache_bytes: .store.cache_bytes, write_buffer: .store.write_buffer.limit_bytes, partitions: .store.partitions}')
 echo "machine: $(nproc) cores; $KEYS keys of $VALUE_BYTES bytes ($DATA_MB MiB) on 3 nodes, cluster.replicas 3"
-echo "rebalance.max_bytes_per_sec $THROTTLE, rebalance.max_parallel $PARALLEL, rebalance.chunk_records $CHUNK; store $store"
+echo "rebalance.max_bytes_per_sec $THROTTLE, rebalance.max_parallel $PARALLEL, rebalance.chunk_bytes $CHUNK; store $store"
 
 # The data: distinct keys written through n1 as one pipelined stream.
 started=$SECONDS

@@ -319,6 +319,18 @@ fn a_member_with_a_certificate_from_another_root_gets_no_data() {
     let log = nodes[0].stderr_log();
     let line = log.lines().find(|l| l.contains("cannot be verified")).unwrap();
     assert!(line.contains("intruder"), "{line}");
+    // The member list says so: it holds no data of this cluster.
+    for node in &nodes {
+        let placed: std::collections::BTreeMap<String, bool> = node
+            .admin_json("/v1/members")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["name"].as_str().unwrap().to_string(), m["placed"].as_bool().unwrap()))
+            .collect();
+        let expected = [("intruder", false), ("n1", true), ("n2", true)].map(|(n, p)| (n.to_string(), p));
+        assert_eq!(placed, expected.into_iter().collect());
+    }
     for node in &nodes {
         assert_eq!(opencluster_tests::cluster::placed_nodes(node), 2);
     }

@@ -249,13 +249,17 @@ fn the_members_subcommand_prints_a_table_or_json_and_fails_clearly() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}");
     let header: Vec<&str> = lines[0].split_whitespace().collect();
-    assert_eq!(header, ["Name", "Address", "Status", "Role", "Datacenter", "Version", "Id"], "{stdout}");
+    assert_eq!(
+        header,
+        ["Name", "Address", "Status", "Data", "Role", "Datacenter", "Version", "Id"],
+        "{stdout}"
+    );
     let n1_id = n1.admin_json("/v1/status")["node_id"].as_str().unwrap().to_string();
     let n2_gossip = n2.gossip_addr().to_string();
     let first: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(
-        (first[0], first[2], first[3], first[4], first[6]),
-        ("n1", "alive", "node", "dc1", n1_id.as_str())
+        (first[0], first[2], first[3], first[4], first[5], first[7]),
+        ("n1", "alive", "yes", "node", "dc1", n1_id.as_str())
     );
     assert!(lines[2].starts_with("n2 ") && lines[2].contains(&n2_gossip), "{stdout}");
     // Columns are aligned: every Status cell starts where the header's does.

@@ -132,9 +132,9 @@ fn purged_tombstones_and_expired_values_are_never_copied_back() {
 #[test]
 fn a_node_removes_the_partitions_it_lost_once_their_owners_hold_them() {
     node_only!("clustering is the node's");
-    // Two replicas on three nodes, then a fourth: each old node loses about a third of
+    // Three replicas on three nodes, then a fourth: each old node loses about a quarter of
     // what it held, and must keep it until the new owners confirm they hold it.
-    let opts = ["--cluster-replicas", "2", "--repair-interval", "1s"];
+    let opts = ["--repair-interval", "1s"];
     let mut nodes = start_cluster(3, &opts);
     let mut n1 = nodes[0].raw();
     let mut acked = opencluster_tests::cluster::Acked::new();
@@ -143,7 +143,7 @@ fn a_node_removes_the_partitions_it_lost_once_their_owners_hold_them() {
         assert_eq!(n1.cmd(&["SET", &key, &value]), ok());
         acked.insert(key, value);
     }
-    assert!(wait_until(Duration::from_secs(20), || nodes.iter().map(local_key_count).sum::<u64>() == 1200));
+    assert!(wait_until(Duration::from_secs(20), || nodes.iter().map(local_key_count).sum::<u64>() == 1800));
     // Writes go on through the old nodes while the fourth joins and the others hand over.
     let clients: Vec<_> = nodes.iter().map(|n| n.client_addr()).collect();
     let load = Load::start("during", &clients);
@@ -156,14 +156,14 @@ fn a_node_removes_the_partitions_it_lost_once_their_owners_hold_them() {
     assert!(errors.is_empty(), "client errors while a node joined: {errors:?}");
     assert!(!during.is_empty());
     acked.extend(during);
-    // Every key on exactly its two owners: nothing lost, no copy left behind.
+    // Every key on exactly its three owners: nothing lost, no copy left behind.
     let settled = wait_until(Duration::from_secs(60), || {
-        nodes.iter().map(local_key_count).sum::<u64>() == 2 * acked.len() as u64
+        nodes.iter().map(local_key_count).sum::<u64>() == 3 * acked.len() as u64
             && nodes[..3].iter().all(|n| worker(n, "repair")["not_owned_partitions_held"] == 0)
     });
     let counts: Vec<u64> = nodes.iter().map(local_key_count).collect();
     let repair: Vec<_> = nodes.iter().map(|n| worker(n, "repair")).collect();
-    assert!(settled, "keys per node {counts:?} for {} acknowledged x 2 replicas; {repair:#?}", acked.len());
+    assert!(settled, "keys per node {counts:?} for {} acknowledged x 3 replicas; {repair:#?}", acked.len());
     let removed: u64 = repair.iter().map(|w| w["keys_removed"].as_u64().unwrap()).sum();
     assert!(removed > 0, "{repair:#?}");
     for (i, node) in nodes.iter().enumerate() {

@@ -172,10 +172,12 @@ fn rebalance_line(w: &Value) -> String {
 /// The members as an aligned table, as `opencluster-node members` prints it: one line per
 /// member, this node first as the API lists it.
 pub fn members_table(members: &[Value]) -> String {
-    const HEADER: [&str; 7] = ["Name", "Address", "Status", "Role", "Datacenter", "Version", "Id"];
-    const FIELDS: [&str; 7] = ["name", "gossip_addr", "state", "role", "datacenter", "version", "id"];
+    const HEADER: [&str; 8] = ["Name", "Address", "Status", "Data", "Role", "Datacenter", "Version", "Id"];
+    const FIELDS: [&str; 8] =
+        ["name", "gossip_addr", "state", "placed", "role", "datacenter", "version", "id"];
     let text = |v: &Value| match v {
         Value::String(s) => s.clone(),
+        Value::Bool(placed) => if *placed { "yes" } else { "no" }.to_string(),
         Value::Null => "-".to_string(),
         other => other.to_string(),
     };
@@ -231,16 +233,17 @@ mod tests {
     fn the_table_is_aligned_with_a_header() {
         let members = [
             json!({"name": "n1", "id": "00000000000000aa", "datacenter": "dc1", "role": "node", "state": "alive",
-                   "gossip_addr": "10.0.0.4:7946", "client_addr": "10.0.0.4:6379", "version": "0.1.0", "self": true}),
+                   "gossip_addr": "10.0.0.4:7946", "client_addr": "10.0.0.4:6379", "version": "0.1.0", "self": true,
+                   "placed": true}),
             json!({"name": "node-two", "id": "00000000000000bb", "datacenter": "dc1", "role": "node",
-                   "state": "left", "gossip_addr": null, "version": "0.1.0", "self": false}),
+                   "state": "left", "gossip_addr": null, "version": "0.1.0", "self": false, "placed": false}),
         ];
         let table = members_table(&members);
         assert_eq!(
             table,
-            "Name      Address        Status  Role  Datacenter  Version  Id\n\
-             n1        10.0.0.4:7946  alive   node  dc1         0.1.0    00000000000000aa\n\
-             node-two  -              left    node  dc1         0.1.0    00000000000000bb\n"
+            "Name      Address        Status  Data  Role  Datacenter  Version  Id\n\
+             n1        10.0.0.4:7946  alive   yes   node  dc1         0.1.0    00000000000000aa\n\
+             node-two  -              left    no    node  dc1         0.1.0    00000000000000bb\n"
         );
     }
 

@@ -105,10 +105,25 @@ async fn placement(State(s): State<Arc<AdminState>>, Query(q): Query<PlacementQu
     }
 }
 
-/// Every member this node knows, itself first. Without membership, only itself.
+/// Every member this node knows, itself first, each with `placed`: whether this node
+/// places partitions on it (a member that gossips but has not proved itself over mutual
+/// TLS, or a connector, is not). Without membership, only itself.
 async fn members(State(s): State<Arc<AdminState>>) -> Json<Value> {
     match &s.members {
-        Some(members) => Json(json!(members.list())),
+        Some(members) => {
+            let cluster = &s.server.cluster;
+            let list = members
+                .list()
+                .into_iter()
+                .map(|m| {
+                    let placed = u64::from_str_radix(&m.id, 16).is_ok_and(|id| cluster.places(id));
+                    let mut value = json!(m);
+                    value["placed"] = json!(placed);
+                    value
+                })
+                .collect();
+            Json(Value::Array(list))
+        }
         None => {
             let server = &s.server;
             Json(json!([{
@@ -122,6 +137,7 @@ async fn members(State(s): State<Arc<AdminState>>) -> Json<Value> {
                 "rpc_addr": Value::Null,
                 "version": crate::VERSION,
                 "self": true,
+                "placed": true,
             }]))
         }
     }

@@ -43,7 +43,7 @@ use local::{Executed, Local};
 pub use rebalance::RebalanceOptions;
 use rebalance::{RebalanceStatus, Task};
 pub use repair::{Horizon, RepairOptions};
-pub use service::Service;
+pub use service::{MAX_PULL_BYTES, Service};
 
 use crate::hlc::Clock;
 use crate::membership::members::Members;
@@ -272,7 +272,7 @@ impl Cluster {
         let (rebalance_tasks, queue) = rebalance::queue();
         let max_hint_bytes = topology.as_ref().map_or(64 << 20, |t| t.max_hint_bytes);
         let rebalance_options = topology.as_ref().map_or(
-            RebalanceOptions { max_bytes_per_sec: 64 << 20, max_parallel: 2, chunk_records: 1000 },
+            RebalanceOptions { max_bytes_per_sec: 64 << 20, max_parallel: 2, chunk_bytes: 256 << 10 },
             |t| t.rebalance,
         );
         Ok(Cluster {
@@ -305,6 +305,12 @@ impl Cluster {
 
     pub fn stats(&self) -> StoreStats {
         self.local.store.stats()
+    }
+
+    /// Whether partitions are placed on the node with id `node` (a data node that is alive
+    /// or suspect and was verified over mutual TLS), as this node sees it.
+    pub fn places(&self, node: u64) -> bool {
+        self.view().placement.nodes().binary_search(&NodeId(node)).is_ok()
     }
 
     /// Whether other nodes take part: false for a lone node.

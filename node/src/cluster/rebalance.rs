@@ -32,13 +32,17 @@ use crate::record::Record;
 
 /// How long a partition whose sources all failed waits before it is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Records asked for per chunk, besides `rebalance.chunk_bytes`: bounds the per-record
+/// work of a chunk of tiny values.
+const CHUNK_RECORDS: u32 = 10_000;
 
 /// Rebalance settings, from config.
 #[derive(Clone, Copy, Debug)]
 pub struct RebalanceOptions {
     pub max_bytes_per_sec: u64,
     pub max_parallel: usize,
-    pub chunk_records: u32,
+    /// Bytes of keys and values asked for per chunk.
+    pub chunk_bytes: u32,
 }
 
 /// A partition to copy and where from, best source first (node ids: their addresses are
@@ -179,7 +183,7 @@ impl Cluster {
             {
                 let attempt = self.clone();
                 active.push(async move {
-                    let result = attempt.copy_partition(&task, options.chunk_records, throttle).await;
+                    let result = attempt.copy_partition(&task, options.chunk_bytes, throttle).await;
                     if result.is_err() {
                         tokio::time::sleep(RETRY_AFTER).await;
                     }
@@ -211,7 +215,7 @@ impl Cluster {
     async fn copy_partition(
         &self,
         task: &Task,
-        chunk_records: u32,
+        chunk_bytes: u32,
         throttle: &Throttle,
     ) -> Result<(u64, u64), DataError> {
         let Some(topology) = &self.topology else { return Ok((0, 0)) };
@@ -223,12 +227,12 @@ impl Cluster {
                 continue;
             };
             let source = &source;
-            let mut limit = chunk_records.max(1);
+            let (mut limit, mut max_bytes) = (CHUNK_RECORDS, chunk_bytes.max(1));
             loop {
                 if !self.view().placement.is_owner(task.partition, self.node) {
                     return Ok((keys, bytes));
                 }
-                let msg = messages::Pull { partition: task.partition, from, limit };
+                let msg = messages::Pull { partition: task.partition, from, limit, max_bytes };
                 let chunk = match topology.peers.call(source, &msg, topology.timeout).await {
                     Ok(chunk) => chunk,
                     Err(e) => {
@@ -236,27 +240,29 @@ impl Cluster {
                         break;
                     }
                 };
-                let size: usize = chunk.iter().map(|(k, w)| k.len() + w.0.len()).sum();
+                let size: usize = chunk.records.iter().map(|(k, w)| k.len() + w.0.len()).sum();
                 let records: Vec<(Bytes, Record)> = chunk
+                    .records
                     .iter()
                     .map(|(k, w)| Ok((k.clone(), decode(w)?)))
                     .collect::<Result<_, DataError>>()?;
-                let (count, last) = (records.len(), records.last().map_or(from, |(_, r)| r.hlc));
+                let count = records.len();
                 self.local.apply_batch(records).await?;
                 keys += count as u64;
                 bytes += size as u64;
                 self.metrics.rebalance_bytes.inc_by(size as u64);
                 tokio::time::sleep(throttle.pause_for(size)).await;
-                if count < limit as usize {
-                    return Ok((keys, bytes));
-                }
-                // The next chunk starts at the last HLC received (inclusive: records
-                // sharing it are sent again rather than skipped); a chunk that is all one
-                // HLC needs a larger one to get past it.
-                if last == from {
+                let Some(next) = chunk.next else { return Ok((keys, bytes)) };
+                // The next chunk starts where the source said (inclusive: records sharing
+                // that HLC are sent again rather than skipped); a chunk that got no further
+                // needs a larger one to get past records sharing one HLC.
+                if next <= from {
                     limit = limit.saturating_mul(2);
+                    max_bytes = max_bytes.saturating_mul(2);
+                } else {
+                    (limit, max_bytes) = (CHUNK_RECORDS, chunk_bytes.max(1));
                 }
-                from = last;
+                from = next.max(from);
             }
         }
         Err(DataError::Unavailable(format!(

@@ -9,6 +9,10 @@ use crate::peer::messages::{self, Kind, Refusal, WireRecord, WriteOutcome};
 use crate::peer::{BoxFuture, Handler, answer, refused};
 use crate::record::Record;
 
+/// The most bytes of keys and values a [`messages::Pull`] chunk may ask for (one larger
+/// record still comes alone): well under the smallest peer message limit.
+pub const MAX_PULL_BYTES: usize = 16 << 20;
+
 /// Answers peers' requests from this node's [`Cluster`].
 pub struct Service {
     cluster: Arc<Cluster>,
@@ -100,15 +104,16 @@ impl Handler for Service {
                         }
                         let since = crate::hlc::Hlc(m.from.0.saturating_sub(1));
                         let limit = (m.limit as usize).clamp(1, 100_000);
+                        let max_bytes = (m.max_bytes as usize).clamp(1, MAX_PULL_BYTES);
                         // A chunk can be large: read it off the async workers.
                         let store = c.local.store.clone();
-                        let records = tokio::task::spawn_blocking(move || {
-                            store.changes_since(m.partition, since, limit)
+                        let changes = tokio::task::spawn_blocking(move || {
+                            store.changes_since(m.partition, since, limit, max_bytes)
                         })
                         .await
                         .map_err(|e| Refusal::Store(e.to_string()))?
                         .map_err(|e| refusal(e.into()))?;
-                        Ok(wire(&records))
+                        Ok(messages::PullChunk { records: wire(&changes.records), next: changes.next })
                     })
                     .await
                 }

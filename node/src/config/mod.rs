@@ -89,13 +89,17 @@ pub struct RebalanceConfig {
     pub max_bytes_per_sec: ByteSize,
     /// Partitions copied at once.
     pub max_parallel: u32,
-    /// Records asked for per chunk.
-    pub chunk_records: u32,
+    /// Bytes of keys and values asked for per chunk.
+    pub chunk_bytes: ByteSize,
 }
 
 impl Default for RebalanceConfig {
     fn default() -> Self {
-        RebalanceConfig { max_bytes_per_sec: ByteSize(64 << 20), max_parallel: 2, chunk_records: 1000 }
+        RebalanceConfig {
+            max_bytes_per_sec: ByteSize(64 << 20),
+            max_parallel: 2,
+            chunk_bytes: ByteSize(256 << 10),
+        }
     }
 }
 
@@ -505,8 +509,8 @@ impl Config {
         if b.max_parallel == 0 || b.max_parallel > 64 {
             return Err(err("rebalance.max_parallel", "must be between 1 and 64"));
         }
-        if b.chunk_records == 0 || b.chunk_records > 100_000 {
-            return Err(err("rebalance.chunk_records", "must be between 1 and 100000"));
+        if b.chunk_bytes.0 < 4 << 10 || b.chunk_bytes.0 > crate::cluster::MAX_PULL_BYTES as u64 {
+            return Err(err("rebalance.chunk_bytes", "must be between 4KiB and 16MiB"));
         }
         let a = &self.repair;
         if a.interval < Duration::from_secs(1) || a.interval > Duration::from_secs(7 * 24 * 3600) {
@@ -688,6 +692,9 @@ mod tests {
                 }),
             ),
             ("admin_token", Box::new(|c| c.admin_token = Some("short".into()))),
+            ("rebalance.max_parallel", Box::new(|c| c.rebalance.max_parallel = 0)),
+            ("rebalance.chunk_bytes", Box::new(|c| c.rebalance.chunk_bytes = ByteSize(1024))),
+            ("rebalance.chunk_bytes", Box::new(|c| c.rebalance.chunk_bytes = ByteSize(32 << 20))),
             (
                 "join",
                 Box::new(|c| {

@@ -157,9 +157,9 @@ pub const SETTINGS: &[Setting] = &[
     ),
     s("rebalance.max_parallel", Kind::Int, "Partitions a node copies in at once [default: 2]"),
     s(
-        "rebalance.chunk_records",
-        Kind::Int,
-        "Records asked for per chunk when copying a partition [default: 1000]",
+        "rebalance.chunk_bytes",
+        Kind::Size,
+        "Bytes of keys and values asked for per chunk when copying a partition (a larger value comes alone) [default: 256KiB]",
     ),
     s(
         "repair.interval",

@@ -232,18 +232,27 @@ impl Message for Count {
 }
 
 /// A partition's records (tombstones included) with an HLC of at least `from`, in HLC
-/// order, at most `limit` of them: how a new owner copies a partition, chunk by chunk,
-/// resuming from the last HLC it received.
+/// order, at most `limit` of them and about `max_bytes` of keys and values: how a new
+/// owner copies a partition, chunk by chunk, resuming where the last chunk said.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Pull {
     pub partition: Partition,
     pub from: Hlc,
     pub limit: u32,
+    pub max_bytes: u32,
 }
 
 impl Message for Pull {
     const KIND: Kind = Kind::Pull;
-    type Response = Vec<(Bytes, WireRecord)>;
+    type Response = PullChunk;
+}
+
+/// One chunk of a partition: its records, and where the next chunk starts (`from` of the
+/// next [`Pull`]), or `None` when this was the last.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PullChunk {
+    pub records: Vec<(Bytes, WireRecord)>,
+    pub next: Option<Hlc>,
 }
 
 /// Anti-entropy: the bucket hashes of a partition's records that count at `horizon`

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use xxhash_rust::xxh3::{Xxh3Builder, xxh3_64};
 
 use super::wal::Wal;
-use super::{Store, StoreError, StoreStats, Write};
+use super::{Changes, Store, StoreError, StoreStats, Write, chunk_bytes};
 use crate::hlc::Hlc;
 use crate::placement::{Partition, partition_of};
 use crate::record::Record;
@@ -516,25 +516,41 @@ impl Store for BufferedStore {
         Ok(())
     }
 
+    /// The engine's chunk merged with the buffer. When the engine stopped at a limit,
+    /// buffered records past its last HLC wait for a later chunk: the engine may hold
+    /// older records between the two that this chunk must not skip.
     fn changes_since(
         &self,
         partition: Partition,
         since: Hlc,
         limit: usize,
-    ) -> Result<Vec<(Bytes, Record)>, StoreError> {
+        max_bytes: usize,
+    ) -> Result<Changes, StoreError> {
         let buffered: HashMap<Bytes, Record> =
             self.inner.shard(partition).iter().map(|(k, e)| (k.clone(), e.record.clone())).collect();
-        let mut all: Vec<(Bytes, Record)> = self
-            .inner
-            .engine
-            .changes_since(partition, since, limit)?
-            .into_iter()
-            .filter(|(k, _)| !buffered.contains_key(k))
-            .collect();
-        all.extend(buffered.into_iter().filter(|(_, r)| r.hlc > since));
+        let engine = self.inner.engine.changes_since(partition, since, limit, max_bytes)?;
+        let mut all: Vec<(Bytes, Record)> =
+            engine.records.into_iter().filter(|(k, _)| !buffered.contains_key(k)).collect();
+        all.extend(
+            buffered
+                .into_iter()
+                .filter(|(_, r)| r.hlc > since && engine.next.is_none_or(|next| r.hlc <= next)),
+        );
         all.sort_by_key(|(_, r)| r.hlc);
-        all.truncate(limit);
-        Ok(all)
+        let mut out = Changes { records: Vec::with_capacity(all.len().min(limit)), next: engine.next };
+        let mut bytes = 0;
+        for (key, record) in all {
+            let size = chunk_bytes(&key, &record);
+            if let Some((_, last)) = out.records.last()
+                && (out.records.len() >= limit || bytes + size > max_bytes)
+            {
+                out.next = Some(last.hlc);
+                break;
+            }
+            bytes += size;
+            out.records.push((key, record));
+        }
+        Ok(out)
     }
 
     /// Purges from the engine. A buffered record always supersedes what the engine held,
@@ -586,9 +602,11 @@ impl Store for BufferedStore {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::record::Origin;
-    use crate::store::{SledStore, StoreOptions};
+    use crate::store::{SledStore, StoreOptions, chunk_bytes};
 
     fn rec(v: Option<&'static [u8]>, hlc: u64, expires_at_ms: Option<u64>) -> Record {
         Record {
@@ -684,7 +702,9 @@ mod tests {
         let mut scanned = Vec::new();
         s.scan_partition(3, &mut |k, _| scanned.push(k.to_vec())).unwrap();
         assert_eq!(scanned.len(), 2);
-        assert!(s.changes_since(3, Hlc(0), 10).unwrap().iter().all(|(_, r)| r.hlc >= Hlc(30)));
+        assert!(
+            s.changes_since(3, Hlc(0), 10, usize::MAX).unwrap().records.iter().all(|(_, r)| r.hlc >= Hlc(30))
+        );
         // Nothing left to remove, and the buffered one reaches the engine intact.
         assert_eq!(s.remove_unchanged(3, &listed).unwrap(), 0);
         s.drain();
@@ -741,7 +761,7 @@ mod tests {
         let mut changes = 0;
         for p in 0..8 {
             s.scan_partition(p, &mut |k, _| seen.push(String::from_utf8(k.to_vec()).unwrap())).unwrap();
-            let c = s.changes_since(p, Hlc(110), 100).unwrap();
+            let c = s.changes_since(p, Hlc(110), 100, usize::MAX).unwrap().records;
             assert!(c.windows(2).all(|w| w[0].1.hlc < w[1].1.hlc));
             changes += c.len();
         }
@@ -750,6 +770,76 @@ mod tests {
         expected.sort();
         assert_eq!(seen, expected);
         assert_eq!(changes, 29);
+    }
+
+    /// Copies partition `p` chunk by chunk as rebalance does: following `next`, with
+    /// twice the limits after a chunk that got no further.
+    fn copy_in_chunks(
+        s: &dyn Store,
+        p: Partition,
+        mut limit: usize,
+        mut max_bytes: usize,
+    ) -> (BTreeMap<Vec<u8>, Hlc>, usize) {
+        let (mut got, mut from, mut chunks) = (BTreeMap::new(), Hlc::ZERO, 0);
+        loop {
+            let c = s.changes_since(p, Hlc(from.0.saturating_sub(1)), limit, max_bytes).unwrap();
+            chunks += 1;
+            // A chunk can be empty when everything the engine read was superseded by
+            // buffered records further on; never the last one.
+            assert!(!c.records.is_empty() || c.next.is_some(), "an empty last chunk");
+            let size: usize = c.records.iter().map(|(k, r)| chunk_bytes(k, r)).sum();
+            assert!(
+                c.records.len() <= limit && (size <= max_bytes || c.records.len() == 1),
+                "chunk of {size} bytes"
+            );
+            for (k, r) in c.records {
+                let held = got.entry(k.to_vec()).or_insert(r.hlc);
+                *held = (*held).max(r.hlc);
+            }
+            match c.next {
+                Some(next) => {
+                    assert!(next >= from && chunks < 1000, "no progress from {from:?}");
+                    if next == from {
+                        limit = limit.saturating_mul(2);
+                        max_bytes = max_bytes.saturating_mul(2);
+                    }
+                    from = next;
+                }
+                None => return (got, chunks),
+            }
+        }
+    }
+
+    #[test]
+    fn a_partition_copied_in_chunks_misses_nothing_buffered_or_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), 1 << 20);
+        let keys: Vec<Vec<u8>> =
+            (0..2000).map(|i| format!("k{i}").into_bytes()).filter(|k| partition_of(k, 8) == 5).collect();
+        let mut latest = BTreeMap::new();
+        for (n, k) in keys.iter().enumerate() {
+            s.put(k, &mut || rec(Some(b"0123456789"), 100 + n as u64, None)).unwrap();
+            latest.insert(k.clone(), Hlc(100 + n as u64));
+        }
+        s.drain();
+        // Every fourth key overwritten later, still in the buffer: its applied version,
+        // early in HLC order, is superseded by one past the end of most chunks.
+        for (n, k) in keys.iter().enumerate().step_by(4) {
+            s.put(k, &mut || rec(Some(b"newer"), 10_000 + n as u64, None)).unwrap();
+            latest.insert(k.clone(), Hlc(10_000 + n as u64));
+        }
+        for (limit, max_bytes) in [(7, usize::MAX), (1000, 40), (3, 1), (100_000, usize::MAX)] {
+            let (got, chunks) = copy_in_chunks(&s, 5, limit, max_bytes);
+            assert_eq!(got, latest, "limit {limit}, max_bytes {max_bytes}");
+            if limit < 10 || max_bytes < 100 {
+                assert!(chunks > 10, "{chunks} chunks");
+            }
+        }
+        // One value larger than the byte limit comes alone.
+        let big = Bytes::from(vec![b'x'; 1000]);
+        s.put(&keys[0], &mut || Record { value: Some(big.clone()), ..rec(None, 20_000, None) }).unwrap();
+        let c = s.changes_since(5, Hlc(19_999), 100, 100).unwrap();
+        assert_eq!((c.records.len(), c.next), (1, None));
     }
 
     #[tokio::test]

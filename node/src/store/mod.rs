@@ -37,6 +37,22 @@ pub enum Write {
     Put(Record),
 }
 
+/// A chunk of a partition's records in HLC order, from [`Store::changes_since`].
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub records: Vec<(Bytes, Record)>,
+    /// Where the next chunk starts (inclusive: records at this HLC may come again), or
+    /// `None` when this chunk holds every record left. It can lie past the last record of
+    /// this chunk (which may then be empty) when records read were superseded by newer
+    /// ones still to come.
+    pub next: Option<Hlc>,
+}
+
+/// The bytes a record takes in a chunk: its key and value.
+pub fn chunk_bytes(key: &[u8], record: &Record) -> usize {
+    key.len() + record.value.as_ref().map_or(0, |v| v.len())
+}
+
 /// Counters the store keeps as it goes, for INFO, `/v1/status` and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -119,13 +135,16 @@ pub trait Store: Send + Sync + 'static {
         visit: &mut dyn FnMut(&[u8], &Record),
     ) -> Result<(), StoreError>;
 
-    /// Up to `limit` records of `partition` with an HLC strictly above `since`, in HLC order.
+    /// Records of `partition` with an HLC strictly above `since`, in HLC order: at most
+    /// `limit` of them, with at most `max_bytes` of keys and values in all, except that the
+    /// first record comes whatever its size (a chunk is never empty while records remain).
     fn changes_since(
         &self,
         partition: Partition,
         since: Hlc,
         limit: usize,
-    ) -> Result<Vec<(Bytes, Record)>, StoreError>;
+        max_bytes: usize,
+    ) -> Result<Changes, StoreError>;
 
     /// Physically removes up to `limit` expired values and tombstones older than the grace
     /// period, as of `now_ms`. Returns how many were removed.

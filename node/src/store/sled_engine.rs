@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::{Store, StoreError, StoreOptions, StoreStats, Write};
+use super::{Changes, Store, StoreError, StoreOptions, StoreStats, Write, chunk_bytes};
 use crate::hlc::Hlc;
 use crate::placement::{Partition, partition_of};
 use crate::record::{Record, RecordView};
@@ -380,25 +380,29 @@ impl Store for SledStore {
         partition: Partition,
         since: Hlc,
         limit: usize,
-    ) -> Result<Vec<(Bytes, Record)>, StoreError> {
+        max_bytes: usize,
+    ) -> Result<Changes, StoreError> {
         let start = index_key(partition, Hlc(since.0.saturating_add(1)), &[]);
         let mut end = vec![INDEX];
         end.extend_from_slice(&partition.to_be_bytes());
         end.extend_from_slice(&[0xff; 9]);
-        let mut out = Vec::new();
+        let mut out = Changes::default();
+        let mut bytes = 0;
         for entry in self.db.range(start..end) {
-            if out.len() >= limit {
-                break;
-            }
             let (k, _) = entry.map_err(io)?;
             let hlc = Hlc(u64::from_be_bytes(k[3..11].try_into().expect("8 bytes")));
             let key = &k[11..];
             // An entry left stale by a crash between two writes no longer matches its record.
-            if let Some(r) = self.read(partition, key)?
-                && r.hlc == hlc
+            let Some(r) = self.read(partition, key)?.filter(|r| r.hlc == hlc) else { continue };
+            let size = chunk_bytes(key, &r);
+            if let Some((_, last)) = out.records.last()
+                && (out.records.len() >= limit || bytes + size > max_bytes)
             {
-                out.push((Bytes::copy_from_slice(key), r));
+                out.next = Some(last.hlc);
+                break;
             }
+            bytes += size;
+            out.records.push((Bytes::copy_from_slice(key), r));
         }
         Ok(out)
     }
@@ -514,7 +518,7 @@ mod tests {
         s.put(b"k", &mut || rec(Some(b"2"), 20, None)).unwrap();
         assert_eq!(s.get(b"k").unwrap().unwrap().value.as_deref(), Some(&b"2"[..]));
         assert_eq!(s.stats(), StoreStats { keys: 1, expiring: 0, tombstones: 0 });
-        let changes = s.changes_since(0, Hlc::ZERO, 10).unwrap();
+        let changes = s.changes_since(0, Hlc::ZERO, 10, usize::MAX).unwrap().records;
         assert_eq!(changes.iter().map(|(_, r)| r.hlc.0).collect::<Vec<_>>(), vec![20]);
         // The old expiry's purge entry is gone: nothing is purged at 5_000.
         assert_eq!(s.purge_due(6_000, 10).unwrap(), 0);
@@ -528,7 +532,7 @@ mod tests {
         put(&s, b"k", rec(Some(b"1"), 10, None));
         // A crash after the new index entry but before the record was written leaves this.
         s.db.insert(index_key(0, Hlc(30), b"k"), &[]).unwrap();
-        let changes = s.changes_since(0, Hlc::ZERO, 10).unwrap();
+        let changes = s.changes_since(0, Hlc::ZERO, 10, usize::MAX).unwrap().records;
         assert_eq!(changes.iter().map(|(_, r)| r.hlc.0).collect::<Vec<_>>(), vec![10]);
     }
 
@@ -559,7 +563,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.get(b"k").unwrap().unwrap().value.as_deref(), Some(&b"2"[..]));
         let p = partition_of(b"k", 4);
-        let changes = s.changes_since(p, Hlc::ZERO, 10).unwrap();
+        let changes = s.changes_since(p, Hlc::ZERO, 10, usize::MAX).unwrap().records;
         assert_eq!(changes.len(), 1);
         assert_eq!(s.stats().keys, 1);
     }
@@ -572,7 +576,12 @@ mod tests {
         put(&s, b"b", rec(Some(b"1"), 20, None));
         put(&s, b"a", rec(Some(b"2"), 30, None));
         let since = |t| -> Vec<(Vec<u8>, u64)> {
-            s.changes_since(0, Hlc(t), 10).unwrap().into_iter().map(|(k, r)| (k.to_vec(), r.hlc.0)).collect()
+            s.changes_since(0, Hlc(t), 10, usize::MAX)
+                .unwrap()
+                .records
+                .into_iter()
+                .map(|(k, r)| (k.to_vec(), r.hlc.0))
+                .collect()
         };
         assert_eq!(since(0), vec![(b"b".to_vec(), 20), (b"a".to_vec(), 30)]);
         assert_eq!(since(20), vec![(b"a".to_vec(), 30)]);
@@ -594,7 +603,7 @@ mod tests {
         assert!(s.get(b"gone").unwrap().is_none());
         assert!(s.get(b"keep").unwrap().is_some());
         assert_eq!(s.stats(), StoreStats { keys: 1, expiring: 0, tombstones: 0 });
-        let left = s.changes_since(partition_of(b"exp", 8), Hlc::ZERO, 10).unwrap();
+        let left = s.changes_since(partition_of(b"exp", 8), Hlc::ZERO, 10, usize::MAX).unwrap().records;
         assert!(left.iter().all(|(k, _)| &k[..] != b"exp"), "purged key still indexed");
     }
 
