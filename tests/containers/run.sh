@@ -12,6 +12,8 @@
 #                   keys (joined by join_service); a node on the default keys is refused
 #   memory-limit    a node under `docker run --memory 128m` stays up under load
 #   partition       `docker network disconnect` isolates a node; `connect` heals it
+#   swarm           deploy/swarm as a stack in a single-node swarm (created and left
+#                   again when the engine is not in one; skipped when it is)
 #
 # A scenario that cannot run here exits 77 after a notice and counts as skipped. Each
 # scenario removes every container, network, volume and image it made, also when it
@@ -29,7 +31,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 cd "$ROOT"
 source "$HERE/lib.sh"
 
-ALL=(compose customer-image memory-limit partition)
+ALL=(compose customer-image memory-limit partition swarm)
 if [ $# -gt 0 ]; then
   SCENARIOS=("$@")
 else
