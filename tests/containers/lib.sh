@@ -10,7 +10,8 @@
 #   PREFIX  the image name prefix (IMAGE_PREFIX as for build-images.sh, default
 #           `opencluster/`): the images under test.
 # A scenario may define `scenario_cleanup` (run first at exit, also on failure) and
-# `scenario_logs` (run on failure, to show what went wrong).
+# `scenario_logs` (run on failure, to show what went wrong). Exit status 77 means skipped:
+# the scenario cannot run on this engine (it prints why).
 
 set -euo pipefail
 
@@ -128,7 +129,7 @@ begin() {
 finish() {
   local rc=$?
   set +e
-  if [ "$rc" -ne 0 ]; then
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 77 ]; then
     say "failed: the last log lines of each container"
     if declare -F scenario_logs >/dev/null; then
       scenario_logs
@@ -155,6 +156,8 @@ finish() {
   ) | wc -l)
   [ "$left" -eq 0 ] || say "WARNING: $left containers, networks, volumes or images of $RUN remain"
   rm -rf "$WORK"
-  say "cleaned up $RUN; $([ "$rc" -eq 0 ] && echo PASSED || echo FAILED) in $((SECONDS - START))s"
+  local verdict=FAILED
+  case $rc in 0) verdict=PASSED ;; 77) verdict=SKIPPED ;; esac
+  say "cleaned up $RUN; $verdict in $((SECONDS - START))s"
   exit "$rc"
 }

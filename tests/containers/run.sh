@@ -13,7 +13,9 @@
 #   memory-limit    a node under `docker run --memory 128m` stays up under load
 #   partition       `docker network disconnect` isolates a node; `connect` heals it
 #   swarm           deploy/swarm as a stack in a single-node swarm (created and left
-#                   again when the engine is not in one; skipped when it is)
+#                   again when the engine is in none; an existing swarm is used and kept
+#                   when this engine manages it; skipped on a worker or when
+#                   `docker swarm init` fails)
 #
 # A scenario that cannot run here exits 77 after a notice and counts as skipped. Each
 # scenario removes every container, network, volume and image it made, also when it

@@ -3,7 +3,8 @@
 #
 # When the engine is in no swarm, this creates a single-node swarm and leaves it at the
 # end (also on failure); a swarm it did not create is used if this engine is a manager
-# and left as it was (only the stack goes); on a worker it skips (exit 77).
+# and left as it was (only the stack goes); on a worker, or when `docker swarm init`
+# fails, it skips (exit 77) with a notice.
 #
 # 1. makes keys with the pki image, deploys opencluster-stack.yml + keys.yml (the keys as
 #    Swarm secrets) with `--resolve-image never` (the images are local);
@@ -77,8 +78,9 @@ scenario_cleanup() {
 
 if [ "$swarm_state" = inactive ]; then
   docker swarm init >"$WORK/init.log" 2>&1 || docker swarm init --advertise-addr 127.0.0.1 >"$WORK/init.log" 2>&1 || {
-    cat "$WORK/init.log"
-    fail "docker swarm init failed"
+    indent <"$WORK/init.log"
+    echo "NOTICE: this engine cannot start a swarm (above): the swarm test SKIPPED"
+    exit 77
   }
   created_swarm=true
   say "created a single-node swarm (it is left at the end)"
