@@ -21,7 +21,10 @@ import re
 import subprocess
 import sys
 
-import yaml
+try:
+    import yaml
+except ImportError:
+    sys.exit("check-manifests: PyYAML is missing: apt-get install python3-yaml (or pip install pyyaml)")
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 failures = []
