@@ -9,6 +9,7 @@ use clap::{Arg, ArgAction, ArgMatches, Command};
 
 use crate::config::LoadOptions;
 use crate::config::settings::{Kind, SETTINGS};
+use crate::demo::{DemoOptions, MAX_NODES};
 
 /// What the user asked for.
 #[derive(Debug)]
@@ -21,6 +22,8 @@ pub enum Invocation {
     Status { load: LoadOptions, admin_addr: Option<SocketAddr>, timeout: Duration, format: MembersFormat },
     /// List the members a running node knows.
     Members { load: LoadOptions, admin_addr: Option<SocketAddr>, timeout: Duration, format: MembersFormat },
+    /// Run a local cluster of node processes.
+    Demo(DemoOptions),
 }
 
 /// How `members` prints the list.
@@ -107,7 +110,8 @@ pub fn command() -> Command {
                 .arg(admin_addr_arg("ask"))
                 .arg(timeout_arg())
                 .arg(format_arg("table", "table: aligned columns; json: the /v1/members JSON as the node answers it")),
-        );
+        )
+        .subcommand(demo_command());
     for s in SETTINGS {
         let mut arg = Arg::new(s.key)
             .long(s.flag())
@@ -119,6 +123,102 @@ pub fn command() -> Command {
         cmd = cmd.arg(arg);
     }
     cmd
+}
+
+const DEMO_ABOUT: &str = "Run a local cluster of N nodes as processes on this machine, for trying OpenCluster without Docker.
+
+Each node is a child process of this program started as a --dev node: loopback ports of its own (free ones, \
+or consecutive ones from --base-port), a data directory and a log file (n1.log, n2.log, ...) in the demo \
+directory, the INSECURE default keys; every node joins the first. The demo waits until every node is healthy \
+and places partitions on all N, then prints each node's client and admin address and how to connect.
+
+A node that exits while the demo runs is reported with the end of its log; the others keep running, as a real \
+cluster would. Ctrl-C (SIGINT) or SIGTERM stops every node with SIGTERM (each leaves the cluster and flushes), \
+kills those still running after --stop-timeout (or at a second Ctrl-C), and removes the demo directory unless \
+--data-dir named it. If a node does not come up, the demo stops the others, shows the end of that node's log \
+and keeps the directory.
+
+The nodes ignore OPENCLUSTER_* environment variables and read a config file only when --config names one; \
+give them settings after `--`, e.g.
+  opencluster-node demo --nodes 5 -- --store-fsync always --log-level debug
+
+Exit status: 0 after a clean stop; 1 if a node did not come up, exited while the demo ran or had to be \
+killed; 2 for invalid flags.";
+
+fn demo_command() -> Command {
+    Command::new("demo")
+        .about("Run a local cluster of N node processes on this machine, for trying OpenCluster without Docker")
+        .long_about(DEMO_ABOUT)
+        .arg(
+            Arg::new("nodes")
+                .long("nodes")
+                .value_name("N")
+                .default_value("3")
+                .value_parser(clap::value_parser!(u8).range(1..=MAX_NODES as i64))
+                .help(format!("How many nodes to run, 1 to {MAX_NODES}")),
+        )
+        .arg(
+            Arg::new("base-port")
+                .long("base-port")
+                .value_name("PORT")
+                .value_parser(clap::value_parser!(u16).range(1..))
+                .help(
+                    "Use 4*N consecutive ports from PORT instead of free ones: client ports PORT.., then admin, \
+                     gossip and rpc ports, N of each (with 3 nodes from 7000: redis-cli -p 7000, 7001, 7002)",
+                ),
+        )
+        .arg(Arg::new("data-dir").long("data-dir").value_name("DIR").help(
+            "Keep the nodes' data directories and logs in DIR (created if missing; a later demo on the same DIR \
+             finds its data again) [default: a temporary directory removed when the demo stops]",
+        ))
+        .arg(
+            Arg::new("replicas")
+                .long("replicas")
+                .value_name("N")
+                .value_parser(clap::value_parser!(u32).range(1..))
+                .help("Copies of each partition, for every node (cluster.replicas) [default: 3; fewer while there are fewer nodes]"),
+        )
+        .arg(
+            Arg::new("start-timeout")
+                .long("start-timeout")
+                .value_name("DURATION")
+                .default_value("60s")
+                .help("Give up when the nodes are not all ready after this long"),
+        )
+        .arg(
+            Arg::new("stop-timeout")
+                .long("stop-timeout")
+                .value_name("DURATION")
+                .default_value("30s")
+                .help("Kill nodes still running this long after SIGTERM (a node drains for up to its shutdown_timeout, 10s)"),
+        )
+        .arg(
+            Arg::new("node-args")
+                .value_name("NODE FLAGS")
+                .num_args(0..)
+                .last(true)
+                .allow_hyphen_values(true)
+                .help("Flags given to every node after `--`, as for `opencluster-node` itself"),
+        )
+}
+
+/// The options of `demo` from its matches.
+fn demo_options(m: &ArgMatches, config_file: Option<PathBuf>) -> Result<DemoOptions, String> {
+    let duration = |name: &str| {
+        let text = m.get_one::<String>(name).expect("has a default");
+        humantime::parse_duration(text).map_err(|e| format!("--{name} {text:?}: {e}"))
+    };
+    Ok(DemoOptions {
+        nodes: usize::from(*m.get_one::<u8>("nodes").expect("has a default")),
+        base_port: m.get_one::<u16>("base-port").copied(),
+        data_dir: m.get_one::<String>("data-dir").map(PathBuf::from),
+        replicas: m.get_one::<u32>("replicas").copied(),
+        config_file,
+        node_args: m.get_many::<String>("node-args").into_iter().flatten().cloned().collect(),
+        start_timeout: duration("start-timeout")?,
+        stop_timeout: duration("stop-timeout")?,
+        program: std::env::args().next().unwrap_or_else(|| "opencluster-node".to_string()),
+    })
 }
 
 /// `--format human|json`, where `human` names the subcommand's own readable form.
@@ -158,6 +258,11 @@ where
 {
     let m = command().try_get_matches_from(args).unwrap_or_else(|e| e.exit());
     let env: Vec<(String, String)> = std::env::vars().collect();
+    if let Some(d) = m.subcommand_matches("demo") {
+        // Only an explicit --config reaches the demo's nodes, not OPENCLUSTER_CONFIG.
+        let config_file = m.get_one::<String>("config").map(PathBuf::from);
+        return Ok(Invocation::Demo(demo_options(d, config_file)?));
+    }
     let config_file = m
         .get_one::<String>("config")
         .cloned()
@@ -187,7 +292,8 @@ where
     Ok(Invocation::Run { load, dev })
 }
 
-fn flags(m: &ArgMatches) -> Vec<(&'static str, String)> {
+/// The settings given as flags in `m`: (setting key, raw text).
+pub(crate) fn flags(m: &ArgMatches) -> Vec<(&'static str, String)> {
     SETTINGS.iter().filter_map(|s| m.get_one::<String>(s.key).map(|v| (s.key, v.clone()))).collect()
 }
 
@@ -215,6 +321,35 @@ mod tests {
         let config = crate::config::load(&load).unwrap();
         assert_eq!(config.client_addr, Some("127.0.0.1:7000".parse().unwrap()));
         assert_eq!(config.store.fsync, crate::config::Fsync::Always);
+    }
+
+    #[test]
+    fn demo_takes_its_flags_and_the_node_flags_after_a_double_dash() {
+        let inv = parse_from([
+            "opencluster-node",
+            "demo",
+            "--nodes",
+            "5",
+            "--base-port",
+            "7000",
+            "--replicas",
+            "2",
+            "--",
+            "--store-fsync",
+            "always",
+        ])
+        .unwrap();
+        let Invocation::Demo(d) = inv else { panic!("expected demo") };
+        assert_eq!((d.nodes, d.base_port, d.replicas), (5, Some(7000), Some(2)));
+        assert_eq!(d.node_args, ["--store-fsync", "always"]);
+        assert_eq!((d.start_timeout, d.stop_timeout), (Duration::from_secs(60), Duration::from_secs(30)));
+        let Invocation::Demo(d) = parse_from(["opencluster-node", "demo"]).unwrap() else { panic!("demo") };
+        assert_eq!((d.nodes, d.base_port, d.data_dir, d.node_args.len()), (3, None, None, 0));
+        for nodes in ["0", "17", "three"] {
+            let e =
+                command().try_get_matches_from(["opencluster-node", "demo", "--nodes", nodes]).unwrap_err();
+            assert!(e.to_string().contains(&format!("invalid value '{nodes}' for '--nodes <N>'")), "{e}");
+        }
     }
 
     #[test]

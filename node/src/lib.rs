@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod glob;
 pub mod hlc;
 pub mod logging;

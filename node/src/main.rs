@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use opencluster_node::cli::{self, Invocation};
-use opencluster_node::{admin, config, logging, node};
+use opencluster_node::{admin, config, demo, logging, node};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -28,6 +28,13 @@ fn main() -> ExitCode {
             })
         }
         Invocation::Run { load, dev } => run(load, dev),
+        Invocation::Demo(opts) => match demo::run(opts) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("opencluster-node demo: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
     }
 }
 

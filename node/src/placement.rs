@@ -5,17 +5,27 @@
 //! moves or compares data (rebalance, anti-entropy, WAN shipping, SCAN cursors) works a
 //! partition at a time.
 //!
-//! The owners of a partition are the top R alive data nodes by rendezvous
-//! (highest-random-weight) hashing: every node gets a score for every partition, a hash of
-//! the pair, and the R best scores own it, best first (the first is the primary). Every
-//! node computes the same owners from the same member set with no coordination, and
-//! membership changes move as little as possible: a joining node takes a partition only
-//! where it outscores a current owner, and only from that one; a leaving node is replaced
-//! only in the partitions it owned, each time by the next best node. The order of the
-//! remaining owners never changes, since a node's score does not depend on who else is in
-//! the cluster. Balance is statistical: a node owns each partition with probability R/N,
-//! so with 1024 partitions, R = 3 and N = 20 a node's share has a standard deviation of
-//! about 7% of the mean.
+//! Owners come from rendezvous (highest-random-weight) hashing with bounded loads. Every
+//! node gets a score for every partition, a hash of the pair; plain rendezvous hashing
+//! gives each partition the R best-scoring alive data nodes, best first (the first is the
+//! primary). Membership changes then move as little as possible: a joining node takes a
+//! partition only where it outscores a current owner, a leaving node is replaced only
+//! where it was an owner. But balance is only statistical: a node owns each partition with
+//! probability R/N, so with 1024 partitions, R = 3 and N = 20 a node's share has a
+//! standard deviation of 7% of the mean, and the fullest node of 100 holds almost three
+//! times what the emptiest does.
+//!
+//! So the table bounds every node's share to the mean +-5% ([`SLACK_PERCENT`], rounded
+//! outwards): pairs are taken in score order across all partitions, a full node's
+//! lowest-scoring partitions go to their next candidates, and nodes left under the lower
+//! bound take over partitions where they score next best (see [`bounded_load`]). Where no
+//! node's plain share strays out of the bounds, which is the usual case at 3 to 6 nodes,
+//! the table is exactly the plain one. Otherwise a join or a leave moves a little more
+//! than the minimum: on average 1.00x of it going from 5 to 6 nodes, 1.03x from 10 to 11,
+//! 1.11x from 20 to 21 and 1.23x from 30 to 31 (R = 3, 1024 partitions; more partitions
+//! per node bring it closer to 1). Every node computes the same table from the same
+//! member set with no coordination, and each partition's owners are listed by score, so
+//! the order of the owners that stay never changes.
 //!
 //! This module is pure: membership comes in as arguments. The cluster layer decides which
 //! nodes are alive and which hold data (connectors never own partitions).
@@ -94,14 +104,115 @@ fn select(partition: Partition, nodes: &[NodeId], replicas: usize, best: &mut Ve
     }
 }
 
-/// The owners of `partition` among `nodes`, best first: the top `min(replicas, distinct
-/// nodes)` by rendezvous hashing. The same for any order of `nodes`; duplicates count once.
+/// How far a node's share of partition replicas may stray from the mean, in percent: every
+/// node owns between `floor(mean * 0.95)` and `ceil(mean * 1.05)` replicas. Part of the
+/// wire contract, like [`score`].
+const SLACK_PERCENT: u64 = 5;
+
+/// How many nodes beyond its owners each partition keeps as candidates for the bounded
+/// step: where the better ones are full it goes to these, in rank order. Part of the wire
+/// contract, like [`score`].
+const SPARE_CANDIDATES: usize = 4;
+
+/// The table when every node owns every partition (no more nodes than replicas): each
+/// partition's owners are all nodes, best first.
+fn every_node_everywhere(partitions: u16, nodes: &[NodeId]) -> Vec<NodeId> {
+    let mut table = Vec::with_capacity(usize::from(partitions) * nodes.len());
+    let mut best = Vec::with_capacity(nodes.len());
+    for partition in 0..partitions {
+        select(partition, nodes, nodes.len(), &mut best);
+        table.extend(best.iter().map(|&(_, node)| node));
+    }
+    table
+}
+
+/// The owner table for more nodes than owners per partition (`0 < width < nodes.len()`;
+/// `nodes` sorted and distinct): rendezvous hashing with bounded loads, in three steps.
 ///
-/// `nodes` are the alive data nodes; the caller leaves out connectors and dead members.
-pub fn owners(partition: Partition, nodes: &[NodeId], replicas: usize) -> Vec<NodeId> {
-    let mut best = Vec::with_capacity(replicas.min(nodes.len()));
-    select(partition, nodes, replicas, &mut best);
-    best.into_iter().map(|(_, node)| node).collect()
+/// 1. Every (partition, node) pair among each partition's `width + SPARE_CANDIDATES` best
+///    is taken in rank order, highest score first across all partitions, and the node
+///    becomes an owner while the partition needs one and the node has fewer than `high`.
+///    A node that would be over the bound hands its lowest-scoring partitions on to their
+///    next candidates. A partition whose candidates are all full (rare) takes its best
+///    other nodes regardless of the bound.
+/// 2. A node with fewer than `low` takes over, again in rank order, partitions where it is
+///    a candidate, from the lowest-ranked owner that has more than `low`.
+/// 3. Each partition's owners are sorted best first.
+///
+/// Where no node's natural share strays past the bounds, this is exactly the plain
+/// rendezvous placement. Otherwise the changes stay near the bounds: a join or a leave
+/// moves a little more than the plain placement would (see the movement properties).
+fn bounded_load(partitions: u16, width: usize, nodes: &[NodeId]) -> Vec<NodeId> {
+    debug_assert!(0 < width && width < nodes.len() && nodes.is_sorted());
+    let count = nodes.len() as u64;
+    let total = u64::from(partitions) * width as u64;
+    let high = (total * (100 + SLACK_PERCENT)).div_ceil(100 * count);
+    let low = total * (100 - SLACK_PERCENT) / (100 * count);
+    let index = |node: NodeId| nodes.binary_search(&node).expect("candidates are nodes");
+
+    let keep = (width + SPARE_CANDIDATES).min(nodes.len());
+    let mut pairs: Vec<(Rank, Partition)> = Vec::with_capacity(usize::from(partitions) * keep);
+    let mut best = Vec::with_capacity(nodes.len());
+    for partition in 0..partitions {
+        select(partition, nodes, keep, &mut best);
+        pairs.extend(best.iter().map(|&rank| (rank, partition)));
+    }
+    pairs.sort_unstable();
+
+    let mut table = vec![NodeId(0); usize::from(partitions) * width];
+    let mut filled = vec![0usize; usize::from(partitions)];
+    let mut load = vec![0u64; nodes.len()];
+    for &((_, node), partition) in &pairs {
+        let p = usize::from(partition);
+        let i = index(node);
+        if filled[p] < width && load[i] < high {
+            table[p * width + filled[p]] = node;
+            filled[p] += 1;
+            load[i] += 1;
+        }
+    }
+    for partition in 0..partitions {
+        let p = usize::from(partition);
+        if filled[p] == width {
+            continue;
+        }
+        select(partition, nodes, nodes.len(), &mut best);
+        // The best nodes with room, then (when there are not enough) the best of the rest.
+        for bounded in [true, false] {
+            for &(_, node) in &best {
+                if filled[p] == width {
+                    break;
+                }
+                let i = index(node);
+                if (!bounded || load[i] < high) && !table[p * width..p * width + filled[p]].contains(&node) {
+                    table[p * width + filled[p]] = node;
+                    filled[p] += 1;
+                    load[i] += 1;
+                }
+            }
+        }
+    }
+
+    for &((_, node), partition) in &pairs {
+        let i = index(node);
+        let owners = &mut table[usize::from(partition) * width..(usize::from(partition) + 1) * width];
+        if load[i] >= low || owners.contains(&node) {
+            continue;
+        }
+        let lowest = (0..width)
+            .filter(|&k| load[index(owners[k])] > low)
+            .max_by_key(|&k| (Reverse(score(partition, owners[k])), owners[k]));
+        if let Some(k) = lowest {
+            load[index(owners[k])] -= 1;
+            owners[k] = node;
+            load[i] += 1;
+        }
+    }
+
+    for (partition, owners) in (0..partitions).zip(table.chunks_exact_mut(width)) {
+        owners.sort_unstable_by_key(|&node| (Reverse(score(partition, node)), node));
+    }
+    table
 }
 
 /// A majority of `replicas`: `replicas / 2 + 1`. A write acknowledged by a majority
@@ -166,12 +277,13 @@ impl Placement {
         nodes.sort_unstable();
         nodes.dedup();
         let width = replicas.min(nodes.len());
-        let mut table = Vec::with_capacity(usize::from(partitions) * width);
-        let mut best = Vec::with_capacity(width);
-        for partition in 0..partitions {
-            select(partition, &nodes, width, &mut best);
-            table.extend(best.iter().map(|&(_, node)| node));
-        }
+        let table = if width == 0 {
+            Vec::new()
+        } else if width == nodes.len() {
+            every_node_everywhere(partitions, &nodes)
+        } else {
+            bounded_load(partitions, width, &nodes)
+        };
         Self { partitions, replicas, nodes, width, table }
     }
 
@@ -318,13 +430,32 @@ mod tests {
         nodes.iter().copied().collect()
     }
 
-    /// How far a count drawn from Binomial(`trials`, `p`) may stray from its mean before a
-    /// test calls the hash broken: six standard deviations. For every parameter the tests
-    /// below use, the exact binomial tail beyond that, summed over a case's nodes, is under
-    /// 1.2e-7, so a 256-case run fails by chance less than once in 30,000 runs. Hashes that
-    /// ignore the partition, the node, or a byte of the partition fail by far more.
-    fn binomial_tolerance(trials: usize, p: f64) -> f64 {
-        6.0 * (trials as f64 * p * (1.0 - p)).sqrt()
+    /// The plain rendezvous owners of `partition`: the top `replicas` of `nodes` by score,
+    /// best first. The table equals these wherever no node's share strays past the bounds.
+    fn owners(partition: Partition, nodes: &[NodeId], replicas: usize) -> Vec<NodeId> {
+        let mut best = Vec::new();
+        select(partition, nodes, replicas, &mut best);
+        best.into_iter().map(|(_, node)| node).collect()
+    }
+
+    /// The bounds on a node's count of partition replicas, as `bounded_load` computes them.
+    fn bounds(placement: &Placement) -> (usize, usize) {
+        let total = usize::from(placement.partitions()) * placement.owners_per_partition();
+        let count = placement.nodes().len();
+        let high = (total * (100 + SLACK_PERCENT as usize)).div_ceil(100 * count);
+        let low = total * (100 - SLACK_PERCENT as usize) / (100 * count);
+        (low, high)
+    }
+
+    /// Each node's count of partition replicas.
+    fn loads(placement: &Placement) -> BTreeMap<NodeId, usize> {
+        placement.nodes().iter().map(|&node| (node, placement.partitions_of(node).len())).collect()
+    }
+
+    /// Replicas that change hands between two placements: owners gained, summed over
+    /// partitions.
+    fn replicas_moved(before: &Placement, after: &Placement) -> usize {
+        before.diff(after).iter().map(|m| m.gained_by.len()).sum()
     }
 
     #[test]
@@ -335,6 +466,48 @@ mod tests {
         assert_eq!(score(0x0102, NodeId(0x0102_0304_0506_0708)), xxh3_64(&bytes));
         assert_eq!(score(0, NodeId(1)), 0x95d3_d903_e691_8b76);
         assert_eq!(owners(7, &ids(&[1, 2, 3, 4, 5]), 3), ids(&[2, 4, 5]));
+    }
+
+    /// What joins move on average, against plain rendezvous hashing's minimum (the new
+    /// node's fair share), over 12 random clusters per size. Printed with `--nocapture`;
+    /// docs/architecture.md quotes these figures.
+    #[test]
+    fn joins_move_close_to_the_minimum_on_average() {
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for (n, most) in [(4usize, 1.05), (5, 1.05), (8, 1.1), (10, 1.1), (20, 1.25), (30, 1.35)] {
+            let (mut sum, mut worst) = (0.0, 0.0f64);
+            const CASES: usize = 12;
+            for _ in 0..CASES {
+                let all: Vec<NodeId> = (0..=n).map(|_| NodeId(next())).collect();
+                let before = Placement::new(1024, 3, all[..n].iter().copied());
+                let after = Placement::new(1024, 3, all.iter().copied());
+                let ratio = replicas_moved(&before, &after) as f64 / (1024.0 * 3.0 / (n + 1) as f64);
+                sum += ratio;
+                worst = worst.max(ratio);
+            }
+            let mean = sum / CASES as f64;
+            eprintln!(
+                "{n:2} -> {} nodes, R = 3: replicas moved / fair share: mean {mean:.2}, worst {worst:.2}",
+                n + 1
+            );
+            assert!(mean <= most, "{n} -> {} nodes: mean {mean:.2} over {most}", n + 1);
+        }
+    }
+
+    #[test]
+    fn the_bounded_table_is_fixed() {
+        // Fixed expectations: the bounded step (its slack, its candidates and its order) is
+        // part of the wire contract too. 40 nodes share 64 partitions x 3 owners, 4.8 each:
+        // the bounds (4 to 6) bind.
+        let placement = Placement::new(64, 3, (1..=40).map(NodeId));
+        assert_eq!(placement.owners(7), ids(&PINNED_7));
+        assert_eq!(placement.owners(63), ids(&PINNED_63));
     }
 
     #[test]
@@ -428,15 +601,20 @@ mod tests {
     }
 
     #[test]
-    fn the_table_matches_the_function() {
-        // A production-sized table: 1024 partitions on 100 nodes.
+    fn a_production_sized_table_is_consistent_and_balanced() {
+        // 1024 partitions on 100 nodes: 30.72 replicas each, where plain rendezvous hashing
+        // gives some nodes half of that and others 40% more.
         let nodes: Vec<NodeId> = (0..100u64).map(|i| NodeId(i.wrapping_mul(0x9e37_79b9_7f4a_7c15))).collect();
         let placement = Placement::new(1024, 3, nodes.iter().rev().copied());
+        let same = Placement::new(1024, 3, nodes.iter().copied());
+        let (low, high) = bounds(&placement);
+        assert_eq!((low, high), (29, 33));
         let mut owned = vec![Vec::new(); nodes.len()];
         for partition in 0..1024 {
             let table = placement.owners(partition);
-            assert_eq!(table, owners(partition, &nodes, 3));
+            assert_eq!(table, same.owners(partition), "input order does not matter");
             assert_eq!(set(table).len(), 3);
+            assert!(table.is_sorted_by_key(|&node| (Reverse(score(partition, node)), node)), "best first");
             assert_eq!(placement.primary(partition), Some(table[0]));
             for (i, &node) in nodes.iter().enumerate() {
                 assert_eq!(placement.is_owner(partition, node), table.contains(&node));
@@ -447,8 +625,28 @@ mod tests {
         }
         for (i, &node) in nodes.iter().enumerate() {
             assert_eq!(placement.partitions_of(node), owned[i]);
+            assert!((low..=high).contains(&owned[i].len()), "node {node} owns {}", owned[i].len());
         }
         assert!(placement.partitions_of(NodeId(1)).is_empty(), "not a member");
+    }
+
+    #[test]
+    fn within_the_bounds_the_table_is_plain_rendezvous() {
+        // 5 nodes, 3 replicas: each node's plain share is 614.4 +- 15.7 (one standard
+        // deviation), inside the bounds 583..=646 for these ids (checked first).
+        let nodes = ids(&[11, 22, 33, 44, 55]);
+        let placement = Placement::new(1024, 3, nodes.iter().copied());
+        let (low, high) = bounds(&placement);
+        let mut plain = BTreeMap::new();
+        for partition in 0..1024 {
+            for node in owners(partition, &nodes, 3) {
+                *plain.entry(node).or_insert(0) += 1;
+            }
+        }
+        assert!(plain.values().all(|n| (low..=high).contains(n)), "precondition: {plain:?}");
+        for partition in 0..1024 {
+            assert_eq!(placement.owners(partition), owners(partition, &nodes, 3));
+        }
     }
 
     #[test]
@@ -478,11 +676,22 @@ mod tests {
             .prop_map(|raw| raw.into_iter().map(NodeId).collect())
     }
 
-    /// Partitions in the join property: a realistic cluster setting, and enough for the
-    /// new node's share to be measured to within a useful tolerance (+-29% of the expected
-    /// share at R = 3 and N = 30, +-9% at N = 5). Four times the hashing of the other
-    /// properties, hence fewer cases.
-    const JOIN_PARTITIONS: u16 = 4096;
+    /// Partitions in the join property: the suggested setting.
+    const JOIN_PARTITIONS: u16 = 1024;
+
+    /// The owners of partitions 7 and 63 in `the_bounded_table_is_fixed`.
+    const PINNED_7: [u64; 3] = [35, 27, 10];
+    const PINNED_63: [u64; 3] = [31, 9, 16];
+
+    /// The most a join or a leave may move when plain rendezvous hashing would move
+    /// `minimum` replicas among `nodes` nodes: the bounds shift with the mean, so each node
+    /// may trade a few partitions more, and the moving node's share may differ from its
+    /// plain share by twice the slack. Measured (`cargo test --release -p opencluster-node
+    /// placement -- --nocapture` prints the join figures): one or two replicas more per
+    /// node on average at R = 3, at most 4.5 per node in 20 random clusters of 4 nodes at R = 1.
+    fn extra_moves_allowed(minimum: usize, nodes: usize) -> usize {
+        minimum + 3 * nodes + minimum * 2 * SLACK_PERCENT as usize / 100
+    }
 
     proptest! {
         #[test]
@@ -496,17 +705,24 @@ mod tests {
             }),
             replicas in 0usize..6,
             partition in any::<Partition>(),
+            partitions in 1u16..=128,
         ) {
             let expected = owners(partition, &nodes, replicas);
             prop_assert_eq!(expected.len(), replicas.min(nodes.len()));
             prop_assert_eq!(set(&expected).len(), expected.len());
             prop_assert_eq!(owners(partition, &listed, replicas), expected);
+            // The table too: the bounded step depends on the member set, not on its listing.
+            let (a, b) = (Placement::new(partitions, replicas, nodes), Placement::new(partitions, replicas, listed));
+            for partition in 0..partitions {
+                prop_assert_eq!(a.owners(partition), b.owners(partition));
+            }
         }
 
-        /// A leaving node affects only the partitions it owned, and in each it is replaced
-        /// by exactly one node that was not an owner (when enough nodes remain).
+        /// A leaving node's replicas are taken over by the others (when enough remain), and
+        /// little else moves: plain rendezvous hashing would move exactly those, the bounded
+        /// step a few more per node.
         #[test]
-        fn a_leave_moves_only_what_the_node_owned(
+        fn a_leave_moves_little_more_than_the_node_owned(
             (all, leaving) in distinct(1..=31).prop_flat_map(|all| {
                 let n = all.len();
                 (Just(all), 0..n)
@@ -519,46 +735,32 @@ mod tests {
             rest.remove(leaving);
             let before = Placement::new(PARTITIONS, replicas, all.iter().copied());
             let after = Placement::new(PARTITIONS, replicas, rest.iter().copied());
-            for partition in 0..PARTITIONS {
-                let (old, new) = (before.owners(partition), after.owners(partition));
-                if !old.contains(&gone) {
-                    prop_assert_eq!(old, new, "partition {} did not involve the leaving node", partition);
-                    continue;
-                }
-                let stayed: Vec<NodeId> = old.iter().copied().filter(|&n| n != gone).collect();
-                prop_assert_eq!(&new[..stayed.len()], &stayed[..], "the others keep their order");
-                let replacements = &new[stayed.len()..];
-                let expected = usize::from(rest.len() >= replicas);
-                prop_assert_eq!(replacements.len(), expected, "partition {}", partition);
-                prop_assert!(replacements.iter().all(|n| !old.contains(n)));
+            let owned = before.partitions_of(gone).len();
+            let moved = replicas_moved(&before, &after);
+            if rest.len() >= replicas {
+                prop_assert!(moved >= owned, "{} replicas moved, {} had to", moved, owned);
             }
+            prop_assert!(moved <= extra_moves_allowed(owned, all.len()), "{} replicas moved for {} owned", moved, owned);
         }
 
-        /// Every node's share of partition replicas stays near the mean.
+        /// Every node's share of partition replicas stays within the bounds: 5% of the
+        /// mean, rounded outwards.
         #[test]
-        fn owners_are_balanced(nodes in distinct(3..=20)) {
+        fn owners_are_balanced(nodes in distinct(1..=64), replicas in 1usize..=5) {
             const PARTITIONS: u16 = 1024;
-            const REPLICAS: usize = 3;
-            let placement = Placement::new(PARTITIONS, REPLICAS, nodes.iter().copied());
-            // A node owns each partition with probability p = R / N independently, so its
-            // count is Binomial(P, p). A flat bound does not fit every N: at N = 20 the
-            // standard deviation is 7.4% of the mean, and +-25% (3.4 sd) would fail about
-            // two runs in five of 256 cases (exact binomial tail), while at N = 4 it is
-            // 1.8% and +-25% would let a badly skewed hash through. Six standard
-            // deviations is +-11% at N = 4, +-24% at N = 8 and +-45% at N = 20.
-            let p = REPLICAS as f64 / nodes.len() as f64;
-            let mean = f64::from(PARTITIONS) * p;
-            let tolerance = binomial_tolerance(usize::from(PARTITIONS), p);
-            let mut total = 0;
-            for &node in &nodes {
-                let owned = placement.partitions_of(node).len();
-                total += owned;
-                prop_assert!(
-                    (owned as f64 - mean).abs() <= tolerance + 1e-9,
-                    "node {} owns {} partitions, expected {:.1} +- {:.1}", node, owned, mean, tolerance
-                );
+            let placement = Placement::new(PARTITIONS, replicas, nodes.iter().copied());
+            let width = replicas.min(nodes.len());
+            let (low, high) = bounds(&placement);
+            let loads = loads(&placement);
+            for (node, &owned) in &loads {
+                prop_assert!((low..=high).contains(&owned), "node {} owns {}, bounds {}..={}", node, owned, low, high);
             }
-            prop_assert_eq!(total, usize::from(PARTITIONS) * REPLICAS);
+            prop_assert_eq!(loads.values().sum::<usize>(), usize::from(PARTITIONS) * width);
+            for partition in 0..PARTITIONS {
+                let owners = placement.owners(partition);
+                prop_assert_eq!(set(owners).len(), width, "distinct owners");
+                prop_assert!(owners.is_sorted_by_key(|&node| (Reverse(score(partition, node)), node)));
+            }
         }
 
         /// Applying a diff to the old owner sets gives the new ones, for any two member
@@ -603,11 +805,11 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
-        /// A joining node takes partitions only by replacing at most one owner (none while
-        /// the cluster has fewer nodes than replicas), and the rest keep their order.
+        /// A joining node takes its share, and little else moves: plain rendezvous hashing
+        /// would move exactly the new node's share, the bounded step a few more per node.
         #[test]
-        fn a_join_moves_only_what_the_new_node_takes(
-            (all, joining) in distinct(1..=31).prop_flat_map(|all| {
+        fn a_join_moves_little_more_than_the_new_node_takes(
+            (all, joining) in distinct(2..=31).prop_flat_map(|all| {
                 let n = all.len();
                 (Just(all), 0..n)
             }),
@@ -618,30 +820,12 @@ mod tests {
             old_nodes.remove(joining);
             let before = Placement::new(JOIN_PARTITIONS, replicas, old_nodes.iter().copied());
             let after = Placement::new(JOIN_PARTITIONS, replicas, all.iter().copied());
-            let mut gained = 0usize;
-            for partition in 0..JOIN_PARTITIONS {
-                let (old, new_owners) = (before.owners(partition), after.owners(partition));
-                let kept: Vec<NodeId> = new_owners.iter().copied().filter(|&n| n != new).collect();
-                if kept.len() == new_owners.len() {
-                    prop_assert_eq!(old, new_owners, "partition {} changed without the new node", partition);
-                    continue;
-                }
-                gained += 1;
-                // The others are the old owners in order, less the last one once the
-                // cluster has at least R nodes.
-                prop_assert_eq!(new_owners.len(), replicas.min(all.len()));
-                prop_assert_eq!(&old[..kept.len()], &kept[..], "partition {}", partition);
-            }
-            // By symmetry the new node is among the top min(R, N + 1) of N + 1 random ids
-            // with probability p, independently for every partition: the number of
-            // partitions it gains is Binomial(P, p).
-            let p = replicas.min(all.len()) as f64 / all.len() as f64;
-            let mean = f64::from(JOIN_PARTITIONS) * p;
-            let tolerance = binomial_tolerance(usize::from(JOIN_PARTITIONS), p);
-            prop_assert!(
-                (gained as f64 - mean).abs() <= tolerance + 1e-9,
-                "gained {} partitions, expected {:.1} +- {:.1}", gained, mean, tolerance
-            );
+            let taken = after.partitions_of(new).len();
+            let (low, high) = bounds(&after);
+            prop_assert!((low..=high).contains(&taken), "took {}, bounds {}..={}", taken, low, high);
+            let moved = replicas_moved(&before, &after);
+            prop_assert!(moved >= taken);
+            prop_assert!(moved <= extra_moves_allowed(taken, all.len()), "{} replicas moved for {} taken", moved, taken);
         }
     }
 }

@@ -567,11 +567,13 @@ pub fn free_port_pair() -> (u16, u16) {
     (a.local_addr().expect("addr").port(), b.local_addr().expect("addr").port())
 }
 
+/// Sends `signal` to `pid`, a process the test started (directly or through the demo)
+/// and that has not been reaped; panics if kill(2) fails.
 #[allow(unsafe_code)]
-fn send_signal(pid: u32, signal: libc::c_int) {
+pub fn send_signal(pid: u32, signal: libc::c_int) {
     let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
-    // SAFETY: kill(2) takes plain integers and has no memory effects; the pid is our own
-    // child that has not been reaped yet, so it cannot name another process.
+    // SAFETY: kill(2) takes plain integers and has no memory effects; the pid is a child
+    // (of the test or of a demo it runs) not reaped yet, so it cannot name another process.
     let rc = unsafe { libc::kill(pid, signal) };
     assert_eq!(rc, 0, "kill({signal}) failed: {}", std::io::Error::last_os_error());
 }

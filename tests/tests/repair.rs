@@ -1,9 +1,12 @@
 //! Anti-entropy between the owners of each partition: replicas that diverged converge
-//! without hinted handoff, and purged tombstones and expired values are never copied back.
+//! without hinted handoff, purged tombstones and expired values are never copied back, and
+//! a node removes the partitions it lost once their owners hold them.
 
 use std::time::Duration;
 
-use opencluster_tests::cluster::{pause, resume, start_cluster, worker};
+use opencluster_tests::cluster::{
+    Load, local_key_count, member_opts, missing_through, pause, resume, start_cluster, wait_placed, worker,
+};
 use opencluster_tests::{Node, bulk, nil, node_only, ok, wait_until};
 
 fn store(node: &Node, field: &str) -> u64 {
@@ -124,4 +127,47 @@ fn purged_tombstones_and_expired_values_are_never_copied_back() {
         moved_before,
         "anti-entropy copied records between replicas that agreed"
     );
+}
+
+#[test]
+fn a_node_removes_the_partitions_it_lost_once_their_owners_hold_them() {
+    node_only!("clustering is the node's");
+    // Two replicas on three nodes, then a fourth: each old node loses about a third of
+    // what it held, and must keep it until the new owners confirm they hold it.
+    let opts = ["--cluster-replicas", "2", "--repair-interval", "1s"];
+    let mut nodes = start_cluster(3, &opts);
+    let mut n1 = nodes[0].raw();
+    let mut acked = opencluster_tests::cluster::Acked::new();
+    for i in 0..600 {
+        let (key, value) = (format!("before{i}"), format!("v{i}"));
+        assert_eq!(n1.cmd(&["SET", &key, &value]), ok());
+        acked.insert(key, value);
+    }
+    assert!(wait_until(Duration::from_secs(20), || nodes.iter().map(local_key_count).sum::<u64>() == 1200));
+    // Writes go on through the old nodes while the fourth joins and the others hand over.
+    let clients: Vec<_> = nodes.iter().map(|n| n.client_addr()).collect();
+    let load = Load::start("during", &clients);
+    nodes.push(Node::start(member_opts("n4", Some(&nodes[0]), &opts)));
+    wait_placed(&nodes.iter().collect::<Vec<_>>(), 4);
+    assert!(wait_until(Duration::from_secs(60), || nodes[..3]
+        .iter()
+        .all(|n| worker(n, "repair")["partitions_handed_over"].as_u64().unwrap() > 0)));
+    let (during, errors) = load.finish();
+    assert!(errors.is_empty(), "client errors while a node joined: {errors:?}");
+    assert!(!during.is_empty());
+    acked.extend(during);
+    // Every key on exactly its two owners: nothing lost, no copy left behind.
+    let settled = wait_until(Duration::from_secs(60), || {
+        nodes.iter().map(local_key_count).sum::<u64>() == 2 * acked.len() as u64
+            && nodes[..3].iter().all(|n| worker(n, "repair")["not_owned_partitions_held"] == 0)
+    });
+    let counts: Vec<u64> = nodes.iter().map(local_key_count).collect();
+    let repair: Vec<_> = nodes.iter().map(|n| worker(n, "repair")).collect();
+    assert!(settled, "keys per node {counts:?} for {} acknowledged x 2 replicas; {repair:#?}", acked.len());
+    let removed: u64 = repair.iter().map(|w| w["keys_removed"].as_u64().unwrap()).sum();
+    assert!(removed > 0, "{repair:#?}");
+    for (i, node) in nodes.iter().enumerate() {
+        let missing = missing_through(node, &acked);
+        assert!(missing.is_empty(), "through n{}: {missing:?}", i + 1);
+    }
 }

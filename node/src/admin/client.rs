@@ -132,12 +132,14 @@ pub fn status_text(s: &Value) -> String {
             }
             Some("repair") => {
                 out += &format!(
-                    "repair    {}; {} rounds, {} partitions repaired, {} keys fetched, {} pushed\n",
+                    "repair    {}; {} rounds, {} partitions repaired, {} keys fetched, {} pushed; {} partitions handed over, {} keys removed\n",
                     w["state"].as_str().unwrap_or("?"),
                     n(&w["rounds"]),
                     n(&w["partitions_repaired"]),
                     n(&w["keys_fetched"]),
-                    n(&w["keys_pushed"])
+                    n(&w["keys_pushed"]),
+                    n(&w["partitions_handed_over"]),
+                    n(&w["keys_removed"])
                 )
             }
             _ => {}

@@ -89,7 +89,8 @@ pub struct ClusterMetrics {
     pub rebalance_failures: IntCounter,
     /// `opencluster_repair_rounds_total`: anti-entropy rounds finished.
     pub repair_rounds: IntCounter,
-    /// `opencluster_repair_keys_total{direction}`: records anti-entropy fetched or pushed.
+    /// `opencluster_repair_keys_total{direction}`: records anti-entropy fetched, pushed or
+    /// removed once handed over.
     pub repair_keys: IntCounterVec,
     /// `opencluster_hints_pending`: copies kept for owners that did not answer.
     pub hints_pending: prometheus::IntGauge,
@@ -147,9 +148,9 @@ impl ClusterMetrics {
             repair_rounds: plain("opencluster_repair_rounds_total", "Anti-entropy rounds this node finished"),
             repair_keys: counter(
                 "opencluster_repair_keys_total",
-                "Records anti-entropy copied from other owners (fetched) or to them (pushed)",
+                "Records anti-entropy copied from other owners (fetched) or to them (pushed), and records of partitions handed over to their owners and removed here (removed)",
                 "direction",
-                &["fetched", "pushed"],
+                &["fetched", "pushed", "removed"],
             ),
             read_repairs,
             forwarded: counter(

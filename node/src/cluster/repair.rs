@@ -14,8 +14,9 @@
 //! The primary of each partition compares it with every other owner, one round every
 //! `repair.interval` and soon after a node returns to placement (it restarted or resumed,
 //! or a network partition healed), once this node's rebalance is idle. A node also compares partitions it holds
-//! records of but no longer owns with their owners, and pushes whatever they lack: the
-//! new owners confirm they hold everything before such a partition counts as handed over.
+//! records of but no longer owns with their owners, and pushes whatever they lack; once
+//! every owner has answered, it removes the records it listed beforehand and that were not
+//! written since ([`Cluster::hand_over`]).
 //!
 //! **Purging consistently.** Expired values and tombstones past `store.tombstone_grace`
 //! are purged by each node on its own. Both sides of a comparison leave out the records
@@ -123,6 +124,13 @@ pub fn versions(
     Ok(out)
 }
 
+/// The key and HLC of every record of `partition`, dead ones included.
+fn listing(store: &dyn Store, partition: Partition) -> Result<Vec<(Bytes, Hlc)>, StoreError> {
+    let mut out = Vec::new();
+    store.scan_partition(partition, &mut |key, r| out.push((Bytes::copy_from_slice(key), r.hlc)))?;
+    Ok(out)
+}
+
 /// What differs between two replicas' versions of the same buckets: the keys to fetch
 /// (the peer's is newer or only the peer has it) and to push (the other way round).
 pub fn differences(mine: &[(Bytes, Hlc)], theirs: &[(Bytes, Hlc)]) -> (Vec<Bytes>, Vec<Bytes>) {
@@ -131,6 +139,23 @@ pub fn differences(mine: &[(Bytes, Hlc)], theirs: &[(Bytes, Hlc)]) -> (Vec<Bytes
     let fetch = theirs.iter().filter(|(k, h)| mine.get(*k).is_none_or(|m| m < *h)).map(|(k, _)| (*k).clone());
     let push = mine.iter().filter(|(k, h)| theirs.get(*k).is_none_or(|t| t < *h)).map(|(k, _)| (*k).clone());
     (fetch.collect(), push.collect())
+}
+
+/// One unit of a round's work.
+#[derive(Clone, Copy)]
+enum Work {
+    /// Compare a partition this node is primary of with another owner.
+    Compare { partition: Partition, peer: NodeId },
+    /// Hand a partition this node holds but does not own over to its owners.
+    HandOver { partition: Partition },
+}
+
+/// What a unit of work did: each comparison made, whether records of a partition not
+/// owned were held, and how many were removed once every owner had them.
+struct Outcome {
+    results: Vec<(Partition, NodeId, Result<Option<Compared>, DataError>)>,
+    held: bool,
+    removed: Option<u64>,
 }
 
 /// The outcome of comparing one partition with one peer.
@@ -159,9 +184,11 @@ struct Progress {
     failed: u64,
     fetched: u64,
     pushed: u64,
-    /// Partitions held here but no longer owned: (in this round so far, handed over).
-    handed_over: u64,
+    /// Partitions held here but not owned, in the last round.
     not_owned_held: u64,
+    /// Partitions handed over to their owners and removed here, and their records.
+    handed_over: u64,
+    removed: u64,
     last_round_ms: Option<u64>,
     last_round_finished: Option<Instant>,
 }
@@ -185,7 +212,8 @@ impl RepairStatus {
             "keys_fetched": p.fetched,
             "keys_pushed": p.pushed,
             "not_owned_partitions_held": p.not_owned_held,
-            "not_owned_partitions_handed_over": p.handed_over,
+            "partitions_handed_over": p.handed_over,
+            "keys_removed": p.removed,
             "last_round_ms": p.last_round_ms,
             "last_round_seconds_ago": p.last_round_finished.map(|t| t.elapsed().as_secs()),
         })
@@ -244,65 +272,70 @@ impl Cluster {
         for partition in 0..self.partitions() {
             let owners = view.placement.owners(partition);
             if owners.first() == Some(&self.node) {
-                work.extend(owners[1..].iter().map(|&peer| (partition, peer, true)));
+                work.extend(owners[1..].iter().map(|&peer| Work::Compare { partition, peer }));
             } else if !owners.contains(&self.node) {
-                work.extend(owners.iter().map(|&peer| (partition, peer, false)));
+                work.push(Work::HandOver { partition });
             }
         }
         let mut pending = work.into_iter();
         let mut running = FuturesUnordered::new();
         let (mut compared, mut repaired, mut failed, mut fetched, mut pushed) =
             (0u64, 0u64, 0u64, 0u64, 0u64);
-        let mut deferred = 0u64;
-        // Partitions held without ownership, and those whose owners all confirmed.
-        let mut held: BTreeMap<Partition, bool> = BTreeMap::new();
+        let (mut deferred, mut held, mut handed_over, mut removed) = (0u64, 0u64, 0u64, 0u64);
         // Peers that did not answer, or are still copying: skipped for the rest of the round.
         let mut unreachable: HashSet<NodeId> = HashSet::new();
         let mut copying: HashSet<NodeId> = HashSet::new();
         loop {
             while running.len() < options.max_parallel {
-                let Some((partition, peer, owned)) = pending.next() else { break };
-                if copying.contains(&peer) {
+                let Some(item) = pending.next() else { break };
+                let peers = match item {
+                    Work::Compare { peer, .. } => vec![peer],
+                    Work::HandOver { partition } => view.placement.owners(partition).to_vec(),
+                };
+                if peers.iter().any(|p| copying.contains(p)) {
                     deferred += 1;
                     continue;
                 }
-                if unreachable.contains(&peer) {
+                if peers.iter().any(|p| unreachable.contains(p)) {
                     failed += 1;
-                    if !owned {
-                        held.insert(partition, false);
-                    }
                     continue;
                 }
                 running.push(async move {
-                    (partition, peer, owned, self.compare(view, partition, peer, owned).await)
+                    match item {
+                        Work::Compare { partition, peer } => {
+                            let result = self.compare(view, partition, peer, true).await;
+                            Outcome { results: vec![(partition, peer, result)], held: false, removed: None }
+                        }
+                        Work::HandOver { partition } => self.hand_over(view, partition).await,
+                    }
                 });
             }
-            let Some((partition, peer, owned, result)) = running.next().await else { break };
-            match result {
-                Ok(None) => {}
-                Ok(Some(c)) if c.deferred => {
-                    deferred += 1;
-                    copying.insert(peer);
-                }
-                Ok(Some(c)) => {
-                    compared += 1;
-                    fetched += c.fetched;
-                    pushed += c.pushed;
-                    if c.fetched + c.pushed > 0 {
-                        repaired += 1;
+            let Some(outcome) = running.next().await else { break };
+            held += u64::from(outcome.held);
+            if let Some(n) = outcome.removed {
+                handed_over += 1;
+                removed += n;
+            }
+            for (partition, peer, result) in outcome.results {
+                match result {
+                    Ok(None) => {}
+                    Ok(Some(c)) if c.deferred => {
+                        deferred += 1;
+                        copying.insert(peer);
                     }
-                    if !owned {
-                        // Handed over once every owner answered; what they lacked was pushed.
-                        held.entry(partition).or_insert(true);
+                    Ok(Some(c)) => {
+                        compared += 1;
+                        fetched += c.fetched;
+                        pushed += c.pushed;
+                        if c.fetched + c.pushed > 0 {
+                            repaired += 1;
+                        }
                     }
-                }
-                Err(e) => {
-                    failed += 1;
-                    if unreachable.insert(peer) {
-                        tracing::info!(partition, %peer, error = %e, "comparison failed; this peer is skipped until the next round");
-                    }
-                    if !owned {
-                        held.insert(partition, false);
+                    Err(e) => {
+                        failed += 1;
+                        if unreachable.insert(peer) {
+                            tracing::info!(partition, %peer, error = %e, "comparison failed; this peer is skipped until the next round");
+                        }
                     }
                 }
             }
@@ -311,11 +344,11 @@ impl Cluster {
             }
         }
         let elapsed = started.elapsed();
-        let handed_over = held.values().filter(|&&ok| ok).count() as u64;
         let m = &self.metrics;
         m.repair_rounds.inc();
         m.repair_keys.with_label_values(&["fetched"]).inc_by(fetched);
         m.repair_keys.with_label_values(&["pushed"]).inc_by(pushed);
+        m.repair_keys.with_label_values(&["removed"]).inc_by(removed);
         self.repair_status.update(|p| {
             p.running = false;
             p.rounds += 1;
@@ -325,18 +358,21 @@ impl Cluster {
             p.failed += failed;
             p.fetched += fetched;
             p.pushed += pushed;
-            p.not_owned_held = held.len() as u64;
-            p.handed_over = handed_over;
+            p.not_owned_held = held;
+            p.handed_over += handed_over;
+            p.removed += removed;
             p.last_round_ms = Some(elapsed.as_millis() as u64);
             p.last_round_finished = Some(Instant::now());
         });
-        if fetched + pushed + failed > 0 {
+        if fetched + pushed + failed + removed > 0 {
             tracing::info!(
                 compared,
                 repaired,
                 fetched,
                 pushed,
                 failed,
+                handed_over,
+                removed,
                 elapsed_ms = elapsed.as_millis() as u64,
                 "anti-entropy round finished"
             );
@@ -439,6 +475,52 @@ impl Cluster {
             }
         }
         Ok(Some(result))
+    }
+
+    /// Hands `partition`, which this node holds records of but does not own, over to its
+    /// owners: lists every record held, brings each owner up to date with what it lacks,
+    /// and once every owner has answered, removes the listed records that were not written
+    /// since. Records that arrive later (from a writer with an older view) stay for the
+    /// next round. Nothing is removed if this node owns the partition again by then, or
+    /// its owners changed.
+    async fn hand_over(&self, view: &View, partition: Partition) -> Outcome {
+        let mut outcome = Outcome { results: Vec::new(), held: false, removed: None };
+        let store = self.local.store.clone();
+        let listed = match tokio::task::spawn_blocking(move || listing(&*store, partition)).await {
+            Ok(Ok(listed)) => listed,
+            Ok(Err(e)) => {
+                tracing::warn!(partition, error = %e, "cannot list a partition to hand over");
+                return outcome;
+            }
+            Err(e) => {
+                tracing::error!(partition, error = %e, "listing task failed");
+                return outcome;
+            }
+        };
+        if listed.is_empty() {
+            return outcome;
+        }
+        outcome.held = true;
+        let owners = view.placement.owners(partition);
+        for &peer in owners {
+            let result = self.compare(view, partition, peer, false).await;
+            let confirmed = matches!(result, Ok(None)) || matches!(result, Ok(Some(c)) if !c.deferred);
+            outcome.results.push((partition, peer, result));
+            if !confirmed {
+                return outcome;
+            }
+        }
+        let now = self.view();
+        if now.placement.is_owner(partition, self.node) || now.placement.owners(partition) != owners {
+            return outcome;
+        }
+        let store = self.local.store.clone();
+        match tokio::task::spawn_blocking(move || store.remove_unchanged(partition, &listed)).await {
+            Ok(Ok(n)) => outcome.removed = Some(n as u64),
+            Ok(Err(e)) => tracing::warn!(partition, error = %e, "removing a handed-over partition failed"),
+            Err(e) => tracing::error!(partition, error = %e, "removal task failed"),
+        }
+        outcome
     }
 
     /// This node's bucket hashes of `partition`, computed off the async workers.

@@ -544,6 +544,21 @@ impl Store for BufferedStore {
         self.inner.engine.purge_due(now_ms, limit)
     }
 
+    /// Removes from the engine, under each key's lock. A buffered record is newer than
+    /// anything listed (it was written after the list was made, or is still on its way to
+    /// the engine), so its key is left for a later pass.
+    fn remove_unchanged(&self, partition: Partition, entries: &[(Bytes, Hlc)]) -> Result<usize, StoreError> {
+        let i = &*self.inner;
+        let mut removed = 0;
+        for entry in entries {
+            let _guard = lock(&i.locks[(xxh3_64(&entry.0) as usize) % LOCK_STRIPES]);
+            if !i.shard(partition).contains_key(&entry.0) {
+                removed += i.engine.remove_unchanged(partition, std::slice::from_ref(entry))?;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Makes every write so far durable: the log is synced (the engine catches up later).
     fn flush(&self) -> Result<(), StoreError> {
         self.inner.wal.sync().map(|_| ())
@@ -640,6 +655,40 @@ mod tests {
         assert_eq!(s.stats(), StoreStats { keys: 2, expiring: 1, tombstones: 1 });
         s.drain();
         assert_eq!(s.stats(), StoreStats { keys: 2, expiring: 1, tombstones: 1 });
+    }
+
+    #[test]
+    fn removing_a_handed_over_partition_keeps_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), 1 << 20);
+        let p = |k: &[u8]| partition_of(k, 8);
+        // Four keys of one partition, all applied to the engine.
+        let keys: Vec<Vec<u8>> =
+            (0..200).map(|i| format!("k{i}").into_bytes()).filter(|k| p(k) == 3).take(4).collect();
+        for (n, k) in keys.iter().enumerate() {
+            s.put(k, &mut || rec(Some(b"v"), 10 + n as u64, None)).unwrap();
+        }
+        s.drain();
+        let listed: Vec<(Bytes, Hlc)> =
+            keys.iter().enumerate().map(|(n, k)| (Bytes::from(k.clone()), Hlc(10 + n as u64))).collect();
+        // Written since the list was made: one applied, one still buffered.
+        s.put(&keys[1], &mut || rec(Some(b"newer"), 30, None)).unwrap();
+        s.drain();
+        s.put(&keys[2], &mut || rec(Some(b"newer"), 31, None)).unwrap();
+        assert_eq!(s.remove_unchanged(3, &listed).unwrap(), 2);
+        assert_eq!(value(&s, &keys[0]), None);
+        assert_eq!(value(&s, &keys[1]).as_deref(), Some(&b"newer"[..]));
+        assert_eq!(value(&s, &keys[2]).as_deref(), Some(&b"newer"[..]));
+        assert_eq!(value(&s, &keys[3]), None);
+        assert_eq!(s.stats().keys, 2);
+        let mut scanned = Vec::new();
+        s.scan_partition(3, &mut |k, _| scanned.push(k.to_vec())).unwrap();
+        assert_eq!(scanned.len(), 2);
+        assert!(s.changes_since(3, Hlc(0), 10).unwrap().iter().all(|(_, r)| r.hlc >= Hlc(30)));
+        // Nothing left to remove, and the buffered one reaches the engine intact.
+        assert_eq!(s.remove_unchanged(3, &listed).unwrap(), 0);
+        s.drain();
+        assert_eq!(s.stats().keys, 2);
     }
 
     #[test]

@@ -131,6 +131,13 @@ pub trait Store: Send + Sync + 'static {
     /// period, as of `now_ms`. Returns how many were removed.
     fn purge_due(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError>;
 
+    /// Physically removes the records of `partition` listed in `entries` whose HLC is
+    /// still the one given; a key written since keeps its record. For a partition this
+    /// node no longer owns, once its owners hold everything listed. Returns how many were
+    /// removed. A crash may bring removed records back (they were on disk before), which
+    /// only means they are handed over and removed again.
+    fn remove_unchanged(&self, partition: Partition, entries: &[(Bytes, Hlc)]) -> Result<usize, StoreError>;
+
     /// Makes every completed write durable.
     fn flush(&self) -> Result<(), StoreError>;
 

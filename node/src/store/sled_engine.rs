@@ -430,6 +430,23 @@ impl Store for SledStore {
         Ok(purged)
     }
 
+    fn remove_unchanged(&self, partition: Partition, entries: &[(Bytes, Hlc)]) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for (key, hlc) in entries {
+            let _guard = lock(&self.locks[Self::stripe(key)]);
+            let Some(r) = self.read(partition, key)?.filter(|r| r.hlc == *hlc) else { continue };
+            let mut batch = sled::Batch::default();
+            self.remove_entries(&mut batch, partition, key, &r);
+            batch.remove(data_key(partition, key));
+            self.db.apply_batch(batch).map_err(io)?;
+            let mut gone = StoreStats::default();
+            count(&mut gone, &r, 1);
+            self.apply_stats(&gone, -1);
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(|_| ()).map_err(io)
     }
