@@ -448,13 +448,23 @@ fn start_membership(
             rpc_addr,
         },
     };
-    tracing::info!(bound = %bound, advertise = %advertise, join = ?config.join, "starting gossip membership");
+    let join = config.join_targets();
+    match (&config.join_service, config.join.is_empty()) {
+        (Some(service), false) => {
+            tracing::info!(join_service = %service, "join is set: join_service is not used")
+        }
+        (Some(service), true) => {
+            tracing::info!(join_service = %service, "joining the members of join_service")
+        }
+        (None, _) => {}
+    }
+    tracing::info!(bound = %bound, advertise = %advertise, join = ?join, "starting gossip membership");
     let settings = membership::runtime::Settings {
         identity,
         socket,
         keyring: keyring.subscribe(),
         cluster: security.keys.cluster.clone(),
-        join: config.join.clone(),
+        join,
         sender: rand::Rng::next_u64(&mut rng),
         timing: config.gossip.clone(),
     };

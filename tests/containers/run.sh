@@ -1,203 +1,86 @@
 #!/usr/bin/env bash
 # Container tests: the real images in a real Docker engine (called by .ci/run).
 #
-#   bash tests/containers/run.sh
+#   bash tests/containers/run.sh                   # build the images, run every scenario
+#   bash tests/containers/run.sh partition swarm   # only these scenarios
 #
-# 1. builds the images (deploy/docker/build-images.sh, static binaries FROM scratch);
-# 2. brings up deploy/compose/docker-compose.yml under a project name of its own: three
-#    node "hosts", each with the example app beside it;
-# 3. waits until every node is healthy and lists three members alive;
-# 4. the example app of each host writes through its local node (socket or TCP with the
-#    password) and reads every acknowledged write back;
-# 5. writes again in every host while `docker kill` stops n1, then checks every write
-#    acknowledged in 4 and 5 through the two other hosts;
-# 6. scales out (`--profile scale-out up --scale extra=1`): the new node must become a
-#    member, and serve every acknowledged write too.
-# Every container, network and volume it made is removed on exit, also on failure.
-# Without a usable Docker engine it prints a SKIPPED notice and exits 0.
+# Builds the images once (deploy/docker/build-images.sh: static binaries FROM scratch),
+# then runs each scenario, a script of its own beside this one, in this order:
+#
+#   compose         deploy/compose: three hosts with their apps, docker kill, scale-out
+#   customer-image  an image baked with `opencluster-pki bake` forms a cluster with its own
+#                   keys (joined by join_service); a node on the default keys is refused
+#   memory-limit    a node under `docker run --memory 128m` stays up under load
+#   partition       `docker network disconnect` isolates a node; `connect` heals it
+#   swarm           deploy/swarm as a stack in a single-node swarm (created and left
+#                   again when the engine is in none; an existing swarm is used and kept
+#                   when this engine manages it; skipped on a worker or when
+#                   `docker swarm init` fails)
+#
+# A scenario that cannot run here exits 77 after a notice and counts as skipped. Each
+# scenario removes every container, network, volume and image it made, also when it
+# fails; the next one runs either way. Prints each scenario's result and duration; exits
+# non-zero when any failed. Without a usable Docker engine it prints a SKIPPED notice and
+# exits 0.
 #
 # Environment: OPENCLUSTER_COMPOSE (the compose command; detected when unset),
-# SKIP_IMAGE_BUILD=1 to test the images already built.
+# SKIP_IMAGE_BUILD=1 to test the images already built, IMAGE_PREFIX (default
+# `opencluster/`, as for build-images.sh) and OPENCLUSTER_TAG (default latest).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
 cd "$ROOT"
-START=$SECONDS
-COMPOSE_FILE=deploy/compose/docker-compose.yml
-PROJECT="octest$$$RANDOM"
-WORK=$(mktemp -d)
-PASSWORD="pw-$RANDOM$RANDOM"
-export OPENCLUSTER_CLIENT_PASSWORD=$PASSWORD OPENCLUSTER_TAG=latest
+source "$HERE/lib.sh"
 
-say() { printf '[containers %3ds] %s\n' $((SECONDS - START)) "$*"; }
-fail() {
-  printf '[containers %3ds] FAIL: %s\n' $((SECONDS - START)) "$*" >&2
-  exit 1
-}
+ALL=(compose customer-image memory-limit partition swarm)
+if [ $# -gt 0 ]; then
+  SCENARIOS=("$@")
+else
+  SCENARIOS=("${ALL[@]}")
+fi
+for s in "${SCENARIOS[@]}"; do
+  [ -f "$HERE/$s.sh" ] || fail "no scenario $s (there are: ${ALL[*]})"
+done
 
-if ! command -v docker >/dev/null || ! timeout 30 docker info >/dev/null 2>&1; then
+if ! docker_ok; then
   echo "NOTICE: Docker engine not available: container tests SKIPPED"
   exit 0
 fi
-if [ -n "${OPENCLUSTER_COMPOSE:-}" ]; then
-  read -ra COMPOSE <<<"$OPENCLUSTER_COMPOSE"
-elif docker compose version >/dev/null 2>&1; then
-  COMPOSE=(docker compose)
-elif command -v docker-compose >/dev/null; then
-  COMPOSE=(docker-compose)
-else
+if ! find_compose; then
   echo "NOTICE: neither \`docker compose\` nor docker-compose found: container tests SKIPPED"
   exit 0
 fi
-say "engine $(docker version --format '{{.Server.Version}}'), compose: ${COMPOSE[*]}, project $PROJECT"
+say "engine $(docker version --format '{{.Server.Version}}'), compose: ${COMPOSE[*]}"
+export OPENCLUSTER_COMPOSE="${COMPOSE[*]}"
 
-dc() { "${COMPOSE[@]}" -p "$PROJECT" -f "$COMPOSE_FILE" "$@"; }
-# The scale-out profile adds the `extra` service; `down` needs it to remove those too.
-dcx() { "${COMPOSE[@]}" -p "$PROJECT" -f "$COMPOSE_FILE" --profile scale-out "$@"; }
-
-cleanup() {
-  local rc=$?
-  set +e
-  if [ "$rc" -ne 0 ]; then
-    say "failed: the last log lines of each container"
-    dcx logs --no-color --tail 25 2>&1 | tail -n 250
-  fi
-  dcx down -v --remove-orphans -t 5 >/dev/null 2>&1
-  # Whatever `down` missed, by the label compose puts on everything it makes.
-  local label="label=com.docker.compose.project=$PROJECT"
-  docker ps -aq --filter "$label" | xargs -r docker rm -f -v >/dev/null 2>&1
-  docker volume ls -q --filter "$label" | xargs -r docker volume rm >/dev/null 2>&1
-  docker network ls -q --filter "$label" | xargs -r docker network rm >/dev/null 2>&1
-  local left
-  left=$( (docker ps -aq --filter "$label"; docker volume ls -q --filter "$label"; docker network ls -q --filter "$label") | wc -l)
-  [ "$left" -eq 0 ] || say "WARNING: $left containers, volumes or networks of $PROJECT remain"
-  rm -rf "$WORK"
-  say "cleaned up project $PROJECT; $([ "$rc" -eq 0 ] && echo PASSED || echo FAILED) in $((SECONDS - START))s"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-id_of() { dcx ps -q "$1"; }
-
-# wait_for SECONDS WHAT COMMAND...: polls COMMAND every second until it succeeds.
-wait_for() {
-  local deadline=$((SECONDS + $1)) what=$2
-  shift 2
-  until "$@"; do
-    [ $SECONDS -lt $deadline ] || fail "timed out waiting for $what"
-    sleep 1
-  done
-}
-
-healthy() {
-  local s
-  for s in "$@"; do
-    [ "$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$(id_of "$s")")" = healthy ] || return 1
-  done
-}
-
-# alive_count SERVICE: how many members the node of SERVICE lists as alive.
-alive_count() { docker exec "$(id_of "$1")" /opencluster-node members | awk '$3 == "alive"' | wc -l; }
-members_alive() { [ "$(alive_count "$1")" -eq "$2" ]; }
-
-# load APP PREFIX DURATION: the app of a host writes through its node; the acknowledged
-# writes go to $WORK/PREFIX.acked, the report to $WORK/PREFIX.log. Returns its status.
-load() {
-  docker exec "$(id_of "$1")" /opencluster-example-app load --rate 150 --duration "$3" \
-    --prefix "$2" --acked - >"$WORK/$2.acked" 2>"$WORK/$2.log"
-}
-
-# verify APP FILE: the app of a host checks a saved list through its own node.
-verify() {
-  docker exec -i "$(id_of "$1")" /opencluster-example-app verify --acked - <"$2" 2>"$WORK/verify.log" || {
-    cat "$WORK/verify.log"
-    return 1
-  }
-  tail -n 1 "$WORK/verify.log"
-}
-
-report() { tail -n 2 "$WORK/$1.log" | sed 's/^/    /'; }
-
-# ---------------------------------------------------------------------------------------
 if [ "${SKIP_IMAGE_BUILD:-}" != 1 ]; then
   say "building the images"
+  build_start=$SECONDS
   deploy/docker/build-images.sh
+  say "images built in $((SECONDS - build_start))s"
 fi
 
-say "compose up: n1..n3 with app1..app3"
-dc up -d --quiet-pull 2>&1 | sed 's/^/    /'
-wait_for 120 "n1, n2, n3 healthy" healthy n1 n2 n3
-for s in n1 n2 n3; do wait_for 60 "$s to list 3 members alive" members_alive "$s" 3; done
-say "3 nodes healthy, each lists 3 members alive:"
-docker exec "$(id_of n1)" /opencluster-node members | sed 's/^/    /'
-for s in app1 app2 app3; do
-  [ "$(docker inspect -f '{{.State.Status}}' "$(id_of "$s")")" = running ] || fail "$s is not running"
-done
-
-say "each host's app writes through its local node for 5s and reads everything back"
-pids=()
-for i in 1 2 3; do
-  load "app$i" "before-n$i" 5s &
-  pids+=($!)
-done
-for i in 1 2 3; do
-  wait "${pids[$((i - 1))]}" || {
-    cat "$WORK/before-n$i.log"
-    fail "app$i: load or its check failed"
-  }
-  report "before-n$i"
-done
-
-say "writing in every host again; docker kill n1 after 3s"
-pids=()
-for i in 1 2 3; do
-  load "app$i" "during-n$i" 8s &
-  pids+=($!)
-done
-sleep 3
-docker kill "$(id_of n1)" >/dev/null
-killed_at=$SECONDS
-status=()
-for i in 1 2 3; do
+results=()
+failed=()
+for s in "${SCENARIOS[@]}"; do
+  say "---- $s"
+  t=$SECONDS
   rc=0
-  wait "${pids[$((i - 1))]}" || rc=$?
-  status+=("$rc")
-done
-say "app1 lost its node (its later writes fail, as they must):"
-report during-n1
-[ "${status[0]}" -ne 1 ] || fail "app1 found acknowledged writes lost"
-for i in 2 3; do
-  say "app$i:"
-  report "during-n$i"
-  [ "${status[$((i - 1))]}" -eq 0 ] || fail "app$i: load or its check failed (exit ${status[$((i - 1))]})"
-done
-for s in n2 n3; do wait_for 30 "$s to see n1 gone" members_alive "$s" 2; done
-say "n2 and n3 list n1 as not alive (checked $((SECONDS - killed_at))s after the kill)"
-
-cat "$WORK"/*.acked >"$WORK/all.acked"
-total=$(wc -l <"$WORK/all.acked")
-say "every acknowledged write ($total) read back through host 2 (TCP) and host 3 (socket)"
-for s in app2 app3; do
-  printf '    %s: ' "$s"
-  verify "$s" "$WORK/all.acked" || fail "$s: acknowledged writes missing after docker kill n1"
+  bash "$HERE/$s.sh" || rc=$?
+  if [ "$rc" -eq 0 ]; then
+    results+=("$(printf '%-15s ok      %4ds' "$s" $((SECONDS - t)))")
+  elif [ "$rc" -eq 77 ]; then
+    results+=("$(printf '%-15s SKIPPED %4ds' "$s" $((SECONDS - t)))")
+  else
+    results+=("$(printf '%-15s FAILED  %4ds' "$s" $((SECONDS - t)))")
+    failed+=("$s")
+  fi
 done
 
-say "scale out: --profile scale-out up --scale extra=1"
-dcx up -d --no-deps --scale extra=1 extra 2>&1 | sed 's/^/    /'
-wait_for 90 "the extra node healthy" healthy extra
-extra_name=$(docker inspect -f '{{.Config.Hostname}}' "$(id_of extra)")
-wait_for 60 "n2 to list $extra_name alive" members_alive n2 3
-wait_for 60 "$extra_name to list 3 members alive" members_alive extra 3
-docker exec "$(id_of extra)" /opencluster-node members | sed 's/^/    /'
-printf '    through %s: ' "$extra_name"
-network=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "$(id_of extra)")
-docker run --rm -i --network "$network" --label "com.docker.compose.project=$PROJECT" \
-  -e OPENCLUSTER_APP_PASSWORD="$PASSWORD" opencluster/example-app:latest \
-  --url "redis://$extra_name:6379" verify --acked - <"$WORK/all.acked" 2>"$WORK/verify.log" || {
-  cat "$WORK/verify.log"
-  fail "acknowledged writes missing through the new node"
-}
-tail -n 1 "$WORK/verify.log"
-say "all checks passed"
+say "summary:"
+printf '    %s\n' "${results[@]}"
+if [ ${#failed[@]} -gt 0 ]; then
+  fail "failed: ${failed[*]}"
+fi
+say "all scenarios passed in $((SECONDS - START))s"

@@ -2,7 +2,7 @@
 //! another all see each other alive; a node killed with `kill -9` is declared down by the
 //! others; a node that stops with SIGTERM is `left` (and alive again once restarted); a node with another cluster's gossip
 //! keyring never becomes a member, and its packets are counted as dropped; `bind_interface`
-//! advertises an interface's address.
+//! advertises an interface's address; `join_service` is joined when `join` is empty.
 
 use std::time::{Duration, Instant};
 
@@ -177,6 +177,28 @@ fn a_missing_bind_interface_is_named() {
     assert!(!out.status.success());
     assert!(stderr.contains("`bind_interface`") && stderr.contains("\"nosuchif0\""), "{stderr}");
     assert!(stderr.contains("lo"), "the error lists the interfaces there are: {stderr}");
+}
+
+#[test]
+fn join_service_is_joined_when_join_is_empty_and_join_wins_over_it() {
+    node_only!("membership is the node's");
+    let n1 = Node::start(named("n1"));
+    // A DNS name, without `join`: what a container gets from its platform.
+    let service = format!("localhost:{}", n1.gossip_addr().port());
+    let n2 = Node::start(named("n2").args(&["--join-service", &service]));
+    // `join` set too: the service name (which resolves nowhere) is not used.
+    let n3 = Node::start(joining("n3", &n1).args(&["--join-service", "no-such-service.invalid"]));
+    let names = ["n1", "n2", "n3"];
+    for node in [&n1, &n2, &n3] {
+        assert!(
+            wait_until(CONVERGE, || all_alive(node, &names)),
+            "members never converged: {:?}",
+            states(node)
+        );
+    }
+    assert!(n2.log().contains("joining the members of join_service"), "{}", n2.log());
+    assert!(n3.log().contains("join is set: join_service is not used"), "{}", n3.log());
+    assert!(!n3.log().contains("no-such-service.invalid:7946"), "n3 tried the service: {}", n3.log());
 }
 
 #[test]

@@ -292,6 +292,24 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_join_falls_back_to_join_service_from_the_environment() {
+        let mut o = dev();
+        o.env = vec![
+            ("OPENCLUSTER_JOIN".into(), "".into()),
+            ("OPENCLUSTER_JOIN_SERVICE".into(), "tasks.opencluster".into()),
+        ];
+        let c = load(&o).unwrap();
+        assert_eq!(c.join_service.as_deref(), Some("tasks.opencluster"));
+        assert_eq!(c.join_targets(), ["tasks.opencluster:7946"]);
+        // An empty variable unsets it, as for bind_interface.
+        o.env = vec![("OPENCLUSTER_JOIN_SERVICE".into(), "".into())];
+        assert!(load(&o).unwrap().join_targets().is_empty());
+        o.env = vec![("OPENCLUSTER_JOIN_SERVICE".into(), "tasks.opencluster:gossip".into())];
+        let e = load(&o).unwrap_err().to_string();
+        assert!(e.contains("`join_service`") && e.contains("OPENCLUSTER_JOIN_SERVICE"), "{e}");
+    }
+
+    #[test]
     fn a_missing_or_malformed_config_file_is_named() {
         let e = load(&LoadOptions { config_file: Some("/nonexistent/oc.toml".into()), ..dev() }).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/oc.toml"), "{e}");

@@ -60,6 +60,11 @@ pub struct Config {
     /// Gossip addresses (`host:port`; names are resolved again at every attempt) of members
     /// to join. Empty: this node starts a cluster of its own and waits to be joined.
     pub join: Vec<String>,
+    /// A DNS name whose addresses are all the members (Swarm's `tasks.<service>`, a
+    /// Kubernetes headless Service), `name` or `name:port` (default port 7946), joined when
+    /// `join` is empty: the platform tells a container where its peers are.
+    #[serde(with = "units::opt_text")]
+    pub join_service: Option<String>,
     /// UDP address of the peer QUIC endpoint; peers reach it on the advertised IP.
     #[serde(with = "units::opt_addr")]
     pub rpc_addr: Option<SocketAddr>,
@@ -306,6 +311,7 @@ impl Default for Config {
             advertise: None,
             bind_interface: None,
             join: Vec::new(),
+            join_service: None,
             rpc_addr: Some(SocketAddr::from(([0, 0, 0, 0], 7947))),
             log_format: LogFormat::Text,
             log_level: "info".into(),
@@ -467,6 +473,14 @@ impl Config {
                 return Err(err("join", e));
             }
         }
+        if let Some(service) = &self.join_service {
+            if self.gossip_addr.is_none() {
+                return Err(err("join_service", "is set but gossip_addr is empty (membership is disabled)"));
+            }
+            if let Err(e) = crate::membership::join::service_target(service) {
+                return Err(err("join_service", e));
+            }
+        }
         let c = &self.cluster;
         if c.replicas == 0 || c.replicas > 16 {
             return Err(err("cluster.replicas", "must be between 1 and 16"));
@@ -560,6 +574,19 @@ impl Config {
             return Err(err("store.cache_bytes", "must be at least 1MiB"));
         }
         self.gossip.validate()
+    }
+
+    /// Where this node looks for members: `join` when it lists anything, else the
+    /// `join_service` name with its port, else nowhere (it waits to be joined).
+    pub fn join_targets(&self) -> Vec<String> {
+        if !self.join.is_empty() {
+            return self.join.clone();
+        }
+        match &self.join_service {
+            // Validated at load; an invalid name joins nothing rather than panicking.
+            Some(service) => crate::membership::join::service_target(service).into_iter().collect(),
+            None => Vec::new(),
+        }
     }
 
     /// The durability policy the store runs with.
@@ -695,6 +722,15 @@ mod tests {
             ("rebalance.max_parallel", Box::new(|c| c.rebalance.max_parallel = 0)),
             ("rebalance.chunk_bytes", Box::new(|c| c.rebalance.chunk_bytes = ByteSize(1024))),
             ("rebalance.chunk_bytes", Box::new(|c| c.rebalance.chunk_bytes = ByteSize(32 << 20))),
+            ("join_service", Box::new(|c| c.join_service = Some("tasks.oc:x".into()))),
+            ("join_service", Box::new(|c| c.join_service = Some("http://oc".into()))),
+            (
+                "join_service",
+                Box::new(|c| {
+                    c.gossip_addr = None;
+                    c.join_service = Some("tasks.oc".into());
+                }),
+            ),
             (
                 "join",
                 Box::new(|c| {
@@ -708,5 +744,19 @@ mod tests {
             mutate(&mut c);
             assert_eq!(c.validate().unwrap_err().setting, setting);
         }
+    }
+
+    #[test]
+    fn join_service_is_used_when_join_is_empty() {
+        let mut c = valid();
+        assert!(c.join_targets().is_empty());
+        c.join_service = Some("tasks.opencluster".into());
+        c.validate().unwrap();
+        assert_eq!(c.join_targets(), ["tasks.opencluster:7946"]);
+        c.join_service = Some("oc-gossip.oc.svc.cluster.local:8946".into());
+        assert_eq!(c.join_targets(), ["oc-gossip.oc.svc.cluster.local:8946"]);
+        c.join = vec!["10.0.0.4:7946".into(), "seed:7946".into()];
+        c.validate().unwrap();
+        assert_eq!(c.join_targets(), ["10.0.0.4:7946", "seed:7946"], "an explicit join wins");
     }
 }

@@ -94,6 +94,11 @@ pub const SETTINGS: &[Setting] = &[
         "Gossip addresses or DNS names (host:port, comma-separated) of members to join; retried until one answers",
     ),
     s(
+        "join_service",
+        Kind::Str,
+        "DNS name (name or name:port, port default 7946) whose addresses are all the members, e.g. tasks.<service> in Swarm or a Kubernetes headless Service; joined when join is empty",
+    ),
+    s(
         "rpc_addr",
         Kind::Addr,
         "UDP address of the peer QUIC endpoint (mutual TLS) other nodes forward reads and writes to [default: 0.0.0.0:7947; with --dev 127.0.0.1:7947]",
@@ -315,6 +320,7 @@ mod tests {
             advertise: Some("10.0.0.1:7946".parse().unwrap()),
             bind_interface: Some("eth0".into()),
             join: vec!["a:1".into()],
+            join_service: Some("tasks.oc".into()),
             ..Config::default()
         };
         let mut in_struct = Vec::new();

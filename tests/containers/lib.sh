@@ -1,0 +1,163 @@
+# Shared by the container test scenarios (sourced, not run). See run.sh.
+#
+# A scenario sets SCENARIO before sourcing this file, then calls `begin`, which names its
+# run, sets the trap that removes everything it made, and exports:
+#   RUN     a name of its own (`oct-<scenario>-<pid><random>`): a prefix for containers,
+#           networks, volumes and images, and the value of the label below;
+#   LABEL   `io.opencluster.test=$RUN`, put on everything the scenario creates, so the
+#           cleanup finds it all whatever failed;
+#   WORK    a temporary directory, removed at exit;
+#   PREFIX  the image name prefix (IMAGE_PREFIX as for build-images.sh, default
+#           `opencluster/`): the images under test.
+# A scenario may define `scenario_cleanup` (run first at exit, also on failure) and
+# `scenario_logs` (run on failure, to show what went wrong). Exit status 77 means skipped:
+# the scenario cannot run on this engine (it prints why).
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+START=$SECONDS
+PREFIX=${IMAGE_PREFIX:-opencluster/}
+TAG=${OPENCLUSTER_TAG:-latest}
+
+say() { printf '[%s %3ds] %s\n' "${SCENARIO:-containers}" $((SECONDS - START)) "$*"; }
+fail() {
+  printf '[%s %3ds] FAIL: %s\n' "${SCENARIO:-containers}" $((SECONDS - START)) "$*" >&2
+  exit 1
+}
+indent() { sed 's/^/    /'; }
+
+# docker_ok: a Docker engine answers.
+docker_ok() { command -v docker >/dev/null && timeout 30 docker info >/dev/null 2>&1; }
+
+# find_compose: sets COMPOSE to the compose command (OPENCLUSTER_COMPOSE, else
+# `docker compose`, else docker-compose); returns 1 when there is none.
+find_compose() {
+  if [ -n "${OPENCLUSTER_COMPOSE:-}" ]; then
+    read -ra COMPOSE <<<"$OPENCLUSTER_COMPOSE"
+  elif docker compose version >/dev/null 2>&1; then
+    COMPOSE=(docker compose)
+  elif command -v docker-compose >/dev/null; then
+    COMPOSE=(docker-compose)
+  else
+    return 1
+  fi
+}
+
+# wait_for SECONDS WHAT COMMAND...: runs COMMAND every second until it succeeds; fails the
+# scenario naming WHAT after SECONDS.
+wait_for() {
+  local limit=$1 deadline=$((SECONDS + $1)) what=$2
+  shift 2
+  until "$@"; do
+    [ $SECONDS -lt $deadline ] || fail "timed out after ${limit}s waiting for $what"
+    sleep 1
+  done
+}
+
+# healthy CONTAINER...: every one reports the image's HEALTHCHECK healthy.
+healthy() {
+  local c
+  for c in "$@"; do
+    [ "$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$c" 2>/dev/null)" = healthy ] || return 1
+  done
+}
+
+# member_state CONTAINER NAME: the state (alive, suspect, down, left) the node in
+# CONTAINER gives the member NAME; empty when it does not list it.
+member_state() {
+  docker exec "$1" /opencluster-node members --format json 2>/dev/null |
+    jq -r --arg n "$2" '[.[] | select(.name == $n) | .state][0] // empty' 2>/dev/null
+}
+
+# alive_names CONTAINER: the names of the members the node in CONTAINER lists alive, sorted,
+# space-separated.
+alive_names() {
+  docker exec "$1" /opencluster-node members --format json 2>/dev/null |
+    jq -r '[.[] | select(.state == "alive") | .name] | sort | join(" ")' 2>/dev/null
+}
+
+# sees_alive CONTAINER NAMES: the node in CONTAINER lists exactly NAMES (sorted,
+# space-separated) alive.
+sees_alive() { [ "$(alive_names "$1")" = "$2" ]; }
+
+# placement_full CONTAINER: /v1/placement of the node says replica_health full.
+placement_full() {
+  [ "$(docker exec "$1" /opencluster-node status --format json 2>/dev/null |
+    jq -r '.placement.replica_health' 2>/dev/null)" = full ]
+}
+
+# rebalance_idle CONTAINER: the node has no partition left to copy in (the check before
+# the next host of a rolling upgrade, docs/docker.md#rolling-upgrades).
+rebalance_idle() {
+  [ "$(docker exec "$1" /opencluster-node status --format json 2>/dev/null |
+    jq -r '.workers[] | select(.name == "rebalance") | .state' 2>/dev/null)" = idle ]
+}
+
+# logged CONTAINER TEXT: the container's log has a line with TEXT. (Reads the whole log:
+# `grep -q` would stop early, and with pipefail the cut-off `docker logs` fails the test.)
+logged() { docker logs "$1" 2>&1 | grep -F -c -- "$2" >/dev/null; }
+
+# container_ok CONTAINER: running, never restarted, not OOM-killed; else says what.
+container_ok() {
+  local state
+  state=$(docker inspect -f '{{.State.Status}} {{.RestartCount}} {{.State.OOMKilled}}' "$1") || return 1
+  [ "$state" = "running 0 false" ] || {
+    echo "$1: status, restarts, OOM-killed = $state" >&2
+    return 1
+  }
+}
+
+begin() {
+  RUN="oct-$SCENARIO-$$$RANDOM"
+  LABEL="io.opencluster.test=$RUN"
+  WORK=$(mktemp -d)
+  trap finish EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  for tool in docker jq; do
+    command -v "$tool" >/dev/null || fail "$tool is needed"
+  done
+  for image in node example-app; do
+    docker image inspect "$PREFIX$image:$TAG" >/dev/null 2>&1 ||
+      fail "image $PREFIX$image:$TAG missing: run deploy/docker/build-images.sh (with IMAGE_PREFIX=$PREFIX)"
+  done
+  say "run $RUN, images $PREFIX*:$TAG"
+}
+
+finish() {
+  local rc=$?
+  set +e
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 77 ]; then
+    say "failed: the last log lines of each container"
+    if declare -F scenario_logs >/dev/null; then
+      scenario_logs
+    fi
+    local c
+    for c in $(docker ps -aq --filter "label=$LABEL"); do
+      echo "---- $(docker inspect -f '{{.Name}}' "$c")"
+      docker logs --tail 15 "$c" 2>&1
+    done | tail -n 200
+  fi
+  if declare -F scenario_cleanup >/dev/null; then
+    scenario_cleanup
+  fi
+  docker ps -aq --filter "label=$LABEL" | xargs -r docker rm -f -v >/dev/null 2>&1
+  docker network ls -q --filter "label=$LABEL" | xargs -r docker network rm >/dev/null 2>&1
+  docker volume ls -q --filter "label=$LABEL" | xargs -r docker volume rm >/dev/null 2>&1
+  docker image ls -q --filter "label=$LABEL" | xargs -r docker image rm -f >/dev/null 2>&1
+  local left
+  left=$( (
+    docker ps -aq --filter "label=$LABEL"
+    docker network ls -q --filter "label=$LABEL"
+    docker volume ls -q --filter "label=$LABEL"
+    docker image ls -q --filter "label=$LABEL"
+  ) | wc -l)
+  [ "$left" -eq 0 ] || say "WARNING: $left containers, networks, volumes or images of $RUN remain"
+  rm -rf "$WORK"
+  local verdict=FAILED
+  case $rc in 0) verdict=PASSED ;; 77) verdict=SKIPPED ;; esac
+  say "cleaned up $RUN; $verdict in $((SECONDS - START))s"
+  exit "$rc"
+}
