@@ -55,10 +55,7 @@ for n in "${NODES[@]}"; do
   start_node "$n" "$CUSTOMER_IMAGE" --network-alias oc-peers
 done
 say "c1, c2, c3 started from the customer image, OPENCLUSTER_JOIN_SERVICE=oc-peers"
-wait_for 90 "c1, c2, c3 healthy" healthy "$RUN-c1" "$RUN-c2" "$RUN-c3"
-for n in "${NODES[@]}"; do
-  wait_for 60 "$n to list c1 c2 c3 alive" sees_alive "$RUN-$n" "c1 c2 c3"
-done
+wait_cluster_up "$RUN" c1 c2 c3
 docker exec "$RUN-c1" /opencluster-node members | indent
 for n in "${NODES[@]}"; do
   health=$(docker exec "$RUN-$n" /opencluster-node health) || fail "$n: health failed"

@@ -82,6 +82,18 @@ alive_names() {
 # space-separated) alive.
 sees_alive() { [ "$(alive_names "$1")" = "$2" ]; }
 
+# wait_cluster_up RUN NAME...: waits until the containers RUN-NAME are healthy and each
+# lists exactly the NAMEs alive.
+wait_cluster_up() {
+  local run=$1 n
+  shift
+  local names="$*" containers=("${@/#/$run-}")
+  wait_for 90 "${names// /, } healthy" healthy "${containers[@]}"
+  for n in "$@"; do
+    wait_for 60 "$n to list $names alive" sees_alive "$run-$n" "$names"
+  done
+}
+
 # placement_full CONTAINER: /v1/placement of the node says replica_health full.
 placement_full() {
   [ "$(docker exec "$1" /opencluster-node status --format json 2>/dev/null |

@@ -39,10 +39,7 @@ for n in "${NODES[@]}"; do
     -v "$RUN-$n-run:/run/opencluster" "${PREFIX}node:$TAG" >/dev/null
 done
 say "m1, m2, m3 started with --memory $LIMIT and ${PROFILE:-the default settings}"
-wait_for 90 "m1, m2, m3 healthy" healthy "$RUN-m1" "$RUN-m2" "$RUN-m3"
-for n in "${NODES[@]}"; do
-  wait_for 60 "$n to list m1 m2 m3 alive" sees_alive "$RUN-$n" "m1 m2 m3"
-done
+wait_cluster_up "$RUN" m1 m2 m3
 for n in "${NODES[@]}"; do
   [ "$(docker inspect -f '{{.HostConfig.Memory}}' "$RUN-$n")" = $((128 << 20)) ] || fail "$n has no 128 MiB limit"
 done

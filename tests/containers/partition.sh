@@ -44,10 +44,7 @@ for n in "${NODES[@]}"; do
     -v "$RUN-$n-run:/run/opencluster" "${PREFIX}node:$TAG" >/dev/null
 done
 say "p1, p2, p3 started on $SUBNET"
-wait_for 90 "p1, p2, p3 healthy" healthy "$RUN-p1" "$RUN-p2" "$RUN-p3"
-for n in "${NODES[@]}"; do
-  wait_for 60 "$n to list p1 p2 p3 alive" sees_alive "$RUN-$n" "p1 p2 p3"
-done
+wait_cluster_up "$RUN" p1 p2 p3
 docker exec "$RUN-p1" /opencluster-node members | indent
 
 # app NODE ARGS...: the example app beside NODE, on its socket volume, without a network.

@@ -37,6 +37,17 @@ fn all_alive(node: &Node, names: &[&str]) -> bool {
 }
 
 /// Sum of a labelled counter's series whose labels contain one of `labels`.
+/// Waits until every node in `nodes` lists every one of `names` alive.
+fn wait_all_alive(nodes: &[&Node], names: &[&str]) {
+    for node in nodes {
+        assert!(
+            wait_until(CONVERGE, || all_alive(node, names)),
+            "members never converged: {:?}",
+            states(node)
+        );
+    }
+}
+
 fn counter(node: &Node, name: &str, labels: &[&str]) -> u64 {
     let (_, text) = node.admin_get("/metrics");
     text.lines()
@@ -51,14 +62,7 @@ fn three_nodes_join_see_each_other_and_detect_a_kill() {
     let n1 = Node::start(named("n1"));
     let mut n2 = Node::start(joining("n2", &n1));
     let mut n3 = Node::start(joining("n3", &n1));
-    let names = ["n1", "n2", "n3"];
-    for node in [&n1, &n2, &n3] {
-        assert!(
-            wait_until(CONVERGE, || all_alive(node, &names)),
-            "members never converged: {:?}",
-            states(node)
-        );
-    }
+    wait_all_alive(&[&n1, &n2, &n3], &["n1", "n2", "n3"]);
     // The operator view: addresses, ids, status counts and the gauge.
     let members = n1.admin_json("/v1/members");
     let n2_entry = members.as_array().unwrap().iter().find(|m| m["name"] == "n2").unwrap().clone();
@@ -188,14 +192,7 @@ fn join_service_is_joined_when_join_is_empty_and_join_wins_over_it() {
     let n2 = Node::start(named("n2").args(&["--join-service", &service]));
     // `join` set too: the service name (which resolves nowhere) is not used.
     let n3 = Node::start(joining("n3", &n1).args(&["--join-service", "no-such-service.invalid"]));
-    let names = ["n1", "n2", "n3"];
-    for node in [&n1, &n2, &n3] {
-        assert!(
-            wait_until(CONVERGE, || all_alive(node, &names)),
-            "members never converged: {:?}",
-            states(node)
-        );
-    }
+    wait_all_alive(&[&n1, &n2, &n3], &["n1", "n2", "n3"]);
     assert!(n2.log().contains("joining the members of join_service"), "{}", n2.log());
     assert!(n3.log().contains("join is set: join_service is not used"), "{}", n3.log());
     assert!(!n3.log().contains("no-such-service.invalid:7946"), "n3 tried the service: {}", n3.log());
