@@ -33,8 +33,8 @@ use crate::record::Record;
 /// How long a partition whose sources all failed waits before it is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Records asked for per chunk, besides `rebalance.chunk_bytes`: bounds the per-record
-/// work of a chunk of tiny values.
-const CHUNK_RECORDS: u32 = 10_000;
+/// work of a chunk of small values (what `rebalance.chunk_records` used to default to).
+const CHUNK_RECORDS: u32 = 1_000;
 
 /// Rebalance settings, from config.
 #[derive(Clone, Copy, Debug)]
