@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod glob;
+pub mod heap;
 pub mod hlc;
 pub mod logging;
 pub mod membership;

@@ -225,6 +225,10 @@ pub async fn run(
         background.clone(),
     ));
     background_tasks.spawn(renewal.run(background.clone()));
+    if !config.memory_trim_interval.is_zero() {
+        background_tasks
+            .spawn(crate::heap::trim_periodically(config.memory_trim_interval, background.clone()));
+    }
     if insecure_default_keys {
         background_tasks.spawn(warn_insecure(background.clone()));
     }

@@ -66,7 +66,6 @@ app2=$!
 rc1=0 rc2=0
 wait "$app1" || rc1=$?
 wait "$app2" || rc2=$?
-kill "$sampler" 2>/dev/null || true
 for n in m1 m2; do
   printf '    app of %s: %s\n' "$n" "$(grep '^load: attempted' "$WORK/$n.log" || echo '(no report)')"
 done
@@ -83,16 +82,6 @@ done
 }
 wait_for 30 "m1, m2, m3 healthy after the load" healthy "$RUN-m1" "$RUN-m2" "$RUN-m3"
 
-say "peak memory use (docker stats, sampled every 2s):"
-for n in "${NODES[@]}"; do
-  # "123.4MiB / 128MiB": the largest first figure, in MiB.
-  peak=$(awk -v c="$RUN-$n" '$1 == c { v = $2; u = v; sub(/[A-Za-z]+$/, "", v); sub(/^[0-9.]+/, "", u);
-           m = (u == "GiB") ? v * 1024 : (u == "KiB") ? v / 1024 : (u == "B") ? v / 1048576 : v;
-           if (m > p) p = m } END { printf "%.1f", p }' "$WORK/stats")
-  rss=$(docker exec "$RUN-$n" /opencluster-node status --format json | jq '.memory.rss_bytes / 1048576 | floor')
-  printf '    %s: %s MiB of 128 MiB at the peak; the process itself now: %s MiB resident\n' "$n" "$peak" "$rss"
-done
-
 cat "$WORK/m1.acked" "$WORK/m2.acked" >"$WORK/all.acked"
 total=$(wc -l <"$WORK/all.acked")
 [ "$total" -ge $((LOAD_SECONDS * 300)) ] || fail "only $total writes acknowledged of $((LOAD_SECONDS * 600))"
@@ -102,10 +91,23 @@ printf '    '
 docker run --rm -i --label "$LABEL" --network "$NET" -e OPENCLUSTER_APP_PASSWORD="$PASSWORD" "${PREFIX}example-app:$TAG" \
   --url redis://m3:6379 verify --acked - <"$WORK/all.acked" 2>"$WORK/verify.log" || {
   cat "$WORK/verify.log"
+  for n in "${NODES[@]}"; do
+    container_ok "$RUN-$n" || fail "$n did not stay up under --memory $LIMIT while the writes were read back"
+  done
   fail "acknowledged writes missing through m3"
 }
 tail -n 1 "$WORK/verify.log"
 for n in "${NODES[@]}"; do
   container_ok "$RUN-$n" || fail "$n did not stay up under --memory $LIMIT"
+done
+kill "$sampler" 2>/dev/null || true
+say "peak memory use (docker stats, sampled every 2s while writing and reading back):"
+for n in "${NODES[@]}"; do
+  # "123.4MiB / 128MiB": the largest first figure, in MiB.
+  peak=$(awk -v c="$RUN-$n" '$1 == c { v = $2; u = v; sub(/[A-Za-z]+$/, "", v); sub(/^[0-9.]+/, "", u);
+           m = (u == "GiB") ? v * 1024 : (u == "KiB") ? v / 1024 : (u == "B") ? v / 1048576 : v;
+           if (m > p) p = m } END { printf "%.1f", p }' "$WORK/stats")
+  rss=$(docker exec "$RUN-$n" /opencluster-node status --format json | jq '.memory.rss_bytes / 1048576 | floor')
+  printf '    %s: %s MiB of 128 MiB at the peak; the process itself now: %s MiB resident\n' "$n" "$peak" "$rss"
 done
 say "all checks passed"

@@ -75,6 +75,9 @@ pub struct Config {
     /// How long a stopping node waits for requests in flight before it flushes and exits.
     #[serde(with = "units::duration")]
     pub shutdown_timeout: Duration,
+    /// How often freed heap memory is given back to the operating system; zero never.
+    #[serde(with = "units::duration")]
+    pub memory_trim_interval: Duration,
     /// Allow FLUSHDB, which deletes every key.
     pub allow_flushdb: bool,
     pub limits: Limits,
@@ -316,6 +319,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: "info".into(),
             shutdown_timeout: Duration::from_secs(10),
+            memory_trim_interval: Duration::from_secs(1),
             allow_flushdb: false,
             limits: Limits::default(),
             store: StoreConfig::default(),
@@ -426,6 +430,9 @@ impl Config {
                      bind to 127.0.0.1, or pass --insecure-no-client-password to accept any client"
                 ),
             ));
+        }
+        if self.memory_trim_interval > Duration::from_secs(3600) {
+            return Err(err("memory_trim_interval", "must be at most 1h (0s turns trimming off)"));
         }
         if self.client_password.as_deref() == Some("") {
             return Err(err("client_password", "must not be empty (leave it unset instead)"));
@@ -695,6 +702,7 @@ mod tests {
             ("datacenter", Box::new(|c| c.datacenter = "DC 1".into())),
             ("limits.max_request_bytes", Box::new(|c| c.limits.max_request_bytes = ByteSize(10))),
             ("limits.max_clients", Box::new(|c| c.limits.max_clients = 0)),
+            ("memory_trim_interval", Box::new(|c| c.memory_trim_interval = Duration::from_secs(7200))),
             ("store.partitions", Box::new(|c| c.store.partitions = 0)),
             ("store.fsync_interval", Box::new(|c| c.store.fsync_interval = Duration::ZERO)),
             ("gossip.probe_interval", Box::new(|c| c.gossip.probe_interval = Duration::ZERO)),

@@ -183,6 +183,11 @@ pub const SETTINGS: &[Setting] = &[
         Kind::Duration,
         "How long a stopping node waits for client requests in flight before it flushes and exits [default: 10s]",
     ),
+    s(
+        "memory_trim_interval",
+        Kind::Duration,
+        "How often freed heap memory is given back to the operating system (glibc malloc_trim); 0s never [default: 1s]",
+    ),
     s("allow_flushdb", Kind::Bool, "Allow FLUSHDB, which deletes every key [default: false]"),
     s("limits.max_key_bytes", Kind::Size, "Largest key accepted [default: 64KiB]"),
     s("limits.max_value_bytes", Kind::Size, "Largest value accepted [default: 16MiB]"),
