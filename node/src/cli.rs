@@ -17,7 +17,8 @@ pub enum Invocation {
     /// Run a node.
     Run { load: LoadOptions, dev: bool },
     /// Check the health of a running node; `admin_addr` None means "from the config".
-    Health { load: LoadOptions, admin_addr: Option<SocketAddr>, timeout: Duration },
+    /// `ready`: ask `/v1/ready` (caught up) instead of `/v1/health`.
+    Health { load: LoadOptions, admin_addr: Option<SocketAddr>, timeout: Duration, ready: bool },
     /// Show a running node's status.
     Status { load: LoadOptions, admin_addr: Option<SocketAddr>, timeout: Duration, format: MembersFormat },
     /// List the members a running node knows.
@@ -87,7 +88,13 @@ pub fn command() -> Command {
             Command::new("health")
                 .about("Exit 0 if the node's admin API reports healthy (for container HEALTHCHECK)")
                 .arg(admin_addr_arg("check"))
-                .arg(timeout_arg()),
+                .arg(timeout_arg())
+                .arg(
+                    Arg::new("ready")
+                        .long("ready")
+                        .action(ArgAction::SetTrue)
+                        .help("Exit 0 only if the node is ready (its /v1/ready): healthy, in a cluster when told to join one, and done copying the partitions it owns; for rolling updates and readiness probes"),
+                ),
         )
         .subcommand(
             Command::new("status")
@@ -271,7 +278,7 @@ where
     if let Some(h) = m.subcommand_matches("health") {
         let (admin_addr, timeout) = (parse_admin_addr(h)?, parse_timeout(h)?);
         let load = LoadOptions { config_file, env, ..Default::default() };
-        return Ok(Invocation::Health { load, admin_addr, timeout });
+        return Ok(Invocation::Health { load, admin_addr, timeout, ready: h.get_flag("ready") });
     }
     for name in ["status", "members"] {
         let Some(sub) = m.subcommand_matches(name) else { continue };
@@ -355,9 +362,12 @@ mod tests {
     #[test]
     fn health_takes_an_address() {
         let inv = parse_from(["opencluster-node", "health", "--admin-addr", "127.0.0.1:1"]).unwrap();
-        let Invocation::Health { admin_addr, .. } = inv else { panic!("expected health") };
+        let Invocation::Health { admin_addr, ready, .. } = inv else { panic!("expected health") };
+        assert!(!ready);
         assert_eq!(admin_addr, Some("127.0.0.1:1".parse().unwrap()));
         assert!(parse_from(["opencluster-node", "health", "--admin-addr", "nowhere"]).is_err());
+        let inv = parse_from(["opencluster-node", "health", "--ready"]).unwrap();
+        assert!(matches!(inv, Invocation::Health { ready: true, admin_addr: None, .. }));
     }
 
     #[test]

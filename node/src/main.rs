@@ -13,7 +13,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(e),
     };
     match invocation {
-        Invocation::Health { load, admin_addr, timeout } => health(load, admin_addr, timeout),
+        Invocation::Health { load, admin_addr, timeout, ready } => health(load, admin_addr, timeout, ready),
         Invocation::Members { load, admin_addr, timeout, format } => {
             members(load, admin_addr, timeout, format)
         }
@@ -70,9 +70,14 @@ fn health(
     load: config::LoadOptions,
     admin_addr: Option<std::net::SocketAddr>,
     timeout: std::time::Duration,
+    ready: bool,
 ) -> ExitCode {
     admin_command("health", &load, admin_addr, |addr| async move {
-        let body = admin::check_health(addr, timeout).await?;
+        let body = if ready {
+            admin::client::check_ready(addr, timeout).await?
+        } else {
+            admin::check_health(addr, timeout).await?
+        };
         println!("{}", body.trim());
         Ok(())
     })

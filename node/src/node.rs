@@ -359,6 +359,7 @@ pub async fn run(
             members: members.clone(),
             keyring: gossip_keyring.clone(),
             admin_token: config.admin_token.clone(),
+            joins: members.is_some() && (!config.join.is_empty() || config.join_service.is_some()),
         });
         background_tasks.spawn(admin::serve(l, admin_state, background.clone()));
     }

@@ -8,7 +8,7 @@ single-host run does not exercise.
 It parses every manifest (PyYAML) and checks what a mistake would break at deploy time:
 the images are those deploy/docker/build-images.sh builds, every OPENCLUSTER_* variable
 is a setting the binaries know (from `opencluster-node --help` and
-`opencluster-example-app --help`), the probes reach /v1/health on the port the admin API
+`opencluster-example-app --help`), the probes reach /v1/health (readiness /v1/ready) on the port the admin API
 listens on, the join name is a headless Service that selects the node pods, the keys and
 the password come from Secrets the node can read, the socket directory is the same host
 directory for the node and the apps, and the stop grace period outlasts the node's own.
@@ -134,7 +134,8 @@ def check_kubernetes(node_envs, app_envs, prefix, images, version):
     check(node_pod.get("enableServiceLinks") is False and app_pod.get("enableServiceLinks") is False,
           "service links are off (they would add OPENCLUSTER_* variables)")
 
-    # Probes on /v1/health at the admin API's port, which must listen beyond loopback.
+    # Probes at the admin API's port, which must listen beyond loopback: readiness on
+    # /v1/ready (caught up, what a rolling update waits for), the others on /v1/health.
     admin = nenv.get("OPENCLUSTER_ADMIN_ADDR", {}).get("value", "127.0.0.1:9379")
     check(not admin.startswith("127."), f"the admin API listens on the pod address for the kubelet ({admin})")
     ports = {p["name"]: p for p in node["ports"]}
@@ -142,8 +143,9 @@ def check_kubernetes(node_envs, app_envs, prefix, images, version):
         get = node.get(probe, {}).get("httpGet", {})
         port = get.get("port")
         number = ports[port]["containerPort"] if isinstance(port, str) and port in ports else port
-        check(get.get("path") == "/v1/health" and number == port_of(admin),
-              f"{probe}: GET /v1/health on the admin port {port_of(admin)} (has {get.get('path')} on {port} = {number})")
+        path = "/v1/ready" if probe == "readinessProbe" else "/v1/health"
+        check(get.get("path") == path and number == port_of(admin),
+              f"{probe}: GET {path} on the admin port {port_of(admin)} (has {get.get('path')} on {port} = {number})")
     check(ports.get("gossip", {}).get("containerPort") == 7946 and ports["gossip"].get("protocol") == "UDP", "gossip 7946/UDP")
     check(ports.get("rpc", {}).get("containerPort") == 7947 and ports["rpc"].get("protocol") == "UDP", "peer RPC 7947/UDP")
 

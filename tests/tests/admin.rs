@@ -150,3 +150,33 @@ fn health_subcommand_exits_zero_only_for_a_healthy_node() {
     let out = run(&admin);
     assert!(!out.status.success(), "health on a killed node succeeded: {out:?}");
 }
+
+#[test]
+fn a_node_told_to_join_is_not_ready_until_it_has_a_cluster() {
+    node_only!("the node's readiness");
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let lonely = Node::start(NodeOpts::new().args(&["--join", &nobody]));
+    let (status, body) = lonely.admin_get("/v1/ready");
+    assert_eq!(status, 503, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["ready"], false);
+    let waiting = ready["waiting_for"].as_array().unwrap();
+    assert!(waiting.iter().any(|w| w.as_str().unwrap().starts_with("join:")), "{body}");
+    // Healthy all the same: it serves its clients.
+    assert_eq!(lonely.admin_get("/v1/health").0, 200);
+
+    let run = |node: &Node| {
+        let mut cmd = node_command();
+        cmd.args(["health", "--ready", "--admin-addr", &node.admin_addr().to_string()]);
+        run_with_deadline(cmd, Duration::from_secs(15)).expect("the health subcommand finishes")
+    };
+    let out = run(&lonely);
+    assert!(!out.status.success(), "health --ready on a node without its cluster: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not ready"), "{out:?}");
+
+    // A node not told to join anyone is a cluster of its own, ready at once.
+    let alone = Node::start_default();
+    let out = run(&alone);
+    assert!(out.status.success(), "health --ready on a lone node: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(r#""ready":true"#), "{out:?}");
+}

@@ -9,6 +9,68 @@ use opencluster_tests::cluster::{
 };
 use opencluster_tests::{Node, bulk, nil, node_only, ok, wait_until};
 
+/// `/v1/ready` of `node`: the status code and the reasons it gives for waiting.
+fn readiness(node: &Node) -> (u16, Vec<String>) {
+    let (status, body) = node.admin_get("/v1/ready");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let waiting =
+        body["waiting_for"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string()).collect();
+    (status, waiting)
+}
+
+#[test]
+fn a_restarted_node_is_ready_only_once_it_holds_what_it_owns() {
+    node_only!("clustering is the node's");
+    // Two nodes, two replicas: each owns every partition. The throttle makes the copy
+    // after the restart take seconds, long enough to be seen.
+    let mut nodes = start_cluster(
+        2,
+        &["--cluster-replicas", "2", "--rebalance-max-bytes-per-sec", "512KiB", "--repair-interval", "1h"],
+    );
+    let value = "v".repeat(2000);
+    let mut n1 = nodes[0].raw();
+    for i in 0..1000 {
+        assert_eq!(n1.cmd(&["SET", &format!("before{i}"), &value]), ok());
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || readiness(&nodes[1]).0 == 200),
+        "{:?}",
+        readiness(&nodes[1])
+    );
+    assert_eq!(local_key_count(&nodes[1]), 1000);
+
+    let status = nodes[1].sigterm_and_wait();
+    assert!(status.success(), "n2 exited with {status}");
+    assert!(wait_until(Duration::from_secs(10), || !nodes[0]
+        .admin_json("/v1/members")
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["name"] == "n2" && m["state"] == "alive")));
+    for i in 0..1000 {
+        assert_eq!(n1.cmd(&["SET", &format!("while-away{i}"), &value]), ok());
+    }
+
+    nodes[1].restart();
+    let mut reasons_seen = Vec::new();
+    let ready = wait_until(Duration::from_secs(60), || {
+        let (status, waiting) = readiness(&nodes[1]);
+        reasons_seen.extend(waiting);
+        status == 200
+    });
+    let held = local_key_count(&nodes[1]);
+    assert!(ready, "n2 not ready after 60s; it said: {reasons_seen:?}");
+    assert_eq!(held, 2000, "n2 said it was ready holding {held} of 2000 keys");
+    assert!(
+        reasons_seen.iter().any(|r| r.starts_with("rebalance:")),
+        "n2 was never seen copying partitions: {reasons_seen:?}"
+    );
+    let mut n2 = nodes[1].raw();
+    for i in 0..1000 {
+        assert_eq!(n2.cmd(&["GET", &format!("while-away{i}")]), bulk(&value));
+    }
+}
+
 fn store(node: &Node, field: &str) -> u64 {
     node.admin_json("/v1/status")["store"][field].as_u64().unwrap()
 }

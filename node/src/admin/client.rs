@@ -1,5 +1,6 @@
 //! The other end of the admin API, for the command line: `opencluster-node health` (a
-//! container HEALTHCHECK; a scratch image has no curl) and `opencluster-node members`.
+//! container HEALTHCHECK; a scratch image has no curl; `--ready` for readiness),
+//! `status` and `members`.
 //!
 //! One HTTP/1.0 request per connection, read to the end: the admin API is local and small,
 //! and a client crate would add build time and hide nothing worth hiding.
@@ -25,6 +26,8 @@ pub enum ClientError {
     Timeout { addr: SocketAddr, timeout: Duration },
     #[error("the node at {addr} is not healthy: {response}")]
     Unhealthy { addr: SocketAddr, response: String },
+    #[error("the node at {addr} is not ready: {response}")]
+    NotReady { addr: SocketAddr, response: String },
     #[error("GET {path} at {addr} failed: {response}")]
     Status { addr: SocketAddr, path: &'static str, response: String },
     #[error("GET {path} at {addr} did not answer the expected JSON: {message}")]
@@ -60,6 +63,15 @@ pub async fn check_health(addr: SocketAddr, timeout: Duration) -> Result<String,
     match get(addr, "/v1/health", timeout).await {
         Ok((_, body)) => Ok(body),
         Err(ClientError::Status { response, .. }) => Err(ClientError::Unhealthy { addr, response }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Asks the node at `addr` for `/v1/ready`; Ok with the body when it answers 200.
+pub async fn check_ready(addr: SocketAddr, timeout: Duration) -> Result<String, ClientError> {
+    match get(addr, "/v1/ready", timeout).await {
+        Ok((_, body)) => Ok(body),
+        Err(ClientError::Status { response, .. }) => Err(ClientError::NotReady { addr, response }),
         Err(e) => Err(e),
     }
 }

@@ -1,4 +1,4 @@
-//! The admin HTTP API: `/v1/health`, `/v1/status`, `/v1/members`, `/v1/placement`,
+//! The admin HTTP API: `/v1/health`, `/v1/ready`, `/v1/status`, `/v1/members`, `/v1/placement`,
 //! `/metrics`, and the
 //! gossip keyring (`/v1/keyring`, changed through `/v1/keyring/install|use|remove`, which
 //! need `admin_token`: [`auth`]); [`client`] is its other end, for the `health` and
@@ -44,11 +44,15 @@ pub struct AdminState {
     pub keyring: Option<Arc<LiveKeyring>>,
     /// `admin_token`: what the changing endpoints require.
     pub admin_token: Option<String>,
+    /// Whether the node was told whom to join (`join` or `join_service`): then it is not
+    /// ready until it has a cluster.
+    pub joins: bool,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/ready", get(ready))
         .route("/v1/status", get(status))
         .route("/v1/members", get(members))
         .route("/v1/placement", get(placement))
@@ -87,6 +91,32 @@ async fn health(State(s): State<Arc<AdminState>>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE
         }
     };
+    (code, Json(body)).into_response()
+}
+
+/// The node has caught up: healthy, in a cluster when told to join one, and holding the
+/// partitions it owns (no copy from their other owners queued or running). A node that
+/// is not ready still serves clients; readiness is what a rolling update waits for
+/// before it stops the next node.
+async fn ready(State(s): State<Arc<AdminState>>) -> Response {
+    let cluster = &s.server.cluster;
+    let mut waiting = Vec::new();
+    if let Some(e) = cluster.flusher().last_error() {
+        waiting.push(format!("store: flushes are failing: {e}"));
+    }
+    if s.joins && !cluster.is_clustered() {
+        waiting.push("join: no other node placed yet (join or join_service is set)".to_string());
+    }
+    let copying = cluster.rebalance_in_progress();
+    if copying > 0 {
+        waiting.push(format!("rebalance: {copying} partitions to copy from their other owners"));
+    }
+    let code = if waiting.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "ready": waiting.is_empty(),
+        "node": s.server.node_name,
+        "waiting_for": waiting,
+    });
     (code, Json(body)).into_response()
 }
 

@@ -346,20 +346,24 @@ impl Cluster {
             owned_here = view.placement.partitions_of(self.node).len(),
             "placement updated"
         );
+        // Counted as queued before the view is seen: readiness never finds the new view
+        // without the copies it calls for.
+        let gained = self.gained_partitions(&current, &view);
+        self.rebalance_status.expect(gained.len());
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = view.clone();
-        self.queue_gained_partitions(&current, &view);
+        self.queue(gained);
         view
     }
 
-    /// Queues every partition this node owns in `next` but not in `previous` for the
-    /// rebalance worker, with where to copy it from: its owners in `previous` that are
-    /// still here, or, when this node was alone before (it just started, or lost every
-    /// peer) or rejoined after the others declared it down (they placed its partitions
-    /// elsewhere and kept no hints for it), the partition's other owners now, since it may
-    /// have missed their writes.
-    fn queue_gained_partitions(&self, previous: &View, next: &View) {
+    /// Every partition this node owns in `next` but not in `previous`, for the rebalance
+    /// worker, with where to copy it from: its owners in `previous` that are still here,
+    /// or, when this node was alone before (it just started, or lost every peer) or
+    /// rejoined after the others declared it down (they placed its partitions elsewhere
+    /// and kept no hints for it), the partition's other owners now, since it may have
+    /// missed their writes.
+    fn gained_partitions(&self, previous: &View, next: &View) -> Vec<Task> {
         let was_alone = previous.placement.nodes().len() <= 1 || next.renewals > previous.renewals;
-        let mut queued = 0;
+        let mut gained = Vec::new();
         for partition in next.placement.partitions_of(self.node) {
             let sources: Vec<NodeId> = if was_alone {
                 next.placement.owners(partition).to_vec()
@@ -370,18 +374,33 @@ impl Cluster {
             };
             let sources: Vec<NodeId> =
                 sources.into_iter().filter(|&n| n != self.node && next.targets.contains_key(&n.0)).collect();
-            if sources.is_empty() {
-                continue;
+            if !sources.is_empty() {
+                gained.push(Task { partition, sources });
             }
-            if self.rebalance_tasks.send(Task { partition, sources }).is_err() {
+        }
+        gained
+    }
+
+    /// Hands partitions to copy to the rebalance worker.
+    fn queue(&self, tasks: Vec<Task>) {
+        if tasks.is_empty() {
+            return;
+        }
+        let queued = tasks.len();
+        for task in tasks {
+            if self.rebalance_tasks.send(task).is_err() {
                 tracing::debug!("the rebalance worker has stopped; nothing queued");
                 return;
             }
-            queued += 1;
         }
-        if queued > 0 {
-            tracing::info!(partitions = queued, "partitions to copy from their owners queued");
-        }
+        tracing::info!(partitions = queued, "partitions to copy from their owners queued");
+    }
+
+    /// Partitions this node is to copy from their other owners, queued or being copied.
+    /// Brings placement up to date first, so copies a membership change calls for count.
+    pub fn rebalance_in_progress(&self) -> usize {
+        self.view();
+        self.rebalance_status.in_progress()
     }
 
     /// The rebalance worker's progress, for `/v1/status`.

@@ -61,6 +61,8 @@ pub struct RebalanceStatus {
 
 #[derive(Default)]
 struct Progress {
+    /// Handed to the worker and not yet taken by it.
+    queued: usize,
     pending: usize,
     active: usize,
     done: u64,
@@ -76,22 +78,33 @@ impl RebalanceStatus {
         f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
+    /// `n` more partitions are about to be handed to the worker.
+    pub fn expect(&self, n: usize) {
+        self.update(|p| p.queued += n);
+    }
+
     /// Whether partitions are queued or being copied.
     pub fn busy(&self) -> bool {
+        self.in_progress() > 0
+    }
+
+    /// Partitions queued or being copied.
+    pub fn in_progress(&self) -> usize {
         let p = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        p.pending + p.active > 0
+        p.queued + p.pending + p.active
     }
 
     /// For `/v1/status`'s workers list.
     pub fn json(&self) -> Value {
         let p = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let running = p.pending + p.active > 0;
+        let pending = p.queued + p.pending;
+        let running = pending + p.active > 0;
         // This round: partitions done since it started, and the time left at that pace.
         let (round_done, eta) = match p.round {
             Some((started, done, _, _)) => {
                 let round_done = p.done - done;
                 let elapsed = started.elapsed().as_secs_f64();
-                let left = (p.pending + p.active) as f64;
+                let left = (pending + p.active) as f64;
                 let eta = (round_done > 0).then(|| (left * elapsed / round_done as f64).ceil() as u64);
                 (round_done, eta)
             }
@@ -102,7 +115,7 @@ impl RebalanceStatus {
             "eta_seconds": eta,
             "name": "rebalance",
             "state": if running { "running" } else { "idle" },
-            "partitions_pending": p.pending,
+            "partitions_pending": pending,
             "partitions_active": p.active,
             "partitions_done": p.done,
             "failed_attempts": p.failed_attempts,
@@ -150,10 +163,13 @@ impl Cluster {
                 task = tasks.recv() => match task {
                     None => return,
                     Some(task) => {
-                        if idle {
-                            self.rebalance_status.update(|p| {
+                        self.rebalance_status.update(|p| {
+                            p.queued = p.queued.saturating_sub(1);
+                            if idle {
                                 p.round = Some((Instant::now(), p.done, p.keys, p.bytes));
-                            });
+                            }
+                        });
+                        if idle {
                             tracing::info!("rebalance started");
                         }
                         // A partition queued again replaces its older entry (newer sources).
