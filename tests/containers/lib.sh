@@ -100,12 +100,9 @@ placement_full() {
     jq -r '.placement.replica_health' 2>/dev/null)" = full ]
 }
 
-# rebalance_idle CONTAINER: the node has no partition left to copy in (the check before
-# the next host of a rolling upgrade, docs/docker.md#rolling-upgrades).
-rebalance_idle() {
-  [ "$(docker exec "$1" /opencluster-node status --format json 2>/dev/null |
-    jq -r '.workers[] | select(.name == "rebalance") | .state' 2>/dev/null)" = idle ]
-}
+# ready CONTAINER: the node is ready (`health --ready`: joined, no partition left to copy
+# in), the check before the next host of a rolling upgrade (docs/docker.md#rolling-upgrades).
+ready() { docker exec "$1" /opencluster-node health --ready >/dev/null 2>&1; }
 
 # logged CONTAINER TEXT: the container's log has a line with TEXT. (Reads the whole log:
 # `grep -q` would stop early, and with pipefail the cut-off `docker logs` fails the test.)

@@ -188,13 +188,13 @@ say "new node task $(docker inspect -f '{{.Name}}' "$NODE") healthy"
 say "same node id $node_id: it kept its data volume"
 wait_for 60 "the restarted node to list $both alive" sees_alive "$NODE" "$both"
 back_at=$SECONDS
-# It started alone, so it copies every partition it owns from the other owner: done when
-# the worker is idle again after copying some.
+# It started alone, so it copies every partition it owns from the other owner: ready
+# (what a rolling update waits for) once that is done, and it must have copied some.
 copied_back() {
-  rebalance_idle "$NODE" && [ "$(docker exec "$NODE" /opencluster-node status --format json |
+  ready "$NODE" && [ "$(docker exec "$NODE" /opencluster-node status --format json |
     jq -r '.workers[] | select(.name == "rebalance") | .partitions_done')" -gt 0 ]
 }
-wait_for 60 "the restarted node to copy back its partitions" copied_back
+wait_for 60 "the restarted node to be ready, its partitions copied back" copied_back
 copied=$(docker exec "$NODE" /opencluster-node status --format json |
   jq -r '.workers[] | select(.name == "rebalance") | "\(.partitions_done) partitions, \(.keys_moved) keys"')
 say "it copied back what it owns ($copied) within $((SECONDS - back_at))s of listing both alive"
