@@ -164,6 +164,7 @@ fn a_node_told_to_join_is_not_ready_until_it_has_a_cluster() {
     assert!(waiting.iter().any(|w| w.as_str().unwrap().starts_with("join:")), "{body}");
     // Healthy all the same: it serves its clients.
     assert_eq!(lonely.admin_get("/v1/health").0, 200);
+    assert_eq!(lonely.admin_json("/v1/status")["ready"]["waiting_for"], ready["waiting_for"]);
 
     let run = |node: &Node| {
         let mut cmd = node_command();

@@ -61,6 +61,7 @@ fn a_restarted_node_is_ready_only_once_it_holds_what_it_owns() {
     let held = local_key_count(&nodes[1]);
     assert!(ready, "n2 not ready after 60s; it said: {reasons_seen:?}");
     assert_eq!(held, 2000, "n2 said it was ready holding {held} of 2000 keys");
+    assert_eq!(nodes[1].admin_json("/v1/status")["ready"]["ready"], true);
     assert!(
         reasons_seen.iter().any(|r| r.starts_with("rebalance:")),
         "n2 was never seen copying partitions: {reasons_seen:?}"

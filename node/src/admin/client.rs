@@ -106,6 +106,13 @@ pub fn status_text(s: &Value) -> String {
         s["version"].as_str().unwrap_or("?"),
         n(&s["uptime_seconds"]),
     );
+    let waiting: Vec<&str> =
+        s["ready"]["waiting_for"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    out += &match (s["ready"]["ready"].as_bool(), waiting.is_empty()) {
+        (Some(true), _) => "ready     yes\n".to_string(),
+        (Some(false), false) => format!("ready     no: {}\n", waiting.join("; ")),
+        _ => "ready     unknown\n".to_string(),
+    };
     let m = &s["members"];
     out += &format!(
         "members   {} alive, {} suspect, {} down, {} left\n",
@@ -228,8 +235,13 @@ mod tests {
             "uptime_seconds": 5, "members": {"alive": 3, "suspect": 0, "down": 0, "left": 0},
             "placement": {"nodes": 3, "owned": 1024, "partitions": 1024, "primary": 341,
                           "owners_per_partition": 3, "replicas_configured": 3, "write_quorum": 2, "replica_health": "full"},
-            "store": {"keys": 7, "bytes_on_disk": 100}, "workers": [running]});
+            "store": {"keys": 7, "bytes_on_disk": 100}, "workers": [running],
+            "ready": {"ready": false, "waiting_for": ["rebalance: 30 partitions to copy from their other owners"]}});
         let text = status_text(&status);
+        assert!(
+            text.contains("\nready     no: rebalance: 30 partitions to copy from their other owners\n"),
+            "{text}"
+        );
         assert!(text.starts_with("node      n1 (aa), datacenter dc1, version 0.1.0, up 5s\n"), "{text}");
         assert!(text.contains("members   3 alive, 0 suspect, 0 down, 0 left\n"), "{text}");
         assert!(

@@ -99,6 +99,18 @@ async fn health(State(s): State<Arc<AdminState>>) -> Response {
 /// is not ready still serves clients; readiness is what a rolling update waits for
 /// before it stops the next node.
 async fn ready(State(s): State<Arc<AdminState>>) -> Response {
+    let waiting = waiting_for(&s);
+    let code = if waiting.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "ready": waiting.is_empty(),
+        "node": s.server.node_name,
+        "waiting_for": waiting,
+    });
+    (code, Json(body)).into_response()
+}
+
+/// What keeps the node from being ready; empty when it is.
+fn waiting_for(s: &AdminState) -> Vec<String> {
     let cluster = &s.server.cluster;
     let mut waiting = Vec::new();
     if let Some(e) = cluster.flusher().last_error() {
@@ -111,13 +123,7 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Response {
     if copying > 0 {
         waiting.push(format!("rebalance: {copying} partitions to copy from their other owners"));
     }
-    let code = if waiting.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = json!({
-        "ready": waiting.is_empty(),
-        "node": s.server.node_name,
-        "waiting_for": waiting,
-    });
-    (code, Json(body)).into_response()
+    waiting
 }
 
 #[derive(serde::Deserialize)]
@@ -183,6 +189,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
     let flusher = cluster.flusher();
     let stats = cluster.stats();
     let purge = &server.purge_status;
+    let waiting = waiting_for(&s);
     let (fsync, interval_ms) = match flusher.policy() {
         FsyncPolicy::Always => ("always", None),
         FsyncPolicy::Interval(d) => ("interval", Some(d.as_millis() as u64)),
@@ -194,6 +201,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
         "version": crate::VERSION,
         "uptime_seconds": server.started.elapsed().as_secs(),
         "insecure_default_keys": s.security.insecure_default_keys,
+        "ready": { "ready": waiting.is_empty(), "waiting_for": waiting },
         "memory": { "rss_bytes": crate::metrics::process_rss_bytes() },
         "security": s.security.status(),
         "members": {
