@@ -295,7 +295,7 @@ fn a_member_with_a_certificate_from_another_root_gets_no_data() {
         opencluster_tests::cluster::member_opts("intruder", Some(&nodes[0]), &[])
             .args(&theirs_args.iter().map(String::as_str).collect::<Vec<_>>()),
     );
-    // It becomes a gossip member...
+    // It becomes a gossip member, as both nodes come to see (n2 by gossip from n1)...
     let is_member = |n: &Node| {
         n.admin_json("/v1/members")
             .as_array()
@@ -303,11 +303,13 @@ fn a_member_with_a_certificate_from_another_root_gets_no_data() {
             .iter()
             .any(|m| m["name"] == "intruder" && m["state"] == "alive")
     };
-    assert!(
-        wait_until(Duration::from_secs(30), || is_member(&nodes[0])),
-        "{}",
-        nodes[0].admin_json("/v1/members")
-    );
+    for node in &nodes {
+        assert!(
+            wait_until(Duration::from_secs(30), || is_member(node)),
+            "{}",
+            node.admin_json("/v1/members")
+        );
+    }
     // ...but never proves itself over mutual TLS, so it is given no partitions, and why is logged.
     assert!(
         wait_until(Duration::from_secs(30), || nodes[0]
