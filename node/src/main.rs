@@ -74,7 +74,7 @@ fn health(
 ) -> ExitCode {
     admin_command("health", &load, admin_addr, |addr| async move {
         let body = if ready {
-            admin::client::check_ready(addr, timeout).await?
+            admin::check_ready(addr, timeout).await?
         } else {
             admin::check_health(addr, timeout).await?
         };

@@ -31,7 +31,7 @@ mod auth;
 pub mod client;
 mod keyring;
 
-pub use client::{ClientError, check_health, get_members};
+pub use client::{ClientError, check_health, check_ready, get_members};
 
 pub struct AdminState {
     pub server: Arc<ServerState>,
