@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
+use crate::cluster::roster::{Roster, RosterError};
 use crate::cluster::{Cluster, Service, Topology};
 use crate::config::Config;
 use crate::membership::{
@@ -66,6 +67,8 @@ pub enum NodeError {
     NoKeyring { keys: String },
     #[error("gossip keyring: {0}")]
     Keyring(#[from] keyring::LoadError),
+    #[error(transparent)]
+    Roster(#[from] RosterError),
 }
 
 /// The sockets a node serves on, bound before [`run`] so that callers (tests, `--dev`)
@@ -233,6 +236,8 @@ pub async fn run(
         background_tasks.spawn(warn_insecure(background.clone()));
     }
 
+    // The members this node knew when it stopped: how large its cluster is, and where.
+    let roster = Roster::load(&config.data_dir.join("members.json"), config.cluster.forget_after)?;
     let rpc_socket = listeners.rpc.take();
     let rpc_bound = rpc_socket.as_ref().and_then(|s| s.local_addr().ok());
     // Membership stops on its own signal: a stopping node leaves the cluster before it
@@ -249,6 +254,7 @@ pub async fn run(
             socket,
             [listeners.client.as_ref().and_then(|l| l.local_addr().ok()), rpc_bound],
             node_id,
+            roster.seeds(node_id),
             &security,
             &metrics,
             &gossip_tasks,
@@ -289,6 +295,13 @@ pub async fn run(
                 },
                 timeout: config.cluster.request_timeout,
                 max_hint_bytes: config.cluster.max_hint_bytes.as_usize(),
+                roster: std::sync::Mutex::new(roster),
+                // A node told to join another knows its cluster has at least two nodes.
+                expect: (config.cluster.bootstrap_expect as usize).max(if config.join.is_empty() {
+                    1
+                } else {
+                    2
+                }),
                 rebalance: crate::cluster::RebalanceOptions {
                     max_bytes_per_sec: config.rebalance.max_bytes_per_sec.0,
                     max_parallel: config.rebalance.max_parallel as usize,
@@ -313,6 +326,8 @@ pub async fn run(
     let stop_peers = CancellationToken::new();
     if let Some(peers) = peer_endpoint {
         peer_tasks.spawn(peers.serve(Service::new(cluster.clone()), peer_tasks.clone(), stop_peers.clone()));
+        background_tasks.spawn(cluster.clone().watch_placement(background.clone()));
+        background_tasks.spawn(cluster.clone().hand_strays_home(background.clone()));
         background_tasks.spawn(cluster.clone().verify_peers(background.clone()));
         background_tasks.spawn(cluster.clone().rebalance(background.clone()));
         background_tasks.spawn(cluster.clone().hand_off(background.clone()));
@@ -403,6 +418,7 @@ fn start_membership(
     socket: UdpSocket,
     [client_addr, rpc_addr]: [Option<SocketAddr>; 2],
     node_id: u64,
+    remembered: Vec<SocketAddr>,
     security: &Security,
     metrics: &Metrics,
     tasks: &TaskTracker,
@@ -453,7 +469,12 @@ fn start_membership(
             rpc_addr,
         },
     };
-    let join = config.join_targets();
+    let mut join = config.join_targets();
+    if !remembered.is_empty() {
+        // Announced to as join addresses are, never handed to foca as alive members.
+        tracing::info!(members = ?remembered, "rejoining through the members remembered in data_dir");
+        join.extend(remembered.iter().map(|a| a.to_string()));
+    }
     match (&config.join_service, config.join.is_empty()) {
         (Some(service), false) => {
             tracing::info!(join_service = %service, "join is set: join_service is not used")

@@ -119,6 +119,9 @@ fn waiting_for(s: &AdminState) -> Vec<String> {
     if s.joins && !cluster.is_clustered() {
         waiting.push("join: no other node placed yet (join or join_service is set)".to_string());
     }
+    if let Some(why) = cluster.not_joined() {
+        waiting.push(why);
+    }
     let copying = cluster.rebalance_in_progress();
     if copying > 0 {
         waiting.push(format!("rebalance: {copying} partitions to copy from their other owners"));

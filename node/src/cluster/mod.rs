@@ -25,7 +25,9 @@ mod handoff;
 mod local;
 mod rebalance;
 mod repair;
+pub mod roster;
 mod service;
+mod strays;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -47,7 +49,7 @@ pub use service::{MAX_PULL_BYTES, Service};
 
 use crate::hlc::Clock;
 use crate::membership::members::Members;
-use crate::peer::messages::{self, Change, Op, WireRecord, WriteOutcome};
+use crate::peer::messages::{self, Change, Op, Refusal, WireRecord, WriteOutcome};
 use crate::peer::{Peers, RpcError, Target};
 use crate::placement::{NodeId, Partition, Placement, WriteQuorum, partition_of};
 use crate::record::{Origin, Record};
@@ -57,6 +59,8 @@ use crate::store::{Store, StoreError, StoreStats, Write};
 /// Longest pause before a coordinator decides again after a conflict; the pause grows
 /// with the attempts, randomised, so that coordinators racing for one key spread out.
 const MAX_CONFLICT_BACKOFF: Duration = Duration::from_millis(5);
+/// Pause before a write refused by a primary that has not joined yet is sent again.
+const NOT_JOINED_PAUSE: Duration = Duration::from_millis(50);
 
 /// Why a read or write did not happen (or, for `NotDurable`, may not survive a crash).
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +209,11 @@ pub struct Topology {
     pub repair: RepairOptions,
     /// Bytes of undelivered copies kept for owners that did not answer.
     pub max_hint_bytes: usize,
+    /// The data nodes this node knows its cluster to have (kept in the data directory).
+    pub roster: std::sync::Mutex<roster::Roster>,
+    /// The fewest data nodes the cluster is expected to have whatever the roster says:
+    /// `cluster.bootstrap_expect`, and 2 when this node was told to `join` another.
+    pub expect: usize,
 }
 
 /// One placement snapshot, rebuilt when membership changes.
@@ -215,6 +224,10 @@ struct View {
     targets: HashMap<u64, Target>,
     /// This node's identity renewals (times it rejoined after being declared down).
     renewals: u32,
+    /// Data nodes the cluster is known to have (the roster, at least the placed ones).
+    known: usize,
+    /// Quorums counted against the known cluster, not against the placed nodes.
+    quorums: roster::Quorums,
 }
 
 /// Peers proven to be who membership says they are: a Ping over mutual TLS reached them
@@ -225,6 +238,16 @@ struct View {
 struct Verified {
     peers: std::sync::Mutex<std::collections::HashSet<(u64, std::net::SocketAddr)>>,
     generation: std::sync::atomic::AtomicU64,
+    /// Wakes the placement watcher.
+    changed: tokio::sync::Notify,
+}
+
+impl Verified {
+    /// Placement must be rebuilt: the verified set (or the known cluster) changed.
+    fn bump(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.changed.notify_one();
+    }
 }
 
 /// How often unverified members are tried again.
@@ -247,6 +270,8 @@ pub struct Cluster {
     repair_status: repair::RepairStatus,
     /// Copies an owner did not receive, for the handoff worker.
     hints: Arc<handoff::Hints>,
+    /// Partitions that may hold records this node does not own, for the stray worker.
+    strays: strays::Strays,
 }
 
 impl Cluster {
@@ -263,11 +288,21 @@ impl Cluster {
         clock.observe(store.max_hlc()?);
         let node = NodeId(origin.node);
         let partitions = store.partitions();
+        let known = topology.as_ref().map_or(1, |t| {
+            let roster = t.roster.lock().unwrap_or_else(|e| e.into_inner()).len();
+            roster.max(t.expect).max(1)
+        });
+        let quorums = match &topology {
+            Some(t) => roster::quorums(t.replicas, known, t.quorum),
+            None => roster::Quorums { replicas: 1, write: 1, read: 1 },
+        };
         let view = View {
             generation: (0, 0),
             placement: Placement::new(partitions, 1, [node]),
             targets: HashMap::new(),
             renewals: 0,
+            known,
+            quorums,
         };
         let (rebalance_tasks, queue) = rebalance::queue();
         let max_hint_bytes = topology.as_ref().map_or(64 << 20, |t| t.max_hint_bytes);
@@ -288,6 +323,7 @@ impl Cluster {
             rebalance_status: RebalanceStatus::default(),
             repair_status: repair::RepairStatus::default(),
             hints: Arc::new(handoff::Hints::new(max_hint_bytes)),
+            strays: strays::Strays::default(),
         })
     }
 
@@ -318,9 +354,27 @@ impl Cluster {
         self.view().placement.nodes().len() > 1
     }
 
-    /// The current placement, rebuilt if membership changed since the last call.
+    /// The current placement. The placement watcher ([`Cluster::watch_placement`]) keeps
+    /// it up to date; the request path only reads it.
     fn view(&self) -> Arc<View> {
-        let current = self.view.read().unwrap_or_else(|e| e.into_inner()).clone();
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether the view is behind membership (a change the watcher has not taken in yet).
+    fn view_is_behind(&self) -> bool {
+        let Some(topology) = &self.topology else { return false };
+        let generation = (
+            topology.members.generation(),
+            self.verified.generation.load(std::sync::atomic::Ordering::Acquire),
+        );
+        self.view().generation != generation
+    }
+
+    /// Rebuilds placement from membership when it changed, queues the copies the change
+    /// calls for, marks the partitions it lost as strays to hand over, and updates the
+    /// roster (saved to the data directory when it changed).
+    fn refresh(&self) -> Arc<View> {
+        let current = self.view();
         let Some(topology) = &self.topology else { return current };
         let generation = (
             topology.members.generation(),
@@ -336,23 +390,82 @@ impl Cluster {
             .iter()
             .map(|n| (n.id, Target { id: n.id, name: n.name.clone(), addr: n.rpc_addr }))
             .collect();
+        let known = {
+            let mut roster = topology.roster.lock().unwrap_or_else(|e| e.into_inner());
+            if roster.observe(Instant::now(), &nodes, &topology.members.departed())
+                && let Err(e) = roster.save()
+            {
+                tracing::warn!(error = %e, "the remembered members could not be saved");
+            }
+            roster.len().max(topology.expect).max(nodes.len())
+        };
         let ids = nodes.iter().map(|n| NodeId(n.id)).chain([self.node]);
         let placement = Placement::new(self.partitions(), topology.replicas, ids);
         let renewals = topology.members.local_renewals();
-        let view = Arc::new(View { generation, placement, targets, renewals });
-        tracing::info!(
-            nodes = view.placement.nodes().len(),
-            owners_per_partition = view.placement.owners_per_partition(),
-            owned_here = view.placement.partitions_of(self.node).len(),
-            "placement updated"
-        );
+        let quorums = roster::quorums(topology.replicas, known, topology.quorum);
+        let view = Arc::new(View { generation, placement, targets, renewals, known, quorums });
+        let width = view.placement.owners_per_partition();
+        if width < quorums.write {
+            tracing::warn!(
+                placed = view.placement.nodes().len(),
+                known,
+                write_quorum = quorums.write,
+                "placement updated: this node reaches too few of the nodes it knows to take writes; \
+                 clients get CLUSTERDOWN until it reaches more"
+            );
+        } else {
+            tracing::info!(
+                nodes = view.placement.nodes().len(),
+                known,
+                owners_per_partition = width,
+                write_quorum = quorums.write,
+                owned_here = view.placement.partitions_of(self.node).len(),
+                "placement updated"
+            );
+        }
         // Counted as queued before the view is seen: readiness never finds the new view
         // without the copies it calls for.
         let gained = self.gained_partitions(&current, &view);
         self.rebalance_status.expect(gained.len());
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = view.clone();
         self.queue(gained);
+        self.strays.add(
+            (0..self.partitions()).filter(|&p| {
+                current.placement.is_owner(p, self.node) && !view.placement.is_owner(p, self.node)
+            }),
+        );
         view
+    }
+
+    /// Rebuilds placement whenever membership or the set of verified peers changes (and
+    /// every second, so the roster forgets nodes missing for `cluster.forget_after`), until
+    /// `stop`.
+    pub async fn watch_placement(self: Arc<Self>, stop: CancellationToken) {
+        let Some(topology) = &self.topology else { return };
+        let mut changes = topology.members.changed();
+        self.refresh();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = changes.changed() => {}
+                _ = self.verified.changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let mut roster = topology.roster.lock().unwrap_or_else(|e| e.into_inner());
+                    let placed = self.view().placement.nodes().to_vec();
+                    let nodes: Vec<_> = topology.members.data_nodes().into_iter()
+                        .filter(|n| placed.contains(&NodeId(n.id))).collect();
+                    if roster.observe(Instant::now(), &nodes, &topology.members.departed()) {
+                        if let Err(e) = roster.save() {
+                            tracing::warn!(error = %e, "the remembered members could not be saved");
+                        }
+                        drop(roster);
+                        // The known cluster shrank: quorums change.
+                        self.verified.bump();
+                    }
+                }
+            }
+            self.refresh();
+        }
     }
 
     /// Every partition this node owns in `next` but not in `previous`, for the rebalance
@@ -399,8 +512,19 @@ impl Cluster {
     /// Partitions this node is to copy from their other owners, queued or being copied.
     /// Brings placement up to date first, so copies a membership change calls for count.
     pub fn rebalance_in_progress(&self) -> usize {
-        self.view();
         self.rebalance_status.in_progress()
+    }
+
+    /// Why this node cannot act as a member of its cluster yet, if it cannot: placement
+    /// is behind membership, or it reaches too few of the nodes it knows for a write.
+    pub fn not_joined(&self) -> Option<String> {
+        if self.view_is_behind() {
+            return Some("placement: membership changed and placement is being rebuilt".into());
+        }
+        let view = self.view();
+        self.check_reachable(&view, view.quorums.write.max(view.quorums.read), "write")
+            .err()
+            .map(|e| format!("join: {e}"))
     }
 
     /// The rebalance worker's progress, for `/v1/status`.
@@ -418,9 +542,13 @@ impl Cluster {
     pub async fn verify_peers(self: Arc<Self>, stop: CancellationToken) {
         let Some(topology) = &self.topology else { return };
         let mut logged: HashMap<u64, Instant> = HashMap::new();
+        let mut changes = topology.members.changed();
         loop {
+            // At once when membership changes: a member that joined or came back is
+            // placed as soon as it answers.
             tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = changes.changed() => {}
                 _ = tokio::time::sleep(VERIFY_EVERY) => {}
             }
             let nodes = topology.members.data_nodes();
@@ -429,7 +557,7 @@ impl Cluster {
                 let before = verified.len();
                 verified.retain(|(id, addr)| nodes.iter().any(|n| n.id == *id && n.rpc_addr == *addr));
                 if verified.len() != before {
-                    self.verified.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    self.verified.bump();
                 }
                 nodes
                     .iter()
@@ -446,7 +574,7 @@ impl Cluster {
                         logged.remove(&target.id);
                         let mut verified = self.verified.peers.lock().unwrap_or_else(|e| e.into_inner());
                         verified.insert((target.id, target.addr));
-                        self.verified.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                        self.verified.bump();
                         continue;
                     }
                     Ok(id) => format!("node {id:016x} answers at its RPC address"),
@@ -472,13 +600,16 @@ impl Cluster {
         let primary = owned.iter().filter(|&&q| p.primary(q) == Some(self.node)).count();
         let width = p.owners_per_partition();
         let replicas = self.topology.as_ref().map_or(1, |t| t.replicas);
-        let required = self.topology.as_ref().map_or(1, |t| t.quorum.required(width));
+        let required = view.quorums.write;
         serde_json::json!({
             "partitions": p.partitions(),
             "nodes": p.nodes().len(),
             "replicas_configured": replicas,
             "owners_per_partition": width,
             "write_quorum": required,
+            "read_quorum": view.quorums.read,
+            "known_nodes": view.known,
+            "stray_partitions": self.strays.pending(),
             "owned": owned.len(),
             "primary": primary,
             // Every partition has all its configured owners, and a quorum survives the
@@ -540,6 +671,7 @@ impl Cluster {
         match self.topology.as_ref().map_or(ReadQuorum::One, |t| t.read_quorum) {
             ReadQuorum::Quorum => {
                 let need = self.read_required(&view);
+                self.check_reachable(&view, need, "read")?;
                 Ok(self.read_merged(&view, key, need, deadline).await?.record)
             }
             ReadQuorum::One => self.read_one(&view, key, deadline).await,
@@ -549,8 +681,7 @@ impl Cluster {
     /// Owners a quorum read must hear from: enough that any write quorum overlaps them
     /// (`owners - write quorum + 1`).
     fn read_required(&self, view: &View) -> usize {
-        let owners = view.placement.owners_per_partition();
-        (owners + 1).saturating_sub(self.required(view)).clamp(1, owners.max(1))
+        view.quorums.read
     }
 
     /// Reads `key` from `need` of its owners (this node first when it is one), takes the
@@ -762,6 +893,7 @@ impl Cluster {
         // Decide on the acknowledged state: read every key from a quorum of its owners
         // (just this node when it is the only one needed), whatever cluster.read_quorum says.
         let need = self.read_required(&view);
+        self.check_reachable(&view, need.max(self.required(&view)), "write")?;
         let merged = join_all(keys.iter().map(|k| self.read_merged(&view, k, need, deadline))).await;
         let merged: Vec<Merged> = merged.into_iter().collect::<Result<_, _>>()?;
         if primaries.iter().all(|&p| p == self.node) {
@@ -816,6 +948,7 @@ impl Cluster {
     /// Writes `value` whatever the key holds now (SET without options).
     pub async fn put(&self, key: &[u8], value: Bytes, expires_at_ms: Option<u64>) -> Result<(), DataError> {
         let view = self.view();
+        self.check_reachable(&view, self.required(&view), "write")?;
         let primary = self.owners(&view, key).first().copied().unwrap_or(self.node);
         if primary == self.node {
             let written = self.local.put(key, value, expires_at_ms).await?;
@@ -836,7 +969,22 @@ impl Cluster {
 
     /// Acknowledgements a write needs under the current placement.
     fn required(&self, view: &View) -> usize {
-        self.topology.as_ref().map_or(1, |t| t.quorum.required(view.placement.owners_per_partition()))
+        view.quorums.write
+    }
+
+    /// Fails at once when placement gives a partition fewer owners than `need` (this node
+    /// reaches too few of the nodes it knows): nothing is applied anywhere.
+    fn check_reachable(&self, view: &View, need: usize, what: &str) -> Result<(), DataError> {
+        let width = view.placement.owners_per_partition();
+        if width >= need {
+            return Ok(());
+        }
+        Err(DataError::Unavailable(format!(
+            "this node reaches {} of the {} nodes of its cluster; a {what} needs {need} owners \
+             (cluster.replicas, cluster.write_quorum) and only {width} can be placed",
+            view.placement.nodes().len(),
+            view.known,
+        )))
     }
 
     /// Sends each group of ops to its primary. `Ok(Err(current))`: a conflict; `current`
@@ -877,13 +1025,26 @@ impl Cluster {
             };
             let target = self.target(view, primary)?;
             self.metrics.forwarded.with_label_values(&["write"]).inc();
-            let outcome =
-                self.peers()?.call(&target, &msg, remaining(deadline)).await.map_err(|e| match e {
-                    RpcError::Timeout { .. } | RpcError::Transport { .. } => {
-                        DataError::Unavailable(format!("{e}; the write may or may not have been applied"))
+            let outcome = loop {
+                match self.peers()?.call(&target, &msg, remaining(deadline)).await {
+                    // A primary that has just joined (or come back) and does not reach its
+                    // cluster yet applied nothing: it usually does within a verification
+                    // round, so the write waits for it rather than failing.
+                    Err(RpcError::Refused { refusal: Refusal::NotJoined(why), .. })
+                        if remaining(deadline) > NOT_JOINED_PAUSE * 2 =>
+                    {
+                        tracing::debug!(primary = %target.name, %why, "primary not joined yet; trying again");
+                        tokio::time::sleep(NOT_JOINED_PAUSE).await;
                     }
-                    e => unavailable(e),
-                })?;
+                    result => break result,
+                }
+            }
+            .map_err(|e| match e {
+                RpcError::Timeout { .. } | RpcError::Transport { .. } => {
+                    DataError::Unavailable(format!("{e}; the write may or may not have been applied"))
+                }
+                e => unavailable(e),
+            })?;
             match outcome {
                 WriteOutcome::Conflict { current } => {
                     let current: Vec<Option<Record>> = current
@@ -932,10 +1093,15 @@ impl Cluster {
         required: usize,
         wait: Duration,
     ) -> Result<usize, DataError> {
-        if written.is_empty() || view.placement.owners_per_partition() <= 1 {
+        if written.is_empty() {
             return Ok(required.max(1));
         }
-        let Some(topology) = &self.topology else { return Ok(required) };
+        // This node's copy is the only one when it is the only owner: one ack, whatever
+        // the quorum asks for.
+        let Some(topology) = self.topology.as_ref().filter(|_| view.placement.owners_per_partition() > 1)
+        else {
+            return Ok(1);
+        };
         // Which records go to which node, and which partitions each node answers for.
         #[derive(Default)]
         struct Copies {

@@ -146,16 +146,21 @@ pub fn differences(mine: &[(Bytes, Hlc)], theirs: &[(Bytes, Hlc)]) -> (Vec<Bytes
 enum Work {
     /// Compare a partition this node is primary of with another owner.
     Compare { partition: Partition, peer: NodeId },
-    /// Hand a partition this node holds but does not own over to its owners.
-    HandOver { partition: Partition },
+}
+
+/// The hand-back rule: records of a partition this node held without owning it may be
+/// removed once every owner it compared with (`compared`, each confirmed) is still the
+/// partition's owner set now, and this node has not become an owner in between.
+pub(super) fn may_remove(compared: &[NodeId], owners_now: &[NodeId], owned_now: bool) -> bool {
+    !owned_now && !compared.is_empty() && compared == owners_now
 }
 
 /// What a unit of work did: each comparison made, whether records of a partition not
 /// owned were held, and how many were removed once every owner had them.
-struct Outcome {
+pub(super) struct Outcome {
     results: Vec<(Partition, NodeId, Result<Option<Compared>, DataError>)>,
-    held: bool,
-    removed: Option<u64>,
+    pub(super) held: bool,
+    pub(super) removed: Option<u64>,
 }
 
 /// The outcome of comparing one partition with one peer.
@@ -184,7 +189,7 @@ struct Progress {
     failed: u64,
     fetched: u64,
     pushed: u64,
-    /// Partitions held here but not owned, in the last round.
+    /// Partitions held here but not owned and not handed over yet.
     not_owned_held: u64,
     /// Partitions handed over to their owners and removed here, and their records.
     handed_over: u64,
@@ -269,53 +274,43 @@ impl Cluster {
         let started = Instant::now();
         self.repair_status.update(|p| p.running = true);
         let mut work = Vec::new();
+        let mut not_owned = Vec::new();
         for partition in 0..self.partitions() {
             let owners = view.placement.owners(partition);
             if owners.first() == Some(&self.node) {
                 work.extend(owners[1..].iter().map(|&peer| Work::Compare { partition, peer }));
             } else if !owners.contains(&self.node) {
-                work.push(Work::HandOver { partition });
+                not_owned.push(partition);
             }
         }
+        // Records held in partitions not owned: the stray worker hands them over.
+        self.strays.add(not_owned);
         let mut pending = work.into_iter();
         let mut running = FuturesUnordered::new();
         let (mut compared, mut repaired, mut failed, mut fetched, mut pushed) =
             (0u64, 0u64, 0u64, 0u64, 0u64);
-        let (mut deferred, mut held, mut handed_over, mut removed) = (0u64, 0u64, 0u64, 0u64);
+        let mut deferred = 0u64;
         // Peers that did not answer, or are still copying: skipped for the rest of the round.
         let mut unreachable: HashSet<NodeId> = HashSet::new();
         let mut copying: HashSet<NodeId> = HashSet::new();
         loop {
             while running.len() < options.max_parallel {
                 let Some(item) = pending.next() else { break };
-                let peers = match item {
-                    Work::Compare { peer, .. } => vec![peer],
-                    Work::HandOver { partition } => view.placement.owners(partition).to_vec(),
-                };
-                if peers.iter().any(|p| copying.contains(p)) {
+                let Work::Compare { partition, peer } = item;
+                if copying.contains(&peer) {
                     deferred += 1;
                     continue;
                 }
-                if peers.iter().any(|p| unreachable.contains(p)) {
+                if unreachable.contains(&peer) {
                     failed += 1;
                     continue;
                 }
                 running.push(async move {
-                    match item {
-                        Work::Compare { partition, peer } => {
-                            let result = self.compare(view, partition, peer, true).await;
-                            Outcome { results: vec![(partition, peer, result)], held: false, removed: None }
-                        }
-                        Work::HandOver { partition } => self.hand_over(view, partition).await,
-                    }
+                    let result = self.compare(view, partition, peer, true).await;
+                    Outcome { results: vec![(partition, peer, result)], held: false, removed: None }
                 });
             }
             let Some(outcome) = running.next().await else { break };
-            held += u64::from(outcome.held);
-            if let Some(n) = outcome.removed {
-                handed_over += 1;
-                removed += n;
-            }
             for (partition, peer, result) in outcome.results {
                 match result {
                     Ok(None) => {}
@@ -348,7 +343,6 @@ impl Cluster {
         m.repair_rounds.inc();
         m.repair_keys.with_label_values(&["fetched"]).inc_by(fetched);
         m.repair_keys.with_label_values(&["pushed"]).inc_by(pushed);
-        m.repair_keys.with_label_values(&["removed"]).inc_by(removed);
         self.repair_status.update(|p| {
             p.running = false;
             p.rounds += 1;
@@ -358,21 +352,16 @@ impl Cluster {
             p.failed += failed;
             p.fetched += fetched;
             p.pushed += pushed;
-            p.not_owned_held = held;
-            p.handed_over += handed_over;
-            p.removed += removed;
             p.last_round_ms = Some(elapsed.as_millis() as u64);
             p.last_round_finished = Some(Instant::now());
         });
-        if fetched + pushed + failed + removed > 0 {
+        if fetched + pushed + failed > 0 {
             tracing::info!(
                 compared,
                 repaired,
                 fetched,
                 pushed,
                 failed,
-                handed_over,
-                removed,
                 elapsed_ms = elapsed.as_millis() as u64,
                 "anti-entropy round finished"
             );
@@ -396,10 +385,8 @@ impl Cluster {
         let target = self.target(view, peer)?;
         let grace = topology.repair.tombstone_grace;
         let horizon = Horizon::at(crate::hlc::unix_ms(), grace);
-        let mine = self.local_digest(partition, horizon).await?;
-        if !owned && mine.iter().all(|&h| h == 0) {
-            return Ok(None);
-        }
+        // The peer first: one still copying answers at once, before this node hashes the
+        // whole partition for nothing.
         let answer = topology
             .peers
             .call(&target, &messages::Digest { partition, horizon }, self.timeout())
@@ -408,6 +395,10 @@ impl Cluster {
         let messages::DigestAnswer::Buckets(theirs) = answer else {
             return Ok(Some(Compared { deferred: true, ..Compared::default() }));
         };
+        let mine = self.local_digest(partition, horizon).await?;
+        if !owned && mine.iter().all(|&h| h == 0) {
+            return Ok(None);
+        }
         let differing: Vec<u8> =
             (0..BUCKETS).filter(|&b| theirs.get(b) != Some(&mine[b])).map(|b| b as u8).collect();
         let mut result = Compared { differing_buckets: differing.len(), ..Compared::default() };
@@ -483,7 +474,7 @@ impl Cluster {
     /// since. Records that arrive later (from a writer with an older view) stay for the
     /// next round. Nothing is removed if this node owns the partition again by then, or
     /// its owners changed.
-    async fn hand_over(&self, view: &View, partition: Partition) -> Outcome {
+    pub(super) async fn hand_over(&self, view: &View, partition: Partition) -> Outcome {
         let mut outcome = Outcome { results: Vec::new(), held: false, removed: None };
         let store = self.local.store.clone();
         let listed = match tokio::task::spawn_blocking(move || listing(&*store, partition)).await {
@@ -511,7 +502,8 @@ impl Cluster {
             }
         }
         let now = self.view();
-        if now.placement.is_owner(partition, self.node) || now.placement.owners(partition) != owners {
+        if !may_remove(owners, now.placement.owners(partition), now.placement.is_owner(partition, self.node))
+        {
             return outcome;
         }
         let store = self.local.store.clone();
@@ -521,6 +513,32 @@ impl Cluster {
             Err(e) => tracing::error!(partition, error = %e, "removal task failed"),
         }
         outcome
+    }
+
+    /// Counts what a hand-over by the stray worker did.
+    pub(super) fn note_hand_over(&self, partition: Partition, outcome: &Outcome) {
+        let (mut pushed, mut failed) = (0, 0);
+        for (_, _, result) in &outcome.results {
+            match result {
+                Ok(Some(c)) => pushed += c.pushed,
+                Ok(None) => {}
+                Err(_) => failed += 1,
+            }
+        }
+        let removed = outcome.removed.unwrap_or(0);
+        self.metrics.repair_keys.with_label_values(&["pushed"]).inc_by(pushed);
+        self.metrics.repair_keys.with_label_values(&["removed"]).inc_by(removed);
+        let held = self.strays.held(partition, outcome.held && outcome.removed.is_none());
+        self.repair_status.update(|p| {
+            p.not_owned_held = held as u64;
+            p.pushed += pushed;
+            p.failed += failed;
+            p.handed_over += u64::from(outcome.removed.is_some());
+            p.removed += removed;
+        });
+        if outcome.removed.is_some() || pushed > 0 {
+            tracing::debug!(pushed, removed, "stray records handed over to their owners");
+        }
     }
 
     /// This node's bucket hashes of `partition`, computed off the async workers.
@@ -554,6 +572,19 @@ mod tests {
             origin: Origin { datacenter: "dc1".into(), node: 1 },
             expires_at_ms,
         }
+    }
+
+    #[test]
+    fn strays_are_removed_only_when_the_owners_compared_are_the_owners_now() {
+        let (a, b, c, me) = (NodeId(1), NodeId(2), NodeId(3), NodeId(9));
+        assert!(may_remove(&[a, b, c], &[a, b, c], false));
+        // Placement moved on meanwhile: an owner now was never brought up to date.
+        assert!(!may_remove(&[a, b, c], &[a, b, me], false));
+        assert!(!may_remove(&[a, b], &[a, b, c], false));
+        // This node owns it again: its records are where they belong.
+        assert!(!may_remove(&[a, b, c], &[a, b, c], true));
+        // No owner at all: nobody holds the records.
+        assert!(!may_remove(&[], &[], false));
     }
 
     #[test]

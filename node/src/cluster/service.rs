@@ -52,12 +52,18 @@ impl Handler for Service {
                 }
                 Kind::Write => {
                     answer(&body, |m: messages::Write| async move {
+                        // A primary that cannot reach the owners it knows would be the only
+                        // one to hold the write: refused before anything is applied.
+                        if let Some(why) = c.not_joined() {
+                            return Err(Refusal::NotJoined(why));
+                        }
                         let view = c.view();
                         match c.local.execute(&m.ops).await.map_err(refusal)? {
                             super::Executed::Conflict(current) => Ok(WriteOutcome::Conflict {
                                 current: current.iter().map(|r| r.as_ref().map(WireRecord::new)).collect(),
                             }),
                             super::Executed::Written(written) => {
+                                c.note_stored(written.iter().map(|(k, _)| &k[..]));
                                 let records = wire(&written);
                                 let wait = std::time::Duration::from_millis(u64::from(m.budget_ms));
                                 let acks = c
@@ -82,7 +88,9 @@ impl Handler for Service {
                             .replicated_records
                             .with_label_values(&["received"])
                             .inc_by(records.len() as u64);
-                        c.local.apply(&records).await.map_err(refusal)
+                        c.local.apply(&records).await.map_err(refusal)?;
+                        c.note_stored(records.iter().map(|(k, _)| &k[..]));
+                        Ok(())
                     })
                     .await
                 }

@@ -143,6 +143,13 @@ pub struct ClusterConfig {
     pub request_timeout: Duration,
     /// Bytes of copies a primary keeps for owners that did not answer (hinted handoff).
     pub max_hint_bytes: ByteSize,
+    /// Data nodes a new cluster is expected to have: quorums are counted against at least
+    /// this many, so the first nodes of a cluster do not take writes as a smaller one.
+    pub bootstrap_expect: u32,
+    /// How long a node that vanished without leaving (crashed, host lost) stays in the
+    /// known cluster that quorums are counted against.
+    #[serde(with = "units::duration")]
+    pub forget_after: Duration,
 }
 
 /// The peer QUIC endpoint.
@@ -175,6 +182,8 @@ impl Default for ClusterConfig {
             read_quorum: ReadQuorum::Quorum,
             max_hint_bytes: ByteSize(64 << 20),
             request_timeout: Duration::from_secs(2),
+            bootstrap_expect: 1,
+            forget_after: Duration::from_secs(72 * 3600),
         }
     }
 }
@@ -260,6 +269,10 @@ pub struct GossipConfig {
     pub interval: Duration,
     /// How many random members each round of `interval` gossip goes to.
     pub fanout: u32,
+    /// How often this node announces itself to two members it sees as down, so that the
+    /// two sides of a healed network partition find each other again.
+    #[serde(with = "units::duration")]
+    pub reconnect_interval: Duration,
 }
 
 impl Default for GossipConfig {
@@ -271,6 +284,7 @@ impl Default for GossipConfig {
             suspicion_timeout: Duration::from_secs(1),
             interval: Duration::from_millis(200),
             fanout: 3,
+            reconnect_interval: Duration::from_secs(2),
         }
     }
 }
@@ -498,6 +512,12 @@ impl Config {
         if c.request_timeout < Duration::from_millis(10) || c.request_timeout > Duration::from_secs(600) {
             return Err(err("cluster.request_timeout", "must be between 10ms and 10m"));
         }
+        if c.bootstrap_expect == 0 || c.bootstrap_expect > 1024 {
+            return Err(err("cluster.bootstrap_expect", "must be between 1 and 1024"));
+        }
+        if c.forget_after < Duration::from_secs(1) {
+            return Err(err("cluster.forget_after", "must be at least 1s"));
+        }
         let r = &self.rpc;
         if r.stream_window.0 < 16 << 10 || r.stream_window.0 > 1 << 30 {
             return Err(err("rpc.stream_window", "must be between 16KiB and 1GiB"));
@@ -662,6 +682,11 @@ impl GossipConfig {
         }
         if !(1..=16).contains(&self.fanout) {
             return Err(err("gossip.fanout", "must be between 1 and 16"));
+        }
+        if self.reconnect_interval < Duration::from_millis(100)
+            || self.reconnect_interval > Duration::from_secs(3600)
+        {
+            return Err(err("gossip.reconnect_interval", "must be between 100ms and 1h"));
         }
         Ok(())
     }

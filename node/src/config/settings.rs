@@ -128,6 +128,16 @@ pub const SETTINGS: &[Setting] = &[
         Kind::Duration,
         "Deadline of a read or write that involves other nodes; past it the client gets a CLUSTERDOWN error [default: 2s]",
     ),
+    s(
+        "cluster.bootstrap_expect",
+        Kind::Int,
+        "Data nodes a new cluster is expected to have; until it knows that many, writes need the quorum of that many [default: 1]",
+    ),
+    s(
+        "cluster.forget_after",
+        Kind::Duration,
+        "How long a node that vanished without leaving still counts in the quorums of the cluster it belonged to [default: 72h]",
+    ),
     s("rpc.stream_window", Kind::Size, "QUIC flow-control window of one peer request stream [default: 1MiB]"),
     s(
         "rpc.connection_window",
@@ -248,6 +258,11 @@ pub const SETTINGS: &[Setting] = &[
         "How often membership news is gossiped to gossip.fanout members [default: 200ms]",
     ),
     s("gossip.fanout", Kind::Int, "How many random members each gossip round goes to [default: 3]"),
+    s(
+        "gossip.reconnect_interval",
+        Kind::Duration,
+        "How often this node announces itself to members it sees as down, so healed network partitions rejoin [default: 2s]",
+    ),
 ];
 
 impl Setting {

@@ -121,6 +121,8 @@ pub struct DataNode {
     pub id: u64,
     pub rpc_addr: SocketAddr,
     pub name: String,
+    /// Where it gossips: what a restarted node announces itself to.
+    pub gossip_addr: SocketAddr,
 }
 
 /// The shared table. Readers take a short read lock and copy what they need.
@@ -130,6 +132,8 @@ pub struct Members {
     /// Bumped whenever the set of [`DataNode`]s changes, so that readers rebuild their
     /// placement only then (one atomic load per request otherwise).
     generation: AtomicU64,
+    /// Tells waiters ([`Members::changed`]) that the generation moved.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Members {
@@ -138,11 +142,18 @@ impl Members {
         Members {
             table: RwLock::new(Table { local, local_state: MemberState::Alive, peers: BTreeMap::new() }),
             generation: AtomicU64::new(1),
+            changes: tokio::sync::watch::Sender::new(1),
         }
     }
 
-    /// Changes whenever [`Members::data_nodes`] would return another set, or this node
-    /// renewed its identity ([`Members::local_renewals`]).
+    /// A receiver that sees every change of [`Members::generation`]: the placement watcher
+    /// rebuilds placement on it, so requests never do.
+    pub fn changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Changes whenever [`Members::data_nodes`] or [`Members::departed`] would return
+    /// another set, or this node renewed its identity ([`Members::local_renewals`]).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -186,10 +197,11 @@ impl Members {
         }
         let peers = newest.into_values().map(|(id, state)| (id.addr, (id, state))).collect();
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-        let (before, renewals) = (data_nodes(&table), table.local.renewals);
+        let before = (data_nodes(&table), departed(&table), table.local.renewals);
         *table = Table { local, local_state, peers };
-        if data_nodes(&table) != before || table.local.renewals != renewals {
-            self.generation.fetch_add(1, Ordering::AcqRel);
+        if (data_nodes(&table), departed(&table), table.local.renewals) != before {
+            let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            self.changes.send_replace(generation);
         }
     }
 
@@ -217,11 +229,21 @@ impl Members {
         counts
     }
 
+    /// Ids of the nodes whose newest process left the cluster on purpose (SIGTERM): they
+    /// are no longer expected back.
+    pub fn departed(&self) -> Vec<u64> {
+        departed(&self.table.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Peers that are alive or suspect: whether this node is part of a cluster.
     pub fn active_peers(&self) -> usize {
         let table = self.table.read().unwrap_or_else(|e| e.into_inner());
         table.peers.values().filter(|(_, s)| matches!(s, MemberState::Alive | MemberState::Suspect)).count()
     }
+}
+
+fn departed(table: &Table) -> Vec<u64> {
+    table.peers.values().filter(|(_, s)| *s == MemberState::Left).map(|(id, _)| id.id).collect()
 }
 
 fn data_nodes(table: &Table) -> Vec<DataNode> {
@@ -232,6 +254,7 @@ fn data_nodes(table: &Table) -> Vec<DataNode> {
             id: id.id,
             rpc_addr,
             name: id.meta.name.clone(),
+            gossip_addr: id.addr,
         })
     };
     let mut nodes: Vec<DataNode> = std::iter::once((&table.local, table.local_state))

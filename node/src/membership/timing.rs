@@ -40,6 +40,8 @@ use crate::config::GossipConfig;
 /// The cluster size foca's retransmission count is tuned for: news is piggybacked
 /// `4 x log10(size + 1)` times (3 for 8 members), as memberlist does.
 const EXPECTED_CLUSTER_SIZE: u32 = 8;
+/// How many down members each `gossip.reconnect_interval` announces to.
+const RECONNECT_MEMBERS: u32 = 2;
 /// How long foca remembers a member declared down before forgetting it.
 pub const REMOVE_DOWN_AFTER: Duration = Duration::from_secs(24 * 3600);
 
@@ -57,6 +59,12 @@ pub fn foca_config(gossip: &GossipConfig, max_packet_size: NonZeroUsize) -> foca
     config.periodic_gossip =
         Some(foca::PeriodicParams { frequency: gossip.interval, num_members: count(gossip.fanout) });
     config.remove_down_after = Some(REMOVE_DOWN_AFTER);
+    // foca's LAN preset tries down members every 65 s: a network partition would stay
+    // split, each side serving an older copy, for about that long after it healed.
+    config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+        frequency: gossip.reconnect_interval,
+        num_members: count(RECONNECT_MEMBERS),
+    });
     config.max_packet_size = max_packet_size;
     config
 }
@@ -86,6 +94,7 @@ mod tests {
             suspicion_timeout: Duration::from_secs(2),
             interval: Duration::from_millis(150),
             fanout: 4,
+            reconnect_interval: Duration::from_secs(3),
         };
         let c = foca_config(&gossip, NonZeroUsize::new(1363).unwrap());
         assert_eq!((c.probe_period, c.probe_rtt), (Duration::from_millis(700), Duration::from_millis(300)));
@@ -93,6 +102,8 @@ mod tests {
         let periodic = c.periodic_gossip.unwrap();
         assert_eq!((periodic.frequency, periodic.num_members.get()), (Duration::from_millis(150), 4));
         assert_eq!((c.max_packet_size.get(), c.remove_down_after), (1363, Some(REMOVE_DOWN_AFTER)));
+        let reconnect = c.periodic_announce_to_down_members.unwrap();
+        assert_eq!((reconnect.frequency, reconnect.num_members.get()), (Duration::from_secs(3), 2));
     }
 
     #[test]

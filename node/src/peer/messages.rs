@@ -119,6 +119,10 @@ pub enum Refusal {
     /// The write reached fewer owners than its quorum.
     #[error("{0}")]
     Unavailable(String),
+    /// This node cannot act for its cluster yet (it reaches too few of the nodes it knows,
+    /// or its placement is behind): nothing was applied; the sender may try again.
+    #[error("not joined yet: {0}")]
+    NotJoined(String),
 }
 
 /// Liveness and version check; answers with the peer's node id.
