@@ -349,9 +349,12 @@ impl Cluster {
         self.view().placement.nodes().binary_search(&NodeId(node)).is_ok()
     }
 
-    /// Whether other nodes take part: false for a lone node.
+    /// Whether other nodes take part: false for a node whose known cluster is itself
+    /// alone (a node that knows of others but reaches none is still clustered: it must
+    /// not answer from its own store as if it were alone).
     pub fn is_clustered(&self) -> bool {
-        self.view().placement.nodes().len() > 1
+        let view = self.view();
+        view.placement.nodes().len() > 1 || view.known > 1
     }
 
     /// The current placement. The placement watcher ([`Cluster::watch_placement`]) keeps
@@ -1178,6 +1181,7 @@ impl Cluster {
         now_ms: u64,
     ) -> Result<Vec<Bytes>, DataError> {
         let view = self.view();
+        self.check_reachable(&view, view.quorums.read, "scan")?;
         let owners = view.placement.owners(partition).to_vec();
         if owners.contains(&self.node) || owners.is_empty() {
             return Ok(self.local.keys(partition, pattern, now_ms)?);
@@ -1205,6 +1209,7 @@ impl Cluster {
     /// by this node where it owns it, else by its primary.
     pub async fn count(&self, now_ms: u64) -> Result<u64, DataError> {
         let view = self.view();
+        self.check_reachable(&view, view.quorums.read, "scan")?;
         let mut by_node: BTreeMap<NodeId, Vec<Partition>> = BTreeMap::new();
         for p in 0..self.partitions() {
             let owners = view.placement.owners(p);

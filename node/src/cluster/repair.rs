@@ -234,7 +234,11 @@ impl Cluster {
         let mut seen = first.generation;
         // Nodes placed now, and every node ever placed: one placed again has returned.
         let mut placed: HashSet<NodeId> = first.placement.nodes().iter().copied().collect();
+        // The nodes it knew before it started count as placed before: when they come back
+        // after a restart of this node, it compares too (one of them, or this node, may
+        // have lost what a crash cut from its log).
         let mut ever = placed.clone();
+        ever.extend(topology.roster.lock().unwrap_or_else(|e| e.into_inner()).ids().map(NodeId));
         let mut changed_at: Option<Instant> = None;
         let mut next_round = Instant::now() + options.interval;
         loop {

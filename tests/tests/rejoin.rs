@@ -1,0 +1,85 @@
+//! A node never acts as a smaller cluster than it knows: restarted alone, or left alone by
+//! the others' crashes, it refuses writes instead of acknowledging what only it would
+//! hold, and it finds its cluster again by the members it remembers, `join` or not.
+
+use std::time::{Duration, Instant};
+
+use opencluster_tests::cluster::{Acked, missing_through, placed_nodes, start_cluster, wait_placed};
+use opencluster_tests::{Node, Reply, node_only, wait_until};
+
+/// Writes `count` distinct keys through `node`; returns those acknowledged and the error
+/// replies of the others.
+fn write_through(node: &Node, prefix: &str, count: usize) -> (Acked, Vec<String>) {
+    let mut conn = node.raw();
+    let (mut acked, mut refused) = (Acked::new(), Vec::new());
+    for i in 0..count {
+        let key = format!("{prefix}-{i}");
+        match conn.cmd(&["SET", &key, &key]) {
+            Reply::Simple(s) if s == "OK" => {
+                acked.insert(key.clone(), key);
+            }
+            Reply::Error(e) => refused.push(e),
+            other => panic!("SET {key}: {other:?}"),
+        }
+    }
+    (acked, refused)
+}
+
+#[test]
+fn a_restarted_first_node_rejoins_by_itself_and_never_acknowledges_alone() {
+    node_only!("clustering is the node's");
+    let mut nodes = start_cluster(3, &[]);
+    let mut acked = Acked::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let (ok, refused) = write_through(node, &format!("before-n{}", i + 1), 100);
+        assert!(refused.is_empty(), "{refused:?}");
+        acked.extend(ok);
+    }
+
+    // n1 started the cluster: it has no `join`. Killed and restarted at once, before the
+    // others even see it down, it must find them again by itself, and whatever it
+    // acknowledges meanwhile must reach the real owners.
+    nodes[0].kill9();
+    nodes[0].restart();
+    let restarted = Instant::now();
+    let (early, refused) = write_through(&nodes[0], "restarted-n1", 200);
+    for e in &refused {
+        assert!(e.starts_with("CLUSTERDOWN"), "refused with {e}");
+    }
+    acked.extend(early);
+    wait_placed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let rejoined = restarted.elapsed();
+    println!("n1 rejoined {rejoined:?} after its restart; {} writes refused meanwhile", refused.len());
+    assert!(rejoined < Duration::from_secs(20), "n1 took {rejoined:?} to rejoin");
+    assert!(nodes[0].stderr_log().contains("rejoining through the members remembered in data_dir"));
+
+    // Alone: the others crash. n1 still knows a cluster of three and refuses writes and
+    // reads with the reason, and says it is not ready.
+    nodes[1].kill9();
+    nodes[2].kill9();
+    assert!(wait_until(Duration::from_secs(30), || placed_nodes(&nodes[0]) == 1));
+    let mut conn = nodes[0].raw();
+    match conn.cmd(&["SET", "alone", "alone"]) {
+        Reply::Error(e) => {
+            assert!(e.starts_with("CLUSTERDOWN") && e.contains("reaches 1 of the 3 nodes"), "{e}")
+        }
+        other => panic!("a lone node acknowledged a write: {other:?}"),
+    }
+    assert!(matches!(conn.cmd(&["GET", "before-n1-0"]), Reply::Error(e) if e.starts_with("CLUSTERDOWN")));
+    let (code, body) = nodes[0].admin_get("/v1/ready");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("reaches 1 of the 3 nodes"), "{body}");
+    let status = nodes[0].admin_json("/v1/status")["placement"].clone();
+    assert_eq!((status["known_nodes"].as_u64(), status["write_quorum"].as_u64()), (Some(3), Some(2)), "{status}");
+
+    // The others come back: everything acknowledged is there, through every node.
+    nodes[1].restart();
+    nodes[2].restart();
+    wait_placed(&nodes.iter().collect::<Vec<_>>(), 3);
+    assert!(wait_until(Duration::from_secs(30), || nodes[0].admin_get("/v1/ready").0 == 200));
+    wait_until(Duration::from_secs(60), || nodes.iter().all(|n| missing_through(n, &acked).is_empty()));
+    for (i, node) in nodes.iter().enumerate() {
+        let missing = missing_through(node, &acked);
+        assert!(missing.is_empty(), "through n{}: {missing:?}", i + 1);
+    }
+}
