@@ -47,7 +47,11 @@ const fn s(key: &'static str, kind: Kind, help: &'static str) -> Setting {
 }
 
 pub const SETTINGS: &[Setting] = &[
-    s("node_name", Kind::Str, "Name of this node, unique in its datacenter [default: the host name]"),
+    s(
+        "node_name",
+        Kind::Str,
+        "Name of this node, unique in its datacenter: a DNS name (labels of a-z, 0-9 and '-' separated by dots, at most 253 characters) [default: the host name]",
+    ),
     s("datacenter", Kind::Str, "Datacenter this node belongs to [default: dc1]"),
     s(
         "data_dir",
