@@ -128,7 +128,7 @@ enum Command {
         /// The tls dir made by `datacenter`.
         #[arg(long, value_name = "DIR2")]
         tls_dir: PathBuf,
-        /// Base image, e.g. opencluster/node:0.1.
+        /// Base image, e.g. opencluster/node:0.1.0 (build-images.sh tags VERSION and latest).
         #[arg(long, value_name = "IMAGE")]
         from: String,
         /// Tag of the image to build, e.g. registry.example.com/acme/opencluster-node:dc1.

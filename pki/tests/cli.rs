@@ -254,7 +254,7 @@ fn bake_writes_a_complete_build_context() {
             "--tls-dir",
             "dc1",
             "--from",
-            "opencluster/node:0.1",
+            "opencluster/node:0.1.0",
             "--tag",
             "acme/node:dc1",
             "--out",
@@ -271,7 +271,7 @@ fn bake_writes_a_complete_build_context() {
     assert_eq!(
         lines,
         [
-            "FROM opencluster/node:0.1",
+            "FROM opencluster/node:0.1.0",
             "COPY --chown=10001:10001 tls/root.crt tls/dc.crt /etc/opencluster/tls/",
             "COPY --chown=10001:10001 tls/dc.key tls/gossip.keyring /etc/opencluster/tls/",
             "COPY --chown=10001:10001 conf.d/site.toml /etc/opencluster/conf.d/",

@@ -14,6 +14,11 @@ use opencluster_tests::{Node, NodeOpts, Reply, bulk, err, node_command, node_onl
 /// Runs the node with `args` (plus a temp data dir and free ports unless given) and
 /// expects it to exit on its own with a failure. Returns its combined output.
 fn expect_refusal(args: &[&str], env: &[(&str, &str)]) -> String {
+    expect_refusal_with_status(args, env).1
+}
+
+/// [`expect_refusal`], also returning the exit code.
+fn expect_refusal_with_status(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let (p1, p2) = free_port_pair();
     let mut cmd = node_command();
@@ -33,7 +38,7 @@ fn expect_refusal(args: &[&str], env: &[(&str, &str)]) -> String {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "exit status {} for {shown}; output:\n{text}", out.status);
     assert!(!text.contains("panicked"), "a config error is reported, not a panic:\n{text}");
-    text
+    (out.status.code(), text)
 }
 
 /// A bad setting is reported in one line that names it (any of `names`).
@@ -104,6 +109,35 @@ fn bad_settings_exit_with_an_error_naming_the_setting() {
 
     let text = expect_refusal(&["--client-addr", "not-an-address"], &[]);
     assert_mentions_any(&text, &["client_addr", "client-addr"]);
+}
+
+/// `-e OPENCLUSTER_X=` in a template left unfilled: an error naming the variable, never a
+/// value (an empty boolean used to read as true and switch the password guard off).
+#[test]
+fn an_empty_typed_variable_is_an_error_naming_it() {
+    node_only!("configuration of the node");
+    let port = free_port();
+    let (status, text) = expect_refusal_with_status(
+        &["--client-addr", &format!("0.0.0.0:{port}")],
+        &[("OPENCLUSTER_INSECURE_NO_CLIENT_PASSWORD", "")],
+    );
+    assert_eq!(status, Some(2), "{text}");
+    assert_mentions_any(&text, &["OPENCLUSTER_INSECURE_NO_CLIENT_PASSWORD"]);
+    assert!(text.contains("is empty"), "{text}");
+    for name in [
+        "OPENCLUSTER_ALLOW_FLUSHDB",
+        "OPENCLUSTER_LIMITS_MAX_CLIENTS",
+        "OPENCLUSTER_STORE_CACHE_BYTES",
+        "OPENCLUSTER_STORE_FSYNC_INTERVAL",
+        "OPENCLUSTER_STORE_FSYNC",
+        "OPENCLUSTER_TLS_DIR",
+        "OPENCLUSTER_LOG_LEVEL",
+    ] {
+        let (status, text) = expect_refusal_with_status(&[], &[(name, "")]);
+        assert_eq!(status, Some(2), "{name}: {text}");
+        assert_mentions_any(&text, &[name]);
+        assert!(text.contains("is empty"), "{name}: {text}");
+    }
 }
 
 #[test]

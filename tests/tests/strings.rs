@@ -329,6 +329,52 @@ fn incrbyfloat_formats_like_redis() {
     assert_eq!(c.cmd(&["INCRBYFLOAT", "x5", "1"]), bulk("4"));
 }
 
+/// Redis adds in x87 `long double` (64-bit significand) and prints `%.17Lf`: integers
+/// up to 2^64 stay exact, wider values round to 64 bits, fractions to 17 digits.
+#[test]
+fn incrbyfloat_keeps_long_double_precision() {
+    let (_node, mut c) = conn();
+    assert_eq!(c.cmd(&["SET", "max", "9223372036854775807"]), ok());
+    assert_eq!(c.cmd(&["INCRBYFLOAT", "max", "0"]), bulk("9223372036854775807"));
+    assert_eq!(c.cmd(&["DECR", "max"]), int(9223372036854775806), "still an integer after INCRBYFLOAT");
+    assert_eq!(c.cmd(&["SET", "min", "-9223372036854775808"]), ok());
+    assert_eq!(c.cmd(&["INCRBYFLOAT", "min", "0"]), bulk("-9223372036854775808"));
+    assert_eq!(c.cmd(&["INCR", "min"]), int(-9223372036854775807));
+    assert_eq!(c.cmd(&["SET", "big", "9007199254740993"]), ok(), "2^53 + 1, not an f64");
+    assert_eq!(c.cmd(&["INCRBYFLOAT", "big", "1"]), bulk("9007199254740994"));
+    assert_eq!(c.cmd(&["INCRBYFLOAT", "big", "0.5"]), bulk("9007199254740994.5"));
+    assert_eq!(c.cmd(&["SET", "u64", "18446744073709551614"]), ok());
+    assert_eq!(c.cmd(&["INCRBYFLOAT", "u64", "1"]), bulk("18446744073709551615"));
+    assert_eq!(c.cmd(&["INCRBYFLOAT", "u64", "2"]), bulk("18446744073709551616"), "past 64 bits, rounded");
+    assert_eq!(c.cmd(&["SET", "wide", "123456789012345678901234567890"]), ok());
+    assert_eq!(c.cmd(&["INCRBYFLOAT", "wide", "0"]), bulk("123456789012345678899921813504"));
+    assert_eq!(c.cmd(&["SET", "e20", "1e20"]), ok());
+    assert_eq!(
+        c.cmd(&["INCRBYFLOAT", "e20", "0.1"]),
+        bulk("100000000000000000000"),
+        "0.1 is below the last bit"
+    );
+    assert_eq!(c.cmd(&["INCRBYFLOAT", "tenths", "0.1"]), bulk("0.1"));
+    assert_eq!(c.cmd(&["INCRBYFLOAT", "tenths", "0.2"]), bulk("0.3"));
+    assert_eq!(
+        c.cmd(&["INCRBYFLOAT", "tie", "0.000003814697265625"]),
+        bulk("0.00000381469726562"),
+        "ties to even"
+    );
+    assert_eq!(c.cmd(&["INCRBYFLOAT", "tiny", "-6e-18"]), bulk("-0.00000000000000001"));
+    assert_eq!(c.cmd(&["INCRBYFLOAT", "tinier", "-1e-18"]), bulk("0"));
+    assert_eq!(c.cmd(&["INCRBYFLOAT", "hex", "0x1p-3"]), bulk("0.125"), "strtold reads hex floats");
+    assert_eq!(c.cmd(&["INCRBYFLOAT", "hex", "0x10"]), bulk("16.125"));
+    assert_eq!(c.cmd(&["SET", "huge", "1e4932"]), ok(), "past f64, within long double");
+    assert_eq!(c.cmd(&["INCRBYFLOAT", "huge", "1e4932"]), err("ERR increment would produce NaN or Infinity"));
+    assert_eq!(c.cmd(&["INCRBYFLOAT", "huge", "1e5000"]), err(NOT_FLOAT), "past long double");
+    assert_eq!(c.cmd(&["INCRBYFLOAT", "huge", "1e-5000"]), err(NOT_FLOAT), "underflows to zero");
+    let Reply::Bulk(e400) = c.cmd(&["INCRBYFLOAT", "e400", "1e400"]) else {
+        panic!("INCRBYFLOAT e400 1e400")
+    };
+    assert_eq!((e400.len(), &e400[..30]), (401, &b"100000000000000000002818806839"[..]), "1e400 to 64 bits");
+}
+
 #[test]
 fn incrbyfloat_rejects_invalid_floats_nan_and_infinity() {
     let (_node, mut c) = conn();

@@ -190,6 +190,7 @@ fn merge(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::settings::Kind;
     use crate::config::{ByteSize, Fsync};
     use std::time::Duration;
 
@@ -307,6 +308,43 @@ mod tests {
         o.env = vec![("OPENCLUSTER_JOIN_SERVICE".into(), "tasks.opencluster:gossip".into())];
         let e = load(&o).unwrap_err().to_string();
         assert!(e.contains("`join_service`") && e.contains("OPENCLUSTER_JOIN_SERVICE"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_variable_of_a_typed_setting_is_an_error_naming_it() {
+        let typed = |kind: Kind| !matches!(kind, Kind::Str | Kind::Addr | Kind::List);
+        for setting in SETTINGS.iter().filter(|s| typed(s.kind)) {
+            for empty in ["", " "] {
+                let o = LoadOptions { env: vec![(setting.env(), empty.into())], ..dev() };
+                let e = load(&o).expect_err(&setting.env()).to_string();
+                assert!(e.contains(&format!("`{}`", setting.key)) && e.contains(&setting.env()), "{e}");
+                assert!(e.contains("empty"), "{e}");
+            }
+        }
+        let o = LoadOptions { env: vec![("OPENCLUSTER_LOG_LEVEL".into(), "".into())], ..dev() };
+        let e = load(&o).unwrap_err().to_string();
+        assert!(e.contains("`log_level` (from OPENCLUSTER_LOG_LEVEL): is empty"), "{e}");
+        // The case that matters: an empty value must not switch the password guard off.
+        let mut o = dev();
+        o.flags = vec![("client_addr", "0.0.0.0:6379".into())];
+        o.env = vec![("OPENCLUSTER_INSECURE_NO_CLIENT_PASSWORD".into(), "".into())];
+        let e = load(&o).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "invalid setting `insecure_no_client_password` (from OPENCLUSTER_INSECURE_NO_CLIENT_PASSWORD): \
+             is empty; give true or false, or leave it unset for the default"
+        );
+        o.env = vec![("OPENCLUSTER_INSECURE_NO_CLIENT_PASSWORD".into(), "true".into())];
+        assert!(load(&o).unwrap().insecure_no_client_password);
+    }
+
+    #[test]
+    fn an_empty_address_still_switches_its_listener_off() {
+        let mut o = dev();
+        o.env =
+            vec![("OPENCLUSTER_ADMIN_ADDR".into(), "".into()), ("OPENCLUSTER_GOSSIP_ADDR".into(), "".into())];
+        let c = load(&o).unwrap();
+        assert_eq!((c.admin_addr, c.gossip_addr), (None, None));
     }
 
     #[test]

@@ -448,6 +448,26 @@ impl Config {
         if self.memory_trim_interval > Duration::from_secs(3600) {
             return Err(err("memory_trim_interval", "must be at most 1h (0s turns trimming off)"));
         }
+        // An empty path would be taken relative to the working directory (data written
+        // there, keys looked for there): refused like any other empty typed setting, and
+        // blank (only spaces) as well, as the typed settings trim.
+        let paths = [
+            ("data_dir", Some(&self.data_dir)),
+            ("tls_dir", self.tls_dir.as_ref()),
+            ("unix_socket", self.unix_socket.as_ref()),
+        ];
+        for (setting, path) in paths {
+            if path.is_some_and(|p| p.to_str().is_some_and(|p| p.trim().is_empty())) {
+                return Err(err(setting, "is empty; give a path, or leave it unset for the default"));
+            }
+        }
+        if self.log_level.trim().is_empty() {
+            // tracing reads an empty filter as "errors only", which is never what was meant.
+            return Err(err(
+                "log_level",
+                "is empty; give a filter such as info, or leave it unset for the default",
+            ));
+        }
         if self.client_password.as_deref() == Some("") {
             return Err(err("client_password", "must not be empty (leave it unset instead)"));
         }

@@ -19,6 +19,22 @@ pub enum Kind {
     List,
 }
 
+impl Kind {
+    /// What a value of this kind looks like, for kinds where an empty text is an error;
+    /// `None` where empty means something: an empty address or path switches the thing
+    /// off, an empty list is no items, and strings are checked by `Config::validate`.
+    fn expected(self) -> Option<String> {
+        match self {
+            Kind::Bool => Some("true or false".into()),
+            Kind::Int => Some("an integer".into()),
+            Kind::Size => Some("a size like 65536 or 64MiB".into()),
+            Kind::Duration => Some("a duration like 500ms or 10s".into()),
+            Kind::Choice(choices) => Some(format!("one of {}", choices.join(", "))),
+            Kind::Str | Kind::Path | Kind::Addr | Kind::List => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Setting {
     pub key: &'static str,
@@ -31,7 +47,11 @@ const fn s(key: &'static str, kind: Kind, help: &'static str) -> Setting {
 }
 
 pub const SETTINGS: &[Setting] = &[
-    s("node_name", Kind::Str, "Name of this node, unique in its datacenter [default: the host name]"),
+    s(
+        "node_name",
+        Kind::Str,
+        "Name of this node, unique in its datacenter: a DNS name (labels of a-z, 0-9 and '-' separated by dots, at most 253 characters) [default: the host name]",
+    ),
     s("datacenter", Kind::Str, "Datacenter this node belongs to [default: dc1]"),
     s(
         "data_dir",
@@ -277,9 +297,17 @@ impl Setting {
     /// Converts text from an environment variable or a flag into the TOML value the
     /// typed config expects.
     pub fn to_value(&self, raw: &str) -> Result<toml::Value, String> {
+        // `OPENCLUSTER_X=` is more often a template left unfilled than a choice: reading it
+        // as true (or as a default) would, for insecure_no_client_password, silently turn
+        // the password guard off. Only kinds where empty means something accept it.
+        if raw.trim().is_empty()
+            && let Some(expected) = self.kind.expected()
+        {
+            return Err(format!("is empty; give {expected}, or leave it unset for the default"));
+        }
         Ok(match self.kind {
             Kind::Bool => match raw.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" | "" => toml::Value::Boolean(true),
+                "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
                 "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
                 _ => return Err(format!("{raw:?} is not a boolean (true or false)")),
             },
@@ -378,5 +406,21 @@ mod tests {
         assert!(choice.to_value("sometimes").unwrap_err().contains("always, interval"));
         let flag = Setting::find("allow_flushdb").unwrap();
         assert_eq!(flag.to_value("no"), Ok(toml::Value::Boolean(false)));
+        assert_eq!(flag.to_value("On"), Ok(toml::Value::Boolean(true)));
+        for empty in ["", " "] {
+            assert_eq!(
+                flag.to_value(empty),
+                Err("is empty; give true or false, or leave it unset for the default".into())
+            );
+            assert!(int.to_value(empty).unwrap_err().contains("an integer"));
+            assert!(choice.to_value(empty).unwrap_err().contains("always, interval"));
+            let size = Setting::find("store.cache_bytes").unwrap();
+            assert!(size.to_value(empty).unwrap_err().contains("64MiB"));
+            let duration = Setting::find("store.fsync_interval").unwrap();
+            assert!(duration.to_value(empty).unwrap_err().contains("500ms"));
+        }
+        // Where empty means something: no listener, no items, unset.
+        assert_eq!(Setting::find("admin_addr").unwrap().to_value(""), Ok(toml::Value::String("".into())));
+        assert_eq!(Setting::find("bind_interface").unwrap().to_value(""), Ok(toml::Value::String("".into())));
     }
 }

@@ -23,10 +23,11 @@
 //! 0.2 = 2.2 s in the bad case, about 1.8 s on average; 2.4 s up to 16 members: under 3 s.
 //! memberlist's `DefaultLANConfig` (P = 1 s, probe timeout 500 ms, S = 4 s for up to 10
 //! members, G = 200 ms) gives
-//! 1 + 1 + 4 + 0.2 = 6.2 s, which is what foca's `new_lan` preset measured here
-//! (5.8-6.8 s); `tests/bench/gossip-detection.sh` measures both. Measured with 4 nodes on
-//! loopback the defaults took 1.8 s to 3.3 s, median 2.3 s: step 1 sometimes takes two or
-//! three intervals rather than one (see docs/benchmarks.md).
+//! 1 + 1 + 4 + 0.2 = 6.2 s; `tests/bench/gossip-detection.sh` measures both. Measured with
+//! 4 nodes on loopback (docs/benchmarks.md, 14 rounds each): the defaults 1.75 s to 2.3 s,
+//! median 1.8 s; memberlist's timing 5.75 s to 6.8 s. Rounds past the bound are step 1
+//! taking two intervals rather than one; an earlier run on a loaded machine had rounds of
+//! 3.3 s, three intervals.
 //!
 //! The price of short timeouts is false suspicion: a member that cannot answer for longer
 //! than P + S (a paused VM, a starved container) is declared down. It notices, renews its

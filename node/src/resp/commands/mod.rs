@@ -7,6 +7,7 @@
 
 mod connection;
 mod keys;
+mod long_double;
 mod server;
 mod strings;
 
@@ -284,18 +285,6 @@ fn strict_i64(b: &[u8]) -> Option<i64> {
     Some(n)
 }
 
-/// Parses a float as Redis's INCRBYFLOAT does: no surrounding spaces, not NaN.
-pub fn parse_f64(b: &[u8]) -> Result<f64, CmdError> {
-    let s = std::str::from_utf8(b).map_err(|_| CmdError::not_float())?;
-    if s.is_empty() || s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace) {
-        return Err(CmdError::not_float());
-    }
-    match s.parse::<f64>() {
-        Ok(v) if !v.is_nan() => Ok(v),
-        _ => Err(CmdError::not_float()),
-    }
-}
-
 /// An upper-cased copy of an option word, for matching.
 fn upper(b: &[u8]) -> Vec<u8> {
     b.to_ascii_uppercase()
@@ -323,15 +312,6 @@ mod tests {
         ] {
             assert_eq!(strict_i64(input), want, "{:?}", String::from_utf8_lossy(input));
         }
-    }
-
-    #[test]
-    fn floats_parse_like_redis() {
-        assert_eq!(parse_f64(b"10.5"), Ok(10.5));
-        assert_eq!(parse_f64(b"5.0e3"), Ok(5000.0));
-        assert!(parse_f64(b" 1").is_err());
-        assert!(parse_f64(b"nan").is_err());
-        assert!(parse_f64(b"abc").is_err());
     }
 
     #[test]

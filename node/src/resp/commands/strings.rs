@@ -5,7 +5,8 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::{CmdError, CmdResult, Ctx, Flow, parse_f64, parse_i64, upper};
+use super::long_double::{LongDouble, Parsed};
+use super::{CmdError, CmdResult, Ctx, Flow, parse_i64, upper};
 use crate::record::Record;
 use crate::resp::codec;
 use crate::store::Write;
@@ -263,36 +264,39 @@ pub(super) async fn incr_by(ctx: &mut Ctx<'_>, key: &Bytes, by: i64) -> CmdResul
     ctx.int(outcome?)
 }
 
-/// Formats a float as Redis stores INCRBYFLOAT results: plain decimal, no exponent,
-/// shortest digits that read back as the same number.
-pub(super) fn format_float(v: f64) -> String {
-    let s = format!("{v}");
-    if s == "-0" { "0".into() } else { s }
+/// Reads an INCRBYFLOAT operand, with Redis's error for anything `string2ld` refuses.
+fn parse_float(b: &[u8]) -> Result<Parsed, CmdError> {
+    LongDouble::parse(b).ok_or_else(CmdError::not_float)
+}
+
+/// The sum INCRBYFLOAT stores, or Redis's error when it would not be finite.
+fn float_sum(a: Parsed, b: Parsed) -> Result<LongDouble, CmdError> {
+    let sum = match (a, b) {
+        (Parsed::Finite(a), Parsed::Finite(b)) => a.add(b),
+        _ => None,
+    };
+    sum.ok_or_else(|| CmdError::new("value", "ERR increment would produce NaN or Infinity"))
 }
 
 pub(super) async fn incrbyfloat(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult {
-    let by = parse_f64(&args[2])?;
+    let by = parse_float(&args[2])?;
     let now = ctx.now_ms;
     let mut outcome = Err(CmdError::not_float());
     ctx.cluster()
         .update(&[&args[1]], |cur, stamp| {
             let current = cur[0].as_ref().filter(|r| r.is_live(now));
             let n = match current.and_then(|r| r.value.as_deref()) {
-                Some(v) => match parse_f64(v) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        outcome = Err(e);
-                        return vec![Write::Keep];
-                    }
-                },
-                None => 0.0,
+                Some(v) => parse_float(v),
+                None => Ok(Parsed::Finite(LongDouble::from_i64(0))),
             };
-            let next = n + by;
-            if !next.is_finite() {
-                outcome = Err(CmdError::new("value", "ERR increment would produce NaN or Infinity"));
-                return vec![Write::Keep];
-            }
-            let text = Bytes::from(format_float(next));
+            let next = match n.and_then(|n| float_sum(n, by)) {
+                Ok(next) => next,
+                Err(e) => {
+                    outcome = Err(e);
+                    return vec![Write::Keep];
+                }
+            };
+            let text = Bytes::from(next.to_redis_string());
             outcome = Ok(text.clone());
             vec![stamp.put(cur[0].as_ref(), text, Expiry::Keep.resolve(current))]
         })
@@ -398,11 +402,37 @@ mod tests {
         assert_eq!(range(11, -100, 2), Some((0, 3)));
     }
 
+    /// INCRBYFLOAT's reply for `current` (or a missing key) plus `by`.
+    fn incr(current: Option<&str>, by: &str) -> Result<String, CmdError> {
+        let n = current.map_or(Ok(Parsed::Finite(LongDouble::from_i64(0))), |c| parse_float(c.as_bytes()))?;
+        Ok(float_sum(n, parse_float(by.as_bytes())?)?.to_redis_string())
+    }
+
     #[test]
-    fn floats_format_like_redis() {
-        assert_eq!(format_float(10.5 + 0.1), "10.6");
-        assert_eq!(format_float(5000.0), "5000");
-        assert_eq!(format_float(-0.0), "0");
-        assert_eq!(format_float(3.0e-5), "0.00003");
+    fn incrbyfloat_answers_what_redis_answers() {
+        // Each reply checked against redis-server 7.0 on x86-64.
+        assert_eq!(incr(Some("10.50"), "0.1").unwrap(), "10.6");
+        assert_eq!(incr(None, "3.0e3").unwrap(), "3000");
+        assert_eq!(incr(Some("3000"), "5.0e3").unwrap(), "8000");
+        assert_eq!(incr(Some("8000"), "1.1e5").unwrap(), "118000");
+        assert_eq!(incr(None, "3.0e-5").unwrap(), "0.00003");
+        assert_eq!(incr(Some("9223372036854775807"), "0").unwrap(), "9223372036854775807");
+        assert_eq!(incr(Some("-9223372036854775808"), "0").unwrap(), "-9223372036854775808");
+        assert_eq!(incr(Some("9223372036854775807"), "0.5").unwrap(), "9223372036854775807.5");
+        assert_eq!(incr(Some("1e20"), "0.1").unwrap(), "100000000000000000000");
+        assert_eq!(incr(None, "-0").unwrap(), "0");
+        assert_eq!(incr(None, "-1e-20").unwrap(), "0");
+    }
+
+    #[test]
+    fn incrbyfloat_errors_are_redis_errors() {
+        let not_float = Err(CmdError::not_float());
+        let not_finite = Err(CmdError::new("value", "ERR increment would produce NaN or Infinity"));
+        assert_eq!(incr(Some("1.5"), "abc"), not_float);
+        assert_eq!(incr(Some("abc"), "1"), not_float);
+        assert_eq!(incr(Some("1.5"), "1e5000"), not_float, "overflows long double");
+        assert_eq!(incr(Some("1.5"), "inf"), not_finite);
+        assert_eq!(incr(Some("-inf"), "1"), not_finite);
+        assert_eq!(incr(Some("1e4932"), "1e4932"), not_finite, "the sum overflows");
     }
 }
