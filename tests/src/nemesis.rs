@@ -56,7 +56,7 @@ pub struct Options {
     pub kinds: Vec<FaultKind>,
     /// Writer threads.
     pub writers: usize,
-    /// How long the checker retries keys that do not read back yet.
+    /// How long the checker retries keys that did not read back in its first pass.
     pub check_for: Duration,
 }
 

@@ -2,8 +2,8 @@
 //!
 //! 1. Every acknowledged key must read back (`GET` through the cluster read path, in
 //!    `MGET` batches) with its value through every node. Missing keys are retried until
-//!    they are all found or the deadline passes: replica copies and repairs may still be
-//!    on their way.
+//!    they are all found or the deadline (counted from the end of the first pass)
+//!    passes: replica copies and repairs may still be on their way.
 //! 2. Every acknowledged key is looked up in its owners' own stores, without the read
 //!    path: `KEYS` through a node answers from its own store for the partitions it owns
 //!    (see `Cluster::keys`), and `/v1/placement?key=` names a key's owners. A key that no
@@ -19,6 +19,8 @@ use crate::resp::{RawConn, Reply};
 const BATCH: usize = 200;
 /// How long a checker's request may take (`KEYS` walks every partition).
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Threads looking up keys' owners on the admin API.
+const LOOKUP_THREADS: usize = 4;
 /// Wait between two rounds of reading the keys still missing.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
@@ -27,15 +29,17 @@ pub struct ReadCheck {
     /// Keys still not readable with their value through some node at the deadline: for
     /// each, what each such node answered last.
     pub lost: BTreeMap<String, Vec<(usize, String)>>,
+    /// How long the first pass over every key through every node took.
+    pub first_pass: Duration,
     /// How long until everything was found (or the deadline).
     pub took: Duration,
-    /// Rounds of reads.
+    /// Passes over the keys still missing (the first pass included).
     pub rounds: u32,
 }
 
-/// Reads every key of `keys` (whose value is the key) through every node, retrying the
-/// missing ones until `deadline`.
-pub fn read_through_all(nodes: &[Node], keys: &BTreeSet<String>, deadline: Duration) -> ReadCheck {
+/// Reads every key of `keys` (whose value is the key) through every node, each node in
+/// its own thread, then retries the missing ones for up to `retry_for`.
+pub fn read_through_all(nodes: &[Node], keys: &BTreeSet<String>, retry_for: Duration) -> ReadCheck {
     let started = Instant::now();
     // Per node: missing key -> what it answered.
     let mut missing: Vec<BTreeMap<String, String>> = nodes
@@ -43,12 +47,18 @@ pub fn read_through_all(nodes: &[Node], keys: &BTreeSet<String>, deadline: Durat
         .map(|_| keys.iter().map(|k| (k.clone(), "not read yet".to_string())).collect())
         .collect();
     let mut rounds = 0;
+    let mut first_pass = None;
     loop {
         rounds += 1;
-        for (node, missing) in nodes.iter().zip(missing.iter_mut()) {
-            read_round(node, missing);
-        }
-        if missing.iter().all(BTreeMap::is_empty) || started.elapsed() >= deadline {
+        std::thread::scope(|s| {
+            for (node, missing) in nodes.iter().zip(missing.iter_mut()) {
+                s.spawn(move || read_round(node, missing));
+            }
+        });
+        // The retries' deadline counts from the end of the first pass, however long
+        // reading every key through every node took.
+        let first = *first_pass.get_or_insert(started.elapsed());
+        if missing.iter().all(BTreeMap::is_empty) || started.elapsed() >= first + retry_for {
             break;
         }
         std::thread::sleep(RETRY_EVERY);
@@ -59,7 +69,7 @@ pub fn read_through_all(nodes: &[Node], keys: &BTreeSet<String>, deadline: Durat
             lost.entry(key).or_default().push((i, got));
         }
     }
-    ReadCheck { lost, took: started.elapsed(), rounds }
+    ReadCheck { lost, first_pass: first_pass.unwrap_or_default(), took: started.elapsed(), rounds }
 }
 
 /// One pass over `missing` through `node`: found keys leave the map, the others keep
@@ -113,17 +123,29 @@ pub struct StoreCheck {
 
 /// Looks up every key of `keys` (named `<prefix>-...`) in its owners' own stores.
 pub fn owners_stores(nodes: &[Node], names: &[String], prefix: &str, keys: &BTreeSet<String>) -> StoreCheck {
-    let held: Vec<BTreeSet<String>> = nodes.iter().map(|n| keys_of(n, &format!("{prefix}-*"))).collect();
+    let pattern = format!("{prefix}-*");
+    let held: Vec<BTreeSet<String>> = std::thread::scope(|s| {
+        let threads: Vec<_> = nodes.iter().map(|n| s.spawn(|| keys_of(n, &pattern))).collect();
+        threads.into_iter().map(|t| t.join().expect("KEYS thread")).collect()
+    });
+    // One placement lookup per key: spread over a few threads.
+    let keys: Vec<&String> = keys.iter().collect();
+    let owners: Vec<Vec<String>> = std::thread::scope(|s| {
+        let threads: Vec<_> = keys
+            .chunks(keys.len().div_ceil(LOOKUP_THREADS).max(1))
+            .map(|chunk| s.spawn(|| chunk.iter().map(|k| owners_of(&nodes[0], k)).collect::<Vec<_>>()))
+            .collect();
+        threads.into_iter().flat_map(|t| t.join().expect("placement thread")).collect()
+    });
     let index = |name: &str| names.iter().position(|n| n == name);
     let mut check = StoreCheck { unheld: Vec::new(), under_replicated: 0, disputed: Vec::new() };
-    for key in keys {
-        let owners = owners_of(&nodes[0], key);
+    for (key, owners) in keys.into_iter().zip(owners) {
         let holding = owners.iter().filter(|o| index(o).is_some_and(|i| held[i].contains(key))).count();
         if holding == owners.len() {
             continue;
         }
-        check.under_replicated += usize::from(holding > 0);
         if holding > 0 {
+            check.under_replicated += 1;
             continue;
         }
         // KEYS answered from an owner's store only if that owner agrees it owns the key.

@@ -89,10 +89,11 @@ pub fn print(o: &Outcome, names: &[String]) {
 
     let r = &o.read;
     println!(
-        "read check: {} acked keys through {} nodes, {} round(s) in {}; lost {}",
+        "read check: {} acked keys through {} nodes: first pass {}, {} retry round(s) until {}; lost {}",
         o.acked(),
         names.len(),
-        r.rounds,
+        secs(r.first_pass),
+        r.rounds - 1,
         secs(r.took),
         r.lost.len()
     );
