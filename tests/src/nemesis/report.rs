@@ -26,15 +26,24 @@ pub fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
 
-/// Where an instant of the run falls relative to the faults: during one, or after one.
-fn context(faults: &[Happened], names: &[String], at: Duration) -> String {
+/// Where an instant of the run falls relative to the faults: during one, or after one
+/// (and how long after).
+fn context(faults: &[Happened], names: &[String], at: Duration) -> (String, Option<Duration>) {
     let name = |f: &Happened| format!("#{} {} {}", f.number, f.kind, names[f.node]);
     if let Some(f) = faults.iter().find(|f| f.began <= at && at <= f.ended) {
-        return format!("during {} ({}..{})", name(f), secs(f.began), secs(f.ended));
+        return (format!("during {} ({}..{})", name(f), secs(f.began), secs(f.ended)), None);
     }
     match faults.iter().rev().find(|f| f.ended < at) {
-        Some(f) => format!("{} after {} ended", secs(at - f.ended), name(f)),
-        None => "before the first fault".to_string(),
+        Some(f) => (format!("after {} ended at {}", name(f), secs(f.ended)), Some(at - f.ended)),
+        None => ("before the first fault".to_string(), None),
+    }
+}
+
+/// [`context`] as one phrase: `during #2 kill n1 (...)`, `1.2s after #2 kill n1 ended at 13.4s`.
+fn context_phrase(faults: &[Happened], names: &[String], at: Duration) -> String {
+    match context(faults, names, at) {
+        (what, Some(after)) => format!("{} {what}", secs(after)),
+        (what, None) => what,
     }
 }
 
@@ -99,17 +108,39 @@ pub fn print(o: &Outcome, names: &[String]) {
     );
     if !r.lost.is_empty() {
         // Group by the node the write went through and the fault around it.
-        let mut groups: BTreeMap<(usize, String), usize> = BTreeMap::new();
+        let mut groups: BTreeMap<(usize, String), (usize, Duration, Duration)> = BTreeMap::new();
         for key in r.lost.keys() {
             let ack = &w.acked[key];
-            *groups.entry((ack.node, context(&o.faults, names, ack.at))).or_default() += 1;
+            let g =
+                groups.entry((ack.node, context(&o.faults, names, ack.at).0)).or_insert((0, ack.at, ack.at));
+            *g = (g.0 + 1, g.1.min(ack.at), g.2.max(ack.at));
         }
         println!("lost keys by the node they were acknowledged through, and when:");
-        for ((node, when), n) in &groups {
-            println!("  {n:>5} through {} {when}", name(*node));
+        for ((node, when), (n, first, last)) in &groups {
+            println!(
+                "  {n:>5} through {} {when}, acknowledged {}..{}",
+                name(*node),
+                secs(*first),
+                secs(*last)
+            );
         }
-        println!("lost keys (first {SHOWN} of {}):", r.lost.len());
-        for (key, reads) in r.lost.iter().take(SHOWN) {
+        // A few of each group, in the order they were acknowledged.
+        let per_group = (SHOWN / groups.len()).max(1);
+        let mut by_time: Vec<(&String, &Vec<(usize, String)>)> = r.lost.iter().collect();
+        by_time.sort_by_key(|(key, _)| w.acked[*key].at);
+        let mut shown: BTreeMap<(usize, String), usize> = BTreeMap::new();
+        let sample: Vec<_> = by_time
+            .into_iter()
+            .filter(|(key, _)| {
+                let ack = &w.acked[*key];
+                let n = shown.entry((ack.node, context(&o.faults, names, ack.at).0)).or_default();
+                *n += 1;
+                *n <= per_group
+            })
+            .take(SHOWN)
+            .collect();
+        println!("lost keys ({} of {}, a few of each group, by time):", sample.len(), r.lost.len());
+        for (key, reads) in sample {
             let ack = &w.acked[key];
             let view = view_at(&o.views, ack.node, ack.at)
                 .map(|v| {
@@ -121,7 +152,7 @@ pub fn print(o: &Outcome, names: &[String]) {
                 "  {key}: acked through {} at {} ({}; {view}); read: {}",
                 name(ack.node),
                 secs(ack.at),
-                context(&o.faults, names, ack.at),
+                context_phrase(&o.faults, names, ack.at),
                 answers.join(", ")
             );
         }
@@ -133,7 +164,12 @@ pub fn print(o: &Outcome, names: &[String]) {
         s.unheld.len(),
         s.under_replicated
     );
-    for (key, owners) in s.unheld.iter().take(SHOWN) {
+    let mut unheld: Vec<&(String, Vec<String>)> = s.unheld.iter().collect();
+    unheld.sort_by_key(|(key, _)| w.acked.get(key).map(|a| a.at));
+    if !unheld.is_empty() {
+        println!("  (first {} by time)", unheld.len().min(SHOWN));
+    }
+    for (key, owners) in unheld.into_iter().take(SHOWN) {
         let ack = w.acked.get(key);
         let through =
             ack.map_or(String::new(), |a| format!(", acked through {} at {}", name(a.node), secs(a.at)));
