@@ -6,6 +6,9 @@
 //! - `resp`: a raw RESP2/RESP3 client that keeps replies exactly as sent.
 //! - `cluster`: several nodes joined into one cluster; steady write load; checks that
 //!   every acknowledged write is readable.
+//! - `nemesis`: seeded faults (kill -9, SIGSTOP, SIGTERM, network cuts) on random nodes
+//!   of a cluster under writes through every node, and a checker of every acknowledged
+//!   write.
 //! - `http`: a minimal HTTP GET for the admin API.
 //! - `wait`: polling with deadlines instead of sleeps.
 //!
@@ -13,6 +16,7 @@
 
 pub mod cluster;
 pub mod http;
+pub mod nemesis;
 pub mod node;
 pub mod pki;
 pub mod resp;

@@ -214,6 +214,16 @@ impl RawConn {
         Ok(RawConn { reader: BufReader::new(Box::new(stream)) })
     }
 
+    /// Like [`RawConn::connect`], with `timeout` for the connect and for every read and
+    /// write: for clients that must give up on a stopped server and count it, not hang.
+    pub fn connect_with_timeout(addr: SocketAddr, timeout: Duration) -> io::Result<RawConn> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        Ok(RawConn { reader: BufReader::new(Box::new(stream)) })
+    }
+
     pub fn connect_unix(path: &Path) -> io::Result<RawConn> {
         let stream = UnixStream::connect(path)?;
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
