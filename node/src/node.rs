@@ -218,7 +218,7 @@ pub async fn run(
 
     let background = CancellationToken::new();
     let background_tasks = TaskTracker::new();
-    let flusher = Flusher::new(store.clone(), config.fsync_policy());
+    let flusher = Flusher::new(store.clone(), FsyncPolicy::of(&config.store));
     background_tasks.spawn(flusher.clone().run(background.clone()));
     let purge_status = Arc::new(PurgeStatus::default());
     background_tasks.spawn(purger::run(
@@ -350,7 +350,7 @@ pub async fn run(
         datacenter: config.datacenter.clone(),
         tcp_port: listeners.client_addr().map(|a| a.port()),
         store_cache_bytes: config.store.cache_bytes.0,
-        fsync_always: config.fsync_policy() == FsyncPolicy::Always,
+        fsync_always: FsyncPolicy::of(&config.store) == FsyncPolicy::Always,
         purge_status,
     });
 

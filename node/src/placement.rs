@@ -32,7 +32,6 @@
 
 use std::cmp::Reverse;
 use std::fmt;
-use std::num::NonZeroUsize;
 
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -222,19 +221,7 @@ pub fn quorum(replicas: usize) -> usize {
     replicas / 2 + 1
 }
 
-/// How many owners must have a write on disk before it is acknowledged.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
-pub enum WriteQuorum {
-    /// A majority of the partition's owners (after capping R at the node count).
-    #[default]
-    Majority,
-    /// Every owner.
-    All,
-    /// One owner: the fastest, and lost if that owner's disk is.
-    One,
-    /// This many owners, or every owner when there are fewer.
-    Count(NonZeroUsize),
-}
+pub use crate::config::WriteQuorum;
 
 impl WriteQuorum {
     /// The acknowledgements a write needs when its partition has `owners` owners: never
@@ -584,8 +571,8 @@ mod tests {
 
     #[test]
     fn write_quorum_is_capped_at_the_owners() {
-        let two = WriteQuorum::Count(NonZeroUsize::new(2).unwrap());
-        let five = WriteQuorum::Count(NonZeroUsize::new(5).unwrap());
+        let two = WriteQuorum::Count(std::num::NonZeroUsize::new(2).unwrap());
+        let five = WriteQuorum::Count(std::num::NonZeroUsize::new(5).unwrap());
         assert_eq!(WriteQuorum::default(), WriteQuorum::Majority);
         let cases = [
             (WriteQuorum::Majority, [1, 1, 2, 2, 3]),

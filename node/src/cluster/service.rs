@@ -11,7 +11,7 @@ use crate::record::Record;
 
 /// The most bytes of keys and values a [`messages::Pull`] chunk may ask for (one larger
 /// record still comes alone): well under the smallest peer message limit.
-pub const MAX_PULL_BYTES: usize = 16 << 20;
+pub const MAX_PULL_BYTES: usize = crate::config::MAX_CHUNK_BYTES as usize;
 
 /// Answers peers' requests from this node's [`Cluster`].
 pub struct Service {

@@ -8,6 +8,7 @@
 
 pub mod layers;
 pub mod settings;
+pub mod targets;
 mod units;
 
 use std::net::SocketAddr;
@@ -18,6 +19,24 @@ use serde::{Deserialize, Serialize};
 
 pub use layers::{LoadOptions, load, load_unvalidated};
 pub use units::ByteSize;
+
+/// The largest rebalance chunk (`rebalance.chunk_bytes`): well under the smallest peer
+/// message limit.
+pub const MAX_CHUNK_BYTES: u64 = 16 << 20;
+
+/// How many owners must have a write on disk before it is acknowledged.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum WriteQuorum {
+    /// A majority of the partition's owners (after capping R at the node count).
+    #[default]
+    Majority,
+    /// Every owner.
+    All,
+    /// One owner: the fastest, and lost if that owner's disk is.
+    One,
+    /// This many owners, or every owner when there are fewer.
+    Count(std::num::NonZeroUsize),
+}
 
 /// The node's configuration.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -510,7 +529,7 @@ impl Config {
             return Err(err("join", "is set but gossip_addr is empty (membership is disabled)"));
         }
         for target in &self.join {
-            if let Err(e) = crate::membership::join::parse_target(target) {
+            if let Err(e) = targets::parse_target(target) {
                 return Err(err("join", e));
             }
         }
@@ -518,7 +537,7 @@ impl Config {
             if self.gossip_addr.is_none() {
                 return Err(err("join_service", "is set but gossip_addr is empty (membership is disabled)"));
             }
-            if let Err(e) = crate::membership::join::service_target(service) {
+            if let Err(e) = targets::service_target(service) {
                 return Err(err("join_service", e));
             }
         }
@@ -570,7 +589,7 @@ impl Config {
         if b.max_parallel == 0 || b.max_parallel > 64 {
             return Err(err("rebalance.max_parallel", "must be between 1 and 64"));
         }
-        if b.chunk_bytes.0 < 4 << 10 || b.chunk_bytes.0 > crate::cluster::MAX_PULL_BYTES as u64 {
+        if b.chunk_bytes.0 < 4 << 10 || b.chunk_bytes.0 > MAX_CHUNK_BYTES {
             return Err(err("rebalance.chunk_bytes", "must be between 4KiB and 16MiB"));
         }
         let a = &self.repair;
@@ -631,23 +650,13 @@ impl Config {
         }
         match &self.join_service {
             // Validated at load; an invalid name joins nothing rather than panicking.
-            Some(service) => crate::membership::join::service_target(service).into_iter().collect(),
+            Some(service) => targets::service_target(service).into_iter().collect(),
             None => Vec::new(),
         }
     }
 
-    /// The durability policy the store runs with.
-    pub fn fsync_policy(&self) -> crate::store::flusher::FsyncPolicy {
-        use crate::store::flusher::FsyncPolicy;
-        match self.store.fsync {
-            Fsync::Always => FsyncPolicy::Always,
-            Fsync::Interval => FsyncPolicy::Interval(self.store.fsync_interval),
-        }
-    }
-
     /// `cluster.write_quorum` parsed.
-    pub fn write_quorum(&self) -> Result<crate::placement::WriteQuorum, String> {
-        use crate::placement::WriteQuorum;
+    pub fn write_quorum(&self) -> Result<WriteQuorum, String> {
         match self.cluster.write_quorum.trim() {
             "majority" => Ok(WriteQuorum::Majority),
             "all" => Ok(WriteQuorum::All),

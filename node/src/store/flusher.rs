@@ -50,6 +50,16 @@ pub struct Flusher {
 #[error("write not durable: flushing the store failed: {0}")]
 pub struct NotDurable(pub Arc<str>);
 
+impl FsyncPolicy {
+    /// The policy `store.fsync` and `store.fsync_interval` ask for.
+    pub fn of(store: &crate::config::StoreConfig) -> Self {
+        match store.fsync {
+            crate::config::Fsync::Always => FsyncPolicy::Always,
+            crate::config::Fsync::Interval => FsyncPolicy::Interval(store.fsync_interval),
+        }
+    }
+}
+
 impl Flusher {
     pub fn new(store: Arc<dyn Store>, policy: FsyncPolicy) -> Arc<Self> {
         Arc::new(Flusher {
