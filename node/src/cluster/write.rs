@@ -1,6 +1,9 @@
 //! The write path: deciding on the records a quorum holds, sending each key's ops to its
 //! primary, and, as primary, copying the written records to the other owners until the
 //! write quorum has them.
+//!
+//! Whether the quorum is met (and how many acknowledgements a write reports) is decided
+//! by [`count_acks`], a pure function over the acknowledgements per partition.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -283,10 +286,8 @@ impl Cluster {
             });
         }
         drop(tx);
-        let quorum_met =
-            |partitions: &BTreeMap<Partition, usize>| partitions.values().all(|&n| n >= required);
         let deadline = tokio::time::Instant::now() + wait;
-        while outstanding > 0 && !quorum_met(&partitions) {
+        while outstanding > 0 && !count_acks(&partitions, required).met {
             let Ok(Some((parts, ok))) = tokio::time::timeout_at(deadline, rx.recv()).await else { break };
             outstanding -= 1;
             if ok {
@@ -295,11 +296,29 @@ impl Cluster {
                 }
             }
         }
-        let acks = partitions.values().copied().min().unwrap_or(1);
-        let outcome = if acks >= required { "quorum_met" } else { "quorum_missed" };
+        let Acks { met, reported } = count_acks(&partitions, required);
+        let outcome = if met { "quorum_met" } else { "quorum_missed" };
         self.metrics.replication.with_label_values(&[outcome]).inc();
-        Ok(acks)
+        Ok(reported)
     }
+}
+
+/// How far a primary's copies of one write have got.
+#[derive(Debug, PartialEq, Eq)]
+struct Acks {
+    /// Every partition the write touched has `required` owners holding it.
+    met: bool,
+    /// The acknowledgements the write reports: those of its least-copied partition.
+    reported: usize,
+}
+
+/// Counts a write's acknowledgements from those of each partition it touched (this
+/// node's own copy included). A multi-key write is only as durable as its least-copied
+/// partition, so that one decides. A write touches at least one partition; with none,
+/// this node's copy is the only one.
+fn count_acks(per_partition: &BTreeMap<Partition, usize>, required: usize) -> Acks {
+    let reported = per_partition.values().copied().min().unwrap_or(1);
+    Acks { met: reported >= required, reported }
 }
 
 fn change_of(write: &Write) -> Change {
@@ -329,4 +348,44 @@ fn quorum_missed(acks: usize, required: usize) -> DataError {
         "write reached {acks} of the {required} owners it needs (cluster.write_quorum) in time; \
          it is kept where it was applied and may still become visible"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn acks(counts: &[(Partition, usize)]) -> BTreeMap<Partition, usize> {
+        counts.iter().copied().collect()
+    }
+
+    #[test]
+    fn quorum_is_met_when_every_partition_reaches_it() {
+        assert_eq!(count_acks(&acks(&[(0, 2), (5, 3)]), 2), Acks { met: true, reported: 2 });
+        assert_eq!(count_acks(&acks(&[(0, 1)]), 1), Acks { met: true, reported: 1 });
+    }
+
+    #[test]
+    fn one_partition_short_misses_the_quorum_and_reports_its_count() {
+        assert_eq!(count_acks(&acks(&[(0, 3), (1, 1), (2, 3)]), 2), Acks { met: false, reported: 1 });
+    }
+
+    #[test]
+    fn a_lone_owner_counts_its_own_copy() {
+        // Before any copy answers, the primary's own copy is the one ack of each partition.
+        assert_eq!(count_acks(&acks(&[(7, 1)]), 2), Acks { met: false, reported: 1 });
+        assert_eq!(count_acks(&BTreeMap::new(), 1), Acks { met: true, reported: 1 });
+    }
+
+    proptest! {
+        #[test]
+        fn reports_the_fewest_and_is_met_iff_all_reach_required(
+            counts in proptest::collection::btree_map(any::<Partition>(), 1usize..6, 1..8),
+            required in 1usize..6,
+        ) {
+            let got = count_acks(&counts, required);
+            prop_assert_eq!(got.reported, *counts.values().min().unwrap());
+            prop_assert_eq!(got.met, counts.values().all(|&n| n >= required));
+        }
+    }
 }
