@@ -1,5 +1,8 @@
 //! The read path: asking enough owners of a key, taking the newest record, and
 //! repairing the owners found behind (read repair).
+//!
+//! Which record wins and which owners are repaired is decided by [`choose`], a pure
+//! function over the owners' answers; the async code only gathers them.
 
 use std::time::Instant;
 
@@ -126,26 +129,14 @@ impl Cluster {
                 errors.join("; ")
             )));
         }
-        let mut best: Option<Record> = None;
-        for (_, record) in &answers {
-            if let Some(r) = record
-                && r.wins_over(best.as_ref())
-            {
-                best = Some(r.clone());
-            }
-        }
-        let newest = |r: &Option<Record>| best.as_ref().is_none_or(|b| !b.wins_over(r.as_ref()));
-        let primary_current = answers.iter().any(|(n, r)| Some(*n) == primary && newest(r));
+        let Chosen { best, behind, primary_current } = choose(&answers, primary);
         if let Some(best) = &best {
-            for (node, record) in &answers {
-                if !best.wins_over(record.as_ref()) {
-                    continue;
-                }
+            for node in behind {
                 let copy = [(Bytes::copy_from_slice(key), best.clone())];
-                if *node == self.node {
+                if node == self.node {
                     self.local.apply(&copy).await?;
                 } else {
-                    self.repair(view, *node, &copy);
+                    self.repair(view, node, &copy);
                 }
             }
         }
@@ -246,5 +237,102 @@ impl Cluster {
             return Ok(self.local.store.get_value(key, now_ms)?);
         }
         Ok(self.get(key).await?.and_then(|r| r.live_value(now_ms).cloned()))
+    }
+}
+
+/// What a quorum read makes of the owners' answers.
+#[derive(Debug, PartialEq)]
+struct Chosen {
+    /// The newest record any owner answered with (last-writer-wins).
+    best: Option<Record>,
+    /// The owners that answered with an older record or none, in answer order: each is
+    /// sent `best` (read repair).
+    behind: Vec<NodeId>,
+    /// Whether `primary` answered with `best` (or nothing newer exists): when it did not,
+    /// a write built on this read carries `best` along to the primary.
+    primary_current: bool,
+}
+
+/// Chooses the record a read returns and the owners to repair from `answers`, one per
+/// owner heard. An owner holding a record equal to the newest is current, not behind.
+fn choose(answers: &[(NodeId, Option<Record>)], primary: Option<NodeId>) -> Chosen {
+    let mut best: Option<Record> = None;
+    for (_, record) in answers {
+        if let Some(r) = record
+            && r.wins_over(best.as_ref())
+        {
+            best = Some(r.clone());
+        }
+    }
+    let newest = |r: &Option<Record>| best.as_ref().is_none_or(|b| !b.wins_over(r.as_ref()));
+    let primary_current = answers.iter().any(|(n, r)| Some(*n) == primary && newest(r));
+    let behind = match &best {
+        Some(b) => answers.iter().filter(|(_, r)| b.wins_over(r.as_ref())).map(|(n, _)| *n).collect(),
+        None => Vec::new(),
+    };
+    Chosen { best, behind, primary_current }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::hlc::Hlc;
+    use crate::record::Origin;
+
+    const A: NodeId = NodeId(1);
+    const B: NodeId = NodeId(2);
+    const C: NodeId = NodeId(3);
+
+    fn at(hlc: u64) -> Option<Record> {
+        Some(Record {
+            value: Some(Bytes::from(format!("v{hlc}"))),
+            hlc: Hlc(hlc),
+            origin: Origin { datacenter: Arc::from("dc1"), node: 9 },
+            expires_at_ms: None,
+        })
+    }
+
+    #[test]
+    fn owners_with_older_or_missing_records_are_repaired() {
+        let chosen = choose(&[(A, at(5)), (B, at(3)), (C, None)], Some(A));
+        assert_eq!(chosen, Chosen { best: at(5), behind: vec![B, C], primary_current: true });
+    }
+
+    #[test]
+    fn owners_with_the_newest_record_are_left_alone() {
+        let chosen = choose(&[(A, at(5)), (B, at(5)), (C, at(4))], Some(B));
+        assert_eq!(chosen, Chosen { best: at(5), behind: vec![C], primary_current: true });
+    }
+
+    #[test]
+    fn a_primary_behind_is_not_current() {
+        let chosen = choose(&[(B, at(7)), (A, at(2))], Some(A));
+        assert_eq!(chosen, Chosen { best: at(7), behind: vec![A], primary_current: false });
+    }
+
+    #[test]
+    fn a_primary_that_was_not_heard_is_not_current() {
+        let chosen = choose(&[(B, at(7)), (C, at(7))], Some(A));
+        assert_eq!(chosen, Chosen { best: at(7), behind: vec![], primary_current: false });
+    }
+
+    #[test]
+    fn no_record_anywhere_repairs_nothing() {
+        let chosen = choose(&[(A, None), (B, None)], Some(A));
+        assert_eq!(chosen, Chosen { best: None, behind: vec![], primary_current: true });
+        // Without placement (a lone node) there is no primary to be current.
+        let chosen = choose(&[(A, None)], None);
+        assert_eq!(chosen, Chosen { best: None, behind: vec![], primary_current: false });
+    }
+
+    #[test]
+    fn a_tombstone_wins_over_an_older_value_and_is_repaired_like_one() {
+        let tombstone = at(9).map(|r| Record { value: None, ..r });
+        let chosen = choose(&[(A, at(8)), (B, tombstone.clone())], Some(A));
+        assert_eq!(chosen, Chosen { best: tombstone, behind: vec![A], primary_current: false });
     }
 }
