@@ -3,7 +3,8 @@
 //! Membership and the set of peers verified over mutual TLS change in the background; the
 //! placement watcher turns each change into a new [`View`] (queuing the partitions this
 //! node gained for rebalance and marking the ones it lost as strays), and the request
-//! paths only ever read the current snapshot.
+//! paths only ever read the current snapshot. Which partitions a change makes this node
+//! copy, and from whom, is decided by [`gained_partitions`], a pure function.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -123,7 +124,13 @@ impl Cluster {
         }
         // Counted as queued before the view is seen: readiness never finds the new view
         // without the copies it calls for.
-        let gained = self.gained_partitions(&current, &view);
+        let gained = gained_partitions(
+            self.node,
+            &current.placement,
+            &view.placement,
+            view.renewals > current.renewals,
+            &view.targets,
+        );
         self.rebalance_status.expect(gained.len());
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = view.clone();
         self.queue(gained);
@@ -164,32 +171,6 @@ impl Cluster {
             }
             self.refresh();
         }
-    }
-
-    /// Every partition this node owns in `next` but not in `previous`, for the rebalance
-    /// worker, with where to copy it from: its owners in `previous` that are still here,
-    /// or, when this node was alone before (it just started, or lost every peer) or
-    /// rejoined after the others declared it down (they placed its partitions elsewhere
-    /// and kept no hints for it), the partition's other owners now, since it may have
-    /// missed their writes.
-    fn gained_partitions(&self, previous: &View, next: &View) -> Vec<Task> {
-        let was_alone = previous.placement.nodes().len() <= 1 || next.renewals > previous.renewals;
-        let mut gained = Vec::new();
-        for partition in next.placement.partitions_of(self.node) {
-            let sources: Vec<NodeId> = if was_alone {
-                next.placement.owners(partition).to_vec()
-            } else if previous.placement.is_owner(partition, self.node) {
-                continue;
-            } else {
-                previous.placement.owners(partition).to_vec()
-            };
-            let sources: Vec<NodeId> =
-                sources.into_iter().filter(|&n| n != self.node && next.targets.contains_key(&n.0)).collect();
-            if !sources.is_empty() {
-                gained.push(Task { partition, sources });
-            }
-        }
-        gained
     }
 
     /// Hands partitions to copy to the rebalance worker.
@@ -329,5 +310,123 @@ impl Cluster {
             view.placement.nodes().len(),
             view.known,
         )))
+    }
+}
+
+/// Every partition `node` owns in `next` but not in `previous`, for the rebalance worker,
+/// with where to copy it from: its owners in `previous` that are still here, or, when
+/// `node` was alone before (it just started, or lost every peer) or was `renewed` (it
+/// rejoined after the others declared it down: they placed its partitions elsewhere and
+/// kept no hints for it), every partition it owns, from the partition's other owners
+/// now, since it may have missed their writes. Only sources with a peer address in
+/// `targets` are listed; a partition with none is left out.
+fn gained_partitions(
+    node: NodeId,
+    previous: &Placement,
+    next: &Placement,
+    renewed: bool,
+    targets: &HashMap<u64, Target>,
+) -> Vec<Task> {
+    let was_alone = previous.nodes().len() <= 1 || renewed;
+    let mut gained = Vec::new();
+    for partition in next.partitions_of(node) {
+        let sources: Vec<NodeId> = if was_alone {
+            next.owners(partition).to_vec()
+        } else if previous.is_owner(partition, node) {
+            continue;
+        } else {
+            previous.owners(partition).to_vec()
+        };
+        let sources: Vec<NodeId> =
+            sources.into_iter().filter(|&n| n != node && targets.contains_key(&n.0)).collect();
+        if !sources.is_empty() {
+            gained.push(Task { partition, sources });
+        }
+    }
+    gained
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: NodeId = NodeId(1);
+    const B: NodeId = NodeId(2);
+    const C: NodeId = NodeId(3);
+    const PARTITIONS: u16 = 64;
+
+    fn placement(replicas: usize, nodes: &[NodeId]) -> Placement {
+        Placement::new(PARTITIONS, replicas, nodes.iter().copied())
+    }
+
+    fn targets(nodes: &[NodeId]) -> HashMap<u64, Target> {
+        nodes
+            .iter()
+            .map(|n| {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 7000 + n.0 as u16));
+                (n.0, Target { id: n.0, name: format!("n{}", n.0), addr })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_joining_node_copies_what_it_gains_from_the_previous_owners() {
+        let (previous, next) = (placement(2, &[A, B]), placement(2, &[A, B, C]));
+        let tasks = gained_partitions(C, &previous, &next, false, &targets(&[A, B, C]));
+        let owned = next.partitions_of(C);
+        assert!(!owned.is_empty());
+        assert_eq!(tasks.iter().map(|t| t.partition).collect::<Vec<_>>(), owned);
+        for task in &tasks {
+            assert_eq!(task.sources, previous.owners(task.partition).to_vec());
+        }
+    }
+
+    #[test]
+    fn partitions_already_owned_are_not_copied() {
+        // With two replicas on two nodes, A owned everything: C joining gains A nothing.
+        let (previous, next) = (placement(2, &[A, B]), placement(2, &[A, B, C]));
+        assert_eq!(gained_partitions(A, &previous, &next, false, &targets(&[A, B, C])), vec![]);
+        // C leaves: A gains only the partitions B and C held, copied from B (C is gone).
+        let (previous, next) = (placement(2, &[A, B, C]), placement(2, &[A, B]));
+        let tasks = gained_partitions(A, &previous, &next, false, &targets(&[A, B]));
+        assert!(!tasks.is_empty());
+        for task in &tasks {
+            assert!(!previous.is_owner(task.partition, A));
+            assert_eq!(task.sources, vec![B]);
+        }
+        let kept = next.partitions_of(A).into_iter().filter(|&p| previous.is_owner(p, A)).count();
+        assert_eq!(tasks.len() + kept, next.partitions_of(A).len());
+    }
+
+    #[test]
+    fn a_node_that_was_alone_copies_everything_it_owns_from_the_other_owners() {
+        let (previous, next) = (placement(2, &[A]), placement(2, &[A, B, C]));
+        let tasks = gained_partitions(A, &previous, &next, false, &targets(&[A, B, C]));
+        assert_eq!(tasks.iter().map(|t| t.partition).collect::<Vec<_>>(), next.partitions_of(A));
+        for task in &tasks {
+            let others: Vec<NodeId> =
+                next.owners(task.partition).iter().copied().filter(|&n| n != A).collect();
+            assert_eq!(task.sources, others);
+        }
+    }
+
+    #[test]
+    fn a_renewed_node_copies_everything_it_owns_even_partitions_it_kept() {
+        let (previous, next) = (placement(2, &[A, B, C]), placement(2, &[A, B, C]));
+        assert_eq!(gained_partitions(A, &previous, &next, false, &targets(&[A, B, C])), vec![]);
+        let tasks = gained_partitions(A, &previous, &next, true, &targets(&[A, B, C]));
+        assert_eq!(tasks.iter().map(|t| t.partition).collect::<Vec<_>>(), next.partitions_of(A));
+        assert!(tasks.iter().all(|t| t.sources.len() == 1 && !t.sources.contains(&A)));
+    }
+
+    #[test]
+    fn sources_without_a_peer_address_are_left_out() {
+        let (previous, next) = (placement(2, &[A]), placement(3, &[A, B, C]));
+        // B is placed but has no target: only C is a source, and every partition has it.
+        let tasks = gained_partitions(A, &previous, &next, false, &targets(&[A, C]));
+        assert_eq!(tasks.len(), next.partitions_of(A).len());
+        assert!(tasks.iter().all(|t| t.sources == vec![C]));
+        // No source reachable at all: nothing to copy.
+        assert_eq!(gained_partitions(A, &previous, &next, false, &targets(&[A])), vec![]);
     }
 }
