@@ -227,7 +227,73 @@ mod tests {
         if r.wins_over(state.as_ref()) { Some(r.clone()) } else { state }
     }
 
+    /// Writes drawn from a small space of identities `(hlc, origin datacenter, origin
+    /// node)`, so that ties on the HLC (broken by the origin) and exact duplicates are
+    /// common. One identity is one write (a node never issues the same HLC twice), so a
+    /// duplicate identity carries the same value or tombstone as its first occurrence.
+    fn writes(max: usize) -> impl Strategy<Value = Vec<Record>> {
+        let write = (
+            0u64..4,
+            prop_oneof![Just("dc1"), Just("dc2")],
+            0u64..3,
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..4)),
+        );
+        proptest::collection::vec(write, 1..max).prop_map(|ws| {
+            let mut first: std::collections::HashMap<(u64, &str, u64), Record> = Default::default();
+            ws.into_iter()
+                .map(|(hlc, dc, node, value)| {
+                    let record = Record {
+                        value: value.map(Bytes::from),
+                        hlc: Hlc(hlc),
+                        origin: Origin { datacenter: Arc::from(dc), node },
+                        expires_at_ms: None,
+                    };
+                    first.entry((hlc, dc, node)).or_insert(record).clone()
+                })
+                .collect()
+        })
+    }
+
+    /// Merges two replicas' states, as a replica does when it is sent the other's record.
+    fn merge(a: Option<Record>, b: &Option<Record>) -> Option<Record> {
+        match b {
+            Some(r) => apply(a, r),
+            None => a,
+        }
+    }
+
     proptest! {
+        #[test]
+        fn lww_merge_is_commutative(rs in writes(3)) {
+            let (a, b) = (Some(rs[0].clone()), rs.get(1).cloned());
+            prop_assert_eq!(merge(a.clone(), &b), merge(b, &a));
+        }
+
+        #[test]
+        fn lww_merge_is_associative(rs in writes(4)) {
+            let at = |i: usize| rs.get(i).cloned();
+            let (a, b, c) = (at(0), at(1), at(2));
+            prop_assert_eq!(merge(merge(a.clone(), &b), &c), merge(a, &merge(b, &c)));
+        }
+
+        #[test]
+        fn lww_merge_is_idempotent(rs in writes(2)) {
+            let a = Some(rs[0].clone());
+            prop_assert_eq!(merge(a.clone(), &a), a);
+        }
+
+        #[test]
+        fn lww_merge_of_any_order_is_the_greatest_write(
+            (rs, shuffled) in writes(10).prop_flat_map(|rs| (Just(rs.clone()), Just(rs).prop_shuffle()))
+        ) {
+            let winner = rs.iter().fold(None, apply);
+            prop_assert_eq!(&winner, &shuffled.iter().fold(None, apply));
+            // Applying everything again (a replica sent its own records back) changes nothing.
+            prop_assert_eq!(&winner, &rs.iter().fold(winner.clone(), apply));
+            let greatest = rs.iter().max_by(|a, b| a.lww_cmp(b)).cloned();
+            prop_assert_eq!(winner, greatest);
+        }
+
         #[test]
         fn encoding_round_trips(r in record()) {
             let bytes = r.encode();

@@ -47,7 +47,7 @@ pub struct RebalanceOptions {
 
 /// A partition to copy and where from, best source first (node ids: their addresses are
 /// looked up at each attempt, so a source that moved is reached where it is now).
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Task {
     pub partition: Partition,
     pub sources: Vec<NodeId>,
