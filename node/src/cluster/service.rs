@@ -64,13 +64,13 @@ impl Handler for Service {
                             }),
                             super::Executed::Written(written) => {
                                 c.note_stored(written.iter().map(|(k, _)| &k[..]));
-                                let records = wire(&written);
+                                let count = written.len() as u32;
                                 let wait = std::time::Duration::from_millis(u64::from(m.budget_ms));
                                 let acks = c
                                     .replicate(&view, written, m.quorum as usize, wait)
                                     .await
                                     .map_err(refusal)?;
-                                Ok(WriteOutcome::Written { records, acks: acks as u32 })
+                                Ok(WriteOutcome::Written { written: count, acks: acks as u32 })
                             }
                         }
                     })

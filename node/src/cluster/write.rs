@@ -189,12 +189,8 @@ impl Cluster {
                         .collect::<Result<_, _>>()?;
                     return Ok(Err(indexes.into_iter().zip(current).collect()));
                 }
-                WriteOutcome::Written { records, acks } => {
-                    let records: Vec<(Bytes, Record)> = records
-                        .iter()
-                        .map(|(k, w)| Ok((k.clone(), decode(w)?)))
-                        .collect::<Result<_, DataError>>()?;
-                    total += records.len();
+                WriteOutcome::Written { written, acks } => {
+                    total += written as usize;
                     let acks = acks as usize;
                     if acks < required {
                         return Err(quorum_missed(acks, required));

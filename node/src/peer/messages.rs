@@ -17,7 +17,7 @@ use crate::record::{DecodeError, Record};
 
 /// The version of the messages below. Bumped when a message changes shape; a node answers
 /// requests of its own version only.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// A request type and the response it gets.
 pub trait Message: Serialize + DeserializeOwned + Send + 'static {
@@ -187,8 +187,9 @@ pub struct Write {
 /// The outcome of a [`Write`].
 #[derive(Debug, Serialize, Deserialize)]
 pub enum WriteOutcome {
-    /// Applied: the records written (key, record) and how many owners have them.
-    Written { records: Vec<(Bytes, WireRecord)>, acks: u32 },
+    /// Applied: how many records were written and how many owners have them (the
+    /// coordinator needs the counts, not the values back).
+    Written { written: u32, acks: u32 },
     /// An expectation failed: nothing was written; here is what is stored now, per op.
     Conflict { current: Vec<Option<WireRecord>> },
 }
