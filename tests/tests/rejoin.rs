@@ -72,7 +72,11 @@ fn a_restarted_first_node_rejoins_by_itself_and_never_acknowledges_alone() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("reaches 1 of the 3 nodes"), "{body}");
     let status = nodes[0].admin_json("/v1/status")["placement"].clone();
-    assert_eq!((status["known_nodes"].as_u64(), status["write_quorum"].as_u64()), (Some(3), Some(2)), "{status}");
+    assert_eq!(
+        (status["known_nodes"].as_u64(), status["write_quorum"].as_u64()),
+        (Some(3), Some(2)),
+        "{status}"
+    );
 
     // The others come back: everything acknowledged is there, through every node.
     nodes[1].restart();
