@@ -45,9 +45,9 @@ fn nemesis_by_hand() {
         Ok(Some(options)) => options,
         Ok(None) => {
             println!(
-                "nemesis_by_hand: NEMESIS_SECS is not set, nothing to do (e.g. NEMESIS_SEED=7 NEMESIS_SECS=120 \
-                 NEMESIS_NODES=5 NEMESIS_FAULTS=all cargo test --release -p opencluster-tests --test nemesis \
-                 -- --nocapture nemesis_by_hand)"
+                "nemesis_by_hand: NEMESIS_SECS is not set, nothing to do (e.g. cargo build --release -p \
+                 opencluster-node && NEMESIS_SEED=7 NEMESIS_SECS=120 NEMESIS_NODES=5 NEMESIS_FAULTS=all cargo \
+                 test --release -p opencluster-tests --test nemesis -- --nocapture nemesis_by_hand)"
             );
             return;
         }

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use crate::node::Node;
 use crate::resp::{RawConn, Reply};
 
+/// Connections reading through each node at once: the node answers an `MGET` key by
+/// key, each a quorum read that waits on peers, so one connection leaves it mostly idle.
+const READERS_PER_NODE: usize = 4;
 /// Keys per `MGET`.
 const BATCH: usize = 200;
 /// How long a checker's request may take (`KEYS` walks every partition).
@@ -31,14 +34,16 @@ pub struct ReadCheck {
     pub lost: BTreeMap<String, Vec<(usize, String)>>,
     /// How long the first pass over every key through every node took.
     pub first_pass: Duration,
+    /// Keys not readable through some node after the first pass (found later or lost).
+    pub missing_after_first_pass: usize,
     /// How long until everything was found (or the deadline).
     pub took: Duration,
     /// Passes over the keys still missing (the first pass included).
     pub rounds: u32,
 }
 
-/// Reads every key of `keys` (whose value is the key) through every node, each node in
-/// its own thread, then retries the missing ones for up to `retry_for`.
+/// Reads every key of `keys` (whose value is the key) through every node, over several
+/// connections each, then retries the missing ones for up to `retry_for`.
 pub fn read_through_all(nodes: &[Node], keys: &BTreeSet<String>, retry_for: Duration) -> ReadCheck {
     let started = Instant::now();
     // Per node: missing key -> what it answered.
@@ -48,16 +53,32 @@ pub fn read_through_all(nodes: &[Node], keys: &BTreeSet<String>, retry_for: Dura
         .collect();
     let mut rounds = 0;
     let mut first_pass = None;
+    let mut missing_after_first_pass = 0;
     loop {
         rounds += 1;
         std::thread::scope(|s| {
-            for (node, missing) in nodes.iter().zip(missing.iter_mut()) {
-                s.spawn(move || read_round(node, missing));
+            let mut readers = Vec::new();
+            for (i, node) in nodes.iter().enumerate() {
+                for mut part in split(std::mem::take(&mut missing[i]), READERS_PER_NODE) {
+                    readers.push((
+                        i,
+                        s.spawn(move || {
+                            read_round(node, &mut part);
+                            part
+                        }),
+                    ));
+                }
+            }
+            for (i, reader) in readers {
+                missing[i].extend(reader.join().expect("reader thread"));
             }
         });
         // The retries' deadline counts from the end of the first pass, however long
         // reading every key through every node took.
-        let first = *first_pass.get_or_insert(started.elapsed());
+        let first = *first_pass.get_or_insert_with(|| {
+            missing_after_first_pass = missing.iter().flat_map(BTreeMap::keys).collect::<BTreeSet<_>>().len();
+            started.elapsed()
+        });
         if missing.iter().all(BTreeMap::is_empty) || started.elapsed() >= first + retry_for {
             break;
         }
@@ -69,7 +90,22 @@ pub fn read_through_all(nodes: &[Node], keys: &BTreeSet<String>, retry_for: Dura
             lost.entry(key).or_default().push((i, got));
         }
     }
-    ReadCheck { lost, first_pass: first_pass.unwrap_or_default(), took: started.elapsed(), rounds }
+    ReadCheck {
+        lost,
+        first_pass: first_pass.unwrap_or_default(),
+        missing_after_first_pass,
+        took: started.elapsed(),
+        rounds,
+    }
+}
+
+/// `map` dealt into `n` maps.
+fn split(map: BTreeMap<String, String>, n: usize) -> Vec<BTreeMap<String, String>> {
+    let mut parts: Vec<BTreeMap<String, String>> = (0..n).map(|_| BTreeMap::new()).collect();
+    for (i, (k, v)) in map.into_iter().enumerate() {
+        parts[i % n].insert(k, v);
+    }
+    parts
 }
 
 /// One pass over `missing` through `node`: found keys leave the map, the others keep

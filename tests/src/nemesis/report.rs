@@ -98,10 +98,12 @@ pub fn print(o: &Outcome, names: &[String]) {
 
     let r = &o.read;
     println!(
-        "read check: {} acked keys through {} nodes: first pass {}, {} retry round(s) until {}; lost {}",
+        "read check: {} acked keys through {} nodes: first pass {} ({} missing through some node), {} retry \
+         round(s) until {}; lost {}",
         o.acked(),
         names.len(),
         secs(r.first_pass),
+        r.missing_after_first_pass,
         r.rounds - 1,
         secs(r.took),
         r.lost.len()
