@@ -91,3 +91,40 @@ fn a_restarted_first_node_rejoins_by_itself_and_never_acknowledges_alone() {
         assert!(missing.is_empty(), "through n{}: {missing:?}", i + 1);
     }
 }
+
+/// A node that comes back copies the partitions it owns from the others; until a
+/// partition has arrived, reads through it are answered from the copy's sources too, not
+/// from its own older record (tested with `cluster.read_quorum = "one"`, where the node
+/// would otherwise answer alone).
+#[test]
+fn a_partition_still_arriving_is_read_from_its_sources_too() {
+    node_only!("clustering is the node's");
+    // A slow copy (the lowest throttle, 4 MB to copy) keeps most partitions arriving for
+    // about a minute.
+    let opts = ["--cluster-read-quorum", "one", "--rebalance-max-bytes-per-sec", "64KiB"];
+    let nodes = start_cluster(3, &opts);
+    // A key in one of the last partitions, which the copy reaches last.
+    let key = (0..)
+        .map(|i| format!("late-{i}"))
+        .find(|k| nodes[0].admin_json(&format!("/v1/placement?key={k}"))["partition"].as_u64() >= Some(1000))
+        .unwrap();
+    let mut n1 = nodes[0].raw();
+    assert_eq!(n1.cmd(&["SET", &key, "old"]), opencluster_tests::ok());
+    let filler = "x".repeat(1000);
+    for i in 0..4000 {
+        assert_eq!(n1.cmd(&["SET", &format!("filler-{i}"), &filler]), opencluster_tests::ok());
+    }
+    assert!(wait_until(Duration::from_secs(30), || nodes[2].raw().cmd(&["GET", &key])
+        == opencluster_tests::bulk("old")));
+
+    // n3 is away long enough to be declared down; the key changes meanwhile.
+    opencluster_tests::cluster::pause(&nodes[2]);
+    wait_placed(&[&nodes[0], &nodes[1]], 2);
+    assert_eq!(n1.cmd(&["SET", &key, "new"]), opencluster_tests::ok());
+    opencluster_tests::cluster::resume(&nodes[2]);
+    wait_placed(&nodes.iter().collect::<Vec<_>>(), 3);
+
+    let rebalance = opencluster_tests::cluster::worker(&nodes[2], "rebalance");
+    assert_eq!(rebalance["state"], "running", "the copy must still be running: {rebalance}");
+    assert_eq!(nodes[2].raw().cmd(&["GET", &key]), opencluster_tests::bulk("new"));
+}

@@ -25,6 +25,7 @@
 //! `write` and `scan`; the background workers that keep owners in step are `rebalance`,
 //! `repair` (anti-entropy), `handoff` and `strays`; `service` answers the peers.
 
+mod arriving;
 mod handoff;
 mod local;
 mod metrics;
@@ -109,6 +110,8 @@ pub struct Cluster {
     hints: Arc<handoff::Hints>,
     /// Partitions that may hold records this node does not own, for the stray worker.
     strays: strays::Strays,
+    /// Partitions being copied in, answered from their sources too.
+    arriving: arriving::Arriving,
 }
 
 impl Cluster {
@@ -161,6 +164,7 @@ impl Cluster {
             repair_status: repair::RepairStatus::default(),
             hints: Arc::new(handoff::Hints::new(max_hint_bytes)),
             strays: strays::Strays::default(),
+            arriving: arriving::Arriving::default(),
         })
     }
 

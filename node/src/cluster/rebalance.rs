@@ -10,8 +10,9 @@
 //! from the last HLC received. The bytes copied per second, over all partitions, stay
 //! under `rebalance.max_bytes_per_sec`.
 //!
-//! While a partition is arriving, reads and writes do not wait for it: quorum reads ask
-//! the other owners, and writes are decided on what a quorum holds.
+//! While a partition is arriving, reads and writes do not wait for it: this node's own
+//! answer for its keys is completed from the copy's sources (`arriving.rs`), and writes
+//! are decided on what a quorum holds.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -180,11 +181,14 @@ impl Cluster {
                 Some((task, result)) = active.next(), if !active.is_empty() => {
                     let task: Task = task;
                     match result {
-                        Ok((keys, bytes)) => self.rebalance_status.update(|p| {
-                            p.done += 1;
-                            p.keys += keys;
-                            p.bytes += bytes;
-                        }),
+                        Ok((keys, bytes)) => {
+                            self.arriving.done(task.partition);
+                            self.rebalance_status.update(|p| {
+                                p.done += 1;
+                                p.keys += keys;
+                                p.bytes += bytes;
+                            })
+                        }
                         Err(e) => {
                             tracing::warn!(partition = task.partition, error = %e, "copying a partition failed; will retry");
                             self.rebalance_status.update(|p| p.failed_attempts += 1);

@@ -132,6 +132,8 @@ impl Cluster {
             &view.targets,
         );
         self.rebalance_status.expect(gained.len());
+        self.arriving.retain(|p| view.placement.is_owner(p, self.node));
+        self.arriving.start(gained.iter().map(|t| (t.partition, t.sources.clone())));
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = view.clone();
         self.queue(gained);
         self.strays.add(
