@@ -71,6 +71,13 @@ pub enum DataError {
     /// The owners needed could not be reached in time: the client gets `-CLUSTERDOWN`.
     #[error("{0}")]
     Unavailable(String),
+    /// A write was applied but reached fewer owners than `cluster.write_quorum` asks for
+    /// in time: the client gets `-CLUSTERDOWN`, and the write may still become visible.
+    #[error(
+        "write reached {acks} of the {required} owners it needs (cluster.write_quorum) in time; \
+         it is kept where it was applied and may still become visible"
+    )]
+    QuorumMissed { acks: usize, required: usize },
 }
 
 /// How this node reaches the rest of its datacenter.

@@ -24,9 +24,14 @@ impl Service {
     }
 }
 
+/// The typed code a failure travels as.
 fn refusal(e: DataError) -> Refusal {
     match e {
         DataError::Unavailable(reason) => Refusal::Unavailable(reason),
+        DataError::QuorumMissed { acks, required } => Refusal::QuorumMissed {
+            acks: u32::try_from(acks).unwrap_or(u32::MAX),
+            required: u32::try_from(required).unwrap_or(u32::MAX),
+        },
         e => Refusal::Store(e.to_string()),
     }
 }
@@ -169,5 +174,19 @@ impl Handler for Service {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missed_quorum_is_refused_with_its_counts() {
+        assert_eq!(
+            refusal(DataError::QuorumMissed { acks: 1, required: 3 }),
+            Refusal::QuorumMissed { acks: 1, required: 3 }
+        );
+        assert_eq!(refusal(DataError::Unavailable("gone".into())), Refusal::Unavailable("gone".into()));
     }
 }

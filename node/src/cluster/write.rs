@@ -175,12 +175,7 @@ impl Cluster {
                     result => break result,
                 }
             }
-            .map_err(|e| match e {
-                RpcError::Timeout { .. } | RpcError::Transport { .. } => {
-                    DataError::Unavailable(format!("{e}; the write may or may not have been applied"))
-                }
-                e => unavailable(e),
-            })?;
+            .map_err(primary_failed)?;
             match outcome {
                 WriteOutcome::Conflict { current } => {
                     let current: Vec<Option<Record>> = current
@@ -340,10 +335,23 @@ fn group(nodes: &[NodeId]) -> BTreeMap<NodeId, Vec<usize>> {
 }
 
 fn quorum_missed(acks: usize, required: usize) -> DataError {
-    DataError::Unavailable(format!(
-        "write reached {acks} of the {required} owners it needs (cluster.write_quorum) in time; \
-         it is kept where it was applied and may still become visible"
-    ))
+    DataError::QuorumMissed { acks, required }
+}
+
+/// What a write sent to a primary ended in, when the primary did not answer with an
+/// outcome: a missed quorum stays a missed quorum (the write was applied and may still
+/// become visible), a lost answer may or may not have been applied, anything else made
+/// the owners unavailable.
+fn primary_failed(e: RpcError) -> DataError {
+    match e {
+        RpcError::Refused { refusal: Refusal::QuorumMissed { acks, required }, .. } => {
+            DataError::QuorumMissed { acks: acks as usize, required: required as usize }
+        }
+        RpcError::Timeout { .. } | RpcError::Transport { .. } => {
+            DataError::Unavailable(format!("{e}; the write may or may not have been applied"))
+        }
+        e => unavailable(e),
+    }
 }
 
 #[cfg(test)]
@@ -371,6 +379,27 @@ mod tests {
         // Before any copy answers, the primary's own copy is the one ack of each partition.
         assert_eq!(count_acks(&acks(&[(7, 1)]), 2), Acks { met: false, reported: 1 });
         assert_eq!(count_acks(&BTreeMap::new(), 1), Acks { met: true, reported: 1 });
+    }
+
+    #[test]
+    fn a_primary_that_missed_the_quorum_is_reported_as_such() {
+        let refused =
+            RpcError::Refused { peer: "n2".into(), refusal: Refusal::QuorumMissed { acks: 1, required: 2 } };
+        let e = primary_failed(refused);
+        assert!(matches!(e, DataError::QuorumMissed { acks: 1, required: 2 }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "write reached 1 of the 2 owners it needs (cluster.write_quorum) in time; \
+             it is kept where it was applied and may still become visible"
+        );
+        // Not to be confused with a write whose answer was lost, or a primary not joined.
+        let lost = primary_failed(RpcError::Timeout { peer: "n2".into(), timeout: Duration::from_secs(1) });
+        assert!(matches!(&lost, DataError::Unavailable(why) if why.contains("may or may not")), "{lost:?}");
+        let refused =
+            RpcError::Refused { peer: "n2".into(), refusal: Refusal::NotJoined("reaches 0 of 2".into()) };
+        assert!(matches!(primary_failed(refused), DataError::Unavailable(_)));
+        // What the primary reports in its outcome ends the same way.
+        assert!(matches!(quorum_missed(1, 2), DataError::QuorumMissed { acks: 1, required: 2 }));
     }
 
     proptest! {

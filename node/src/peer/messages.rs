@@ -116,13 +116,17 @@ pub enum Refusal {
     Malformed(String),
     #[error("{0}")]
     Store(String),
-    /// The write reached fewer owners than its quorum.
+    /// The owners needed could not be reached (the text says which and why).
     #[error("{0}")]
     Unavailable(String),
     /// This node cannot act for its cluster yet (it reaches too few of the nodes it knows,
     /// or its placement is behind): nothing was applied; the sender may try again.
     #[error("not joined yet: {0}")]
     NotJoined(String),
+    /// A write was applied here but reached only `acks` of the `required` owners in time:
+    /// it is kept where it was applied and may still become visible.
+    #[error("write reached {acks} of the {required} owners it needs in time")]
+    QuorumMissed { acks: u32, required: u32 },
 }
 
 /// Liveness and version check; answers with the peer's node id.
@@ -347,6 +351,31 @@ mod tests {
         for kind in Kind::ALL {
             assert_eq!(Kind::from_byte(kind as u8), Some(kind));
         }
+    }
+
+    #[test]
+    fn every_refusal_round_trips_as_a_typed_code() {
+        let refusals = [
+            Refusal::Version { ours: 2, theirs: 3 },
+            Refusal::UnknownKind(200),
+            Refusal::Malformed("bad".into()),
+            Refusal::Store("disk".into()),
+            Refusal::Unavailable("gone".into()),
+            Refusal::NotJoined("reaches 0 of 2".into()),
+            Refusal::QuorumMissed { acks: 1, required: 3 },
+        ];
+        for refusal in refusals {
+            let bytes = postcard::to_allocvec(&Err::<(), _>(refusal.clone())).unwrap();
+            let back: Result<(), Refusal> = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(back, Err(refusal));
+        }
+        // The variants keep their wire indices: new ones go at the end, so a peer of the
+        // same protocol version that predates them still reads the older ones.
+        let encoded = |r: Refusal| postcard::to_allocvec(&Err::<(), _>(r)).unwrap();
+        assert_eq!(encoded(Refusal::Version { ours: 2, theirs: 3 }), [1, 0, 2, 3]);
+        assert_eq!(encoded(Refusal::Unavailable("x".into())), [1, 4, 1, b'x']);
+        assert_eq!(encoded(Refusal::NotJoined("x".into())), [1, 5, 1, b'x']);
+        assert_eq!(encoded(Refusal::QuorumMissed { acks: 1, required: 3 }), [1, 6, 1, 3]);
     }
 
     #[test]
