@@ -47,7 +47,7 @@ use local::{Executed, Local};
 pub use metrics::ClusterMetrics;
 pub use read::ReadQuorum;
 pub use rebalance::RebalanceOptions;
-use rebalance::{RebalanceStatus, Task};
+use rebalance::RebalanceStatus;
 pub use repair::{Horizon, RepairOptions};
 pub use service::{MAX_PULL_BYTES, Service};
 use view::{Verified, View};
@@ -106,9 +106,8 @@ pub struct Cluster {
     verified: Verified,
     view: RwLock<Arc<View>>,
     metrics: ClusterMetrics,
-    /// Partitions to copy, for the rebalance worker (which takes the receiver).
-    rebalance_tasks: tokio::sync::mpsc::UnboundedSender<Task>,
-    rebalance_queue: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Task>>>,
+    /// Partitions to copy, for the rebalance worker.
+    rebalance_tasks: rebalance::TaskQueue,
     rebalance_options: RebalanceOptions,
     pub(super) rebalance_status: RebalanceStatus,
     repair_status: repair::RepairStatus,
@@ -148,7 +147,7 @@ impl Cluster {
             known,
             quorums,
         };
-        let (rebalance_tasks, queue) = rebalance::queue();
+        let rebalance_tasks = rebalance::TaskQueue::new(metrics.rebalance_depth.clone());
         let max_hint_bytes = topology.as_ref().map_or(64 << 20, |t| t.max_hint_bytes);
         let rebalance_options = topology.as_ref().map_or(
             RebalanceOptions { max_bytes_per_sec: 64 << 20, max_parallel: 2, chunk_bytes: 256 << 10 },
@@ -162,7 +161,6 @@ impl Cluster {
             view: RwLock::new(Arc::new(view)),
             metrics,
             rebalance_tasks,
-            rebalance_queue: std::sync::Mutex::new(Some(queue)),
             rebalance_options,
             rebalance_status: RebalanceStatus::default(),
             repair_status: repair::RepairStatus::default(),

@@ -17,6 +17,7 @@ use super::{Cluster, DataError, View, decode, remaining, unavailable};
 use crate::peer::RpcError;
 use crate::peer::messages::{self, Change, Op, Refusal, WireRecord, WriteOutcome};
 use crate::placement::{NodeId, Partition, partition_of};
+use crate::queue;
 use crate::record::Record;
 use crate::store::Write;
 
@@ -249,7 +250,9 @@ impl Cluster {
                 }
             }
         }
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        // One answer per copy sent: a channel as large as the copies never makes a copy
+        // wait to report.
+        let (tx, mut rx) = queue::bounded(per_node.len(), self.metrics.replica_acks_depth.clone());
         let mut outstanding = 0;
         for (node, Copies { records, partitions: parts }) in per_node {
             let Ok(target) = self.target(view, node) else { continue };
@@ -273,7 +276,11 @@ impl Cluster {
                         );
                     }
                 }
-                let _ = tx.send((parts, result.is_ok()));
+                // The primary stops listening once the quorum is met or its wait is over;
+                // this copy's outcome is then no longer needed (a failed copy is a hint).
+                if tx.send((parts, result.is_ok())).await.is_err() {
+                    tracing::trace!(peer = %target.name, "replica answered after the primary stopped waiting");
+                }
             });
         }
         drop(tx);
