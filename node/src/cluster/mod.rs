@@ -22,11 +22,12 @@
 //! local.
 //!
 //! The paths live in their own files: `view` (placement and who owns what), `read`,
-//! `write` and `scan`; the background workers that keep owners in step are `rebalance`,
+//! `write` and `scan`, and the messages they send to peers in `messages`; the background workers that keep owners in step are `rebalance`,
 //! `repair` (anti-entropy), `handoff` and `strays`; `service` answers the peers.
 
 mod handoff;
 mod local;
+pub mod messages;
 mod metrics;
 mod read;
 mod rebalance;
@@ -44,6 +45,7 @@ use std::time::{Duration, Instant};
 
 pub use local::Stamp;
 use local::{Executed, Local};
+use messages::WireRecord;
 pub use metrics::ClusterMetrics;
 pub use read::ReadQuorum;
 pub use rebalance::RebalanceOptions;
@@ -54,7 +56,6 @@ use view::{Verified, View};
 
 use crate::hlc::Clock;
 use crate::membership::members::Members;
-use crate::peer::messages::WireRecord;
 use crate::peer::{Peers, RpcError, Target};
 use crate::placement::{NodeId, Placement, WriteQuorum, partition_of};
 use crate::record::{Origin, Record};

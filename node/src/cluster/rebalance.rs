@@ -25,9 +25,9 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::messages;
 use super::{Cluster, DataError, decode};
 use crate::hlc::Hlc;
-use crate::peer::messages;
 use crate::placement::{NodeId, Partition};
 use crate::record::Record;
 

@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::messages::{self, WireRecord, WriteOutcome};
 use super::{Cluster, DataError};
-use crate::peer::messages::{self, Kind, Refusal, WireRecord, WriteOutcome};
+use crate::peer::messages::{Kind, Ping, Refusal};
 use crate::peer::{BoxFuture, Handler, answer, refused};
 use crate::record::Record;
 
@@ -47,7 +48,7 @@ impl Handler for Service {
             match kind {
                 // The peer layer unpacks batches before they get here.
                 Kind::Batch => refused(Refusal::Malformed("nested batch".into())),
-                Kind::Ping => answer(&body, |_: messages::Ping| async { Ok(c.node.0) }).await,
+                Kind::Ping => answer(&body, |_: Ping| async { Ok(c.node.0) }).await,
                 Kind::Read => {
                     answer(&body, |m: messages::Read| async move {
                         let records = c.local.read(&m.keys).map_err(|e| refusal(e.into()))?;

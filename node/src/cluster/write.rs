@@ -12,10 +12,11 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 
 use super::local::{Executed, Stamp};
+use super::messages::{self, Change, Op, WireRecord, WriteOutcome};
 use super::read::Merged;
 use super::{Cluster, DataError, View, decode, remaining, unavailable};
 use crate::peer::RpcError;
-use crate::peer::messages::{self, Change, Op, Refusal, WireRecord, WriteOutcome};
+use crate::peer::messages::Refusal;
 use crate::placement::{NodeId, Partition, partition_of};
 use crate::queue;
 use crate::record::Record;

@@ -5,7 +5,8 @@
 //!   check the other's identity against a [`Policy`] (nodes and connectors of this
 //!   datacenter) and the dialler also checks that it reached the node it meant to.
 //! - **Shape**: a request and its answer travel on one bidirectional QUIC stream: the
-//!   caller writes the encoded [`messages::Message`] and finishes its side, the callee
+//!   caller writes the encoded [`messages::Message`] (each layer defines its own; the
+//!   cluster's are in `cluster::messages`) and finishes its side, the callee
 //!   answers and finishes. Calls to one peer queue for at most `rpc.streams_per_peer`
 //!   streams; requests that queue meanwhile leave together as one [`Kind::Batch`]. A
 //!   slow stream never holds up the others (no head-of-line blocking), and sizes are
@@ -761,7 +762,19 @@ mod tests {
 
     use super::*;
 
-    /// Answers Ping with a fixed id; Read waits until `release` is set, counting arrivals.
+    /// A request the server holds until released. A test message under the kind number of
+    /// the cluster's reads: the transport does not look into bodies.
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct Held {
+        keys: Vec<Bytes>,
+    }
+
+    impl Message for Held {
+        const KIND: Kind = Kind::Read;
+        type Response = Vec<Option<u8>>;
+    }
+
+    /// Answers Ping with a fixed id; Held waits until `release` is set, counting arrivals.
     struct Echo {
         id: u64,
         arrived: AtomicUsize,
@@ -774,7 +787,7 @@ mod tests {
                 match kind {
                     Kind::Ping => answer(&body, |_: messages::Ping| async { Ok(self.id) }).await,
                     Kind::Read => {
-                        answer(&body, |m: messages::Read| async move {
+                        answer(&body, |m: Held| async move {
                             self.arrived.fetch_add(1, Ordering::SeqCst);
                             let mut hold = self.hold.clone();
                             let _ = hold.wait_for(|released| *released).await;
@@ -861,7 +874,7 @@ mod tests {
         let reads = (0..100).map(|i| {
             let (client, target) = (client.clone(), target.clone());
             tokio::spawn(async move {
-                let msg = messages::Read { keys: vec![Bytes::from(format!("k{i}"))] };
+                let msg = Held { keys: vec![Bytes::from(format!("k{i}"))] };
                 client.call(&target, &msg, timeout).await
             })
         });
@@ -900,7 +913,7 @@ mod tests {
 
         // A held request times out at its deadline, and the error says so.
         let started = Instant::now();
-        let msg = messages::Read { keys: vec![Bytes::from_static(b"k")] };
+        let msg = Held { keys: vec![Bytes::from_static(b"k")] };
         let e = client.call(&target, &msg, Duration::from_millis(200)).await.unwrap_err();
         assert!(matches!(e, RpcError::Timeout { .. }), "{e}");
         assert!(started.elapsed() < Duration::from_secs(2));
@@ -926,7 +939,7 @@ mod tests {
         let read = |i: usize| {
             let (client, target) = (client.clone(), target.clone());
             tokio::spawn(async move {
-                let msg = messages::Read { keys: vec![Bytes::from(format!("k{i}"))] };
+                let msg = Held { keys: vec![Bytes::from(format!("k{i}"))] };
                 client.call(&target, &msg, timeout).await
             })
         };
@@ -942,7 +955,7 @@ mod tests {
         // A fourth finds the queue full: it waits for room until its deadline, then fails
         // as timed out, never sent.
         let started = Instant::now();
-        let msg = messages::Read { keys: vec![Bytes::from_static(b"late")] };
+        let msg = Held { keys: vec![Bytes::from_static(b"late")] };
         let e = client.call(&target, &msg, Duration::from_millis(200)).await.unwrap_err();
         assert!(matches!(e, RpcError::Timeout { .. }), "{e}");
         assert!(
