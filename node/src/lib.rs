@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod placement;
+pub mod queue;
 pub mod record;
 pub mod resp;
 pub mod security;

@@ -68,6 +68,7 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
+        let queues = crate::queue::register_depths(&r);
         let gauge = |name: &str, help: &str| register(&r, IntGauge::new(name, help).expect("valid gauge"));
         let m = Metrics {
             commands: register(
@@ -176,8 +177,11 @@ impl Metrics {
                     .expect("valid gauge"),
                 ),
             },
-            rpc: crate::peer::RpcMetrics::register(&r),
-            cluster: crate::cluster::ClusterMetrics::register(&r),
+            rpc: crate::peer::RpcMetrics::register(
+                &r,
+                queues.with_label_values(&[crate::queue::PEER_REQUESTS]),
+            ),
+            cluster: crate::cluster::ClusterMetrics::register(&r, &queues),
             keyring: crate::membership::keyring::KeyringMetrics {
                 changes: register(
                     &r,

@@ -275,6 +275,7 @@ pub async fn run(
                 max_message_bytes: config.limits.max_request_bytes.as_usize() + (1 << 20),
                 streams_per_peer: config.rpc.streams_per_peer as usize,
                 max_batch_bytes: config.rpc.max_batch_bytes.as_usize(),
+                max_queued_requests: config.rpc.max_queued_requests as usize,
                 connect_timeout: config.rpc.connect_timeout,
                 idle_timeout: config.rpc.idle_timeout,
             };

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::messages::{self, WireRecord};
 use super::{Cluster, NodeId};
-use crate::peer::messages::{self, WireRecord};
 
 /// How often undelivered hints are tried again.
 const RETRY_EVERY: Duration = Duration::from_millis(500);

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::DataError;
+use super::messages::{Change, Op};
 use crate::glob;
 use crate::hlc::{Clock, Hlc};
-use crate::peer::messages::{Change, Op};
 use crate::placement::Partition;
 use crate::record::{Origin, Record};
 use crate::store::flusher::Flusher;

@@ -1,7 +1,9 @@
 //! The cluster's Prometheus metrics: what the read, write, replication and background
 //! paths count, registered once at startup and shared by every part of the cluster module.
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::queue;
 
 /// Cluster metrics.
 #[derive(Clone)]
@@ -31,10 +33,18 @@ pub struct ClusterMetrics {
     pub hints_delivered: IntCounter,
     /// `opencluster_hints_dropped_total`: hints dropped beyond `cluster.max_hint_bytes`.
     pub hints_dropped: IntCounter,
+    /// `opencluster_queue_depth{queue="replica_acks"}`: answers of replica copies that
+    /// primaries have not taken yet.
+    pub replica_acks_depth: IntGauge,
+    /// `opencluster_queue_depth{queue="rebalance_tasks"}`: partitions queued for the
+    /// rebalance worker and not yet taken by it.
+    pub rebalance_depth: IntGauge,
 }
 
 impl ClusterMetrics {
-    pub fn register(r: &Registry) -> Self {
+    /// Registers the cluster's metrics in `r`; its queues' depths are gauges of `queues`
+    /// (`opencluster_queue_depth`, [`crate::queue::register_depths`]).
+    pub fn register(r: &Registry, queues: &IntGaugeVec) -> Self {
         let counter = |name: &str, help: &str, label: &str, values: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid counter");
             r.register(Box::new(c.clone())).expect("metric names are unique");
@@ -61,6 +71,8 @@ impl ClusterMetrics {
         .expect("valid gauge");
         r.register(Box::new(hints_pending.clone())).expect("metric names are unique");
         ClusterMetrics {
+            replica_acks_depth: queues.with_label_values(&[queue::REPLICA_ACKS]),
+            rebalance_depth: queues.with_label_values(&[queue::REBALANCE_TASKS]),
             hints_pending,
             hints_delivered: plain(
                 "opencluster_hints_delivered_total",

@@ -22,12 +22,13 @@
 //! local.
 //!
 //! The paths live in their own files: `view` (placement and who owns what), `read`,
-//! `write` and `scan`; the background workers that keep owners in step are `rebalance`,
+//! `write` and `scan`, and the messages they send to peers in `messages`; the background workers that keep owners in step are `rebalance`,
 //! `repair` (anti-entropy), `handoff` and `strays`; `service` answers the peers.
 
 mod arriving;
 mod handoff;
 mod local;
+pub mod messages;
 mod metrics;
 mod read;
 mod rebalance;
@@ -45,17 +46,17 @@ use std::time::{Duration, Instant};
 
 pub use local::Stamp;
 use local::{Executed, Local};
+use messages::WireRecord;
 pub use metrics::ClusterMetrics;
 pub use read::ReadQuorum;
 pub use rebalance::RebalanceOptions;
-use rebalance::{RebalanceStatus, Task};
+use rebalance::RebalanceStatus;
 pub use repair::{Horizon, RepairOptions};
 pub use service::{MAX_PULL_BYTES, Service};
 use view::{Verified, View};
 
 use crate::hlc::Clock;
 use crate::membership::members::Members;
-use crate::peer::messages::WireRecord;
 use crate::peer::{Peers, RpcError, Target};
 use crate::placement::{NodeId, Placement, WriteQuorum, partition_of};
 use crate::record::{Origin, Record};
@@ -72,6 +73,13 @@ pub enum DataError {
     /// The owners needed could not be reached in time: the client gets `-CLUSTERDOWN`.
     #[error("{0}")]
     Unavailable(String),
+    /// A write was applied but reached fewer owners than `cluster.write_quorum` asks for
+    /// in time: the client gets `-CLUSTERDOWN`, and the write may still become visible.
+    #[error(
+        "write reached {acks} of the {required} owners it needs (cluster.write_quorum) in time; \
+         it is kept where it was applied and may still become visible"
+    )]
+    QuorumMissed { acks: usize, required: usize },
 }
 
 /// How this node reaches the rest of its datacenter.
@@ -100,9 +108,8 @@ pub struct Cluster {
     verified: Verified,
     view: RwLock<Arc<View>>,
     metrics: ClusterMetrics,
-    /// Partitions to copy, for the rebalance worker (which takes the receiver).
-    rebalance_tasks: tokio::sync::mpsc::UnboundedSender<Task>,
-    rebalance_queue: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Task>>>,
+    /// Partitions to copy, for the rebalance worker.
+    rebalance_tasks: rebalance::TaskQueue,
     rebalance_options: RebalanceOptions,
     pub(super) rebalance_status: RebalanceStatus,
     repair_status: repair::RepairStatus,
@@ -144,7 +151,7 @@ impl Cluster {
             known,
             quorums,
         };
-        let (rebalance_tasks, queue) = rebalance::queue();
+        let rebalance_tasks = rebalance::TaskQueue::new(metrics.rebalance_depth.clone());
         let max_hint_bytes = topology.as_ref().map_or(64 << 20, |t| t.max_hint_bytes);
         let rebalance_options = topology.as_ref().map_or(
             RebalanceOptions { max_bytes_per_sec: 64 << 20, max_parallel: 2, chunk_bytes: 256 << 10 },
@@ -158,7 +165,6 @@ impl Cluster {
             view: RwLock::new(Arc::new(view)),
             metrics,
             rebalance_tasks,
-            rebalance_queue: std::sync::Mutex::new(Some(queue)),
             rebalance_options,
             rebalance_status: RebalanceStatus::default(),
             repair_status: repair::RepairStatus::default(),

@@ -11,8 +11,8 @@ use futures_util::StreamExt;
 use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
 
+use super::messages::{self, WireRecord};
 use super::{Cluster, DataError, View, decode, half_of, remaining, unavailable};
-use crate::peer::messages::{self, WireRecord};
 use crate::placement::NodeId;
 use crate::record::Record;
 

@@ -14,20 +14,21 @@
 //! answer for its keys is completed from the copy's sources (`arriving.rs`), and writes
 //! are decided on what a quorum holds.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use prometheus::IntGauge;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::messages;
 use super::{Cluster, DataError, decode};
 use crate::hlc::Hlc;
-use crate::peer::messages;
 use crate::placement::{NodeId, Partition};
 use crate::record::Record;
 
@@ -82,6 +83,11 @@ impl RebalanceStatus {
     /// `n` more partitions are about to be handed to the worker.
     pub fn expect(&self, n: usize) {
         self.update(|p| p.queued += n);
+    }
+
+    /// `n` of the partitions expected were queued already (their entries were replaced).
+    pub fn coalesced(&self, n: usize) {
+        self.update(|p| p.queued = p.queued.saturating_sub(n));
     }
 
     /// Whether partitions are queued or being copied.
@@ -146,9 +152,6 @@ impl Throttle {
 impl Cluster {
     /// The rebalance worker: copies the partitions queued by placement changes until `stop`.
     pub async fn rebalance(self: Arc<Self>, stop: CancellationToken) {
-        let Some(mut tasks) = self.rebalance_queue.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-            return;
-        };
         let options = self.rebalance_options;
         let throttle = Throttle {
             bytes_per_sec: options.max_bytes_per_sec.max(1) as f64,
@@ -161,22 +164,19 @@ impl Cluster {
             let idle = queue.is_empty() && active.is_empty();
             tokio::select! {
                 _ = stop.cancelled() => return,
-                task = tasks.recv() => match task {
-                    None => return,
-                    Some(task) => {
-                        self.rebalance_status.update(|p| {
-                            p.queued = p.queued.saturating_sub(1);
-                            if idle {
-                                p.round = Some((Instant::now(), p.done, p.keys, p.bytes));
-                            }
-                        });
+                task = self.rebalance_tasks.next() => {
+                    self.rebalance_status.update(|p| {
+                        p.queued = p.queued.saturating_sub(1);
                         if idle {
-                            tracing::info!("rebalance started");
+                            p.round = Some((Instant::now(), p.done, p.keys, p.bytes));
                         }
-                        // A partition queued again replaces its older entry (newer sources).
-                        queue.retain(|t: &Task| t.partition != task.partition);
-                        queue.push_back(task);
+                    });
+                    if idle {
+                        tracing::info!("rebalance started");
                     }
+                    // A partition queued again replaces its older entry (newer sources).
+                    queue.retain(|t: &Task| t.partition != task.partition);
+                    queue.push_back(task);
                 },
                 Some((task, result)) = active.next(), if !active.is_empty() => {
                     let task: Task = task;
@@ -293,14 +293,113 @@ impl Cluster {
     }
 }
 
-/// An unbounded queue: placement changes are rare and each queues at most every partition.
-pub fn queue() -> (mpsc::UnboundedSender<Task>, mpsc::UnboundedReceiver<Task>) {
-    mpsc::unbounded_channel()
+/// The partitions handed to the rebalance worker by the placement watcher.
+///
+/// It holds at most one task per partition: a partition queued again replaces its older
+/// task (newer sources), in its place, as the worker does with the tasks it took. So it
+/// never holds more than `store.partitions` tasks (at most 65536), and the watcher, which
+/// must never wait, never waits here nor drops a task. Its depth is
+/// `opencluster_queue_depth{queue="rebalance_tasks"}`.
+pub struct TaskQueue {
+    tasks: Mutex<Tasks>,
+    ready: Notify,
+    depth: IntGauge,
+}
+
+#[derive(Default)]
+struct Tasks {
+    order: VecDeque<Partition>,
+    by_partition: HashMap<Partition, Task>,
+}
+
+impl TaskQueue {
+    pub fn new(depth: IntGauge) -> Self {
+        TaskQueue { tasks: Mutex::default(), ready: Notify::new(), depth }
+    }
+
+    /// Queues `tasks`; returns how many of them replaced a task of their partition.
+    pub fn push(&self, tasks: Vec<Task>) -> usize {
+        let mut q = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut replaced = 0;
+        for task in tasks {
+            let partition = task.partition;
+            if q.by_partition.insert(partition, task).is_some() {
+                replaced += 1;
+            } else {
+                q.order.push_back(partition);
+            }
+        }
+        self.depth.set(q.by_partition.len() as i64);
+        drop(q);
+        // One consumer: a wake-up given while it is not waiting is kept for its next wait.
+        self.ready.notify_one();
+        replaced
+    }
+
+    fn pop(&self) -> Option<Task> {
+        let mut q = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let task = loop {
+            let partition = q.order.pop_front()?;
+            if let Some(task) = q.by_partition.remove(&partition) {
+                break task;
+            }
+        };
+        self.depth.set(q.by_partition.len() as i64);
+        Some(task)
+    }
+
+    /// The oldest task, waiting for one. Cancel-safe: a task is only taken when returned.
+    pub async fn next(&self) -> Task {
+        loop {
+            if let Some(task) = self.pop() {
+                return task;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Tasks queued now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).by_partition.len()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn task(partition: Partition, source: u64) -> Task {
+        Task { partition, sources: vec![NodeId(source)] }
+    }
+
+    #[tokio::test]
+    async fn a_partition_queued_again_replaces_its_task_and_the_queue_never_outgrows_the_partitions() {
+        let depth = IntGauge::new("depth", "test").unwrap();
+        let queue = TaskQueue::new(depth.clone());
+        assert_eq!(queue.push(vec![task(1, 10), task(2, 10)]), 0);
+        // A second placement change before the worker took anything: partition 1 again,
+        // with newer sources, keeps its place; the queue holds one task per partition.
+        assert_eq!(queue.push(vec![task(1, 11), task(3, 11)]), 1);
+        assert_eq!((queue.len(), depth.get()), (3, 3));
+        let all: Vec<u16> = (0..1024).collect();
+        for _ in 0..3 {
+            queue.push(all.iter().map(|&p| task(p, 12)).collect());
+        }
+        assert_eq!((queue.len(), depth.get()), (1024, 1024));
+        assert_eq!(queue.next().await, task(1, 12));
+        assert_eq!(queue.next().await, task(2, 12));
+        assert_eq!(depth.get(), 1022);
+        // A wait ends when a task is pushed.
+        let queue = std::sync::Arc::new(TaskQueue::new(IntGauge::new("d", "t").unwrap()));
+        let waiter = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.next().await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        queue.push(vec![task(7, 1)]);
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap(), task(7, 1));
+    }
 
     #[test]
     fn the_throttle_paces_bytes_to_the_rate() {

@@ -36,9 +36,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::messages::{self, WireRecord};
 use super::{Cluster, DataError, View, unavailable};
 use crate::hlc::Hlc;
-use crate::peer::messages::{self, WireRecord};
 use crate::placement::{NodeId, Partition};
 use crate::record::Record;
 use crate::store::{Store, StoreError};

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::messages;
 use super::{Cluster, DataError, remaining, unavailable};
-use crate::peer::messages;
 use crate::placement::{NodeId, Partition};
 
 impl Cluster {

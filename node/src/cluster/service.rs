@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::messages::{self, WireRecord, WriteOutcome};
 use super::{Cluster, DataError};
-use crate::peer::messages::{self, Kind, Refusal, WireRecord, WriteOutcome};
+use crate::peer::messages::{Kind, Ping, Refusal};
 use crate::peer::{BoxFuture, Handler, answer, refused};
 use crate::record::Record;
 
@@ -24,9 +25,14 @@ impl Service {
     }
 }
 
+/// The typed code a failure travels as.
 fn refusal(e: DataError) -> Refusal {
     match e {
         DataError::Unavailable(reason) => Refusal::Unavailable(reason),
+        DataError::QuorumMissed { acks, required } => Refusal::QuorumMissed {
+            acks: u32::try_from(acks).unwrap_or(u32::MAX),
+            required: u32::try_from(required).unwrap_or(u32::MAX),
+        },
         e => Refusal::Store(e.to_string()),
     }
 }
@@ -42,7 +48,7 @@ impl Handler for Service {
             match kind {
                 // The peer layer unpacks batches before they get here.
                 Kind::Batch => refused(Refusal::Malformed("nested batch".into())),
-                Kind::Ping => answer(&body, |_: messages::Ping| async { Ok(c.node.0) }).await,
+                Kind::Ping => answer(&body, |_: Ping| async { Ok(c.node.0) }).await,
                 Kind::Read => {
                     answer(&body, |m: messages::Read| async move {
                         let records = c.local.read(&m.keys).map_err(|e| refusal(e.into()))?;
@@ -169,5 +175,19 @@ impl Handler for Service {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missed_quorum_is_refused_with_its_counts() {
+        assert_eq!(
+            refusal(DataError::QuorumMissed { acks: 1, required: 3 }),
+            Refusal::QuorumMissed { acks: 1, required: 3 }
+        );
+        assert_eq!(refusal(DataError::Unavailable("gone".into())), Refusal::Unavailable("gone".into()));
     }
 }

@@ -181,13 +181,10 @@ impl Cluster {
             return;
         }
         let queued = tasks.len();
-        for task in tasks {
-            if self.rebalance_tasks.send(task).is_err() {
-                tracing::debug!("the rebalance worker has stopped; nothing queued");
-                return;
-            }
-        }
-        tracing::info!(partitions = queued, "partitions to copy from their owners queued");
+        let replaced = self.rebalance_tasks.push(tasks);
+        // Those were counted when first queued: the worker takes each partition once.
+        self.rebalance_status.coalesced(replaced);
+        tracing::info!(partitions = queued, replaced, "partitions to copy from their owners queued");
     }
 
     /// Why this node cannot act as a member of its cluster yet, if it cannot: placement

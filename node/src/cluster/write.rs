@@ -12,11 +12,13 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 
 use super::local::{Executed, Stamp};
+use super::messages::{self, Change, Op, WireRecord, WriteOutcome};
 use super::read::Merged;
 use super::{Cluster, DataError, View, decode, remaining, unavailable};
 use crate::peer::RpcError;
-use crate::peer::messages::{self, Change, Op, Refusal, WireRecord, WriteOutcome};
+use crate::peer::messages::Refusal;
 use crate::placement::{NodeId, Partition, partition_of};
+use crate::queue;
 use crate::record::Record;
 use crate::store::Write;
 
@@ -175,12 +177,7 @@ impl Cluster {
                     result => break result,
                 }
             }
-            .map_err(|e| match e {
-                RpcError::Timeout { .. } | RpcError::Transport { .. } => {
-                    DataError::Unavailable(format!("{e}; the write may or may not have been applied"))
-                }
-                e => unavailable(e),
-            })?;
+            .map_err(primary_failed)?;
             match outcome {
                 WriteOutcome::Conflict { current } => {
                     let current: Vec<Option<Record>> = current
@@ -254,7 +251,9 @@ impl Cluster {
                 }
             }
         }
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        // One answer per copy sent: a channel as large as the copies never makes a copy
+        // wait to report.
+        let (tx, mut rx) = queue::bounded(per_node.len(), self.metrics.replica_acks_depth.clone());
         let mut outstanding = 0;
         for (node, Copies { records, partitions: parts }) in per_node {
             let Ok(target) = self.target(view, node) else { continue };
@@ -278,7 +277,11 @@ impl Cluster {
                         );
                     }
                 }
-                let _ = tx.send((parts, result.is_ok()));
+                // The primary stops listening once the quorum is met or its wait is over;
+                // this copy's outcome is then no longer needed (a failed copy is a hint).
+                if tx.send((parts, result.is_ok())).await.is_err() {
+                    tracing::trace!(peer = %target.name, "replica answered after the primary stopped waiting");
+                }
             });
         }
         drop(tx);
@@ -340,10 +343,23 @@ fn group(nodes: &[NodeId]) -> BTreeMap<NodeId, Vec<usize>> {
 }
 
 fn quorum_missed(acks: usize, required: usize) -> DataError {
-    DataError::Unavailable(format!(
-        "write reached {acks} of the {required} owners it needs (cluster.write_quorum) in time; \
-         it is kept where it was applied and may still become visible"
-    ))
+    DataError::QuorumMissed { acks, required }
+}
+
+/// What a write sent to a primary ended in, when the primary did not answer with an
+/// outcome: a missed quorum stays a missed quorum (the write was applied and may still
+/// become visible), a lost answer may or may not have been applied, anything else made
+/// the owners unavailable.
+fn primary_failed(e: RpcError) -> DataError {
+    match e {
+        RpcError::Refused { refusal: Refusal::QuorumMissed { acks, required }, .. } => {
+            DataError::QuorumMissed { acks: acks as usize, required: required as usize }
+        }
+        RpcError::Timeout { .. } | RpcError::Transport { .. } => {
+            DataError::Unavailable(format!("{e}; the write may or may not have been applied"))
+        }
+        e => unavailable(e),
+    }
 }
 
 #[cfg(test)]
@@ -371,6 +387,27 @@ mod tests {
         // Before any copy answers, the primary's own copy is the one ack of each partition.
         assert_eq!(count_acks(&acks(&[(7, 1)]), 2), Acks { met: false, reported: 1 });
         assert_eq!(count_acks(&BTreeMap::new(), 1), Acks { met: true, reported: 1 });
+    }
+
+    #[test]
+    fn a_primary_that_missed_the_quorum_is_reported_as_such() {
+        let refused =
+            RpcError::Refused { peer: "n2".into(), refusal: Refusal::QuorumMissed { acks: 1, required: 2 } };
+        let e = primary_failed(refused);
+        assert!(matches!(e, DataError::QuorumMissed { acks: 1, required: 2 }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "write reached 1 of the 2 owners it needs (cluster.write_quorum) in time; \
+             it is kept where it was applied and may still become visible"
+        );
+        // Not to be confused with a write whose answer was lost, or a primary not joined.
+        let lost = primary_failed(RpcError::Timeout { peer: "n2".into(), timeout: Duration::from_secs(1) });
+        assert!(matches!(&lost, DataError::Unavailable(why) if why.contains("may or may not")), "{lost:?}");
+        let refused =
+            RpcError::Refused { peer: "n2".into(), refusal: Refusal::NotJoined("reaches 0 of 2".into()) };
+        assert!(matches!(primary_failed(refused), DataError::Unavailable(_)));
+        // What the primary reports in its outcome ends the same way.
+        assert!(matches!(quorum_missed(1, 2), DataError::QuorumMissed { acks: 1, required: 2 }));
     }
 
     proptest! {

@@ -185,6 +185,9 @@ pub struct RpcConfig {
     pub streams_per_peer: u32,
     /// Most bytes of requests sent together in one batch.
     pub max_batch_bytes: ByteSize,
+    /// Requests that may wait for a stream to one peer; a caller finding the queue full
+    /// waits for room until its request's deadline, then fails with a timeout.
+    pub max_queued_requests: u32,
     /// How long a handshake with a peer may take.
     #[serde(with = "units::duration")]
     pub connect_timeout: Duration,
@@ -215,6 +218,7 @@ impl Default for RpcConfig {
             max_concurrent_requests: 256,
             streams_per_peer: 8,
             max_batch_bytes: ByteSize(1 << 20),
+            max_queued_requests: 4096,
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(5),
         }
@@ -575,6 +579,9 @@ impl Config {
         }
         if r.max_batch_bytes.0 < 1024 || r.max_batch_bytes.0 > 64 << 20 {
             return Err(err("rpc.max_batch_bytes", "must be between 1KiB and 64MiB"));
+        }
+        if r.max_queued_requests == 0 || r.max_queued_requests > 1 << 20 {
+            return Err(err("rpc.max_queued_requests", "must be between 1 and 1048576"));
         }
         if r.connect_timeout < Duration::from_millis(100) || r.connect_timeout > Duration::from_secs(300) {
             return Err(err("rpc.connect_timeout", "must be between 100ms and 5m"));

@@ -174,6 +174,11 @@ pub const SETTINGS: &[Setting] = &[
         Kind::Size,
         "Most bytes of peer requests sent together in one batch [default: 1MiB]",
     ),
+    s(
+        "rpc.max_queued_requests",
+        Kind::Int,
+        "Peer requests that may wait for a stream to one peer; callers beyond wait for room until their deadline [default: 4096]",
+    ),
     s("rpc.connect_timeout", Kind::Duration, "How long a handshake with a peer may take [default: 5s]"),
     s(
         "rpc.idle_timeout",

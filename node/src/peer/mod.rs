@@ -5,11 +5,14 @@
 //!   check the other's identity against a [`Policy`] (nodes and connectors of this
 //!   datacenter) and the dialler also checks that it reached the node it meant to.
 //! - **Shape**: a request and its answer travel on one bidirectional QUIC stream: the
-//!   caller writes the encoded [`messages::Message`] and finishes its side, the callee
+//!   caller writes the encoded [`messages::Message`] (each layer defines its own; the
+//!   cluster's are in `cluster::messages`) and finishes its side, the callee
 //!   answers and finishes. Calls to one peer queue for at most `rpc.streams_per_peer`
 //!   streams; requests that queue meanwhile leave together as one [`Kind::Batch`]. A
 //!   slow stream never holds up the others (no head-of-line blocking), and sizes are
-//!   bounded on both ends.
+//!   bounded on both ends. At most `rpc.max_queued_requests` requests wait per peer
+//!   (their number, over all peers, is `opencluster_queue_depth{queue="peer_requests"}`);
+//!   a caller finding the queue full waits for room until its deadline.
 //! - **Connections** are cached per peer and redialled when they fail; a dial in progress
 //!   is shared by the calls that wait for it.
 //! - **Bounds**: every call has a deadline; a peer may have at most
@@ -30,12 +33,14 @@ use futures_util::future::join_all;
 use opencluster_pki::MutualTls;
 use opencluster_pki::peer::{PeerError, Policy, authorize, connection_error};
 use opencluster_pki::tls::TlsError;
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use messages::{Kind, Message, Refusal, decode_header, encode_request};
+
+use crate::queue;
 
 /// The name given to TLS; peers are recognised by their certificate's URI SAN instead.
 const SERVER_NAME: &str = "opencluster.invalid";
@@ -52,6 +57,8 @@ pub struct PeerOptions {
     pub streams_per_peer: usize,
     /// Most bytes of requests sent together in one batch (a larger request goes alone).
     pub max_batch_bytes: usize,
+    /// Requests that may wait for a stream to one peer; callers beyond wait for room.
+    pub max_queued_requests: usize,
     /// How long a handshake may take before a dial or an accept gives up.
     pub connect_timeout: Duration,
     /// A connection whose peer has sent nothing (not even a keep-alive, sent every third
@@ -114,10 +121,19 @@ pub struct RpcMetrics {
     pub refused_peers: IntCounterVec,
     /// `opencluster_rpc_batched_requests_total`: calls that shared a stream with others.
     pub batched: IntCounter,
+    /// `opencluster_rpc_lost_answers_total{reason}`: answers that did not reach whoever
+    /// asked: `unsent` (this node could not send its answer to the peer), `late` (a
+    /// peer's answer arrived after the caller here had given up).
+    pub lost_answers: IntCounterVec,
+    /// `opencluster_queue_depth{queue="peer_requests"}`: requests waiting for a stream,
+    /// over all peers.
+    pub queue_depth: IntGauge,
 }
 
 impl RpcMetrics {
-    pub fn register(r: &Registry) -> Self {
+    /// Registers the RPC metrics in `r`; `queue_depth` is this layer's gauge of
+    /// `opencluster_queue_depth` ([`crate::queue::register_depths`]).
+    pub fn register(r: &Registry, queue_depth: IntGauge) -> Self {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
             r.register(Box::new(c.clone())).expect("metric names are unique");
@@ -143,6 +159,12 @@ impl RpcMetrics {
         r.register(Box::new(batched.clone())).expect("metric names are unique");
         let m = RpcMetrics {
             batched,
+            queue_depth,
+            lost_answers: counter(
+                "opencluster_rpc_lost_answers_total",
+                "Peer RPC answers that did not reach whoever asked, by reason (unsent: this node could not send it; late: it arrived after the caller gave up)",
+                &["reason"],
+            ),
             calls: counter(
                 "opencluster_rpc_calls_total",
                 "Peer RPC calls made, by request kind and outcome (ok, unreachable, failed, timeout, refused)",
@@ -158,6 +180,9 @@ impl RpcMetrics {
         };
         for kind in Kind::ALL {
             m.calls.with_label_values(&[kind.as_str(), "ok"]);
+        }
+        for reason in ["unsent", "late"] {
+            m.lost_answers.with_label_values(&[reason]);
         }
         m
     }
@@ -215,7 +240,7 @@ struct Pending {
 /// Everything about one peer: its connection and the queue of requests for it.
 struct Link {
     slot: Slot,
-    queue: mpsc::UnboundedSender<Pending>,
+    queue: queue::Sender<Pending>,
 }
 
 /// The endpoint: dials peers, and accepts them once [`Peers::serve`] runs.
@@ -311,7 +336,7 @@ impl Peers {
         }
         let (reply, answer) = oneshot::channel();
         let timeout = deadline.saturating_duration_since(Instant::now());
-        self.enqueue(Pending { request, target: to.clone(), deadline, reply });
+        self.enqueue(Pending { request, target: to.clone(), deadline, reply }).await?;
         let reply = match tokio::time::timeout_at(deadline.into(), answer).await {
             Err(_) | Ok(Err(_)) => return Err(RpcError::Timeout { peer: to.name.clone(), timeout }),
             Ok(Ok(reply)) => reply?,
@@ -321,24 +346,35 @@ impl Peers {
         result.map_err(|refusal| RpcError::Refused { peer: to.name.clone(), refusal })
     }
 
-    /// Queues a request for its peer, starting the peer's sender on first use.
-    fn enqueue(&self, pending: Pending) {
-        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (pending.target.id, pending.target.addr);
-        if !links.contains_key(&key) {
-            // The node's link at an older address goes; calls still queued there fail.
-            links.retain(|(id, _), _| *id != key.0);
-        }
-        let link = links.entry(key).or_insert_with(|| {
-            let (queue, requests) = mpsc::unbounded_channel();
-            let limits = (self.options.streams_per_peer, self.options.max_batch_bytes);
-            tokio::spawn(send_queued(self.me.clone(), requests, limits));
-            Link { slot: Slot::default(), queue }
-        });
-        if let Err(mpsc::error::SendError(pending)) = link.queue.send(pending) {
-            let peer = pending.target.name.clone();
-            let _ =
-                pending.reply.send(Err(RpcError::Transport { peer, reason: "the node is stopping".into() }));
+    /// Queues a request for its peer, starting the peer's sender on first use. A full
+    /// queue makes the caller wait for room, until the request's deadline: then the call
+    /// fails as timed out (it was never sent).
+    async fn enqueue(&self, pending: Pending) -> Result<(), RpcError> {
+        let queue = {
+            let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (pending.target.id, pending.target.addr);
+            if !links.contains_key(&key) {
+                // The node's link at an older address goes; calls still queued there fail.
+                links.retain(|(id, _), _| *id != key.0);
+            }
+            let link = links.entry(key).or_insert_with(|| {
+                let (queue, requests) =
+                    queue::bounded(self.options.max_queued_requests, self.metrics.queue_depth.clone());
+                let limits = (self.options.streams_per_peer, self.options.max_batch_bytes);
+                tokio::spawn(send_queued(self.me.clone(), requests, limits));
+                Link { slot: Slot::default(), queue }
+            });
+            link.queue.clone()
+        };
+        let (peer, deadline) = (pending.target.name.clone(), pending.deadline);
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout_at(deadline.into(), queue.send(pending)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(RpcError::Transport { peer, reason: "the node is stopping".into() }),
+            Err(_) => {
+                tracing::debug!(%peer, "peer request queue (rpc.max_queued_requests) full until the deadline");
+                Err(RpcError::Timeout { peer, timeout })
+            }
         }
     }
 
@@ -359,13 +395,23 @@ impl Peers {
         };
         match answers {
             Ok(answers) => {
+                let mut late = 0;
                 for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(Ok(answer));
+                    // The peer answered (it may have applied a write) after the caller
+                    // gave up and reported a timeout.
+                    if reply.send(Ok(answer)).is_err() {
+                        late += 1;
+                    }
+                }
+                if late > 0 {
+                    self.metrics.lost_answers.with_label_values(&["late"]).inc_by(late);
+                    tracing::debug!(peer = %target.name, late, "peer answers arrived after their callers gave up");
                 }
             }
             Err(e) => {
                 for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
+                    // A caller that gave up has its error already.
+                    reply.send(Err(e.clone())).ok();
                 }
             }
         }
@@ -608,10 +654,22 @@ impl Peers {
                 return;
             }
         };
-        if send.write_all(&reply).await.is_ok() {
-            let _ = send.finish();
-            // Let the answer reach the peer before the stream is dropped.
-            let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+        let sent = match send.write_all(&reply).await {
+            Ok(()) => send.finish().map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match sent {
+            // Let the answer reach the peer before the stream is dropped; if it does not,
+            // the peer's call times out and says so.
+            Ok(()) => {
+                if tokio::time::timeout(Duration::from_secs(5), send.stopped()).await.is_err() {
+                    tracing::debug!("peer did not take its answer within 5s");
+                }
+            }
+            Err(e) => {
+                self.metrics.lost_answers.with_label_values(&["unsent"]).inc();
+                tracing::debug!(error = %e, "an answer could not be sent to its peer");
+            }
         }
     }
 }
@@ -646,7 +704,7 @@ impl Peers {
 /// (up to the batch limits), and sends it. Ends when the endpoint is gone.
 async fn send_queued(
     peers: Weak<Peers>,
-    mut queue: mpsc::UnboundedReceiver<Pending>,
+    mut queue: queue::Receiver<Pending>,
     (streams, max_batch_bytes): (usize, usize),
 ) {
     let slots = Arc::new(Semaphore::new(streams));
@@ -704,7 +762,19 @@ mod tests {
 
     use super::*;
 
-    /// Answers Ping with a fixed id; Read waits until `release` is set, counting arrivals.
+    /// A request the server holds until released. A test message under the kind number of
+    /// the cluster's reads: the transport does not look into bodies.
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct Held {
+        keys: Vec<Bytes>,
+    }
+
+    impl Message for Held {
+        const KIND: Kind = Kind::Read;
+        type Response = Vec<Option<u8>>;
+    }
+
+    /// Answers Ping with a fixed id; Held waits until `release` is set, counting arrivals.
     struct Echo {
         id: u64,
         arrived: AtomicUsize,
@@ -717,7 +787,7 @@ mod tests {
                 match kind {
                     Kind::Ping => answer(&body, |_: messages::Ping| async { Ok(self.id) }).await,
                     Kind::Read => {
-                        answer(&body, |m: messages::Read| async move {
+                        answer(&body, |m: Held| async move {
                             self.arrived.fetch_add(1, Ordering::SeqCst);
                             let mut hold = self.hold.clone();
                             let _ = hold.wait_for(|released| *released).await;
@@ -755,20 +825,28 @@ mod tests {
     }
 
     fn endpoint(tls: &MutualTls, cluster: &str) -> Arc<Peers> {
+        endpoint_with(tls, cluster, |_| {})
+    }
+
+    fn endpoint_with(tls: &MutualTls, cluster: &str, tune: impl FnOnce(&mut PeerOptions)) -> Arc<Peers> {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let options = PeerOptions {
+        let mut options = PeerOptions {
             stream_window: 1 << 20,
             connection_window: 8 << 20,
             max_concurrent_requests: 64,
             max_message_bytes: 1 << 20,
             streams_per_peer: 8,
             max_batch_bytes: 1 << 20,
+            max_queued_requests: 4096,
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(5),
         };
+        tune(&mut options);
         let policy = Policy::NodeOrConnectorOfDatacenter { cluster: cluster.into(), dc: "dc1".into() };
         let registry = Registry::new();
-        Peers::new(socket, tls, policy, &options, RpcMetrics::register(&registry)).unwrap()
+        let depth =
+            crate::queue::register_depths(&registry).with_label_values(&[crate::queue::PEER_REQUESTS]);
+        Peers::new(socket, tls, policy, &options, RpcMetrics::register(&registry, depth)).unwrap()
     }
 
     /// A server named `name` answering with `Echo`; returns it, its target and the release switch.
@@ -796,7 +874,7 @@ mod tests {
         let reads = (0..100).map(|i| {
             let (client, target) = (client.clone(), target.clone());
             tokio::spawn(async move {
-                let msg = messages::Read { keys: vec![Bytes::from(format!("k{i}"))] };
+                let msg = Held { keys: vec![Bytes::from(format!("k{i}"))] };
                 client.call(&target, &msg, timeout).await
             })
         });
@@ -835,7 +913,7 @@ mod tests {
 
         // A held request times out at its deadline, and the error says so.
         let started = Instant::now();
-        let msg = messages::Read { keys: vec![Bytes::from_static(b"k")] };
+        let msg = Held { keys: vec![Bytes::from_static(b"k")] };
         let e = client.call(&target, &msg, Duration::from_millis(200)).await.unwrap_err();
         assert!(matches!(e, RpcError::Timeout { .. }), "{e}");
         assert!(started.elapsed() < Duration::from_secs(2));
@@ -844,5 +922,51 @@ mod tests {
         let gone = Target { addr: "127.0.0.1:9".parse().unwrap(), id: 7, ..target };
         let e = client.call(&gone, &messages::Ping, Duration::from_millis(300)).await.unwrap_err();
         assert!(matches!(e, RpcError::Timeout { .. } | RpcError::Connect { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_full_peer_queue_makes_callers_wait_until_their_deadline() {
+        opencluster_pki::install_crypto_provider();
+        let pki = Pki::new("acme");
+        let (_server, echo, target, release) = server(&pki, "b");
+        // One stream, one queued request: the first read holds the stream at the server,
+        // the second waits for it outside the queue, the third fills the queue.
+        let client = endpoint_with(&pki.tls("a"), "acme", |o| {
+            o.streams_per_peer = 1;
+            o.max_queued_requests = 1;
+        });
+        let timeout = Duration::from_secs(10);
+        let read = |i: usize| {
+            let (client, target) = (client.clone(), target.clone());
+            tokio::spawn(async move {
+                let msg = Held { keys: vec![Bytes::from(format!("k{i}"))] };
+                client.call(&target, &msg, timeout).await
+            })
+        };
+        let first = read(0);
+        while echo.arrived.load(Ordering::SeqCst) < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let second = read(1);
+        let third = read(2);
+        while client.metrics.queue_depth.get() < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A fourth finds the queue full: it waits for room until its deadline, then fails
+        // as timed out, never sent.
+        let started = Instant::now();
+        let msg = Held { keys: vec![Bytes::from_static(b"late")] };
+        let e = client.call(&target, &msg, Duration::from_millis(200)).await.unwrap_err();
+        assert!(matches!(e, RpcError::Timeout { .. }), "{e}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(150) && started.elapsed() < Duration::from_secs(2)
+        );
+        assert_eq!(client.metrics.queue_depth.get(), 1);
+        release.send(true).unwrap();
+        for read in [first, second, third] {
+            assert_eq!(read.await.unwrap().unwrap(), vec![None]);
+        }
+        assert_eq!(client.metrics.queue_depth.get(), 0);
+        assert_eq!(echo.arrived.load(Ordering::SeqCst), 3);
     }
 }

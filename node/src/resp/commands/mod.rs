@@ -83,7 +83,9 @@ impl From<DataError> for CmdError {
         match e {
             DataError::Store(_) => CmdError::new("store", format!("ERR {e}")),
             DataError::NotDurable(_) => CmdError::new("durability", format!("ERR {e}")),
-            DataError::Unavailable(_) => CmdError::new("cluster", format!("CLUSTERDOWN {e}")),
+            DataError::Unavailable(_) | DataError::QuorumMissed { .. } => {
+                CmdError::new("cluster", format!("CLUSTERDOWN {e}"))
+            }
         }
     }
 }

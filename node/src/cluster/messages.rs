@@ -1,0 +1,269 @@
+//! What the nodes of a datacenter say to each other about data: the cluster's requests
+//! and their responses, carried by the peer transport ([`crate::peer`]) as typed
+//! [`Message`]s under the kind numbers [`Kind`] lists for them.
+//!
+//! Records travel in their own versioned storage encoding ([`WireRecord`]), so a record
+//! means the same bytes on disk and between nodes. The encoding of every message here is
+//! the wire format of `PROTOCOL_VERSION` ([`crate::peer::messages::PROTOCOL_VERSION`]):
+//! changing a message's shape means bumping it.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::Horizon;
+use crate::hlc::Hlc;
+use crate::peer::messages::{Kind, Message};
+use crate::placement::Partition;
+use crate::record::{DecodeError, Record};
+
+/// A record in its storage encoding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireRecord(pub Bytes);
+
+impl WireRecord {
+    pub fn new(record: &Record) -> Self {
+        WireRecord(Bytes::from(record.encode()))
+    }
+
+    pub fn decode(&self) -> Result<Record, DecodeError> {
+        Record::decode(&self.0, |dc| std::sync::Arc::from(dc))
+    }
+}
+
+/// The stored records of `keys` (tombstones and expired values included).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Read {
+    pub keys: Vec<Bytes>,
+}
+
+impl Message for Read {
+    const KIND: Kind = Kind::Read;
+    type Response = Vec<Option<WireRecord>>;
+}
+
+/// What a write does to one key, decided by the coordinator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// Nothing: the key was read to decide, and must still be as it was.
+    Keep,
+    Put {
+        value: Bytes,
+        expires_at_ms: Option<u64>,
+    },
+    Delete,
+}
+
+/// One key of a [`Write`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    pub key: Bytes,
+    /// `Some(x)`: apply only if the key's stored record has HLC `x` (`None`: no record),
+    /// i.e. nothing changed since the coordinator read it. `None`: apply whatever is stored.
+    pub expect: Option<Option<Hlc>>,
+    pub change: Change,
+    /// The newest record the coordinator found at a quorum of owners, when the primary
+    /// did not hold it: the primary applies it first (last-writer-wins), so a primary that
+    /// missed writes (it just joined, or was down) decides on the acknowledged state.
+    pub seen: Option<WireRecord>,
+}
+
+/// Sent to a partition's primary owner: check every op's expectation, and if all hold,
+/// stamp and apply the changes atomically, then replicate them to the other owners and
+/// answer once `quorum` owners have them (itself included).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Write {
+    pub ops: Vec<Op>,
+    /// Acknowledgements needed, the primary's own included.
+    pub quorum: u32,
+    /// How long the primary may wait for replicas, in milliseconds: less than the
+    /// coordinator's own deadline, so that a missed quorum is reported as such.
+    pub budget_ms: u32,
+}
+
+/// The outcome of a [`Write`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WriteOutcome {
+    /// Applied: how many records were written and how many owners have them (the
+    /// coordinator needs the counts, not the values back).
+    Written { written: u32, acks: u32 },
+    /// An expectation failed: nothing was written; here is what is stored now, per op.
+    Conflict { current: Vec<Option<WireRecord>> },
+}
+
+impl Message for Write {
+    const KIND: Kind = Kind::Write;
+    type Response = WriteOutcome;
+}
+
+/// Records to apply by last-writer-wins (a replica's copy of a write). Answers once they
+/// are as durable as the receiver's fsync policy promises.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Replicate {
+    pub records: Vec<(Bytes, WireRecord)>,
+}
+
+impl Message for Replicate {
+    const KIND: Kind = Kind::Replicate;
+    type Response = ();
+}
+
+/// Live keys of a partition at `now_ms` matching a glob pattern (`None`: all).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Keys {
+    pub partition: Partition,
+    pub pattern: Option<Bytes>,
+    pub now_ms: u64,
+}
+
+impl Message for Keys {
+    const KIND: Kind = Kind::Keys;
+    type Response = Vec<Bytes>;
+}
+
+/// How many live keys these partitions hold at `now_ms`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Count {
+    pub partitions: Vec<Partition>,
+    pub now_ms: u64,
+}
+
+impl Message for Count {
+    const KIND: Kind = Kind::Count;
+    type Response = u64;
+}
+
+/// A partition's records (tombstones included) with an HLC of at least `from`, in HLC
+/// order, at most `limit` of them and about `max_bytes` of keys and values: how a new
+/// owner copies a partition, chunk by chunk, resuming where the last chunk said.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Pull {
+    pub partition: Partition,
+    pub from: Hlc,
+    pub limit: u32,
+    pub max_bytes: u32,
+}
+
+impl Message for Pull {
+    const KIND: Kind = Kind::Pull;
+    type Response = PullChunk;
+}
+
+/// One chunk of a partition: its records, and where the next chunk starts (`from` of the
+/// next [`Pull`]), or `None` when this was the last.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PullChunk {
+    pub records: Vec<(Bytes, WireRecord)>,
+    pub next: Option<Hlc>,
+}
+
+/// Anti-entropy: the bucket hashes of a partition's records that count at `horizon`
+/// (see `cluster::repair`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Digest {
+    pub partition: Partition,
+    pub horizon: Horizon,
+}
+
+impl Message for Digest {
+    const KIND: Kind = Kind::Digest;
+    type Response = DigestAnswer;
+}
+
+/// A peer's bucket hashes, or none while it is still copying partitions it gained (its
+/// copy is incomplete by design; comparing now would repeat the copy unthrottled).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum DigestAnswer {
+    Buckets(Vec<u64>),
+    Copying,
+}
+
+/// Anti-entropy: the keys and HLCs of a partition's records in `buckets` that count at
+/// `horizon`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Versions {
+    pub partition: Partition,
+    pub buckets: Vec<u8>,
+    pub horizon: Horizon,
+}
+
+impl Message for Versions {
+    const KIND: Kind = Kind::Versions;
+    type Response = Vec<(Bytes, Hlc)>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::messages::{PROTOCOL_VERSION, Refusal, decode_header, encode_request};
+    use crate::record::Origin;
+
+    #[test]
+    fn writes_round_trip_and_other_versions_are_refused() {
+        let write = Write {
+            ops: vec![Op {
+                key: Bytes::from_static(b"k"),
+                expect: Some(Some(Hlc::new(5, 1))),
+                change: Change::Put { value: Bytes::from_static(b"v"), expires_at_ms: Some(9) },
+                seen: None,
+            }],
+            quorum: 2,
+            budget_ms: 1500,
+        };
+        let bytes = encode_request(&write).unwrap();
+        let (kind, body) = decode_header(&bytes).unwrap();
+        assert_eq!(kind, Kind::Write);
+        let back: Write = postcard::from_bytes(body).unwrap();
+        assert_eq!(back.ops, write.ops);
+        assert_eq!((back.quorum, back.budget_ms), (2, 1500));
+
+        let mut other = bytes.clone();
+        other[0] = PROTOCOL_VERSION + 1;
+        assert_eq!(
+            decode_header(&other).unwrap_err(),
+            Refusal::Version { ours: PROTOCOL_VERSION, theirs: PROTOCOL_VERSION + 1 }
+        );
+        assert_eq!(decode_header(&[PROTOCOL_VERSION, 200]).unwrap_err(), Refusal::UnknownKind(200));
+        for kind in Kind::ALL {
+            assert_eq!(Kind::from_byte(kind as u8), Some(kind));
+        }
+    }
+
+    /// The bytes of protocol version 2, from before the cluster's messages left `peer`:
+    /// the encoding must not change without a new version.
+    #[test]
+    fn requests_keep_their_version_2_bytes() {
+        let write = Write {
+            ops: vec![Op {
+                key: Bytes::from_static(b"k"),
+                expect: Some(Some(Hlc::new(5, 1))),
+                change: Change::Put { value: Bytes::from_static(b"v"), expires_at_ms: Some(9) },
+                seen: Some(WireRecord(Bytes::from_static(b"rec"))),
+            }],
+            quorum: 2,
+            budget_ms: 1500,
+        };
+        assert_eq!(
+            encode_request(&write).unwrap(),
+            [2, 3, 1, 1, 107, 1, 1, 129, 128, 20, 1, 1, 118, 1, 9, 1, 3, 114, 101, 99, 2, 220, 11]
+        );
+        let digest = Digest { partition: 17, horizon: Horizon { now_ms: 1000, tombstones_from_ms: 10 } };
+        assert_eq!(encode_request(&digest).unwrap(), [2, 9, 17, 232, 7, 10]);
+        let pull = Pull { partition: 3, from: Hlc::new(7, 2), limit: 1000, max_bytes: 65536 };
+        assert_eq!(encode_request(&pull).unwrap(), [2, 8, 3, 130, 128, 28, 232, 7, 128, 128, 4]);
+    }
+
+    #[test]
+    fn records_travel_in_their_storage_encoding() {
+        let record = Record {
+            value: Some(Bytes::from_static(b"value")),
+            hlc: Hlc::new(1_700_000_000_000, 3),
+            origin: Origin { datacenter: "dc1".into(), node: 42 },
+            expires_at_ms: None,
+        };
+        let wire = WireRecord::new(&record);
+        assert_eq!(&wire.0[..], &record.encode()[..]);
+        assert_eq!(wire.decode().unwrap(), record);
+        let truncated = WireRecord(wire.0.slice(..4));
+        assert!(truncated.decode().is_err());
+    }
+}
