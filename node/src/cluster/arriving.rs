@@ -17,8 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::join_all;
 
+use super::messages;
 use super::{Cluster, DataError, decode, unavailable};
-use crate::peer::messages;
 use crate::placement::{NodeId, Partition, partition_of};
 use crate::record::Record;
 
