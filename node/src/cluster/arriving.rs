@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,22 +27,32 @@ use crate::record::Record;
 #[derive(Default)]
 pub(super) struct Arriving {
     sources: Mutex<HashMap<Partition, Vec<NodeId>>>,
+    /// How many, readable without the lock on every request.
+    count: AtomicUsize,
 }
 
 impl Arriving {
     /// Copies queued: `(partition, sources)`.
     pub fn start(&self, tasks: impl IntoIterator<Item = (Partition, Vec<NodeId>)>) {
-        self.sources.lock().unwrap_or_else(|e| e.into_inner()).extend(tasks);
+        self.update(|s| s.extend(tasks));
+    }
+
+    fn update(&self, f: impl FnOnce(&mut HashMap<Partition, Vec<NodeId>>)) {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut sources);
+        self.count.store(sources.len(), Ordering::Release);
     }
 
     /// The copy of `partition` is done (or no longer wanted).
     pub fn done(&self, partition: Partition) {
-        self.sources.lock().unwrap_or_else(|e| e.into_inner()).remove(&partition);
+        self.update(|s| {
+            s.remove(&partition);
+        });
     }
 
     /// Keeps only the partitions `owned` says this node still owns.
     pub fn retain(&self, owned: impl Fn(Partition) -> bool) {
-        self.sources.lock().unwrap_or_else(|e| e.into_inner()).retain(|&p, _| owned(p));
+        self.update(|s| s.retain(|&p, _| owned(p)));
     }
 
     /// Where `partition` is being copied from, if it is arriving.
@@ -50,7 +61,7 @@ impl Arriving {
     }
 
     pub fn len(&self) -> usize {
-        self.sources.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.count.load(Ordering::Acquire)
     }
 }
 
@@ -81,6 +92,15 @@ impl Cluster {
             records[i] = newest(records[i].take(), theirs.into_iter().filter_map(Result::ok));
         }
         Ok(records)
+    }
+
+    /// [`Cluster::read_own`] for one key, without allocating when nothing is arriving
+    /// (the common case, on the request path).
+    pub(super) async fn read_own_one(&self, key: &[u8], wait: Duration) -> Result<Option<Record>, DataError> {
+        if self.arriving.len() == 0 {
+            return Ok(self.local.store.get(key)?);
+        }
+        Ok(self.read_own(&[Bytes::copy_from_slice(key)], wait).await?.into_iter().next().flatten())
     }
 
     async fn read_source(
