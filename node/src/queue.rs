@@ -51,6 +51,19 @@ impl<T> Clone for Sender<T> {
 }
 
 impl<T> Sender<T> {
+    /// Sends at once if there is room; gives the item back otherwise (full or closed).
+    pub fn try_send(&self, item: T) -> Result<(), mpsc::error::TrySendError<T>> {
+        match self.inner.try_reserve() {
+            Ok(permit) => {
+                self.depth.inc();
+                permit.send(item);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(())) => Err(mpsc::error::TrySendError::Full(item)),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(mpsc::error::TrySendError::Closed(item)),
+        }
+    }
+
     /// Waits for room, then queues `item`. Cancel-safe: a send given up while waiting
     /// takes no room. Fails (giving `item` back) when the receiver is gone.
     pub async fn send(&self, item: T) -> Result<(), mpsc::error::SendError<T>> {

@@ -34,7 +34,7 @@ use opencluster_pki::MutualTls;
 use opencluster_pki::peer::{PeerError, Policy, authorize, connection_error};
 use opencluster_pki::tls::TlsError;
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -364,8 +364,19 @@ impl Peers {
                 tokio::spawn(send_queued(self.me.clone(), requests, limits));
                 Link { slot: Slot::default(), queue }
             });
-            link.queue.clone()
+            // Room in the queue (the usual case): no timer, no clone of the sender.
+            match link.queue.try_send(pending) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Closed(pending)) => {
+                    return Err(RpcError::Transport {
+                        peer: pending.target.name.clone(),
+                        reason: "the node is stopping".into(),
+                    });
+                }
+                Err(mpsc::error::TrySendError::Full(pending)) => (link.queue.clone(), pending),
+            }
         };
+        let (queue, pending) = queue;
         let (peer, deadline) = (pending.target.name.clone(), pending.deadline);
         let timeout = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout_at(deadline.into(), queue.send(pending)).await {
