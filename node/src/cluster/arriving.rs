@@ -96,11 +96,16 @@ impl Cluster {
 
     /// [`Cluster::read_own`] for one key, without allocating when nothing is arriving
     /// (the common case, on the request path).
-    pub(super) async fn read_own_one(&self, key: &[u8], wait: Duration) -> Result<Option<Record>, DataError> {
+    /// Sources are asked within `wait()`, computed only then.
+    pub(super) async fn read_own_one(
+        &self,
+        key: &[u8],
+        wait: impl FnOnce() -> Duration,
+    ) -> Result<Option<Record>, DataError> {
         if self.arriving.len() == 0 {
             return Ok(self.local.store.get(key)?);
         }
-        Ok(self.read_own(&[Bytes::copy_from_slice(key)], wait).await?.into_iter().next().flatten())
+        Ok(self.read_own(&[Bytes::copy_from_slice(key)], wait()).await?.into_iter().next().flatten())
     }
 
     async fn read_source(

@@ -75,7 +75,7 @@ impl Cluster {
         let mut answers: Vec<(NodeId, Option<Record>)> = Vec::with_capacity(owners.len());
         if owners.contains(&self.node) || owners.is_empty() {
             // Completed from the copy's sources while the partition is still arriving.
-            answers.push((self.node, self.read_own_one(key, remaining(half_of(deadline))).await?));
+            answers.push((self.node, self.read_own_one(key, || remaining(half_of(deadline))).await?));
         }
         let mut errors = Vec::new();
         // Other owners are asked only as many at a time as are still needed, primary first,
@@ -170,7 +170,7 @@ impl Cluster {
         let owners = self.owners(view, key);
         let here = owners.contains(&self.node);
         if here {
-            let local = self.read_own_one(key, remaining(half_of(deadline))).await?;
+            let local = self.read_own_one(key, || remaining(half_of(deadline))).await?;
             if local.is_some() || owners.len() == 1 {
                 return Ok(local);
             }
