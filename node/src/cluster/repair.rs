@@ -12,8 +12,8 @@
 //! repair can only move a key forward.
 //!
 //! The primary of each partition compares it with every other owner, one round every
-//! `repair.interval` and soon after a node returns to placement (it restarted or resumed,
-//! or a network partition healed), once this node's rebalance is idle. A node also compares partitions it holds
+//! `repair.interval` and soon after the placed nodes change (a node joined, returned or
+//! was lost), once this node's rebalance is idle. A node also compares partitions it holds
 //! records of but no longer owns with their owners, and pushes whatever they lack; once
 //! every owner has answered, it removes the records it listed beforehand and that were not
 //! written since ([`Cluster::hand_over`]).
@@ -232,13 +232,9 @@ impl Cluster {
         let options = topology.repair;
         let first = self.view();
         let mut seen = first.generation;
-        // Nodes placed now, and every node ever placed: one placed again has returned.
+        // Nodes placed now: any change (a restarted node meeting its cluster again
+        // included) is followed by a round.
         let mut placed: HashSet<NodeId> = first.placement.nodes().iter().copied().collect();
-        // The nodes it knew before it started count as placed before: when they come back
-        // after a restart of this node, it compares too (one of them, or this node, may
-        // have lost what a crash cut from its log).
-        let mut ever = placed.clone();
-        ever.extend(topology.roster.lock().unwrap_or_else(|e| e.into_inner()).ids().map(NodeId));
         let mut changed_at: Option<Instant> = None;
         let mut next_round = Instant::now() + options.interval;
         loop {
@@ -251,13 +247,15 @@ impl Cluster {
                 seen = view.generation;
                 let now: HashSet<NodeId> = view.placement.nodes().iter().copied().collect();
                 // A node that returned (restarted, resumed, or on the other side of a
-                // healed network partition) may hold or lack writes; a new node or one
-                // that left is rebalance's work, and comparing in the middle of a copy
-                // would only slow it down.
-                if now.iter().any(|n| !placed.contains(n) && ever.contains(n)) {
+                // healed network partition) may hold or lack writes. A node lost or
+                // added leaves a window too: a new owner copies a partition from the
+                // old ones, and writes acknowledged between its copy and the moment
+                // every coordinator places it reach only the old owners. Either way a
+                // round follows once placement settles and rebalance is idle (never in
+                // the middle of a copy).
+                if now != placed {
                     changed_at = Some(Instant::now());
                 }
-                ever.extend(now.iter().copied());
                 placed = now;
             }
             let settled = changed_at.is_some_and(|t| t.elapsed() >= SETTLE);
