@@ -396,7 +396,8 @@ mod tests {
             let queue = queue.clone();
             async move { queue.next().await }
         });
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // On this single-threaded test runtime one yield runs the waiter until it parks.
+        tokio::task::yield_now().await;
         queue.push(vec![task(7, 1)]);
         assert_eq!(tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap(), task(7, 1));
     }

@@ -955,9 +955,14 @@ mod tests {
             })
         };
         let first = read(0);
-        while echo.arrived.load(Ordering::SeqCst) < 1 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let arrived = async {
+            while echo.arrived.load(Ordering::SeqCst) < 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), arrived)
+            .await
+            .expect("the first read reaches the server");
         let second = read(1);
         let third = read(2);
         while client.metrics.queue_depth.get() < 1 {
