@@ -116,7 +116,7 @@ fn waiting_for(s: &AdminState) -> Vec<String> {
     if let Some(e) = cluster.flusher().last_error() {
         waiting.push(format!("store: flushes are failing: {e}"));
     }
-    if s.joins && !cluster.is_clustered() {
+    if s.joins && cluster.placed_nodes() < 2 {
         waiting.push("join: no other node placed yet (join or join_service is set)".to_string());
     }
     if let Some(why) = cluster.not_joined() {

@@ -204,6 +204,11 @@ impl Cluster {
         view.placement.nodes().len() > 1 || view.known > 1
     }
 
+    /// How many nodes the current placement uses, this one included.
+    pub fn placed_nodes(&self) -> usize {
+        self.view().placement.nodes().len()
+    }
+
     /// The current placement. The placement watcher ([`Cluster::watch_placement`]) keeps
     /// it up to date; the request path only reads it.
     fn view(&self) -> Arc<View> {
