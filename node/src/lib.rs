@@ -3,6 +3,7 @@
 //! Layered as in DESIGN.md; a module only uses modules listed above it.
 
 pub mod admin;
+pub mod cache;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub gossip: crate::membership::runtime::GossipMetrics,
     pub rpc: crate::peer::RpcMetrics,
     pub cluster: crate::cluster::ClusterMetrics,
+    pub cache: crate::cluster::CacheMetrics,
     pub keyring: crate::membership::keyring::KeyringMetrics,
 }
 
@@ -182,6 +183,7 @@ impl Metrics {
                 queues.with_label_values(&[crate::queue::PEER_REQUESTS]),
             ),
             cluster: crate::cluster::ClusterMetrics::register(&r, &queues),
+            cache: crate::cluster::CacheMetrics::register(&r),
             keyring: crate::membership::keyring::KeyringMetrics {
                 changes: register(
                     &r,

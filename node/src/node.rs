@@ -321,8 +321,15 @@ pub async fn run(
     let peers = topology.as_ref().map(|t| t.peers.clone());
     let peer_endpoint = peers.clone();
     let security = Arc::new(security);
-    let cluster =
-        Arc::new(Cluster::new(store.clone(), flusher.clone(), origin, topology, metrics.cluster.clone())?);
+    let cluster = Arc::new(Cluster::new(
+        store.clone(),
+        flusher.clone(),
+        origin,
+        topology,
+        metrics.cluster.clone(),
+        cache_options(&config),
+        metrics.cache.clone(),
+    )?);
     let peer_tasks = TaskTracker::new();
     let stop_peers = CancellationToken::new();
     if let Some(peers) = peer_endpoint {
@@ -333,6 +340,8 @@ pub async fn run(
         background_tasks.spawn(cluster.clone().rebalance(background.clone()));
         background_tasks.spawn(cluster.clone().hand_off(background.clone()));
         background_tasks.spawn(cluster.clone().anti_entropy(background.clone()));
+        background_tasks.spawn(cluster.clone().send_invalidations(background.clone()));
+        background_tasks.spawn(cluster.clone().keep_near_cache(background.clone()));
     }
     let state = Arc::new(ServerState {
         cluster,
@@ -509,5 +518,32 @@ async fn warn_insecure(stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(INSECURE_WARNING_EVERY) => {}
         }
+    }
+}
+
+/// The near cache's settings, from `[cache]` (validated at load).
+fn cache_options(config: &Config) -> crate::cluster::CacheOptions {
+    let c = &config.cache;
+    let near = c.enabled.then(|| crate::cache::near::NearOptions {
+        max_bytes: c.max_bytes.0,
+        max_entry_bytes: c.max_entry_bytes.as_usize(),
+        lease: c.lease,
+        grace: c.invalidation_grace,
+        rules: c
+            .prefix_rules()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(prefix, max)| {
+                (bytes::Bytes::from(prefix), max.map(|m| usize::try_from(m).unwrap_or(usize::MAX)))
+            })
+            .collect(),
+    });
+    crate::cluster::CacheOptions {
+        near,
+        lease: c.lease,
+        max_interest_keys: c.max_interest_keys as usize,
+        max_queued_invalidations: c.max_queued_invalidations as usize,
+        // A test hook: owners number invalidations but never send them.
+        drop_invalidations: std::env::var_os("OPENCLUSTER_TEST_DROP_INVALIDATIONS").is_some_and(|v| v == "1"),
     }
 }

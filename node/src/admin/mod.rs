@@ -215,6 +215,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
             "left": member_counts.left,
         },
         "placement": cluster.placement_status(),
+        "cache": cluster.cache_status(),
         "clients": {
             "connected": server.clients.connected(),
             "max": server.clients.max,
@@ -270,6 +271,7 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     m.expiring_keys.set(stats.expiring as i64);
     m.tombstones.set(stats.tombstones as i64);
     m.bytes_on_disk.set(server.cluster.store().size_on_disk() as i64);
+    server.cluster.mirror_cache_metrics();
     Metrics::mirror(&m.purged_total, server.purge_status.purged.load(Ordering::Relaxed));
     Metrics::mirror(&m.flush_failures, server.cluster.flusher().failures());
     if let Some(b) = server.cluster.store().buffer_status() {

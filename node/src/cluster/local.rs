@@ -2,12 +2,14 @@
 //! a partition's primary, apply a replica's copy by last-writer-wins, read and scan.
 //! Every write waits until it is as durable as the fsync policy promises.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
 use super::DataError;
+use super::invalidate::Invalidations;
 use super::messages::{Change, Op};
+use crate::cache::LocalClients;
 use crate::glob;
 use crate::hlc::{Clock, Hlc};
 use crate::placement::Partition;
@@ -64,9 +66,27 @@ pub struct Local {
     pub flusher: Arc<Flusher>,
     pub clock: Clock,
     pub origin: Origin,
+    /// Told of every record stored here: the near-cache holders of leases on its key, and
+    /// this node's clients that track keys.
+    pub invalidations: Arc<Invalidations>,
+    pub clients: Arc<OnceLock<Arc<dyn LocalClients>>>,
 }
 
 impl Local {
+    /// Reports records just stored to whoever follows their keys.
+    fn changed(&self, written: &[(&[u8], Hlc)]) {
+        if written.is_empty() {
+            return;
+        }
+        self.invalidations.applied(written.iter().copied(), self.store.partitions());
+        if let Some(clients) = self.clients.get()
+            && clients.wants_changes()
+        {
+            let keys: Vec<Bytes> = written.iter().map(|(k, _)| Bytes::copy_from_slice(k)).collect();
+            clients.keys_changed(&keys, crate::cache::writer());
+        }
+    }
+
     pub fn stamp(&self) -> Stamp<'_> {
         Stamp { clock: &self.clock, origin: &self.origin }
     }
@@ -105,6 +125,7 @@ impl Local {
             writes
         })?;
         if !written.is_empty() {
+            self.changed(&written.iter().map(|(k, r)| (&k[..], r.hlc)).collect::<Vec<_>>());
             self.flusher.written().await?;
         }
         Ok(written)
@@ -129,8 +150,9 @@ impl Local {
             record = Some(r.clone());
             r
         })?;
-        self.flusher.written().await?;
         let record = record.ok_or_else(|| StoreError::Io("the store did not write the record".into()))?;
+        self.changed(&[(key, record.hlc)]);
+        self.flusher.written().await?;
         Ok((Bytes::copy_from_slice(key), record))
     }
 
@@ -206,7 +228,9 @@ impl Local {
             self.clock.observe(max);
         }
         self.wait_for_room().await;
-        if apply_newer(&*self.store, records)? > 0 {
+        let written = apply_newer(&*self.store, records)?;
+        if !written.is_empty() {
+            self.changed(&written.iter().map(|&i| (&records[i].0[..], records[i].1.hlc)).collect::<Vec<_>>());
             self.flusher.written().await?;
         }
         Ok(())
@@ -223,10 +247,13 @@ impl Local {
         }
         self.wait_for_room().await;
         let store = self.store.clone();
-        let written = tokio::task::spawn_blocking(move || apply_newer(&*store, &records))
-            .await
-            .map_err(|e| DataError::Unavailable(format!("applying a batch failed: {e}")))??;
-        if written > 0 {
+        let (written, records) = tokio::task::spawn_blocking(move || {
+            apply_newer(&*store, &records).map(|written| (written, records))
+        })
+        .await
+        .map_err(|e| DataError::Unavailable(format!("applying a batch failed: {e}")))??;
+        if !written.is_empty() {
+            self.changed(&written.iter().map(|&i| (&records[i].0[..], records[i].1.hlc)).collect::<Vec<_>>());
             self.flusher.written().await?;
         }
         Ok(())
@@ -258,15 +285,26 @@ impl Local {
     }
 }
 
-/// Stores each of `records` that wins over the stored one (last-writer-wins); returns how
-/// many were written.
-fn apply_newer(store: &dyn Store, records: &[(Bytes, Record)]) -> Result<usize, StoreError> {
+/// Stores each of `records` that wins over the stored one (last-writer-wins); returns the
+/// indices of those written.
+fn apply_newer(store: &dyn Store, records: &[(Bytes, Record)]) -> Result<Vec<usize>, StoreError> {
     let keys: Vec<&[u8]> = records.iter().map(|(k, _)| &k[..]).collect();
+    let mut written = Vec::new();
     store.update(&keys, &mut |current| {
+        written.clear();
         records
             .iter()
             .zip(current)
-            .map(|((_, r), cur)| if r.wins_over(cur.as_ref()) { Write::Put(r.clone()) } else { Write::Keep })
+            .enumerate()
+            .map(|(i, ((_, r), cur))| {
+                if r.wins_over(cur.as_ref()) {
+                    written.push(i);
+                    Write::Put(r.clone())
+                } else {
+                    Write::Keep
+                }
+            })
             .collect()
-    })
+    })?;
+    Ok(written)
 }

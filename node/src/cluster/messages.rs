@@ -191,6 +191,97 @@ impl Message for Versions {
     type Response = Vec<(Bytes, Hlc)>;
 }
 
+/// A [`Read`] that also asks each owner for an interest lease on the keys for `holder`,
+/// which caches them (see `cache::interest`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LeasedRead {
+    pub keys: Vec<Bytes>,
+    pub holder: u64,
+    pub lease_ms: u32,
+}
+
+/// The records of a [`LeasedRead`], who granted the leases (the owner's incarnation: it
+/// changes when the owner restarts and forgets them), and per key where the holder's count
+/// of the partition's invalidations stands.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LeasedAnswer {
+    pub records: Vec<Option<WireRecord>>,
+    pub incarnation: u64,
+    pub seqs: Vec<u64>,
+}
+
+impl Message for LeasedRead {
+    const KIND: Kind = Kind::LeasedRead;
+    type Response = LeasedAnswer;
+}
+
+/// Keys that changed at `owner`, for a node holding leases on them: each with its
+/// partition, its new HLC and its number in the count of that partition's invalidations
+/// to this holder.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Invalidate {
+    pub owner: u64,
+    pub incarnation: u64,
+    pub keys: Vec<Invalidated>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invalidated {
+    pub key: Bytes,
+    pub partition: Partition,
+    pub hlc: Hlc,
+    pub seq: u64,
+}
+
+impl Message for Invalidate {
+    const KIND: Kind = Kind::Invalidate;
+    type Response = ();
+}
+
+/// `holder` wants to hear of every change to keys with these prefixes for `lease_ms`
+/// (its clients track them in broadcast mode). Replaces what it asked before.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WatchPrefixes {
+    pub holder: u64,
+    pub prefixes: Vec<Bytes>,
+    pub lease_ms: u32,
+}
+
+impl Message for WatchPrefixes {
+    const KIND: Kind = Kind::WatchPrefixes;
+    type Response = ();
+}
+
+/// A pub/sub message for the receiver's own subscribers; answers how many got it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Publish {
+    pub channel: Bytes,
+    pub message: Bytes,
+}
+
+impl Message for Publish {
+    const KIND: Kind = Kind::Publish;
+    type Response = u64;
+}
+
+/// The receiver's channels with subscribers (matching `pattern`, all when `None`), with
+/// their counts, and its number of pattern subscriptions (PUBSUB).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Channels {
+    pub pattern: Option<Bytes>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChannelCounts {
+    pub channels: Vec<(Bytes, u64)>,
+    pub patterns: u64,
+}
+
+impl Message for Channels {
+    const KIND: Kind = Kind::Channels;
+    type Response = ChannelCounts;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

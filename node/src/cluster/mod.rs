@@ -27,9 +27,11 @@
 
 mod arriving;
 mod handoff;
+mod invalidate;
 mod local;
 pub mod messages;
 mod metrics;
+mod near;
 mod read;
 mod rebalance;
 mod repair;
@@ -41,13 +43,14 @@ mod view;
 mod write;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 pub use local::Stamp;
 use local::{Executed, Local};
 use messages::WireRecord;
 pub use metrics::ClusterMetrics;
+pub use near::CacheMetrics;
 pub use read::ReadQuorum;
 pub use rebalance::RebalanceOptions;
 use rebalance::RebalanceStatus;
@@ -55,6 +58,8 @@ pub use repair::{Horizon, RepairOptions};
 pub use service::{MAX_PULL_BYTES, Service};
 use view::{Verified, View};
 
+use crate::cache::LocalClients;
+use crate::cache::near::{NearCache, NearOptions};
 use crate::hlc::Clock;
 use crate::membership::members::Members;
 use crate::peer::{Peers, RpcError, Target};
@@ -119,6 +124,37 @@ pub struct Cluster {
     strays: strays::Strays,
     /// Partitions being copied in, answered from their sources too.
     arriving: arriving::Arriving,
+    /// Records of keys owned elsewhere, kept after reads (`None`: `cache.enabled = false`).
+    near: Option<NearCache>,
+    /// Leases this node granted as owner and the invalidations it owes their holders.
+    invalidations: Arc<invalidate::Invalidations>,
+    /// This node's clients that follow changes and messages (client tracking, pub/sub).
+    clients: Arc<OnceLock<Arc<dyn LocalClients>>>,
+    cache_metrics: CacheMetrics,
+}
+
+/// Near-cache settings (`[cache]`).
+#[derive(Clone, Debug)]
+pub struct CacheOptions {
+    /// `None`: no near cache (leases are still granted, and taken for tracking clients).
+    pub near: Option<NearOptions>,
+    pub lease: Duration,
+    pub max_interest_keys: usize,
+    pub max_queued_invalidations: usize,
+    /// Test hook: invalidations are numbered but never sent.
+    pub drop_invalidations: bool,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            near: None,
+            lease: Duration::from_secs(30),
+            max_interest_keys: 100_000,
+            max_queued_invalidations: 65_536,
+            drop_invalidations: false,
+        }
+    }
 }
 
 impl Cluster {
@@ -130,6 +166,8 @@ impl Cluster {
         origin: Origin,
         topology: Option<Topology>,
         metrics: ClusterMetrics,
+        cache: CacheOptions,
+        cache_metrics: CacheMetrics,
     ) -> Result<Self, StoreError> {
         let clock = Clock::new();
         clock.observe(store.max_hlc()?);
@@ -157,8 +195,25 @@ impl Cluster {
             RebalanceOptions { max_bytes_per_sec: 64 << 20, max_parallel: 2, chunk_bytes: 256 << 10 },
             |t| t.rebalance,
         );
+        let invalidations = Arc::new(invalidate::Invalidations::new(
+            cache.lease,
+            cache.max_interest_keys,
+            cache.max_queued_invalidations,
+            cache.drop_invalidations,
+        ));
+        let clients: Arc<OnceLock<Arc<dyn LocalClients>>> = Arc::default();
+        // A node without peers owns every key: nothing to cache.
+        let near =
+            cache.near.filter(|_| topology.is_some()).map(|options| NearCache::new(partitions, options));
         Ok(Cluster {
-            local: Local { store, flusher, clock, origin },
+            local: Local {
+                store,
+                flusher,
+                clock,
+                origin,
+                invalidations: invalidations.clone(),
+                clients: clients.clone(),
+            },
             node,
             topology,
             verified: Verified::default(),
@@ -171,6 +226,10 @@ impl Cluster {
             hints: Arc::new(handoff::Hints::new(max_hint_bytes)),
             strays: strays::Strays::default(),
             arriving: arriving::Arriving::default(),
+            near,
+            invalidations,
+            clients,
+            cache_metrics,
         })
     }
 

@@ -13,8 +13,12 @@ use futures_util::stream::FuturesUnordered;
 
 use super::messages::{self, WireRecord};
 use super::{Cluster, DataError, View, decode, half_of, remaining, unavailable};
-use crate::placement::NodeId;
+use crate::cache::near::Grant;
+use crate::placement::{NodeId, partition_of};
 use crate::record::Record;
+
+/// The leases owners granted during one read.
+pub(super) type Grants = std::sync::Mutex<Vec<Grant>>;
 
 /// How many owners a read asks (`cluster.read_quorum`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,14 +49,33 @@ impl Cluster {
     pub async fn get(&self, key: &[u8]) -> Result<Option<Record>, DataError> {
         let view = self.view();
         let deadline = Instant::now() + self.timeout();
-        match self.topology.as_ref().map_or(ReadQuorum::One, |t| t.read_quorum) {
+        // A key owned elsewhere may be served from, or kept in, the near cache.
+        let partition = partition_of(key, self.partitions());
+        let elsewhere = self.topology.is_some() && !view.placement.is_owner(partition, self.node);
+        let mut reservation = None;
+        if elsewhere && let Some(near) = &self.near {
+            let now = Instant::now();
+            if let Some(hit) = near.get(key, now) {
+                return Ok(hit);
+            }
+            reservation = near.reserve(key, partition, now);
+        }
+        let grants = Grants::default();
+        let leased = elsewhere && (reservation.is_some() || self.clients_track_reads());
+        let lease = leased.then_some(&grants);
+        let record = match self.topology.as_ref().map_or(ReadQuorum::One, |t| t.read_quorum) {
             ReadQuorum::Quorum => {
                 let need = self.read_required(&view);
                 self.check_reachable(&view, need, "read")?;
-                Ok(self.read_merged(&view, key, need, deadline).await?.record)
+                self.read_merged(&view, key, need, deadline, lease).await?.record
             }
-            ReadQuorum::One => self.read_one(&view, key, deadline).await,
+            ReadQuorum::One => self.read_one(&view, key, deadline, lease).await?,
+        };
+        if let (Some(near), Some(reservation)) = (&self.near, reservation) {
+            let grants = grants.into_inner().unwrap_or_else(|e| e.into_inner());
+            near.fill(key, partition, reservation, record.clone(), &grants, Instant::now());
         }
+        Ok(record)
     }
 
     /// Owners a quorum read must hear from: enough that any write quorum overlaps them
@@ -69,6 +92,7 @@ impl Cluster {
         key: &[u8],
         need: usize,
         deadline: Instant,
+        lease: Option<&Grants>,
     ) -> Result<Merged, DataError> {
         let owners = self.owners(view, key);
         let primary = owners.first().copied();
@@ -89,8 +113,9 @@ impl Cluster {
         let others: Vec<NodeId> = owners.iter().copied().filter(|&n| n != self.node).collect();
         let mut next = 0;
         let mut reads = FuturesUnordered::new();
-        let ask =
-            |node: NodeId, by: Instant| async move { (node, self.read_from(view, node, keys, by).await) };
+        let ask = |node: NodeId, by: Instant| async move {
+            (node, self.read_from(view, node, keys, by, lease).await)
+        };
         while next < others.len() && reads.len() < need.saturating_sub(answers.len()) {
             reads.push(ask(others[next], half_of(deadline)));
             next += 1;
@@ -166,6 +191,7 @@ impl Cluster {
         view: &View,
         key: &[u8],
         deadline: Instant,
+        lease: Option<&Grants>,
     ) -> Result<Option<Record>, DataError> {
         let owners = self.owners(view, key);
         let here = owners.contains(&self.node);
@@ -181,14 +207,14 @@ impl Cluster {
         let mut errors = Vec::new();
         // Not an owner: ask the primary alone first (usually it has the record).
         if !here && let Some(primary) = others.next() {
-            match self.read_from(view, primary, &keys, half_of(deadline)).await {
+            match self.read_from(view, primary, &keys, half_of(deadline), lease).await {
                 Ok(Some(record)) => return Ok(Some(record)),
                 Ok(None) => answered = true,
                 Err(e) => errors.push(e.to_string()),
             }
         }
         let rest: Vec<NodeId> = others.collect();
-        let answers = join_all(rest.iter().map(|&n| self.read_from(view, n, &keys, deadline))).await;
+        let answers = join_all(rest.iter().map(|&n| self.read_from(view, n, &keys, deadline, lease))).await;
         let mut best: Option<Record> = None;
         for answer in answers {
             match answer {
@@ -215,17 +241,38 @@ impl Cluster {
         Ok(best)
     }
 
+    /// The record of `keys[0]` at `node`; with `lease`, the owner also grants this node a
+    /// lease on the key, recorded in `lease`.
     async fn read_from(
         &self,
         view: &View,
         node: NodeId,
         keys: &[Bytes],
         deadline: Instant,
+        lease: Option<&Grants>,
     ) -> Result<Option<Record>, DataError> {
         let target = self.target(view, node)?;
         self.metrics.forwarded.with_label_values(&["read"]).inc();
-        let msg = messages::Read { keys: keys.to_vec() };
-        let answer = self.peers()?.call(&target, &msg, remaining(deadline)).await.map_err(unavailable)?;
+        let peers = self.peers()?;
+        let answer = match lease {
+            Some(grants) => {
+                let lease_ms = u32::try_from(self.invalidations.lease.as_millis()).unwrap_or(u32::MAX);
+                let msg = messages::LeasedRead { keys: keys.to_vec(), holder: self.node.0, lease_ms };
+                let answer = peers.call(&target, &msg, remaining(deadline)).await.map_err(|e| {
+                    self.owner_unreachable(node, &e);
+                    unavailable(e)
+                })?;
+                if let Some(&seq) = answer.seqs.first() {
+                    let grant = Grant { owner: node.0, incarnation: answer.incarnation, seq };
+                    grants.lock().unwrap_or_else(|e| e.into_inner()).push(grant);
+                }
+                answer.records
+            }
+            None => {
+                let msg = messages::Read { keys: keys.to_vec() };
+                peers.call(&target, &msg, remaining(deadline)).await.map_err(unavailable)?
+            }
+        };
         match answer.into_iter().next().flatten() {
             None => Ok(None),
             Some(wire) => Ok(Some(decode(&wire)?)),

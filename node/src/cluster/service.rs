@@ -100,6 +100,33 @@ impl Handler for Service {
                     })
                     .await
                 }
+                Kind::LeasedRead => {
+                    answer(&body, |m: messages::LeasedRead| async move {
+                        c.leased_read(m).map_err(|e| refusal(e.into()))
+                    })
+                    .await
+                }
+                Kind::Invalidate => {
+                    answer(&body, |m: messages::Invalidate| async move {
+                        c.invalidated(m);
+                        Ok(())
+                    })
+                    .await
+                }
+                Kind::WatchPrefixes => {
+                    answer(&body, |m: messages::WatchPrefixes| async move {
+                        c.watch_prefixes(m);
+                        Ok(())
+                    })
+                    .await
+                }
+                Kind::Publish => answer(&body, |m: messages::Publish| async move { Ok(c.deliver(&m)) }).await,
+                Kind::Channels => {
+                    answer(&body, |m: messages::Channels| async move {
+                        Ok(c.local_channels(m.pattern.as_deref()))
+                    })
+                    .await
+                }
                 Kind::Keys => {
                     answer(&body, |m: messages::Keys| async move {
                         if m.partition >= c.partitions() {

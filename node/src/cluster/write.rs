@@ -35,7 +35,16 @@ impl Cluster {
     ///
     /// Keys whose partitions have different primaries are written by each primary on its
     /// own: such a multi-key command is not atomic across them.
-    pub async fn update<F>(&self, keys: &[&[u8]], mut decide: F) -> Result<usize, DataError>
+    pub async fn update<F>(&self, keys: &[&[u8]], decide: F) -> Result<usize, DataError>
+    where
+        F: FnMut(&[Option<Record>], &Stamp<'_>) -> Vec<Write>,
+    {
+        let result = self.update_keys(keys, decide).await;
+        self.wrote_through(keys);
+        result
+    }
+
+    async fn update_keys<F>(&self, keys: &[&[u8]], mut decide: F) -> Result<usize, DataError>
     where
         F: FnMut(&[Option<Record>], &Stamp<'_>) -> Vec<Write>,
     {
@@ -47,7 +56,7 @@ impl Cluster {
         // (just this node when it is the only one needed), whatever cluster.read_quorum says.
         let need = self.read_required(&view);
         self.check_reachable(&view, need.max(self.required(&view)), "write")?;
-        let merged = join_all(keys.iter().map(|k| self.read_merged(&view, k, need, deadline))).await;
+        let merged = join_all(keys.iter().map(|k| self.read_merged(&view, k, need, deadline, None))).await;
         let merged: Vec<Merged> = merged.into_iter().collect::<Result<_, _>>()?;
         if primaries.iter().all(|&p| p == self.node) {
             // The reads repaired this node's copies: decide and write in one local step.
@@ -100,6 +109,12 @@ impl Cluster {
 
     /// Writes `value` whatever the key holds now (SET without options).
     pub async fn put(&self, key: &[u8], value: Bytes, expires_at_ms: Option<u64>) -> Result<(), DataError> {
+        let result = self.put_key(key, value, expires_at_ms).await;
+        self.wrote_through(&[key]);
+        result
+    }
+
+    async fn put_key(&self, key: &[u8], value: Bytes, expires_at_ms: Option<u64>) -> Result<(), DataError> {
         let view = self.view();
         self.check_reachable(&view, self.required(&view), "write")?;
         let primary = self.owners(&view, key).first().copied().unwrap_or(self.node);

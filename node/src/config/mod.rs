@@ -106,6 +106,75 @@ pub struct Config {
     pub rpc: RpcConfig,
     pub rebalance: RebalanceConfig,
     pub repair: RepairConfig,
+    pub cache: CacheConfig,
+}
+
+/// The near cache: records of keys owned by other nodes, kept after a read and dropped
+/// when their owners send an invalidation (see docs/architecture.md).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Keep records of keys owned elsewhere after reading them.
+    pub enabled: bool,
+    /// Most bytes the cache holds: keys, values and a fixed overhead per entry.
+    pub max_bytes: ByteSize,
+    /// Largest entry (key and value) cached, unless a prefix rule says otherwise.
+    pub max_entry_bytes: ByteSize,
+    /// Rules per key prefix, `PREFIX=off` (never cached) or `PREFIX=SIZE` (largest entry
+    /// cached); the longest matching prefix wins.
+    pub prefixes: Vec<String>,
+    /// How long owners promise invalidations for a key after a read (the worst-case
+    /// staleness when invalidations are lost); a cached key is read again after half.
+    #[serde(with = "units::duration")]
+    pub lease: Duration,
+    /// How long invalidations an owner announced may take to arrive before the partition's
+    /// entries are dropped.
+    #[serde(with = "units::duration")]
+    pub invalidation_grace: Duration,
+    /// Keys with leases an owner tracks; beyond, a lease covers the key's whole partition.
+    pub max_interest_keys: u32,
+    /// Invalidations an owner queues for one holder; beyond, its leases are forgotten.
+    pub max_queued_invalidations: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            max_bytes: ByteSize(64 << 20),
+            max_entry_bytes: ByteSize(1 << 20),
+            prefixes: Vec::new(),
+            lease: Duration::from_secs(30),
+            invalidation_grace: Duration::from_secs(2),
+            max_interest_keys: 100_000,
+            max_queued_invalidations: 65_536,
+        }
+    }
+}
+
+/// A near-cache rule: the key prefix, and the largest entry cached (`None`: never).
+pub type PrefixRule = (Vec<u8>, Option<u64>);
+
+impl CacheConfig {
+    /// The prefix rules: `(prefix, None)` never caches, `(prefix, Some(n))` caches entries
+    /// up to `n` bytes.
+    pub fn prefix_rules(&self) -> Result<Vec<PrefixRule>, String> {
+        self.prefixes
+            .iter()
+            .map(|rule| {
+                let (prefix, what) = rule
+                    .rsplit_once('=')
+                    .ok_or_else(|| format!("{rule:?} is not PREFIX=off or PREFIX=SIZE"))?;
+                let what = what.trim();
+                let limit = if what.eq_ignore_ascii_case("off") {
+                    None
+                } else {
+                    Some(ByteSize::parse(what).map_err(|e| format!("{rule:?}: {e}"))?.0)
+                };
+                Ok((prefix.as_bytes().to_vec(), limit))
+            })
+            .collect()
+    }
 }
 
 /// Copying partitions to the nodes that gain them.
@@ -237,6 +306,17 @@ pub struct Limits {
     pub max_request_bytes: ByteSize,
     /// Most client connections at once.
     pub max_clients: u32,
+    /// Bytes of pub/sub messages and invalidations queued for one client before it is
+    /// disconnected (Redis's `client-output-buffer-limit pubsub` hard limit).
+    pub pubsub_output_hard_bytes: ByteSize,
+    /// Bytes queued for longer than `pubsub_output_soft_seconds` before a client is
+    /// disconnected (the soft limit).
+    pub pubsub_output_soft_bytes: ByteSize,
+    #[serde(with = "units::duration")]
+    pub pubsub_output_soft_time: Duration,
+    /// Keys tracked for clients (`CLIENT TRACKING`); beyond, the oldest are invalidated
+    /// (Redis's `tracking-table-max-keys`).
+    pub tracking_max_keys: u32,
 }
 
 /// How data is kept on disk.
@@ -364,6 +444,7 @@ impl Default for Config {
             rpc: RpcConfig::default(),
             rebalance: RebalanceConfig::default(),
             repair: RepairConfig::default(),
+            cache: CacheConfig::default(),
             gossip: GossipConfig::default(),
         }
     }
@@ -376,6 +457,10 @@ impl Default for Limits {
             max_value_bytes: ByteSize(16 << 20),
             max_request_bytes: ByteSize(64 << 20),
             max_clients: 10_000,
+            pubsub_output_hard_bytes: ByteSize(32 << 20),
+            pubsub_output_soft_bytes: ByteSize(8 << 20),
+            pubsub_output_soft_time: Duration::from_secs(60),
+            tracking_max_keys: 1_000_000,
         }
     }
 }
@@ -554,6 +639,25 @@ impl Config {
         }
         if c.request_timeout < Duration::from_millis(10) || c.request_timeout > Duration::from_secs(600) {
             return Err(err("cluster.request_timeout", "must be between 10ms and 10m"));
+        }
+        let cache = &self.cache;
+        if let Err(e) = cache.prefix_rules() {
+            return Err(err("cache.prefixes", e));
+        }
+        if cache.lease < Duration::from_millis(100) || cache.lease > Duration::from_secs(3600) {
+            return Err(err("cache.lease", "must be between 100ms and 1h"));
+        }
+        if cache.invalidation_grace < Duration::from_millis(10) || cache.invalidation_grace > cache.lease {
+            return Err(err("cache.invalidation_grace", "must be between 10ms and cache.lease"));
+        }
+        if cache.max_queued_invalidations == 0 {
+            return Err(err("cache.max_queued_invalidations", "must be at least 1"));
+        }
+        if self.limits.pubsub_output_soft_bytes.0 > self.limits.pubsub_output_hard_bytes.0 {
+            return Err(err(
+                "limits.pubsub_output_soft_bytes",
+                "must be at most limits.pubsub_output_hard_bytes",
+            ));
         }
         if c.bootstrap_expect == 0 || c.bootstrap_expect > 1024 {
             return Err(err("cluster.bootstrap_expect", "must be between 1 and 1024"));

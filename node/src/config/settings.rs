@@ -229,6 +229,66 @@ pub const SETTINGS: &[Setting] = &[
     s("limits.max_request_bytes", Kind::Size, "Largest single client request [default: 64MiB]"),
     s("limits.max_clients", Kind::Int, "Most client connections at once [default: 10000]"),
     s(
+        "limits.pubsub_output_hard_bytes",
+        Kind::Size,
+        "Bytes of pub/sub messages and invalidations queued for one client before it is disconnected [default: 32MiB]",
+    ),
+    s(
+        "limits.pubsub_output_soft_bytes",
+        Kind::Size,
+        "A client with more than this queued for limits.pubsub_output_soft_time is disconnected [default: 8MiB]",
+    ),
+    s(
+        "limits.pubsub_output_soft_time",
+        Kind::Duration,
+        "How long a client may stay over limits.pubsub_output_soft_bytes [default: 60s]",
+    ),
+    s(
+        "limits.tracking_max_keys",
+        Kind::Int,
+        "Keys tracked for clients (CLIENT TRACKING); beyond, the oldest are invalidated [default: 1000000]",
+    ),
+    s(
+        "cache.enabled",
+        Kind::Bool,
+        "Keep records of keys owned by other nodes after reading them [default: true]",
+    ),
+    s(
+        "cache.max_bytes",
+        Kind::Size,
+        "Most bytes the near cache holds (keys, values and a fixed overhead per entry) [default: 64MiB]",
+    ),
+    s(
+        "cache.max_entry_bytes",
+        Kind::Size,
+        "Largest entry (key and value) the near cache keeps [default: 1MiB]",
+    ),
+    s(
+        "cache.prefixes",
+        Kind::List,
+        "Near-cache rules per key prefix: PREFIX=off or PREFIX=SIZE (largest entry); the longest match wins, e.g. session:=off,img:=64KiB",
+    ),
+    s(
+        "cache.lease",
+        Kind::Duration,
+        "How long owners promise invalidations after a read: the worst-case staleness if invalidations are lost [default: 30s]",
+    ),
+    s(
+        "cache.invalidation_grace",
+        Kind::Duration,
+        "How long invalidations an owner announced may take to arrive before the partition's entries are dropped [default: 2s]",
+    ),
+    s(
+        "cache.max_interest_keys",
+        Kind::Int,
+        "Keys with interest leases an owner tracks; beyond, a lease covers the key's whole partition [default: 100000]",
+    ),
+    s(
+        "cache.max_queued_invalidations",
+        Kind::Int,
+        "Invalidations an owner queues for one holder; beyond, its leases are forgotten [default: 65536]",
+    ),
+    s(
         "store.fsync",
         Kind::Choice(&["always", "interval"]),
         "always: acknowledge writes once on disk; interval: flush every store.fsync_interval [default: interval]",

@@ -42,6 +42,11 @@ pub enum Kind {
     Pull = 8,
     Digest = 9,
     Versions = 10,
+    LeasedRead = 11,
+    Invalidate = 12,
+    WatchPrefixes = 13,
+    Publish = 14,
+    Channels = 15,
 }
 
 impl Kind {
@@ -57,6 +62,11 @@ impl Kind {
             8 => Kind::Pull,
             9 => Kind::Digest,
             10 => Kind::Versions,
+            11 => Kind::LeasedRead,
+            12 => Kind::Invalidate,
+            13 => Kind::WatchPrefixes,
+            14 => Kind::Publish,
+            15 => Kind::Channels,
             _ => return None,
         })
     }
@@ -74,10 +84,15 @@ impl Kind {
             Kind::Pull => "pull",
             Kind::Digest => "digest",
             Kind::Versions => "versions",
+            Kind::LeasedRead => "leased_read",
+            Kind::Invalidate => "invalidate",
+            Kind::WatchPrefixes => "watch_prefixes",
+            Kind::Publish => "publish",
+            Kind::Channels => "channels",
         }
     }
 
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Ping,
         Kind::Read,
         Kind::Write,
@@ -88,6 +103,11 @@ impl Kind {
         Kind::Pull,
         Kind::Digest,
         Kind::Versions,
+        Kind::LeasedRead,
+        Kind::Invalidate,
+        Kind::WatchPrefixes,
+        Kind::Publish,
+        Kind::Channels,
     ];
 }
 
@@ -167,7 +187,7 @@ mod tests {
         }
         // The kind numbers are the wire format: they never change.
         let numbers: Vec<u8> = Kind::ALL.iter().map(|&k| k as u8).collect();
-        assert_eq!(numbers, (1..=10).collect::<Vec<u8>>());
+        assert_eq!(numbers, (1..=15).collect::<Vec<u8>>());
     }
 
     #[test]
