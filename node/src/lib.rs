@@ -27,5 +27,7 @@ pub mod store;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The Redis version whose protocol and command replies this node matches, reported to
-/// clients that choose features by version.
-pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
+/// clients that choose features by version. 7.4 is what redis-py and Jedis ask before they
+/// turn on their client-side caches: the node honours the tracking those rely on
+/// (`CLIENT TRACKING` with every mode, RESP3 invalidation pushes, REDIRECT for RESP2).
+pub const REDIS_COMPAT_VERSION: &str = "7.4.0";

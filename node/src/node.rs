@@ -343,7 +343,17 @@ pub async fn run(
         background_tasks.spawn(cluster.clone().send_invalidations(background.clone()));
         background_tasks.spawn(cluster.clone().keep_near_cache(background.clone()));
     }
+    let hub = Arc::new(crate::resp::hub::Hub::new(
+        crate::resp::outbox::OutputLimits {
+            hard_bytes: config.limits.pubsub_output_hard_bytes.as_usize(),
+            soft_bytes: config.limits.pubsub_output_soft_bytes.as_usize(),
+            soft_time: config.limits.pubsub_output_soft_time,
+        },
+        config.limits.tracking_max_keys as usize,
+    ));
+    cluster.set_clients(hub.clone());
     let state = Arc::new(ServerState {
+        hub,
         cluster,
         command_metrics: ServerState::command_metrics(&metrics),
         metrics,

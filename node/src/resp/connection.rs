@@ -36,6 +36,7 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = state.limits;
+    let outbox = state.hub.connect(slot.id);
     let mut session = Session {
         id: slot.id,
         protocol: Protocol::Resp2,
@@ -45,6 +46,10 @@ pub async fn serve<S>(
         lib_version: None,
         peer,
         connected_at: Instant::now(),
+        outbox: outbox.clone(),
+        subscriptions: 0,
+        tracking: None,
+        caching: None,
     };
     let mut decoder = Decoder::new(DecodeLimits {
         max_bulk_bytes: limits.max_value_bytes.max(limits.max_key_bytes),
@@ -78,6 +83,11 @@ pub async fn serve<S>(
                     }
                 }
             }
+            // Messages and invalidations queued meanwhile go out with the replies.
+            outbox.drain_into(&mut out);
+            if outbox.overflowed() {
+                return Ok(());
+            }
             if !out.is_empty() {
                 stream.write_all(&out).await?;
                 out.clear();
@@ -98,6 +108,7 @@ pub async fn serve<S>(
             input.reserve(BUF_SIZE);
             let n = tokio::select! {
                 n = stream.read_buf(&mut input) => n?,
+                _ = outbox.ready() => continue,
                 _ = shutdown.cancelled() => return Ok(()),
             };
             if n == 0 {
@@ -109,6 +120,7 @@ pub async fn serve<S>(
     if let Err(e) = result {
         tracing::debug!(peer = %session.peer, error = %e, "client connection ended with an I/O error");
     }
+    state.hub.disconnect(slot.id);
     drop(slot);
 }
 

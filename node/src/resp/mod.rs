@@ -4,5 +4,8 @@
 pub mod codec;
 pub mod commands;
 pub mod connection;
+pub mod hub;
+pub mod outbox;
 pub mod server;
 pub mod table;
+pub mod tracking;

@@ -78,6 +78,8 @@ pub struct ServerState {
     pub store_cache_bytes: u64,
     pub fsync_always: bool,
     pub purge_status: Arc<PurgeStatus>,
+    /// Connections that receive pub/sub messages and invalidations.
+    pub hub: Arc<super::hub::Hub>,
 }
 
 impl ServerState {

@@ -20,6 +20,14 @@ pub enum Cmd {
     Client,
     Config,
     Time,
+    Reset,
+    // Pub/sub.
+    Subscribe,
+    Unsubscribe,
+    Psubscribe,
+    Punsubscribe,
+    Publish,
+    Pubsub,
     Dbsize,
     Flushdb,
     // Strings.
@@ -96,7 +104,56 @@ const ONE_KEY: (i32, i32, i32) = (1, 1, 1);
 const ALL_KEYS: (i32, i32, i32) = (1, -1, 1);
 const KEY_VALUE_PAIRS: (i32, i32, i32) = (1, -1, 2);
 
+const PUBSUB: &[&str] = &["pubsub", "noscript", "loading", "stale"];
+
 pub const COMMANDS: &[Spec] = &[
+    spec(
+        "reset",
+        Cmd::Reset,
+        1,
+        NOAUTH,
+        NO_KEYS,
+        "connection",
+        "Resets the connection: protocol, name, subscriptions, tracking",
+    ),
+    spec(
+        "subscribe",
+        Cmd::Subscribe,
+        -2,
+        PUBSUB,
+        NO_KEYS,
+        "pubsub",
+        "Listens for messages published to channels",
+    ),
+    spec("unsubscribe", Cmd::Unsubscribe, -1, PUBSUB, NO_KEYS, "pubsub", "Stops listening to channels"),
+    spec(
+        "psubscribe",
+        Cmd::Psubscribe,
+        -2,
+        PUBSUB,
+        NO_KEYS,
+        "pubsub",
+        "Listens for messages published to channels matching patterns",
+    ),
+    spec("punsubscribe", Cmd::Punsubscribe, -1, PUBSUB, NO_KEYS, "pubsub", "Stops listening to patterns"),
+    spec(
+        "publish",
+        Cmd::Publish,
+        3,
+        &["pubsub", "loading", "stale", "fast"],
+        NO_KEYS,
+        "pubsub",
+        "Posts a message to a channel on every node of the datacenter; returns how many received it",
+    ),
+    spec(
+        "pubsub",
+        Cmd::Pubsub,
+        -2,
+        PUBSUB,
+        NO_KEYS,
+        "pubsub",
+        "Lists channels (CHANNELS), counts subscribers (NUMSUB, NUMPAT)",
+    ),
     spec("ping", Cmd::Ping, -1, CONN, NO_KEYS, "connection", "Returns PONG, or the argument"),
     spec("echo", Cmd::Echo, 2, CONN, NO_KEYS, "connection", "Returns the argument"),
     spec(
@@ -128,7 +185,7 @@ pub const COMMANDS: &[Spec] = &[
         &["loading", "stale"],
         NO_KEYS,
         "connection",
-        "Manages the connection: ID, SETNAME, GETNAME, SETINFO, INFO",
+        "Manages the connection: ID, SETNAME, GETNAME, SETINFO, INFO, TRACKING, CACHING, TRACKINGINFO, GETREDIR",
     ),
     spec(
         "config",

@@ -8,6 +8,7 @@
 mod connection;
 mod keys;
 mod long_double;
+mod pubsub;
 mod server;
 mod strings;
 
@@ -42,6 +43,28 @@ pub struct Session {
     pub lib_version: Option<Bytes>,
     pub peer: String,
     pub connected_at: Instant,
+    /// Where pub/sub messages and invalidations for this connection are queued.
+    pub outbox: std::sync::Arc<crate::resp::outbox::Outbox>,
+    /// Channels and patterns subscribed to (RESP2 connections are in pub/sub mode while
+    /// it is not zero).
+    pub subscriptions: usize,
+    /// How this connection tracks keys (`CLIENT TRACKING`), if it does.
+    pub tracking: Option<crate::resp::tracking::Options>,
+    /// `CLIENT CACHING yes|no`: applies to the next command only.
+    pub caching: Option<bool>,
+}
+
+impl Session {
+    /// Whether the keys a read-only command reads now are remembered for this client.
+    fn tracks_this_read(&self) -> bool {
+        match &self.tracking {
+            None => false,
+            Some(o) if o.bcast => false,
+            Some(o) if o.optin => self.caching == Some(true),
+            Some(o) if o.optout => self.caching != Some(false),
+            Some(_) => true,
+        }
+    }
 }
 
 /// An error reply: the full text Redis would send (with its prefix, e.g. `ERR`), and a
@@ -159,13 +182,26 @@ pub async fn execute(state: &ServerState, session: &mut Session, req: Request, o
     } else {
         state.check_key_lens(spec, &args)
     };
+    let checked = checked.and_then(|()| pubsub_context_allows(session, spec));
     let metrics = &state.command_metrics[index];
     let started = Instant::now();
     let result = match checked {
         Err(e) => Err(e),
         Ok(()) => {
+            let id = session.id;
             let mut ctx = Ctx { state, session, out, now_ms: unix_ms(), command: spec.name };
-            run(&mut ctx, spec.cmd, &args).await
+            let result = crate::cache::WRITER.scope(id, run(&mut ctx, spec.cmd, &args)).await;
+            if result.is_ok()
+                && spec.first_key > 0
+                && spec.flags.contains(&"readonly")
+                && session.tracks_this_read()
+            {
+                state.hub.tracked_read(id, &key_args(spec, &args));
+            }
+            if spec.cmd != Cmd::Client {
+                session.caching = None;
+            }
+            result
         }
     };
     metrics.calls.inc();
@@ -196,6 +232,13 @@ async fn run(ctx: &mut Ctx<'_>, cmd: Cmd, args: &[Bytes]) -> CmdResult {
         Cmd::Info => server::info(ctx, args),
         Cmd::Config => server::config(ctx, args),
         Cmd::Time => server::time(ctx),
+        Cmd::Reset => connection::reset(ctx),
+        Cmd::Subscribe => pubsub::subscribe(ctx, args, false),
+        Cmd::Psubscribe => pubsub::subscribe(ctx, args, true),
+        Cmd::Unsubscribe => pubsub::unsubscribe(ctx, args, false),
+        Cmd::Punsubscribe => pubsub::unsubscribe(ctx, args, true),
+        Cmd::Publish => pubsub::publish(ctx, args).await,
+        Cmd::Pubsub => pubsub::pubsub(ctx, args).await,
         Cmd::Dbsize => server::dbsize(ctx).await,
         Cmd::Flushdb => server::flushdb(ctx, args).await,
         Cmd::Get => strings::get(ctx, args).await,
@@ -236,6 +279,42 @@ async fn run(ctx: &mut Ctx<'_>, cmd: Cmd, args: &[Bytes]) -> CmdResult {
         Cmd::Keys => keys::keys(ctx, args).await,
         Cmd::Scan => keys::scan(ctx, args).await,
     }
+}
+
+/// A RESP2 connection with subscriptions may only (un)subscribe, PING, QUIT and RESET.
+fn pubsub_context_allows(session: &Session, spec: &crate::resp::table::Spec) -> Result<(), CmdError> {
+    let allowed = matches!(
+        spec.cmd,
+        Cmd::Subscribe
+            | Cmd::Unsubscribe
+            | Cmd::Psubscribe
+            | Cmd::Punsubscribe
+            | Cmd::Ping
+            | Cmd::Quit
+            | Cmd::Reset
+    );
+    if session.subscriptions > 0 && session.protocol == Protocol::Resp2 && !allowed {
+        return Err(CmdError::new(
+            "syntax",
+            format!(
+                "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+                spec.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The key arguments of a command, by its table entry.
+fn key_args(spec: &crate::resp::table::Spec, args: &[Bytes]) -> Vec<Bytes> {
+    let last = if spec.last_key < 0 { args.len() as i32 + spec.last_key } else { spec.last_key };
+    let mut keys = Vec::new();
+    let mut i = spec.first_key;
+    while i > 0 && i <= last && (i as usize) < args.len() {
+        keys.push(args[i as usize].clone());
+        i += spec.step.max(1);
+    }
+    keys
 }
 
 /// Redis's reply to an unknown command, quoting its first arguments.

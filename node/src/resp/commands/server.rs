@@ -263,5 +263,7 @@ pub(super) async fn flushdb(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult {
                 .await?;
         }
     }
+    // Client-side caches drop everything, as after a Redis FLUSHDB.
+    cluster.flushed_through();
     ctx.ok()
 }
