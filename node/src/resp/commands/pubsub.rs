@@ -73,8 +73,8 @@ pub(super) async fn pubsub(ctx: &mut Ctx<'_>, args: &[Bytes]) -> CmdResult {
         }
         b"NUMSUB" => {
             let (channels, _) = cluster.channels(None).await;
-            let p = ctx.session.protocol;
-            codec::write_map_len(ctx.out, p, args.len() - 2);
+            // A flat array in both protocols, as Redis answers.
+            codec::write_array_len(ctx.out, 2 * (args.len() - 2));
             for name in &args[2..] {
                 let n = channels.iter().find(|(c, _)| c == name).map_or(0, |(_, n)| *n);
                 codec::write_bulk(ctx.out, name);
