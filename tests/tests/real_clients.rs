@@ -14,7 +14,10 @@ use opencluster_tests::{node_only, run_with_deadline};
 
 fn redis_py_available() -> bool {
     let check = Command::new("python3")
-        .args(["-c", "import redis, redis.cache; assert tuple(map(int, redis.__version__.split('.')[:2])) >= (5, 1)"])
+        .args([
+            "-c",
+            "import redis, redis.cache; assert tuple(map(int, redis.__version__.split('.')[:2])) >= (5, 1)",
+        ])
         .output();
     matches!(check, Ok(out) if out.status.success())
 }

@@ -19,7 +19,7 @@ use crate::cache::LocalClients;
 use crate::cache::near::Applied;
 use crate::hlc::unix_ms;
 use crate::peer::RpcError;
-use crate::placement::{NodeId, Placement};
+use crate::placement::{NodeId, Placement, partition_of};
 
 /// How often announced-but-missing invalidations are looked for, and broadcast-mode
 /// prefixes sent again to every node.
@@ -129,19 +129,33 @@ impl Cluster {
         self.local_clients().is_some_and(|c| c.tracks_reads())
     }
 
-    /// After a write through this node (acknowledged or not: it may be visible): its keys
-    /// leave the near cache, so this node's clients read their own writes, and this node's
-    /// tracking clients hear of it, the writer excepted when it asked for NOLOOP.
+    /// After a write through this node (acknowledged or not: it may be visible): keys it
+    /// does not own leave its near cache, so its clients read their own writes, and its
+    /// tracking clients hear of them, the writer excepted when it asked for NOLOOP. (Keys
+    /// it owns are reported when it applies them, `Local::changed`.)
     pub(super) fn wrote_through(&self, keys: &[&[u8]]) {
+        if self.topology.is_none() {
+            return;
+        }
+        let view = self.view();
+        let partitions = self.partitions();
+        let elsewhere: Vec<&[u8]> = keys
+            .iter()
+            .copied()
+            .filter(|k| !view.placement.is_owner(partition_of(k, partitions), self.node))
+            .collect();
+        if elsewhere.is_empty() {
+            return;
+        }
         if let Some(near) = &self.near {
-            for key in keys {
+            for key in &elsewhere {
                 near.drop_key(key);
             }
         }
         if let Some(clients) = self.local_clients()
             && clients.wants_changes()
         {
-            let keys: Vec<Bytes> = keys.iter().map(|k| Bytes::copy_from_slice(k)).collect();
+            let keys: Vec<Bytes> = elsewhere.iter().map(|k| Bytes::copy_from_slice(k)).collect();
             clients.keys_changed(&keys, crate::cache::writer());
         }
     }

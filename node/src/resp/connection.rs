@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, DecodeLimits, Decoder, Protocol};
 use super::commands::{self, Flow, Session};
+use super::outbox::Outbox;
 use super::server::{ClientSlot, ServerState};
 
 /// Replies are written out once this many bytes are buffered.
@@ -65,11 +66,11 @@ pub async fn serve<S>(
                 match decoder.decode(&mut input) {
                     Ok(Some(request)) => {
                         if commands::execute(&state, &mut session, request, &mut out).await == Flow::Close {
-                            stream.write_all(&out).await?;
+                            send(&mut stream, &out, &outbox).await?;
                             return Ok(());
                         }
                         if out.len() >= FLUSH_AT {
-                            stream.write_all(&out).await?;
+                            send(&mut stream, &out, &outbox).await?;
                             out.clear();
                         }
                     }
@@ -77,7 +78,7 @@ pub async fn serve<S>(
                     Err(e) => {
                         state.metrics.error("protocol");
                         codec::write_error(&mut out, &format!("ERR {e}"));
-                        stream.write_all(&out).await?;
+                        send(&mut stream, &out, &outbox).await?;
                         tracing::debug!(peer = %session.peer, error = %e, "closing a client connection after a protocol error");
                         return Ok(());
                     }
@@ -89,7 +90,7 @@ pub async fn serve<S>(
                 return Ok(());
             }
             if !out.is_empty() {
-                stream.write_all(&out).await?;
+                send(&mut stream, &out, &outbox).await?;
                 out.clear();
                 shrink(&mut out);
             }
@@ -99,7 +100,7 @@ pub async fn serve<S>(
                     &mut out,
                     &format!("ERR request too large (limits.max_request_bytes is {})", limits.max_request_bytes),
                 );
-                stream.write_all(&out).await?;
+                send(&mut stream, &out, &outbox).await?;
                 return Ok(());
             }
             if input.is_empty() {
@@ -122,6 +123,15 @@ pub async fn serve<S>(
     }
     state.hub.disconnect(slot.id);
     drop(slot);
+}
+
+/// Writes `out`, unless the client goes over its output limits meanwhile (a subscriber
+/// that stopped reading blocks this write forever): then the connection ends.
+async fn send<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8], outbox: &Outbox) -> std::io::Result<()> {
+    tokio::select! {
+        r = stream.write_all(out) => r,
+        _ = outbox.cut_off() => Err(std::io::Error::other("over the pub/sub output limits")),
+    }
 }
 
 /// Gives back memory a large request or reply left behind.

@@ -37,6 +37,7 @@ pub struct Outbox {
     ready: Notify,
     /// Set once the client went over a limit: the connection closes.
     overflowed: AtomicBool,
+    cut: tokio_util::sync::CancellationToken,
     resp3: AtomicBool,
     limits: OutputLimits,
 }
@@ -54,6 +55,7 @@ impl Outbox {
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
             overflowed: AtomicBool::new(false),
+            cut: tokio_util::sync::CancellationToken::new(),
             resp3: AtomicBool::new(false),
             limits,
         }
@@ -89,6 +91,7 @@ impl Outbox {
             let queued = std::mem::take(&mut q.bytes);
             drop(q);
             self.overflowed.store(true, Ordering::Release);
+            self.cut.cancel();
             tracing::warn!(
                 client = self.id,
                 queued_bytes = queued,
@@ -115,6 +118,11 @@ impl Outbox {
     /// Waits until something is queued (or the client overflowed).
     pub async fn ready(&self) {
         self.ready.notified().await;
+    }
+
+    /// Completes once the client went over its limits.
+    pub async fn cut_off(&self) {
+        self.cut.cancelled().await;
     }
 
     pub fn overflowed(&self) -> bool {

@@ -109,7 +109,7 @@ impl Table {
     /// OPTOUT as the connection's CLIENT CACHING says). Returns the notices of keys
     /// forgotten to stay within the table's bound.
     pub fn read(&mut self, client: u64, keys: &[Bytes]) -> Vec<Notice> {
-        if !self.clients.get(&client).is_some_and(|o| !o.bcast) {
+        if self.clients.get(&client).is_none_or(|o| o.bcast) {
             return Vec::new();
         }
         let mut notices = Vec::new();
