@@ -5,8 +5,8 @@
 #    and through a non-owner without it (n4, cache.enabled = false), -P 1 and -P 16.
 # 2. Invalidation lag under a steady write load: writers SET a 1,000-key working set
 #    through n1 while readers GET the same keys through n3 (so n3 holds leases on the
-#    ones it does not own); the lag of each invalidation, from the owner's write (its
-#    HLC) to the entry being dropped on n3, is n3's
+#    ones it does not own); the lag of each invalidation, from the owner applying
+#    the write (its wall clock) to the entry being dropped on n3, is n3's
 #    opencluster_cache_invalidation_lag_seconds histogram.
 # 3. Memory: 200,000 keys of 1 KiB read through n3 with cache.max_bytes = 16MiB; the
 #    cache's own count of its bytes, and n3's RSS against n4's (no cache).

@@ -109,6 +109,7 @@ impl Invalidations {
             return;
         }
         let now = self.now_ms();
+        let applied_ms = crate::hlc::unix_ms();
         let mut interest = self.interest();
         let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
         let mut woke = false;
@@ -135,6 +136,7 @@ impl Invalidations {
                     partition,
                     hlc,
                     seq: notice.seq,
+                    applied_ms,
                 });
                 woke = true;
             }

@@ -216,8 +216,8 @@ impl Message for LeasedRead {
 }
 
 /// Keys that changed at `owner`, for a node holding leases on them: each with its
-/// partition, its new HLC and its number in the count of that partition's invalidations
-/// to this holder.
+/// partition, its new HLC, when it was applied, and its number in the count of that
+/// partition's invalidations to this holder.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Invalidate {
     pub owner: u64,
@@ -231,6 +231,9 @@ pub struct Invalidated {
     pub partition: Partition,
     pub hlc: Hlc,
     pub seq: u64,
+    /// When the owner applied the change (its wall clock, ms): the start of the
+    /// invalidation lag the holder measures.
+    pub applied_ms: u64,
 }
 
 impl Message for Invalidate {

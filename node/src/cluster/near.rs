@@ -39,7 +39,7 @@ pub struct CacheMetrics {
     pub leases_granted: IntCounter,
     pub lease_keys: IntGauge,
     pub dropped_partitions: IntCounter,
-    /// From the owner's write (its HLC) to the entry being dropped here.
+    /// From the owner applying a change to the entry being dropped here.
     pub invalidation_lag: Histogram,
     pub published: IntCounter,
 }
@@ -59,7 +59,7 @@ impl CacheMetrics {
         let invalidation_lag = Histogram::with_opts(
             HistogramOpts::new(
                 "opencluster_cache_invalidation_lag_seconds",
-                "Time from an owner's write (its HLC) to the near-cache entry being dropped on this node",
+                "Time from an owner applying a change to the near-cache entry being dropped on this node",
             )
             .buckets(vec![0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
         )
@@ -212,7 +212,7 @@ impl Cluster {
     pub(super) fn invalidated(&self, m: messages::Invalidate) {
         let now_ms = unix_ms();
         if let Some(near) = &self.near {
-            for Invalidated { key, partition, hlc, seq } in &m.keys {
+            for Invalidated { key, partition, seq, applied_ms, .. } in &m.keys {
                 if near.invalidate(m.owner, m.incarnation, *partition, *seq, std::slice::from_ref(key))
                     == Applied::Gap
                 {
@@ -222,7 +222,7 @@ impl Cluster {
                         "an invalidation was missed; the partition's entries are dropped"
                     );
                 }
-                let lag_ms = now_ms.saturating_sub(hlc.physical_ms());
+                let lag_ms = now_ms.saturating_sub(*applied_ms);
                 self.cache_metrics.invalidation_lag.observe(lag_ms as f64 / 1000.0);
             }
         }
