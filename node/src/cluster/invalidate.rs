@@ -262,3 +262,70 @@ impl Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(batch: &[Invalidated]) -> Vec<(&[u8], u64)> {
+        batch.iter().map(|i| (&i.key[..], i.seq)).collect()
+    }
+
+    #[test]
+    fn changes_are_owed_in_order_one_batch_in_flight_per_holder() {
+        let inv = Invalidations::new(Duration::from_secs(30), 100, 100, false);
+        inv.grant(7, &[Bytes::from_static(b"a"), Bytes::from_static(b"b")], 1, Duration::from_secs(30));
+        inv.applied([(&b"a"[..], Hlc(1)), (&b"b"[..], Hlc(2)), (&b"c"[..], Hlc(3))].into_iter(), 1);
+        let now = Instant::now();
+        let batches = inv.take_batches(now);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(keys(&batches[0].1), vec![(&b"a"[..], 1), (&b"b"[..], 2)]);
+        // In flight: nothing more for that holder until it finishes.
+        inv.grant(7, &[Bytes::from_static(b"a")], 1, Duration::from_secs(30));
+        inv.applied([(&b"a"[..], Hlc(4))].into_iter(), 1);
+        assert!(inv.take_batches(now).is_empty());
+        inv.finished(7, 2, true, now);
+        let next = inv.take_batches(now);
+        assert_eq!(keys(&next[0].1), vec![(&b"a"[..], 3)]);
+        assert_eq!(inv.sent.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_failed_batch_is_sent_again_until_its_leases_have_lapsed() {
+        let lease = Duration::from_secs(30);
+        let inv = Invalidations::new(lease, 100, 100, false);
+        inv.grant(7, &[Bytes::from_static(b"a")], 1, lease);
+        inv.applied([(&b"a"[..], Hlc(1))].into_iter(), 1);
+        let t0 = Instant::now();
+        let batch = inv.take_batches(t0);
+        inv.finished(7, batch[0].1.len(), false, t0);
+        assert!(inv.take_batches(t0).is_empty(), "not at once: after a pause");
+        let again = inv.take_batches(t0 + RETRY_PAUSE);
+        assert_eq!(keys(&again[0].1), vec![(&b"a"[..], 1)], "the same batch, same number");
+        inv.finished(7, 1, false, t0 + lease);
+        assert!(inv.take_batches(t0 + lease + RETRY_PAUSE).is_empty(), "given up");
+        assert_eq!(inv.abandoned.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_overflowing_holder_is_forgotten_and_finds_the_gap() {
+        let inv = Invalidations::new(Duration::from_secs(30), 100, 2, false);
+        let all: Vec<Bytes> = (0..5).map(|i| Bytes::from(format!("k{i}"))).collect();
+        inv.grant(7, &all, 1, Duration::from_secs(30));
+        inv.applied(all.iter().map(|k| (&k[..], Hlc(1))), 1);
+        assert_eq!(inv.abandoned.load(Ordering::Relaxed), 1);
+        // The leases are gone: later changes are not owed.
+        let (lease_keys, _, _, _) = inv.counts();
+        assert_eq!(lease_keys, 0);
+    }
+
+    #[test]
+    fn the_test_hook_numbers_changes_but_sends_none() {
+        let inv = Invalidations::new(Duration::from_secs(30), 100, 100, true);
+        inv.grant(7, &[Bytes::from_static(b"a"), Bytes::from_static(b"b")], 1, Duration::from_secs(30));
+        inv.applied([(&b"a"[..], Hlc(1))].into_iter(), 1);
+        assert!(inv.take_batches(Instant::now()).is_empty());
+        // The next grant announces the lost number.
+        assert_eq!(inv.grant(7, &[Bytes::from_static(b"a")], 1, Duration::from_secs(30)), vec![1]);
+    }
+}
