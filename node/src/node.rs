@@ -29,7 +29,7 @@ use crate::resp::server::{self, ClientLimits, Clients, ServerState};
 use crate::security::{Security, SecurityError};
 use crate::store::flusher::{Flusher, FsyncPolicy};
 use crate::store::purger::{self, PurgeStatus};
-use crate::store::{BufferOptions, BufferedStore, SledStore, Store, StoreError, StoreOptions};
+use crate::store::{BufferOptions, BufferedStore, EngineOptions, Store, StoreError, StoreOptions};
 use opencluster_pki::Policy;
 
 /// A stopping node closes its peer endpoint once no peer request has arrived for this long
@@ -199,11 +199,16 @@ pub async fn run(
         wal_buffer_bytes: (config.store.write_buffer_bytes.as_usize() / 8).min(4 << 20),
         apply_delay: config.store.apply_delay,
     };
+    let engine = EngineOptions {
+        engine: crate::store::Engine::of(config.store.engine),
+        lmdb_map_bytes: config.store.lmdb_map_bytes.0,
+        write_buffer_bytes: (config.store.write_buffer_bytes.0 / 2).max(1 << 20),
+    };
     let wal_dir = config.data_dir.join("wal");
     let opened = Instant::now();
     let store: Arc<dyn Store> = Arc::new(
         tokio::task::spawn_blocking(move || {
-            let engine: Arc<dyn Store> = Arc::new(SledStore::open(&opts)?);
+            let engine = crate::store::engines::open(&opts, &engine)?;
             BufferedStore::open(engine, &wal_dir, buffer)
         })
         .await

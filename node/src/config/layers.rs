@@ -258,6 +258,17 @@ mod tests {
         let e = load(&LoadOptions { config_file: Some(f.clone()), ..dev() }).unwrap_err().to_string();
         assert!(e.contains("`store.fsync_interval`") && e.contains(&f.display().to_string()), "{e}");
 
+        std::fs::write(&f, "[store]\nengine = \"rocksdb\"\n").unwrap();
+        let e = load(&LoadOptions { config_file: Some(f.clone()), ..dev() }).unwrap_err().to_string();
+        assert!(e.contains("`store.engine`") && e.contains("lmdb"), "{e}");
+        let mut o = dev();
+        o.env = vec![("OPENCLUSTER_STORE_ENGINE".into(), "rocksdb".into())];
+        let e = load(&o).unwrap_err().to_string();
+        assert!(e.contains("`store.engine`") && e.contains("OPENCLUSTER_STORE_ENGINE"), "{e}");
+        let mut o = dev();
+        o.flags = vec![("store.engine", "redb".into())];
+        assert_eq!(load(&o).unwrap().store.engine, crate::config::StoreEngine::Redb);
+
         std::fs::write(&f, "[store]\nfsink = \"always\"\n").unwrap();
         let e = load(&LoadOptions { config_file: Some(f.clone()), ..dev() }).unwrap_err().to_string();
         assert!(e.contains("store") && e.contains("unknown field `fsink`"), "{e}");

@@ -243,6 +243,11 @@ pub struct Limits {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
+    /// The storage engine: `sled`, `redb`, `fjall` or `lmdb` (see `docs/storage-study.md`).
+    pub engine: StoreEngine,
+    /// LMDB only: the largest its data file may grow. It reserves address space, not
+    /// memory; a write past it fails with an error that names this setting.
+    pub lmdb_map_bytes: ByteSize,
     /// `always`: acknowledge writes once on disk. `interval`: flush every `fsync_interval`.
     pub fsync: Fsync,
     /// Longest time between flushes with `fsync = "interval"`.
@@ -320,6 +325,16 @@ pub enum ReadQuorum {
     One,
 }
 
+/// The storage engines `store.engine` names.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreEngine {
+    Sled,
+    Redb,
+    Fjall,
+    Lmdb,
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Fsync {
@@ -383,6 +398,8 @@ impl Default for Limits {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
+            engine: StoreEngine::Sled,
+            lmdb_map_bytes: ByteSize(256 << 30),
             fsync: Fsync::Interval,
             fsync_interval: Duration::from_secs(1),
             cache_bytes: ByteSize(64 << 20),
@@ -645,6 +662,9 @@ impl Config {
         }
         if s.cache_bytes.0 < 1 << 20 {
             return Err(err("store.cache_bytes", "must be at least 1MiB"));
+        }
+        if s.lmdb_map_bytes.0 < 16 << 20 || s.lmdb_map_bytes.0 > 1 << 50 {
+            return Err(err("store.lmdb_map_bytes", "must be between 16MiB and 1PiB"));
         }
         self.gossip.validate()
     }

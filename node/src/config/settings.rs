@@ -229,6 +229,16 @@ pub const SETTINGS: &[Setting] = &[
     s("limits.max_request_bytes", Kind::Size, "Largest single client request [default: 64MiB]"),
     s("limits.max_clients", Kind::Int, "Most client connections at once [default: 10000]"),
     s(
+        "store.engine",
+        Kind::Choice(&["sled", "redb", "fjall", "lmdb"]),
+        "Storage engine: sled, redb (own cache, pread), fjall (LSM tree) or lmdb (memory-mapped); fixed once data exists, see docs/storage-study.md [default: sled]",
+    ),
+    s(
+        "store.lmdb_map_bytes",
+        Kind::Size,
+        "With store.engine=lmdb: the largest the data file may grow (reserves address space, not memory) [default: 256GiB]",
+    ),
+    s(
         "store.fsync",
         Kind::Choice(&["always", "interval"]),
         "always: acknowledge writes once on disk; interval: flush every store.fsync_interval [default: interval]",

@@ -37,6 +37,10 @@ const LOCK_STRIPES: usize = 1024;
 const ENTRY_OVERHEAD: usize = 96;
 /// How often the applier looks at the buffer while it is waiting for work.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Records the applier writes to the engine in one batch: large enough that a B-tree's
+/// commit (LMDB syncs its data pages at each) is shared by many records, small enough
+/// that writers of the same keys wait only briefly for the stripes it holds.
+const APPLY_BATCH: usize = 512;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -378,38 +382,66 @@ impl Inner {
     }
 
     fn apply_pass(&self) -> Result<(), StoreError> {
+        let mut pending: Vec<(Bytes, u64, Partition)> = Vec::with_capacity(APPLY_BATCH);
         for p in 0..self.partitions {
-            let batch: Vec<(Bytes, u64)> = {
+            {
                 let shard = self.shard(p);
-                if shard.is_empty() {
-                    continue;
-                }
-                shard.iter().map(|(k, e)| (k.clone(), e.seq)).collect()
-            };
-            for (key, seq) in batch {
-                if self.stop.load(Ordering::Acquire) {
-                    return Ok(());
-                }
-                let _stripe = lock(self.stripe(&key));
-                let record = match self.shard(p).get(&key) {
-                    Some(e) if e.seq == seq => e.record.clone(),
-                    _ => continue, // rewritten since: the newer entry is applied later
-                };
-                // No read first: a buffered record passed the last-writer-wins check against
-                // what the engine held when it was written, and only this thread changes
-                // the engine's records since.
-                self.engine.put(&key, &mut || record.clone())?;
-                if let Some(e) = self.shard(p).remove(&key) {
-                    // The engine's counts now include the record; the delta no longer does.
-                    self.add_delta(counts(Some(&e.record)), -1);
-                    self.add_delta(e.base, 1);
-                    self.budget.used.fetch_sub(entry_size(&key, &e.record), Ordering::Relaxed);
-                    self.records.fetch_sub(1, Ordering::Release);
-                    self.applied.fetch_add(1, Ordering::Relaxed);
-                }
+                pending.extend(shard.iter().map(|(k, e)| (k.clone(), e.seq, p)));
             }
-            self.budget.room.notify_waiters();
+            while pending.len() >= APPLY_BATCH {
+                let rest = pending.split_off(APPLY_BATCH);
+                self.apply_batch(&pending)?;
+                pending = rest;
+            }
+            if self.stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
         }
+        if !pending.is_empty() {
+            self.apply_batch(&pending)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the listed buffered records in one engine batch, under their keys'
+    /// stripes, and drops them from the buffer.
+    fn apply_batch(&self, batch: &[(Bytes, u64, Partition)]) -> Result<(), StoreError> {
+        let mut stripes: Vec<usize> =
+            batch.iter().map(|(k, _, _)| (xxh3_64(k) as usize) % LOCK_STRIPES).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        // Ascending order, as writers of several keys take them.
+        let _guards: Vec<_> = stripes.iter().map(|&s| lock(&self.locks[s])).collect();
+        let mut records = Vec::with_capacity(batch.len());
+        let mut parts = Vec::with_capacity(batch.len());
+        for (key, seq, p) in batch {
+            match self.shard(*p).get(key) {
+                Some(e) if e.seq == *seq => {
+                    records.push((key.clone(), e.record.clone()));
+                    parts.push(*p);
+                }
+                _ => {} // rewritten since: the newer entry is applied later
+            }
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        // No read first: a buffered record passed the last-writer-wins check against
+        // what the engine held when it was written, and only this thread changes the
+        // engine's records since.
+        self.engine.put_many(&records)?;
+        for ((key, _), p) in records.iter().zip(parts) {
+            // Still the record applied: the stripes are held.
+            if let Some(e) = self.shard(p).remove(key) {
+                // The engine's counts now include the record; the delta no longer does.
+                self.add_delta(counts(Some(&e.record)), -1);
+                self.add_delta(e.base, 1);
+                self.budget.used.fetch_sub(entry_size(key, &e.record), Ordering::Relaxed);
+                self.records.fetch_sub(1, Ordering::Release);
+                self.applied.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.budget.room.notify_waiters();
         Ok(())
     }
 }
@@ -551,6 +583,24 @@ impl Store for BufferedStore {
             out.records.push((key, record));
         }
         Ok(out)
+    }
+
+    /// The engine's sequence: a record gets its number when the applier moves it into
+    /// the engine (within `apply_delay`), in one batch with the record, so a number is
+    /// never handed out for a write a crash could lose; until then the record is
+    /// durable in the log and readable, but not yet in the sequence.
+    fn changes_after(
+        &self,
+        partition: Partition,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<super::Sequenced, StoreError> {
+        self.inner.engine.changes_after(partition, after, limit, max_bytes)
+    }
+
+    fn last_seq(&self, partition: Partition) -> u64 {
+        self.inner.engine.last_seq(partition)
     }
 
     /// Purges from the engine. A buffered record always supersedes what the engine held,
