@@ -218,7 +218,13 @@ pub async fn run(
     tracing::info!(
         node = %config.node_name, node_id = %format!("{node_id:016x}"), datacenter = %config.datacenter,
         data_dir = %config.data_dir.display(), keys = stats.keys, elapsed_ms = opened.elapsed().as_millis() as u64,
-        "store opened"
+        engine = store.engine(), "store opened"
+    );
+    let b = &config.budget;
+    tracing::info!(
+        mode = ?b.mode, budget_bytes = b.bytes, source = ?b.source, cgroup_limit = b.cgroup_limit,
+        cache_bytes = config.store.cache_bytes.0, write_buffer_bytes = config.store.write_buffer_bytes.0,
+        worker_threads = b.worker_threads, "memory budget"
     );
 
     let background = CancellationToken::new();
@@ -237,6 +243,8 @@ pub async fn run(
         background_tasks
             .spawn(crate::heap::trim_periodically(config.memory_trim_interval, background.clone()));
     }
+    let memory = crate::memory::MemoryWatch::new(&config);
+    background_tasks.spawn(memory.clone().run(store.clone(), metrics.memory.clone(), background.clone()));
     if insecure_default_keys {
         background_tasks.spawn(warn_insecure(background.clone()));
     }
@@ -380,6 +388,7 @@ pub async fn run(
             members: members.clone(),
             keyring: gossip_keyring.clone(),
             admin_token: config.admin_token.clone(),
+            memory: memory.clone(),
             joins: members.is_some() && (!config.join.is_empty() || config.join_service.is_some()),
         });
         background_tasks.spawn(admin::serve(l, admin_state, background.clone()));

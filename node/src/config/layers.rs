@@ -34,7 +34,8 @@ pub enum LoadError {
 /// Merges defaults, dev defaults, the config file, `conf.d/*.toml`, env and flags; then
 /// validates.
 pub fn load(opts: &LoadOptions) -> Result<Config, LoadError> {
-    let (config, sources) = merge_layers(opts)?;
+    let (mut config, sources) = merge_layers(opts)?;
+    config.budget = super::memory::apply(&mut config, &sources, super::memory::own_cgroup_limit());
     config.validate().map_err(|mut e| {
         e.source_hint = source_hint(&sources, &e.setting);
         e

@@ -7,6 +7,7 @@
 //! [`Config::validate`] checks what serde cannot, and every error names the setting.
 
 pub mod layers;
+pub mod memory;
 pub mod settings;
 pub mod targets;
 mod units;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use layers::{LoadOptions, load, load_unvalidated};
+pub use memory::{MemoryBudget, Mode};
 pub use units::ByteSize;
 
 /// The largest rebalance chunk (`rebalance.chunk_bytes`): well under the smallest peer
@@ -99,6 +101,14 @@ pub struct Config {
     pub memory_trim_interval: Duration,
     /// Allow FLUSHDB, which deletes every key.
     pub allow_flushdb: bool,
+    /// `standard` or `lean`: how buffers are sized from the memory budget (see [`memory`]).
+    pub mode: Mode,
+    /// Bytes the node plans to stay within. Unset: the container's memory limit minus
+    /// headroom, else 64 MiB in lean mode, else no budget.
+    pub memory_budget: Option<ByteSize>,
+    /// The budget and what was sized from it, worked out at load (not a setting).
+    #[serde(skip)]
+    pub budget: MemoryBudget,
     pub limits: Limits,
     pub store: StoreConfig,
     pub gossip: GossipConfig,
@@ -373,6 +383,9 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             memory_trim_interval: Duration::from_secs(1),
             allow_flushdb: false,
+            mode: Mode::Standard,
+            memory_budget: None,
+            budget: MemoryBudget::default(),
             limits: Limits::default(),
             store: StoreConfig::default(),
             cluster: ClusterConfig::default(),
@@ -484,6 +497,9 @@ impl Config {
                      bind to 127.0.0.1, or pass --insecure-no-client-password to accept any client"
                 ),
             ));
+        }
+        if self.memory_budget.is_some_and(|b| b.0 < 4 << 20) {
+            return Err(err("memory_budget", "must be at least 4MiB"));
         }
         if self.memory_trim_interval > Duration::from_secs(3600) {
             return Err(err("memory_trim_interval", "must be at most 1h (0s turns trimming off)"));

@@ -64,6 +64,8 @@ pub struct BufferOptions {
 pub struct WriteBudget {
     used: AtomicUsize,
     limit: usize,
+    /// Memory pressure: the buffer counts as full at a quarter of its limit.
+    pressure: AtomicBool,
     room: tokio::sync::Notify,
 }
 
@@ -71,11 +73,23 @@ impl WriteBudget {
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
+    /// The limit in force: the configured one, or a quarter of it under memory pressure.
     pub fn limit(&self) -> usize {
-        self.limit
+        if self.pressure.load(Ordering::Relaxed) { self.limit / 4 } else { self.limit }
+    }
+    /// Under memory pressure the buffer holds a quarter of its limit: writers wait
+    /// sooner and the applier moves records to the engine in smaller batches, so the node
+    /// slows its writers instead of growing.
+    pub fn set_pressure(&self, on: bool) {
+        if self.pressure.swap(on, Ordering::Relaxed) && !on {
+            self.room.notify_waiters();
+        }
+    }
+    pub fn under_pressure(&self) -> bool {
+        self.pressure.load(Ordering::Relaxed)
     }
     fn has_room(&self) -> bool {
-        self.used() < self.limit
+        self.used() < self.limit()
     }
     /// Returns once the buffer is below its limit.
     pub async fn wait_for_room(&self) {
@@ -190,6 +204,7 @@ impl BufferedStore {
             budget: WriteBudget {
                 used: AtomicUsize::new(0),
                 limit: opts.write_buffer_bytes,
+                pressure: AtomicBool::new(false),
                 room: Default::default(),
             },
             delta: Default::default(),
@@ -222,7 +237,7 @@ impl BufferedStore {
         BufferStatus {
             records: i.records.load(Ordering::Relaxed) as u64,
             bytes: i.budget.used() as u64,
-            limit_bytes: i.budget.limit as u64,
+            limit_bytes: i.budget.limit() as u64,
             applied_total: i.applied.load(Ordering::Relaxed),
             wal_bytes: i.wal.disk_bytes(),
         }
@@ -332,7 +347,7 @@ impl Inner {
         let records = self.records.load(Ordering::Acquire);
         records > 0
             && (self.force.load(Ordering::Acquire)
-                || self.budget.used() >= self.budget.limit / 2
+                || self.budget.used() >= self.budget.limit() / 2
                 || lock(&self.oldest).is_some_and(|t| t.elapsed() >= self.apply_delay))
     }
 
