@@ -13,6 +13,7 @@ pub mod heap;
 pub mod hlc;
 pub mod logging;
 pub mod membership;
+pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod peer;

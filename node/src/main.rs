@@ -52,6 +52,17 @@ fn runtime(multi_thread: bool) -> std::io::Result<tokio::runtime::Runtime> {
     b.enable_all().build()
 }
 
+/// The node's runtime: `workers` threads (lean mode sizes them from the budget), else
+/// one per core.
+fn node_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        // Blocking work (flushes, purges, store opening) stays bounded too.
+        b.worker_threads(n).max_blocking_threads(n.max(2) * 4);
+    }
+    b.enable_all().build()
+}
+
 /// The admin address given on the command line, else the config's `admin_addr`.
 fn admin_addr(
     load: &config::LoadOptions,
@@ -136,7 +147,7 @@ fn run(load: config::LoadOptions, dev: bool) -> ExitCode {
     if let Err(e) = logging::init(&config) {
         return fail(e);
     }
-    let rt = match runtime(true) {
+    let rt = match node_runtime(config.budget.worker_threads) {
         Ok(rt) => rt,
         Err(e) => return fail(e),
     };

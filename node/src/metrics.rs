@@ -52,6 +52,7 @@ pub struct Metrics {
     pub cluster: crate::cluster::ClusterMetrics,
     pub cache: crate::cluster::CacheMetrics,
     pub keyring: crate::membership::keyring::KeyringMetrics,
+    pub memory: crate::memory::MemoryMetrics,
 }
 
 /// The per-command handles.
@@ -198,6 +199,7 @@ impl Metrics {
                 ),
                 keys: gauge("opencluster_gossip_keyring_keys", "Keys installed in the gossip keyring"),
             },
+            memory: crate::memory::MemoryMetrics::register(&r),
             registry: r,
         };
         // Error kinds are listed at zero from the start, so dashboards see them before the

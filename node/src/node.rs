@@ -29,7 +29,7 @@ use crate::resp::server::{self, ClientLimits, Clients, ServerState};
 use crate::security::{Security, SecurityError};
 use crate::store::flusher::{Flusher, FsyncPolicy};
 use crate::store::purger::{self, PurgeStatus};
-use crate::store::{BufferOptions, BufferedStore, SledStore, Store, StoreError, StoreOptions};
+use crate::store::{BufferOptions, BufferedStore, EngineOptions, Store, StoreError, StoreOptions};
 use opencluster_pki::Policy;
 
 /// A stopping node closes its peer endpoint once no peer request has arrived for this long
@@ -199,11 +199,16 @@ pub async fn run(
         wal_buffer_bytes: (config.store.write_buffer_bytes.as_usize() / 8).min(4 << 20),
         apply_delay: config.store.apply_delay,
     };
+    let engine = EngineOptions {
+        engine: crate::store::Engine::of(config.store.engine),
+        lmdb_map_bytes: config.store.lmdb_map_bytes.0,
+        write_buffer_bytes: (config.store.write_buffer_bytes.0 / 2).max(1 << 20),
+    };
     let wal_dir = config.data_dir.join("wal");
     let opened = Instant::now();
     let store: Arc<dyn Store> = Arc::new(
         tokio::task::spawn_blocking(move || {
-            let engine: Arc<dyn Store> = Arc::new(SledStore::open(&opts)?);
+            let engine = crate::store::engines::open(&opts, &engine)?;
             BufferedStore::open(engine, &wal_dir, buffer)
         })
         .await
@@ -213,7 +218,13 @@ pub async fn run(
     tracing::info!(
         node = %config.node_name, node_id = %format!("{node_id:016x}"), datacenter = %config.datacenter,
         data_dir = %config.data_dir.display(), keys = stats.keys, elapsed_ms = opened.elapsed().as_millis() as u64,
-        "store opened"
+        engine = store.engine(), "store opened"
+    );
+    let b = &config.budget;
+    tracing::info!(
+        mode = ?b.mode, budget_bytes = b.bytes, source = ?b.source, cgroup_limit = b.cgroup_limit,
+        cache_bytes = config.store.cache_bytes.0, write_buffer_bytes = config.store.write_buffer_bytes.0,
+        worker_threads = b.worker_threads, "memory budget"
     );
 
     let background = CancellationToken::new();
@@ -232,6 +243,8 @@ pub async fn run(
         background_tasks
             .spawn(crate::heap::trim_periodically(config.memory_trim_interval, background.clone()));
     }
+    let memory = crate::memory::MemoryWatch::new(&config);
+    background_tasks.spawn(memory.clone().run(store.clone(), metrics.memory.clone(), background.clone()));
     if insecure_default_keys {
         background_tasks.spawn(warn_insecure(background.clone()));
     }
@@ -394,6 +407,7 @@ pub async fn run(
             members: members.clone(),
             keyring: gossip_keyring.clone(),
             admin_token: config.admin_token.clone(),
+            memory: memory.clone(),
             joins: members.is_some() && (!config.join.is_empty() || config.join_service.is_some()),
         });
         background_tasks.spawn(admin::serve(l, admin_state, background.clone()));
@@ -534,8 +548,13 @@ async fn warn_insecure(stop: CancellationToken) {
 /// The near cache's settings, from `[cache]` (validated at load).
 fn cache_options(config: &Config) -> crate::cluster::CacheOptions {
     let c = &config.cache;
+    // Within a memory budget, the near cache takes at most its share of it.
+    let max_bytes = match config.budget.bytes {
+        Some(_) => c.max_bytes.0.min(config.budget.near_cache_bytes()),
+        None => c.max_bytes.0,
+    };
     let near = c.enabled.then(|| crate::cache::near::NearOptions {
-        max_bytes: c.max_bytes.0,
+        max_bytes,
         max_entry_bytes: c.max_entry_bytes.as_usize(),
         lease: c.lease,
         grace: c.invalidation_grace,

@@ -44,6 +44,8 @@ pub struct AdminState {
     pub keyring: Option<Arc<LiveKeyring>>,
     /// `admin_token`: what the changing endpoints require.
     pub admin_token: Option<String>,
+    /// The memory budget and the watcher's readings.
+    pub memory: Arc<crate::memory::MemoryWatch>,
     /// Whether the node was told whom to join (`join` or `join_service`): then it is not
     /// ready until it has a cluster.
     pub joins: bool,
@@ -205,7 +207,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
         "uptime_seconds": server.started.elapsed().as_secs(),
         "insecure_default_keys": s.security.insecure_default_keys,
         "ready": { "ready": waiting.is_empty(), "waiting_for": waiting },
-        "memory": { "rss_bytes": crate::metrics::process_rss_bytes() },
+        "memory": s.memory.status(),
         "security": s.security.status(),
         "members": {
             "enabled": s.members.is_some(),

@@ -34,7 +34,8 @@ pub enum LoadError {
 /// Merges defaults, dev defaults, the config file, `conf.d/*.toml`, env and flags; then
 /// validates.
 pub fn load(opts: &LoadOptions) -> Result<Config, LoadError> {
-    let (config, sources) = merge_layers(opts)?;
+    let (mut config, sources) = merge_layers(opts)?;
+    config.budget = super::memory::apply(&mut config, &sources, super::memory::own_cgroup_limit());
     config.validate().map_err(|mut e| {
         e.source_hint = source_hint(&sources, &e.setting);
         e
@@ -257,6 +258,17 @@ mod tests {
         std::fs::write(&f, "[store]\nfsync_interval = \"soon\"\n").unwrap();
         let e = load(&LoadOptions { config_file: Some(f.clone()), ..dev() }).unwrap_err().to_string();
         assert!(e.contains("`store.fsync_interval`") && e.contains(&f.display().to_string()), "{e}");
+
+        std::fs::write(&f, "[store]\nengine = \"rocksdb\"\n").unwrap();
+        let e = load(&LoadOptions { config_file: Some(f.clone()), ..dev() }).unwrap_err().to_string();
+        assert!(e.contains("`store.engine`") && e.contains("lmdb"), "{e}");
+        let mut o = dev();
+        o.env = vec![("OPENCLUSTER_STORE_ENGINE".into(), "rocksdb".into())];
+        let e = load(&o).unwrap_err().to_string();
+        assert!(e.contains("`store.engine`") && e.contains("OPENCLUSTER_STORE_ENGINE"), "{e}");
+        let mut o = dev();
+        o.flags = vec![("store.engine", "redb".into())];
+        assert_eq!(load(&o).unwrap().store.engine, crate::config::StoreEngine::Redb);
 
         std::fs::write(&f, "[store]\nfsink = \"always\"\n").unwrap();
         let e = load(&LoadOptions { config_file: Some(f.clone()), ..dev() }).unwrap_err().to_string();

@@ -7,6 +7,7 @@
 //! [`Config::validate`] checks what serde cannot, and every error names the setting.
 
 pub mod layers;
+pub mod memory;
 pub mod settings;
 pub mod targets;
 mod units;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use layers::{LoadOptions, load, load_unvalidated};
+pub use memory::{MemoryBudget, Mode};
 pub use units::ByteSize;
 
 /// The largest rebalance chunk (`rebalance.chunk_bytes`): well under the smallest peer
@@ -99,6 +101,14 @@ pub struct Config {
     pub memory_trim_interval: Duration,
     /// Allow FLUSHDB, which deletes every key.
     pub allow_flushdb: bool,
+    /// `standard` or `lean`: how buffers are sized from the memory budget (see [`memory`]).
+    pub mode: Mode,
+    /// Bytes the node plans to stay within. Unset: the container's memory limit minus
+    /// headroom, else 64 MiB in lean mode, else no budget.
+    pub memory_budget: Option<ByteSize>,
+    /// The budget and what was sized from it, worked out at load (not a setting).
+    #[serde(skip)]
+    pub budget: MemoryBudget,
     pub limits: Limits,
     pub store: StoreConfig,
     pub gossip: GossipConfig,
@@ -323,6 +333,11 @@ pub struct Limits {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
+    /// The storage engine: `sled`, `redb`, `fjall` or `lmdb` (see `docs/storage-study.md`).
+    pub engine: StoreEngine,
+    /// LMDB only: the largest its data file may grow. It reserves address space, not
+    /// memory; a write past it fails with an error that names this setting.
+    pub lmdb_map_bytes: ByteSize,
     /// `always`: acknowledge writes once on disk. `interval`: flush every `fsync_interval`.
     pub fsync: Fsync,
     /// Longest time between flushes with `fsync = "interval"`.
@@ -400,6 +415,16 @@ pub enum ReadQuorum {
     One,
 }
 
+/// The storage engines `store.engine` names.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreEngine {
+    Sled,
+    Redb,
+    Fjall,
+    Lmdb,
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Fsync {
@@ -438,6 +463,9 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             memory_trim_interval: Duration::from_secs(1),
             allow_flushdb: false,
+            mode: Mode::Standard,
+            memory_budget: None,
+            budget: MemoryBudget::default(),
             limits: Limits::default(),
             store: StoreConfig::default(),
             cluster: ClusterConfig::default(),
@@ -468,6 +496,8 @@ impl Default for Limits {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
+            engine: StoreEngine::Sled,
+            lmdb_map_bytes: ByteSize(256 << 30),
             fsync: Fsync::Interval,
             fsync_interval: Duration::from_secs(1),
             cache_bytes: ByteSize(64 << 20),
@@ -552,6 +582,9 @@ impl Config {
                      bind to 127.0.0.1, or pass --insecure-no-client-password to accept any client"
                 ),
             ));
+        }
+        if self.memory_budget.is_some_and(|b| b.0 < 4 << 20) {
+            return Err(err("memory_budget", "must be at least 4MiB"));
         }
         if self.memory_trim_interval > Duration::from_secs(3600) {
             return Err(err("memory_trim_interval", "must be at most 1h (0s turns trimming off)"));
@@ -749,6 +782,9 @@ impl Config {
         }
         if s.cache_bytes.0 < 1 << 20 {
             return Err(err("store.cache_bytes", "must be at least 1MiB"));
+        }
+        if s.lmdb_map_bytes.0 < 16 << 20 || s.lmdb_map_bytes.0 > 1 << 50 {
+            return Err(err("store.lmdb_map_bytes", "must be between 16MiB and 1PiB"));
         }
         self.gossip.validate()
     }

@@ -223,6 +223,16 @@ pub const SETTINGS: &[Setting] = &[
         Kind::Duration,
         "How often freed heap memory is given back to the operating system (glibc malloc_trim); 0s never [default: 1s]",
     ),
+    s(
+        "mode",
+        Kind::Choice(&["standard", "lean"]),
+        "standard: built-in buffer sizes, lowered to fit memory_budget; lean: every cache, buffer, queue and thread count sized from memory_budget, with backpressure instead of growth [default: standard]",
+    ),
+    s(
+        "memory_budget",
+        Kind::Size,
+        "Memory the node plans to stay within, at least 4MiB [default: the container's memory limit minus a quarter (at most 512MiB); with no limit, 64MiB in lean mode and none in standard]",
+    ),
     s("allow_flushdb", Kind::Bool, "Allow FLUSHDB, which deletes every key [default: false]"),
     s("limits.max_key_bytes", Kind::Size, "Largest key accepted [default: 64KiB]"),
     s("limits.max_value_bytes", Kind::Size, "Largest value accepted [default: 16MiB]"),
@@ -287,6 +297,16 @@ pub const SETTINGS: &[Setting] = &[
         "cache.max_queued_invalidations",
         Kind::Int,
         "Invalidations an owner queues for one holder; beyond, its leases are forgotten [default: 65536]",
+    ),
+    s(
+        "store.engine",
+        Kind::Choice(&["sled", "redb", "fjall", "lmdb"]),
+        "Storage engine: sled, redb (own cache, pread), fjall (LSM tree) or lmdb (memory-mapped); fixed once data exists, see docs/storage-study.md [default: sled]",
+    ),
+    s(
+        "store.lmdb_map_bytes",
+        Kind::Size,
+        "With store.engine=lmdb: the largest the data file may grow (reserves address space, not memory) [default: 256GiB]",
     ),
     s(
         "store.fsync",
@@ -434,6 +454,7 @@ mod tests {
             bind_interface: Some("eth0".into()),
             join: vec!["a:1".into()],
             join_service: Some("tasks.oc".into()),
+            memory_budget: Some(crate::config::ByteSize(64 << 20)),
             ..Config::default()
         };
         let mut in_struct = Vec::new();

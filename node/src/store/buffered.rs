@@ -37,6 +37,10 @@ const LOCK_STRIPES: usize = 1024;
 const ENTRY_OVERHEAD: usize = 96;
 /// How often the applier looks at the buffer while it is waiting for work.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Records the applier writes to the engine in one batch: large enough that a B-tree's
+/// commit (LMDB syncs its data pages at each) is shared by many records, small enough
+/// that writers of the same keys wait only briefly for the stripes it holds.
+const APPLY_BATCH: usize = 512;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -60,6 +64,8 @@ pub struct BufferOptions {
 pub struct WriteBudget {
     used: AtomicUsize,
     limit: usize,
+    /// Memory pressure: the buffer counts as full at a quarter of its limit.
+    pressure: AtomicBool,
     room: tokio::sync::Notify,
 }
 
@@ -67,11 +73,23 @@ impl WriteBudget {
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
+    /// The limit in force: the configured one, or a quarter of it under memory pressure.
     pub fn limit(&self) -> usize {
-        self.limit
+        if self.pressure.load(Ordering::Relaxed) { self.limit / 4 } else { self.limit }
+    }
+    /// Under memory pressure the buffer holds a quarter of its limit: writers wait
+    /// sooner and the applier moves records to the engine in smaller batches, so the node
+    /// slows its writers instead of growing.
+    pub fn set_pressure(&self, on: bool) {
+        if self.pressure.swap(on, Ordering::Relaxed) && !on {
+            self.room.notify_waiters();
+        }
+    }
+    pub fn under_pressure(&self) -> bool {
+        self.pressure.load(Ordering::Relaxed)
     }
     fn has_room(&self) -> bool {
-        self.used() < self.limit
+        self.used() < self.limit()
     }
     /// Returns once the buffer is below its limit.
     pub async fn wait_for_room(&self) {
@@ -186,6 +204,7 @@ impl BufferedStore {
             budget: WriteBudget {
                 used: AtomicUsize::new(0),
                 limit: opts.write_buffer_bytes,
+                pressure: AtomicBool::new(false),
                 room: Default::default(),
             },
             delta: Default::default(),
@@ -218,7 +237,7 @@ impl BufferedStore {
         BufferStatus {
             records: i.records.load(Ordering::Relaxed) as u64,
             bytes: i.budget.used() as u64,
-            limit_bytes: i.budget.limit as u64,
+            limit_bytes: i.budget.limit() as u64,
             applied_total: i.applied.load(Ordering::Relaxed),
             wal_bytes: i.wal.disk_bytes(),
         }
@@ -328,7 +347,7 @@ impl Inner {
         let records = self.records.load(Ordering::Acquire);
         records > 0
             && (self.force.load(Ordering::Acquire)
-                || self.budget.used() >= self.budget.limit / 2
+                || self.budget.used() >= self.budget.limit() / 2
                 || lock(&self.oldest).is_some_and(|t| t.elapsed() >= self.apply_delay))
     }
 
@@ -378,38 +397,66 @@ impl Inner {
     }
 
     fn apply_pass(&self) -> Result<(), StoreError> {
+        let mut pending: Vec<(Bytes, u64, Partition)> = Vec::with_capacity(APPLY_BATCH);
         for p in 0..self.partitions {
-            let batch: Vec<(Bytes, u64)> = {
+            {
                 let shard = self.shard(p);
-                if shard.is_empty() {
-                    continue;
-                }
-                shard.iter().map(|(k, e)| (k.clone(), e.seq)).collect()
-            };
-            for (key, seq) in batch {
-                if self.stop.load(Ordering::Acquire) {
-                    return Ok(());
-                }
-                let _stripe = lock(self.stripe(&key));
-                let record = match self.shard(p).get(&key) {
-                    Some(e) if e.seq == seq => e.record.clone(),
-                    _ => continue, // rewritten since: the newer entry is applied later
-                };
-                // No read first: a buffered record passed the last-writer-wins check against
-                // what the engine held when it was written, and only this thread changes
-                // the engine's records since.
-                self.engine.put(&key, &mut || record.clone())?;
-                if let Some(e) = self.shard(p).remove(&key) {
-                    // The engine's counts now include the record; the delta no longer does.
-                    self.add_delta(counts(Some(&e.record)), -1);
-                    self.add_delta(e.base, 1);
-                    self.budget.used.fetch_sub(entry_size(&key, &e.record), Ordering::Relaxed);
-                    self.records.fetch_sub(1, Ordering::Release);
-                    self.applied.fetch_add(1, Ordering::Relaxed);
-                }
+                pending.extend(shard.iter().map(|(k, e)| (k.clone(), e.seq, p)));
             }
-            self.budget.room.notify_waiters();
+            while pending.len() >= APPLY_BATCH {
+                let rest = pending.split_off(APPLY_BATCH);
+                self.apply_batch(&pending)?;
+                pending = rest;
+            }
+            if self.stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
         }
+        if !pending.is_empty() {
+            self.apply_batch(&pending)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the listed buffered records in one engine batch, under their keys'
+    /// stripes, and drops them from the buffer.
+    fn apply_batch(&self, batch: &[(Bytes, u64, Partition)]) -> Result<(), StoreError> {
+        let mut stripes: Vec<usize> =
+            batch.iter().map(|(k, _, _)| (xxh3_64(k) as usize) % LOCK_STRIPES).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        // Ascending order, as writers of several keys take them.
+        let _guards: Vec<_> = stripes.iter().map(|&s| lock(&self.locks[s])).collect();
+        let mut records = Vec::with_capacity(batch.len());
+        let mut parts = Vec::with_capacity(batch.len());
+        for (key, seq, p) in batch {
+            match self.shard(*p).get(key) {
+                Some(e) if e.seq == *seq => {
+                    records.push((key.clone(), e.record.clone()));
+                    parts.push(*p);
+                }
+                _ => {} // rewritten since: the newer entry is applied later
+            }
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        // No read first: a buffered record passed the last-writer-wins check against
+        // what the engine held when it was written, and only this thread changes the
+        // engine's records since.
+        self.engine.put_many(&records)?;
+        for ((key, _), p) in records.iter().zip(parts) {
+            // Still the record applied: the stripes are held.
+            if let Some(e) = self.shard(p).remove(key) {
+                // The engine's counts now include the record; the delta no longer does.
+                self.add_delta(counts(Some(&e.record)), -1);
+                self.add_delta(e.base, 1);
+                self.budget.used.fetch_sub(entry_size(key, &e.record), Ordering::Relaxed);
+                self.records.fetch_sub(1, Ordering::Release);
+                self.applied.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.budget.room.notify_waiters();
         Ok(())
     }
 }
@@ -551,6 +598,24 @@ impl Store for BufferedStore {
             out.records.push((key, record));
         }
         Ok(out)
+    }
+
+    /// The engine's sequence: a record gets its number when the applier moves it into
+    /// the engine (within `apply_delay`), in one batch with the record, so a number is
+    /// never handed out for a write a crash could lose; until then the record is
+    /// durable in the log and readable, but not yet in the sequence.
+    fn changes_after(
+        &self,
+        partition: Partition,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<super::Sequenced, StoreError> {
+        self.inner.engine.changes_after(partition, after, limit, max_bytes)
+    }
+
+    fn last_seq(&self, partition: Partition) -> u64 {
+        self.inner.engine.last_seq(partition)
     }
 
     /// Purges from the engine. A buffered record always supersedes what the engine held,

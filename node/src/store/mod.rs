@@ -3,16 +3,21 @@
 //! The [`Store`] trait is everything the layers above need from a storage engine: read a
 //! record, atomically read-decide-write one or several keys, walk a partition, list a
 //! partition's changes since an HLC (the index that anti-entropy and WAN shipping will
-//! read), purge what expired, and flush. [`sled_engine`] is the first engine; the storage
-//! study measures others against the same trait.
+//! read), list a partition's changes after a position in its local change sequence (the
+//! WAN connector's cursor), purge what expired, and flush. [`ordered`] lays records out
+//! once over any ordered key-value engine of [`engines`] (sled, redb, fjall, LMDB); the
+//! storage study measures them against each other.
 //!
 //! Durability is not the engine's policy: [`flusher`] decides when to flush (on every
 //! write, or on an interval) and tells writers when their write is on disk.
 
 pub mod buffered;
+pub mod engines;
 pub mod flusher;
+pub mod ordered;
 pub mod purger;
-pub mod sled_engine;
+#[cfg(test)]
+mod suite;
 pub mod wal;
 
 use std::path::PathBuf;
@@ -25,8 +30,12 @@ use crate::placement::Partition;
 use crate::record::Record;
 
 pub use buffered::{BufferOptions, BufferedStore};
+pub use engines::{Engine, EngineOptions};
 pub use flusher::Flusher;
-pub use sled_engine::SledStore;
+pub use ordered::OrderedStore;
+
+/// The sled engine under the shared layout.
+pub type SledStore = OrderedStore<engines::sled::SledKv>;
 
 /// What an update decides for one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +55,15 @@ pub struct Changes {
     /// this chunk (which may then be empty) when records read were superseded by newer
     /// ones still to come.
     pub next: Option<Hlc>,
+}
+
+/// A chunk of a partition's local change sequence, from [`Store::changes_after`].
+#[derive(Debug, Default)]
+pub struct Sequenced {
+    /// (change number, key, record), in ascending change number.
+    pub records: Vec<(u64, Bytes, Record)>,
+    /// A limit stopped the chunk: read on after its last number.
+    pub more: bool,
 }
 
 /// The bytes a record takes in a chunk: its key and value.
@@ -145,6 +163,34 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Changes, StoreError>;
+
+    /// Writes `records` without reading them first, as one batch where the engine can
+    /// (the write buffer's applier): each already won against what the engine holds.
+    fn put_many(&self, records: &[(Bytes, Record)]) -> Result<(), StoreError> {
+        for (key, record) in records {
+            self.put(key, &mut || record.clone())?;
+        }
+        Ok(())
+    }
+
+    /// The partition's local change sequence after position `after`: each record applied
+    /// to a partition gets the next number of that partition, durably with the record,
+    /// and a key's older numbers are dropped as it changes, so this lists every key of the
+    /// partition changed since `after` once, with its current record, in the order of its
+    /// last change. At most `limit` records and `max_bytes` of keys and values, except
+    /// that the first comes whatever its size. A cursor that stores the last number it
+    /// shipped misses nothing: numbers are never reused, and one is visible only once
+    /// every lower number of its partition is.
+    fn changes_after(
+        &self,
+        partition: Partition,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Sequenced, StoreError>;
+
+    /// The last change number handed out in `partition` (0 before the first).
+    fn last_seq(&self, partition: Partition) -> u64;
 
     /// Physically removes up to `limit` expired values and tombstones older than the grace
     /// period, as of `now_ms`. Returns how many were removed.

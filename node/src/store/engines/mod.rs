@@ -1,0 +1,174 @@
+//! The embedded key-value engines a node can keep its data in, behind one small trait.
+//!
+//! [`Kv`] is what [`super::ordered::OrderedStore`] needs from an engine: point reads,
+//! atomic batches, ordered range scans both ways, a durability point and a size. The
+//! record layout, the indexes and the per-partition change sequence live once, in
+//! `ordered`; an engine file here only translates. Which engine a node uses is the
+//! setting `store.engine`; `docs/storage-study.md` measures them against each other.
+
+pub mod fjall;
+pub mod lmdb;
+pub mod redb;
+pub mod sled;
+
+use super::StoreError;
+
+/// One change in an atomic batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// An ordered key-value engine. Batches are atomic: after a crash either all of a batch
+/// is there or none of it. A batch is not durable until [`Kv::flush`] returns.
+pub trait Kv: Send + Sync + 'static {
+    /// A value read; engines hand out their own buffer type where they have one.
+    type Value: AsRef<[u8]>;
+
+    fn get(&self, key: &[u8]) -> Result<Option<Self::Value>, StoreError>;
+
+    /// Applies `ops` in order, atomically.
+    fn write(&self, ops: &[Op]) -> Result<(), StoreError>;
+
+    /// Calls `visit` for the entries with `from <= key < to`, in key order (descending when
+    /// `reverse`), until it returns false.
+    fn scan(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        reverse: bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
+
+    /// Makes every batch written so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+
+    /// Bytes the engine's files take on disk.
+    fn size_on_disk(&self) -> u64;
+}
+
+/// The engines, as `store.engine` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sled,
+    Redb,
+    Fjall,
+    Lmdb,
+}
+
+impl Engine {
+    pub const ALL: [Engine; 4] = [Engine::Sled, Engine::Redb, Engine::Fjall, Engine::Lmdb];
+
+    /// The engine `store.engine` names.
+    pub fn of(setting: crate::config::StoreEngine) -> Self {
+        use crate::config::StoreEngine as S;
+        match setting {
+            S::Sled => Engine::Sled,
+            S::Redb => Engine::Redb,
+            S::Fjall => Engine::Fjall,
+            S::Lmdb => Engine::Lmdb,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Sled => "sled",
+            Engine::Redb => "redb",
+            Engine::Fjall => "fjall",
+            Engine::Lmdb => "lmdb",
+        }
+    }
+}
+
+/// Engine-specific sizes that the common [`super::StoreOptions`] do not cover.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineOptions {
+    pub engine: Engine,
+    /// LMDB: the largest the data file may grow (address space reserved, not memory).
+    pub lmdb_map_bytes: u64,
+    /// fjall: memory for tables being written before they go to disk (memtables).
+    pub write_buffer_bytes: u64,
+}
+
+impl EngineOptions {
+    pub fn new(engine: Engine) -> Self {
+        EngineOptions { engine, lmdb_map_bytes: 64 << 30, write_buffer_bytes: 16 << 20 }
+    }
+}
+
+/// The file in the store directory that names the engine which wrote it.
+const ENGINE_FILE: &str = "ENGINE";
+
+/// Opens the engine `engine.engine` with the common options. A directory written by
+/// another engine is refused: the new engine would find it empty and serve no data.
+pub fn open(
+    opts: &super::StoreOptions,
+    engine: &EngineOptions,
+) -> Result<std::sync::Arc<dyn super::Store>, StoreError> {
+    use super::ordered::OrderedStore;
+    use std::sync::Arc;
+    let open_err = |reason: String| StoreError::Open { path: opts.path.clone(), reason };
+    let marker = opts.path.join(ENGINE_FILE);
+    match std::fs::read_to_string(&marker) {
+        Ok(found) if found.trim() == engine.engine.name() => {}
+        Ok(found) => {
+            return Err(open_err(format!(
+                "it was written by the {} engine but store.engine is {} (the engine cannot change once data exists)",
+                found.trim(),
+                engine.engine.name()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let has_data = std::fs::read_dir(&opts.path).map(|mut d| d.next().is_some()).unwrap_or(false);
+            if has_data && engine.engine != Engine::Sled {
+                // Only the first layout (sled, before this marker) leaves data unmarked.
+                return Err(open_err(format!(
+                    "it holds data of an unnamed engine (sled) but store.engine is {}",
+                    engine.engine.name()
+                )));
+            }
+            std::fs::create_dir_all(&opts.path).map_err(|e| open_err(e.to_string()))?;
+            std::fs::write(&marker, engine.engine.name()).map_err(|e| open_err(e.to_string()))?;
+        }
+        Err(e) => return Err(open_err(e.to_string())),
+    }
+    Ok(match engine.engine {
+        Engine::Sled => Arc::new(OrderedStore::with_kv(self::sled::SledKv::open(opts)?, opts, "sled")?),
+        Engine::Redb => Arc::new(OrderedStore::with_kv(self::redb::RedbKv::open(opts)?, opts, "redb")?),
+        Engine::Fjall => {
+            Arc::new(OrderedStore::with_kv(self::fjall::FjallKv::open(opts, engine)?, opts, "fjall")?)
+        }
+        Engine::Lmdb => {
+            Arc::new(OrderedStore::with_kv(self::lmdb::LmdbKv::open(opts, engine)?, opts, "lmdb")?)
+        }
+    })
+}
+
+/// The end of the range of keys starting with `prefix`: `prefix` with its last byte
+/// raised (the bytes 0xff at its end dropped first); `None` when every key is past it.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// The message of an open failure caused by another process holding the directory.
+pub(crate) const IN_USE: &str = "it is in use by another process (is another node running on this data_dir?)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends_bound_the_prefix() {
+        assert_eq!(prefix_end(b"d\x00\x01"), Some(b"d\x00\x02".to_vec()));
+        assert_eq!(prefix_end(b"d\x00\xff"), Some(b"d\x01".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+    }
+}
