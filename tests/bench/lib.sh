@@ -22,7 +22,7 @@ wait_ping() {
 
 # bench_rounds "EXTRA" LABEL PORT [LABEL PORT ...]: ROUNDS rounds; in each, for -P 1 and
 # -P 16, redis-benchmark (CLIENTS clients, REQUESTS requests, 64-byte values, plus the
-# arguments in EXTRA) against each port in turn, its CSV lines prefixed LABEL,PIPELINE and
+# arguments in EXTRA: options, or a custom command such as `GET key`) against each port in turn, its CSV lines prefixed LABEL,PIPELINE and
 # appended to $WORK/results.csv (what fig reads). Interleaving the targets within each
 # round spreads the machine's drift evenly over them.
 bench_rounds() {
@@ -33,7 +33,8 @@ bench_rounds() {
     for pipeline in 1 16; do
       for ((i = 0; i < ${#targets[@]}; i += 2)); do
         # shellcheck disable=SC2086 # EXTRA is a list of arguments
-        redis-benchmark -p "${targets[i + 1]}" -c "$CLIENTS" -n "$REQUESTS" -d 64 -P "$pipeline" $extra --csv \
+        # EXTRA goes last: a custom command (`GET key`) takes every word after it.
+        redis-benchmark -p "${targets[i + 1]}" -c "$CLIENTS" -n "$REQUESTS" -d 64 -P "$pipeline" --csv $extra \
           2>/dev/null | tail -n +2 | tr -d '"' | sed "s/^/${targets[i]},$pipeline,/" >>"$WORK/results.csv"
       done
     done
