@@ -11,9 +11,9 @@ free_port() {
   done
 }
 
-# Waits up to 20 s for PONG on a port.
+# Waits up to 20 s (or the seconds given second) for PONG on a port.
 wait_ping() {
-  local port=$1 deadline=$((SECONDS + 20))
+  local port=$1 deadline=$((SECONDS + ${2:-20}))
   until [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ]; do
     [ $SECONDS -lt $deadline ] || { echo "no PONG on port $port" >&2; exit 1; }
     sleep 0.1
