@@ -126,13 +126,8 @@ impl ServerState {
 
     /// Checks every key argument of a command against `limits.max_key_bytes`.
     pub fn check_key_lens(&self, spec: &Spec, args: &[Bytes]) -> Result<(), CmdError> {
-        if spec.first_key <= 0 {
-            return Ok(());
-        }
-        let last = if spec.last_key < 0 { args.len() as i32 + spec.last_key } else { spec.last_key };
-        let mut i = spec.first_key;
-        while i <= last && (i as usize) < args.len() {
-            let len = args[i as usize].len();
+        for i in spec.key_positions(args.len()) {
+            let len = args[i].len();
             if len > self.limits.max_key_bytes {
                 return Err(CmdError::too_large(
                     "key",
@@ -141,7 +136,6 @@ impl ServerState {
                     self.limits.max_key_bytes,
                 ));
             }
-            i += spec.step.max(1);
         }
         Ok(())
     }

@@ -332,10 +332,29 @@ impl Spec {
     pub fn is_write(&self) -> bool {
         self.flags.contains(&"write")
     }
+
+    /// The positions of the key arguments in a command of `words` words (name included).
+    pub fn key_positions(&self, words: usize) -> impl Iterator<Item = usize> + use<> {
+        let (first, step) = (self.first_key, self.step.max(1));
+        let last = if self.last_key < 0 { words as i32 + self.last_key } else { self.last_key };
+        let last = last.min(words as i32 - 1);
+        (first.max(1)..=last).step_by(step as usize).filter(move |_| first > 0).map(|i| i as usize)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn key_positions_follow_first_last_and_step() {
+        let spec = |name| &COMMANDS[lookup(name).unwrap()];
+        assert_eq!(spec(b"get").key_positions(2).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(spec(b"mget").key_positions(4).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(spec(b"mset").key_positions(5).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(spec(b"ping").key_positions(2).count(), 0);
+        // A command cut short (arity is checked elsewhere) yields only the keys present.
+        assert_eq!(spec(b"get").key_positions(1).count(), 0);
+    }
+
     use super::*;
 
     #[test]

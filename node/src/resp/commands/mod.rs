@@ -196,7 +196,8 @@ pub async fn execute(state: &ServerState, session: &mut Session, req: Request, o
                 && spec.flags.contains(&"readonly")
                 && session.tracks_this_read()
             {
-                state.hub.tracked_read(id, &key_args(spec, &args));
+                let keys: Vec<Bytes> = spec.key_positions(args.len()).map(|i| args[i].clone()).collect();
+                state.hub.tracked_read(id, &keys);
             }
             if spec.cmd != Cmd::Client {
                 session.caching = None;
@@ -303,18 +304,6 @@ fn pubsub_context_allows(session: &Session, spec: &crate::resp::table::Spec) -> 
         ));
     }
     Ok(())
-}
-
-/// The key arguments of a command, by its table entry.
-fn key_args(spec: &crate::resp::table::Spec, args: &[Bytes]) -> Vec<Bytes> {
-    let last = if spec.last_key < 0 { args.len() as i32 + spec.last_key } else { spec.last_key };
-    let mut keys = Vec::new();
-    let mut i = spec.first_key;
-    while i > 0 && i <= last && (i as usize) < args.len() {
-        keys.push(args[i as usize].clone());
-        i += spec.step.max(1);
-    }
-    keys
 }
 
 /// Redis's reply to an unknown command, quoting its first arguments.
