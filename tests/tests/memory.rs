@@ -7,6 +7,10 @@
 //! slack, sampled every 20 ms. The peak of the whole RSS is printed beside it.
 //!
 //! `OPENCLUSTER_TEST_LEAN_MB` sets the data written (default 160 MiB of 1 KiB values).
+//!
+//! sled is not run here: its memory is not bounded by its cache, and a lean sled node in
+//! this test was OOM-killed while the writes were read back (anonymous RSS at the budget,
+//! page cache on top; `docs/storage-study.md`). It stays selectable for standard mode.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -117,11 +121,6 @@ fn lean_node_keeps_every_write_within_its_budget(engine: &str) {
         "peak anonymous RSS {peak} over the budget {BUDGET} by more than 10%"
     );
     drop(node);
-}
-
-#[test]
-fn lean_sled_keeps_every_write_within_its_budget() {
-    lean_node_keeps_every_write_within_its_budget("sled")
 }
 
 #[test]

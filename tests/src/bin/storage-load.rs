@@ -58,7 +58,7 @@ async fn main() {
             for c in 0..connections {
                 let client = client.clone();
                 tasks.push(tokio::spawn(async move {
-                    let mut con = client.get_multiplexed_async_connection().await.expect("connect");
+                    let mut con = connect(&client).await;
                     let (mut lat, mut errors, mut ops) = (Vec::new(), 0u64, 0u64);
                     let mut n = c * pipeline;
                     while n < keys {
@@ -69,7 +69,12 @@ async fn main() {
                         let t = Instant::now();
                         match pipe.query_async::<Vec<redis::Value>>(&mut con).await {
                             Ok(r) => ops += r.len() as u64,
-                            Err(_) => errors += 1,
+                            Err(e) => {
+                                if errors == 0 {
+                                    eprintln!("storage-load fill: {e}");
+                                }
+                                errors += 1;
+                            }
                         }
                         lat.push(t.elapsed().as_micros() as u32);
                         n += connections * pipeline;
@@ -86,7 +91,7 @@ async fn main() {
             for c in 0..connections {
                 let client = client.clone();
                 tasks.push(tokio::spawn(async move {
-                    let mut con = client.get_multiplexed_async_connection().await.expect("connect");
+                    let mut con = connect(&client).await;
                     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (c + 1).wrapping_mul(0x1234_5678_9abc_def1));
                     let (mut lat, mut errors, mut ops) = (Vec::new(), 0u64, 0u64);
                     let hot_keys = (keys / 10).max(1);
@@ -144,6 +149,12 @@ async fn main() {
         percentile(&lat, 0.99),
         percentile(&lat, 0.999)
     );
+}
+
+/// A connection whose replies may take up to 60 s: a stall is measured, not cut short.
+async fn connect(client: &redis::Client) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
+    client.get_multiplexed_async_connection_with_config(&config).await.expect("connect")
 }
 
 fn usage() -> ! {
