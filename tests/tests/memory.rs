@@ -1,12 +1,12 @@
 //! Lean mode under a real memory limit: a node started inside a cgroup limited to 64 MiB
 //! (made by the test, removed after it; needs root, else the test skips itself) sizes
-//! itself from the limit, takes a write load of several times the limit and reads it all
+//! itself from the limit, takes a write load of twice the limit and reads it all
 //! back: no OOM kill, every acknowledged write is there, and its anonymous RSS (RSS less
 //! the file pages it maps: LMDB maps its data file, and those pages are page cache the
 //! kernel reclaims) stays within the budget (48 MiB, the limit minus a quarter) with 10%
 //! slack, sampled every 20 ms. The peak of the whole RSS is printed beside it.
 //!
-//! `OPENCLUSTER_TEST_LEAN_MB` sets the data written (default 160 MiB of 1 KiB values).
+//! `OPENCLUSTER_TEST_LEAN_MB` sets the data written (default 128 MiB of 1 KiB values: twice the limit).
 //!
 //! sled is not run here: its memory is not bounded by its cache, and a lean sled node in
 //! this test was OOM-killed while the writes were read back (anonymous RSS at the budget,
@@ -43,7 +43,7 @@ fn lean_node_keeps_every_write_within_its_budget(engine: &str) {
     assert_eq!(status["store"]["engine"], engine);
 
     let total_mb: u64 =
-        std::env::var("OPENCLUSTER_TEST_LEAN_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(160);
+        std::env::var("OPENCLUSTER_TEST_LEAN_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(128);
     let keys = (total_mb << 20) / VALUE_BYTES as u64;
     let stop = Arc::new(AtomicBool::new(false));
     let (peak, peak_all) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
