@@ -3,7 +3,9 @@
 //! The sizes come from `config::memory` at load; this is the running part. Every
 //! [`SAMPLE_INTERVAL`] the watcher reads the process's resident memory and the page
 //! cache charged to its cgroup (`memory.stat`), publishes both with the budget in
-//! `/metrics` and `/v1/status`, and, when RSS passes nine tenths of the budget, applies
+//! `/metrics` and `/v1/status`, and, when its anonymous RSS (RSS less the file pages it
+//! maps: an engine that maps its file, LMDB, has page cache in its RSS, which the kernel
+//! reclaims) passes nine tenths of the budget, applies
 //! backpressure: the write buffer holds a quarter of its limit (writers wait sooner, the
 //! applier moves smaller batches) and freed heap is given back at once. Pressure ends
 //! below eight tenths. Page cache is not counted against the budget: the kernel reclaims
@@ -28,6 +30,7 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 #[derive(Clone)]
 pub struct MemoryMetrics {
     pub rss: IntGauge,
+    pub anon: IntGauge,
     pub page_cache: IntGauge,
     pub budget: IntGauge,
     pub pressure: IntGauge,
@@ -52,6 +55,10 @@ impl MemoryMetrics {
                 "opencluster_process_resident_memory_bytes",
                 "Resident memory of the node process (RSS)",
             ),
+            anon: gauge(
+                "opencluster_process_anon_memory_bytes",
+                "Resident memory of the node process less the file pages it maps (what the budget counts)",
+            ),
             page_cache: gauge(
                 "opencluster_cgroup_page_cache_bytes",
                 "Page cache charged to the node's cgroup (memory.stat: file on cgroup v2, total_cache on v1)",
@@ -75,6 +82,7 @@ pub struct MemoryWatch {
     /// What was sized from the budget, for status.
     sized: Value,
     rss: AtomicU64,
+    anon: AtomicU64,
     page_cache: AtomicU64,
     pressure: AtomicBool,
     pressure_total: AtomicU64,
@@ -101,6 +109,7 @@ impl MemoryWatch {
             budget: config.budget.clone(),
             sized,
             rss: AtomicU64::new(crate::metrics::process_rss_bytes()),
+            anon: AtomicU64::new(anon_rss_bytes()),
             page_cache: AtomicU64::new(0),
             pressure: AtomicBool::new(false),
             pressure_total: AtomicU64::new(0),
@@ -126,13 +135,16 @@ impl MemoryWatch {
             let rss = crate::metrics::process_rss_bytes();
             self.rss.store(rss, Ordering::Relaxed);
             metrics.rss.set(rss as i64);
+            let anon = anon_rss_bytes();
+            self.anon.store(anon, Ordering::Relaxed);
+            metrics.anon.set(anon as i64);
             if let Some(cache) = self.stat_file.as_deref().and_then(page_cache_bytes) {
                 self.page_cache.store(cache, Ordering::Relaxed);
                 metrics.page_cache.set(cache as i64);
             }
             let Some(high) = self.budget.pressure_bytes() else { continue };
             let was = self.pressure.load(Ordering::Relaxed);
-            let now = pressure_after(was, rss, high);
+            let now = pressure_after(was, anon, high);
             if now != was {
                 self.pressure.store(now, Ordering::Relaxed);
                 metrics.pressure.set(i64::from(now));
@@ -144,11 +156,12 @@ impl MemoryWatch {
                     metrics.pressure_total.inc();
                     tracing::warn!(
                         rss,
+                        anon,
                         budget = self.budget.bytes,
                         "memory pressure: shrinking the write buffer"
                     );
                 } else {
-                    tracing::info!(rss, "memory pressure over");
+                    tracing::info!(rss, anon, "memory pressure over");
                 }
             }
             if now && tokio::task::spawn_blocking(crate::heap::trim).await.is_err() {
@@ -165,12 +178,22 @@ impl MemoryWatch {
             "budget_source": self.budget.source,
             "cgroup_limit_bytes": self.budget.cgroup_limit,
             "rss_bytes": self.rss.load(Ordering::Relaxed),
+            "rss_anon_bytes": self.anon.load(Ordering::Relaxed),
             "page_cache_bytes": self.page_cache.load(Ordering::Relaxed),
             "pressure": self.pressure.load(Ordering::Relaxed),
             "pressure_events": self.pressure_total.load(Ordering::Relaxed),
             "sized": self.sized,
         })
     }
+}
+
+/// Resident memory less the file-backed pages mapped (`/proc/self/statm`: resident minus
+/// shared), 0 where unavailable.
+pub fn anon_rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let mut fields = statm.split_whitespace().skip(1).map(|f| f.parse::<u64>().unwrap_or(0));
+    let (resident, shared) = (fields.next().unwrap_or(0), fields.next().unwrap_or(0));
+    resident.saturating_sub(shared) * 4096
 }
 
 /// Pressure starts above `high` and ends below eight ninths of it (so it does not flap).

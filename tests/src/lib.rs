@@ -9,11 +9,13 @@
 //! - `nemesis`: seeded faults (kill -9, SIGSTOP, SIGTERM, network cuts) on random nodes
 //!   of a cluster under writes through every node, and a checker of every acknowledged
 //!   write.
+//! - `cgroup`: a memory cgroup a test makes for its nodes (limits, OOM kills, RSS).
 //! - `http`: a minimal HTTP GET for the admin API.
 //! - `wait`: polling with deadlines instead of sleeps.
 //!
 //! The tests themselves live in `tests/tests/*.rs`, one file per area.
 
+pub mod cgroup;
 pub mod cluster;
 pub mod http;
 pub mod nemesis;

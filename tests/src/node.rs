@@ -78,6 +78,10 @@ pub struct NodeOpts {
     pub client_host: Option<String>,
     /// Extra command-line arguments for the node (ignored against Redis).
     pub args: Vec<String>,
+    /// A cgroup's `cgroup.procs`: the node joins it before it starts (node-only).
+    pub cgroup_procs: Option<PathBuf>,
+    /// The node's data directory instead of one in its temp dir (node-only).
+    pub data_dir: Option<PathBuf>,
     /// Extra environment for the node (ignored against Redis).
     pub env: Vec<(String, String)>,
 }
@@ -120,6 +124,18 @@ impl NodeOpts {
     }
     pub fn env(mut self, k: &str, v: &str) -> NodeOpts {
         self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    /// Keeps the node's data in `dir` (e.g. a small file system the test mounted).
+    pub fn data_dir(mut self, dir: &std::path::Path) -> NodeOpts {
+        self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Starts the node inside `cgroup` (node-only).
+    pub fn in_cgroup(mut self, cgroup: &crate::cgroup::Cgroup) -> NodeOpts {
+        self.cgroup_procs = Some(cgroup.procs_file());
         self
     }
 }
@@ -167,7 +183,7 @@ impl Node {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.root.path().join("data")
+        self.opts.data_dir.clone().unwrap_or_else(|| self.root.path().join("data"))
     }
 
     /// Where the unix socket is (only meaningful with `NodeOpts::unix_socket`).
@@ -332,7 +348,16 @@ impl Node {
     }
 
     fn node_command(&self) -> Command {
-        let mut cmd = Command::new(node_binary());
+        let mut cmd = match &self.opts.cgroup_procs {
+            // The shell joins the cgroup and becomes the node (same pid), so the node
+            // reads its limit at start and every byte it touches is charged there.
+            Some(procs) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c").arg("echo $$ > \"$0\" && exec \"$@\"").arg(procs).arg(node_binary());
+                sh
+            }
+            None => Command::new(node_binary()),
+        };
         let client_addr = match &self.opts.client_host {
             Some(host) => format!("{host}:{}", self.client_port),
             None => self.client_addr().to_string(),

@@ -161,8 +161,13 @@ pub fn apply(config: &mut Config, explicit: &HashMap<String, String>, cgroup: Op
     let mode = config.mode;
     let (bytes, source) = budget_of(mode, config.memory_budget.map(|b| b.0), cgroup);
     let mut budget = MemoryBudget { mode, bytes, source, cgroup_limit: cgroup, ..MemoryBudget::default() };
-    let Some(b) = bytes else { return budget };
     let lean = mode == Mode::Lean;
+    // The engine lean mode defaults to: the study's winner under a container limit
+    // (docs/storage-study.md). sled stays selectable.
+    if lean && !explicit.contains_key("store.engine") {
+        config.store.engine = super::StoreEngine::Lmdb;
+    }
+    let Some(b) = bytes else { return budget };
     // Lean: a share of the budget. Standard: the default, lowered to that share.
     let size = |current: u64, share: u64, floor: u64| -> u64 {
         let fit = (b / share).max(floor);
@@ -249,6 +254,7 @@ mod tests {
         assert_eq!(c.limits.max_clients, 32);
         assert_eq!(b.worker_threads, Some(1));
         assert_eq!(b.near_cache_bytes(), 4 << 20);
+        assert_eq!(c.store.engine, crate::config::StoreEngine::Lmdb, "lean mode's default engine");
         assert_eq!(b.pressure_bytes(), Some((40 << 20) / 10 * 9));
         c.validate().expect("the sized config is valid");
         // The sized parts add up to well under the budget, leaving room for the rest.

@@ -66,6 +66,10 @@ pub struct WriteBudget {
     limit: usize,
     /// Memory pressure: the buffer counts as full at a quarter of its limit.
     pressure: AtomicBool,
+    /// The applier's last pass failed (the engine refused writes: a full disk, a broken
+    /// engine): waiting for room could last forever, so writers are not held but refused
+    /// once the buffer is full (see [`WriteBudget::refusal`]).
+    failing: Mutex<Option<String>>,
     room: tokio::sync::Notify,
 }
 
@@ -89,9 +93,30 @@ impl WriteBudget {
         self.pressure.load(Ordering::Relaxed)
     }
     fn has_room(&self) -> bool {
-        self.used() < self.limit()
+        self.used() < self.limit() || lock(&self.failing).is_some()
     }
-    /// Returns once the buffer is below its limit.
+    /// Why a write must be refused now: the buffer is full and the engine is failing, so
+    /// the write could only grow memory without bound.
+    fn refusal(&self) -> Option<StoreError> {
+        if self.used() < self.limit() {
+            return None;
+        }
+        lock(&self.failing).as_ref().map(|why| {
+            StoreError::Io(format!(
+                "write refused: the write buffer is full and the storage engine cannot take its records ({why})"
+            ))
+        })
+    }
+    fn set_failing(&self, why: Option<String>) {
+        let now = why.is_some();
+        let was = std::mem::replace(&mut *lock(&self.failing), why).is_some();
+        if now && !was {
+            // Writers waiting for room are refused instead.
+            self.room.notify_waiters();
+        }
+    }
+    /// Returns once the buffer is below its limit, or the engine is failing (the write
+    /// is then refused with an error, not held forever).
     pub async fn wait_for_room(&self) {
         while !self.has_room() {
             let room = self.room.notified();
@@ -205,6 +230,7 @@ impl BufferedStore {
                 used: AtomicUsize::new(0),
                 limit: opts.write_buffer_bytes,
                 pressure: AtomicBool::new(false),
+                failing: Mutex::new(None),
                 room: Default::default(),
             },
             delta: Default::default(),
@@ -379,10 +405,12 @@ impl Inner {
             }
             if let Err(e) = result {
                 tracing::error!(error = %e, "applying buffered writes to the store failed; will retry");
+                self.budget.set_failing(Some(e.to_string()));
                 let g = lock(&self.wake.0);
                 let _ = self.wake.1.wait_timeout(g, IDLE_WAIT);
                 continue;
             }
+            self.budget.set_failing(None);
             // Everything logged up to `pass_seq` is now in the engine (or superseded by a
             // later, still logged write): once the engine is flushed, the log can go.
             match self.engine.flush().and_then(|_| self.wal.checkpoint(pass_seq)) {
@@ -418,22 +446,19 @@ impl Inner {
         Ok(())
     }
 
-    /// Applies the listed buffered records in one engine batch, under their keys'
-    /// stripes, and drops them from the buffer.
+    /// Applies the listed buffered records in one engine batch and drops from the buffer
+    /// those not rewritten meanwhile. No key stripe is held while the engine writes: a
+    /// slow engine (a B-tree reading its pages back under a memory limit) must not block
+    /// writers, which take the stripes on the async workers. A key rewritten during the
+    /// batch keeps its newer entry, which a later batch applies.
     fn apply_batch(&self, batch: &[(Bytes, u64, Partition)]) -> Result<(), StoreError> {
-        let mut stripes: Vec<usize> =
-            batch.iter().map(|(k, _, _)| (xxh3_64(k) as usize) % LOCK_STRIPES).collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        // Ascending order, as writers of several keys take them.
-        let _guards: Vec<_> = stripes.iter().map(|&s| lock(&self.locks[s])).collect();
         let mut records = Vec::with_capacity(batch.len());
         let mut parts = Vec::with_capacity(batch.len());
         for (key, seq, p) in batch {
             match self.shard(*p).get(key) {
                 Some(e) if e.seq == *seq => {
                     records.push((key.clone(), e.record.clone()));
-                    parts.push(*p);
+                    parts.push((*p, *seq));
                 }
                 _ => {} // rewritten since: the newer entry is applied later
             }
@@ -445,9 +470,18 @@ impl Inner {
         // what the engine held when it was written, and only this thread changes the
         // engine's records since.
         self.engine.put_many(&records)?;
-        for ((key, _), p) in records.iter().zip(parts) {
-            // Still the record applied: the stripes are held.
-            if let Some(e) = self.shard(p).remove(key) {
+        for ((key, applied), (p, seq)) in records.iter().zip(parts) {
+            let mut shard = self.shard(p);
+            let Some(e) = shard.get_mut(key) else { continue };
+            if e.seq != seq {
+                // Rewritten during the batch: the engine now holds `applied`, which is
+                // what the newer entry replaces (its counts are taken against that).
+                self.add_delta(e.base, 1);
+                e.base = counts(Some(applied));
+                self.add_delta(e.base, -1);
+                continue;
+            }
+            if let Some(e) = shard.remove(key) {
                 // The engine's counts now include the record; the delta no longer does.
                 self.add_delta(counts(Some(&e.record)), -1);
                 self.add_delta(e.base, 1);
@@ -516,6 +550,9 @@ impl Store for BufferedStore {
         if puts.is_empty() {
             return Ok(0);
         }
+        if let Some(refused) = i.budget.refusal() {
+            return Err(refused);
+        }
         let logged: Vec<(&[u8], &Record)> = puts.iter().map(|(n, r)| (keys[*n], r)).collect();
         i.wal.append(&logged)?;
         for (n, record) in puts.iter() {
@@ -531,6 +568,9 @@ impl Store for BufferedStore {
 
     fn put(&self, key: &[u8], make: &mut dyn FnMut() -> Record) -> Result<(), StoreError> {
         let i = &*self.inner;
+        if let Some(refused) = i.budget.refusal() {
+            return Err(refused);
+        }
         let _stripe = lock(i.stripe(key));
         let record = make();
         i.wal.append(&[(key, &record)])?;

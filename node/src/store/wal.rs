@@ -12,7 +12,7 @@
 //! where `len` and `crc32` cover everything after the crc.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -138,6 +138,15 @@ impl Wal {
     pub fn append(&self, records: &[(&[u8], &Record)]) -> Result<u64, StoreError> {
         let (seq, over) = {
             let mut p = lock(&self.pending);
+            // Write-outs are failing (a full disk) and kept what they could not write:
+            // refuse rather than hold ever more in memory.
+            if p.buf.len() >= self.buffer_bytes.saturating_mul(4) {
+                return Err(StoreError::Io(format!(
+                    "write-ahead log in {}: {} bytes could not be written out (is the disk full?)",
+                    self.dir.display(),
+                    p.buf.len()
+                )));
+            }
             p.last_seq += 1;
             let seq = p.last_seq;
             let start = p.buf.len();
@@ -183,7 +192,22 @@ impl Wal {
             (std::mem::take(&mut p.buf), p.last_seq)
         };
         if !buf.is_empty() {
-            seg.file.write_all(&buf).map_err(|e| io_err(&seg.path, "write", e))?;
+            if let Err(e) = seg.file.write_all(&buf) {
+                // A full disk writes part of the buffer: cut the file back to where it
+                // was, so no torn entry sits in the middle of the log (a replay stops at
+                // the first bad entry), and keep the bytes, ahead of newer ones, for the
+                // next attempt. The writers waiting on this sync get the error.
+                let err = io_err(&seg.path, "write", e);
+                let at = seg.bytes;
+                seg.file
+                    .set_len(at)
+                    .and_then(|()| seg.file.seek(std::io::SeekFrom::Start(at)).map(|_| ()))
+                    .map_err(|e| io_err(&seg.path, "cut back after a failed write", e))?;
+                let mut p = lock(&self.pending);
+                let newer = std::mem::replace(&mut p.buf, buf);
+                p.buf.extend_from_slice(&newer);
+                return Err(err);
+            }
             seg.bytes += buf.len() as u64;
             self.disk_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
         }
