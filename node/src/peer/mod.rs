@@ -509,13 +509,14 @@ impl Peers {
             self.metrics.refused_peers.with_label_values(&["policy"]).inc();
             unreachable(e.to_string())
         })?;
-        if peer.identity.name() != to.name {
-            let reason = format!(
-                "{} answers at {}, where membership says {} is",
-                peer.identity.uri(),
-                to.addr,
-                to.name
-            );
+        // Inside a datacenter a peer is known by its name; across the WAN a connector
+        // dials the connector of a datacenter, whatever its name (`Target::name` is then
+        // that datacenter).
+        let wan = matches!(self.policy, Policy::ConnectorOfOtherDatacenter { .. });
+        let expected = if wan { peer.identity.datacenter() } else { peer.identity.name() };
+        if expected != to.name {
+            let reason =
+                format!("{} answers at {}, where {} is expected", peer.identity.uri(), to.addr, to.name);
             conn.close(opencluster_pki::peer::POLICY_REFUSED, reason.as_bytes());
             return Err(unreachable(reason));
         }
@@ -920,7 +921,7 @@ mod tests {
         let client = endpoint(&pki.tls("a"), "acme");
         let wrong = Target { name: "c".into(), ..target.clone() };
         let e = client.call(&wrong, &messages::Ping, timeout).await.unwrap_err().to_string();
-        assert!(e.contains("where membership says c is"), "{e}");
+        assert!(e.contains("where c is expected"), "{e}");
 
         // A held request times out at its deadline, and the error says so.
         let started = Instant::now();
