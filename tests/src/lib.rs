@@ -15,10 +15,12 @@
 //! The tests themselves live in `tests/tests/*.rs`, one file per area.
 
 pub mod cluster;
+pub mod connector;
 pub mod http;
 pub mod nemesis;
 pub mod node;
 pub mod pki;
+pub mod relay;
 pub mod resp;
 pub mod wait;
 

@@ -1,0 +1,195 @@
+//! Two datacenters, each with its nodes and one connector, the WAN between the connectors
+//! through a relay that adds delay and loss and can cut the link: writes in each appear in
+//! the other, a cut heals into one state, a connector killed mid-stream loses nothing.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use opencluster_tests::cluster::{Acked, missing_through};
+use opencluster_tests::connector::{Connector, free_udp_port, start_datacenter};
+use opencluster_tests::pki::customer_keys;
+use opencluster_tests::relay::{Relay, Wan};
+use opencluster_tests::{Node, Reply, wait_until};
+
+/// How long replication may take to deliver everything once the link is up.
+const CONVERGE: Duration = Duration::from_secs(60);
+
+struct Pair {
+    _keys: tempfile::TempDir,
+    dc1: Vec<Node>,
+    dc2: Vec<Node>,
+    c1: Connector,
+    c2: Connector,
+    wan: Arc<Wan>,
+    _relays: [Relay; 2],
+}
+
+/// dc1 and dc2 of cluster "acme" with `nodes` nodes each and one connector each, linked
+/// through relays with `delay` one way.
+fn start_pair(nodes: usize, delay: Duration) -> Pair {
+    let keys = tempfile::tempdir().unwrap();
+    let tls1 = customer_keys(keys.path(), "dc1");
+    let tls2 = customer_keys(keys.path(), "dc2");
+    let dc1 = start_datacenter("dc1", &tls1, nodes);
+    let dc2 = start_datacenter("dc2", &tls2, nodes);
+    let wan = Wan::new();
+    wan.set_delay(delay);
+    let (w1, w2) = (free_udp_port(), free_udp_port());
+    let w1 = std::net::SocketAddr::from(([127, 0, 0, 1], w1));
+    let w2 = std::net::SocketAddr::from(([127, 0, 0, 1], w2));
+    let to_c1 = Relay::start(w1, wan.clone());
+    let to_c2 = Relay::start(w2, wan.clone());
+    let c1 = Connector::start("dc1", &tls1, &dc1[0], w1, &[format!("dc2={}", to_c2.addr())]);
+    let c2 = Connector::start("dc2", &tls2, &dc2[0], w2, &[format!("dc1={}", to_c1.addr())]);
+    Pair { _keys: keys, dc1, dc2, c1, c2, wan, _relays: [to_c1, to_c2] }
+}
+
+fn set(node: &Node, key: &str, value: &str) -> bool {
+    matches!(node.raw().cmd(&["SET", key, value]), Reply::Simple(s) if s == "OK")
+}
+
+/// Writes `n` distinct keys `<prefix>-<i>` through the nodes in turn; returns them.
+fn write_keys(nodes: &[Node], prefix: &str, n: usize) -> Acked {
+    let mut conns: Vec<_> = nodes.iter().map(|n| n.raw()).collect();
+    let mut acked = Acked::new();
+    for i in 0..n {
+        let (key, value) = (format!("{prefix}-{i}"), format!("v-{prefix}-{i}"));
+        let conn = &mut conns[i % nodes.len()];
+        let reply = conn.cmd(&["SET", &key, &value]);
+        assert!(matches!(&reply, Reply::Simple(s) if s == "OK"), "SET {key}: {reply:?}");
+        acked.insert(key, value);
+    }
+    acked
+}
+
+/// Waits until every key of `acked` reads back through every node of `nodes`.
+fn assert_arrives(nodes: &[Node], acked: &Acked, what: &str, pair: &Pair) {
+    for node in nodes {
+        let mut missing = Vec::new();
+        let arrived = wait_until(CONVERGE, || {
+            missing = missing_through(node, acked);
+            missing.is_empty()
+        });
+        assert!(
+            arrived,
+            "{what}: {} of {} keys missing, e.g. {:?}\nc1: {}\nc2: {}\n{}\n{}",
+            missing.len(),
+            acked.len(),
+            missing.iter().take(3).collect::<Vec<_>>(),
+            pair.c1.status(),
+            pair.c2.status(),
+            pair.c1.log().lines().rev().take(30).collect::<Vec<_>>().join("\n"),
+            pair.c2.log().lines().rev().take(30).collect::<Vec<_>>().join("\n"),
+        );
+    }
+}
+
+fn get(node: &Node, key: &str) -> Reply {
+    node.raw().cmd(&["GET", key])
+}
+
+#[test]
+fn writes_cross_both_ways_and_a_cut_link_converges_after_it_heals() {
+    let pair = start_pair(2, Duration::from_millis(5));
+
+    // Writes in each datacenter appear in the other.
+    let from1 = write_keys(&pair.dc1, "a", 300);
+    let from2 = write_keys(&pair.dc2, "b", 300);
+    assert_arrives(&pair.dc2, &from1, "dc1's writes in dc2", &pair);
+    assert_arrives(&pair.dc1, &from2, "dc2's writes in dc1", &pair);
+    // And stay where they were written.
+    assert!(missing_through(&pair.dc1[0], &from1).is_empty());
+    assert!(missing_through(&pair.dc2[0], &from2).is_empty());
+    let link = pair.c1.link("dc2");
+    assert_eq!(link["link"], "up", "{link}");
+    assert!(link["shipped_records"].as_u64().unwrap() >= 300, "{link}");
+    assert!(link["applied_records"].as_u64().unwrap() >= 300, "{link}");
+    assert!(wait_until(CONVERGE, || pair.c1.link("dc2")["lag_records"] == 0), "{}", pair.c1.link("dc2"));
+    let metrics = pair.c1.metrics();
+    for name in [
+        "opencluster_connector_lag_seconds{remote=\"dc2\"}",
+        "opencluster_connector_link_up{remote=\"dc2\"} 1",
+        "opencluster_connector_rtt_seconds{remote=\"dc2\"}",
+        "opencluster_connector_sent_bytes_total{remote=\"dc2\"}",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+
+    // Cut the link; write on both sides, some keys on both sides with different values.
+    pair.wan.cut();
+    let cut1 = write_keys(&pair.dc1, "cut-a", 200);
+    let cut2 = write_keys(&pair.dc2, "cut-b", 200);
+    for i in 0..50 {
+        let key = format!("both-{i}");
+        assert!(set(&pair.dc1[i % 2], &key, &format!("from-dc1-{i}")));
+        assert!(set(&pair.dc2[i % 2], &key, &format!("from-dc2-{i}")));
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || pair.c1.link("dc2")["link"] == "down"),
+        "the link never showed down: {}",
+        pair.c1.link("dc2")
+    );
+    assert!(pair.c1.link("dc2")["last_error"]["error"].is_string());
+    // Nothing written during the cut crossed it.
+    assert_eq!(get(&pair.dc2[0], "cut-a-0"), Reply::NullBulk);
+
+    pair.wan.heal();
+    assert_arrives(&pair.dc2, &cut1, "dc1's writes during the cut, in dc2", &pair);
+    assert_arrives(&pair.dc1, &cut2, "dc2's writes during the cut, in dc1", &pair);
+    // Conflicting keys end with the same value in both datacenters (last writer wins).
+    for i in 0..50 {
+        let key = format!("both-{i}");
+        let mut last = (Reply::NullBulk, Reply::NullBulk);
+        let agree = wait_until(CONVERGE, || {
+            last = (get(&pair.dc1[0], &key), get(&pair.dc2[1], &key));
+            last.0 == last.1
+        });
+        assert!(agree, "{key} differs: dc1 {:?}, dc2 {:?}", last.0, last.1);
+        assert!(matches!(&last.0, Reply::Bulk(v) if v.starts_with(b"from-dc")), "{key}: {:?}", last.0);
+    }
+    assert_eq!(pair.c2.link("dc1")["link"], "up");
+}
+
+#[test]
+fn a_connector_killed_mid_stream_and_restarted_loses_nothing() {
+    let mut pair = start_pair(2, Duration::from_millis(10));
+    let stop = Arc::new(AtomicBool::new(false));
+    // A steady stream of writes in dc1 while its connector is killed and restarted.
+    let writer = {
+        let stop = stop.clone();
+        let addrs: Vec<_> = pair.dc1.iter().map(|n| n.client_addr()).collect();
+        std::thread::spawn(move || {
+            let mut acked = Acked::new();
+            let mut conns: Vec<_> =
+                addrs.iter().map(|a| opencluster_tests::RawConn::connect(*a).expect("connect")).collect();
+            let mut i = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let (key, value) = (format!("k-{i}"), format!("v-{i}"));
+                let n = conns.len();
+                if matches!(conns[i % n].cmd(&["SET", &key, &value]), Reply::Simple(s) if s == "OK") {
+                    acked.insert(key, value);
+                }
+                i += 1;
+            }
+            acked
+        })
+    };
+    // Kill it once it has shipped some of the stream.
+    assert!(wait_until(CONVERGE, || pair.c1.link("dc2")["shipped_records"].as_u64().unwrap_or(0) >= 200));
+    pair.c1.kill9();
+    let dead_for = std::time::Instant::now() + Duration::from_millis(1500);
+    opencluster_tests::wait_past(dead_for);
+    pair.c1.restart();
+    assert!(wait_until(CONVERGE, || pair.c1.link("dc2")["shipped_records"].as_u64().unwrap_or(0) >= 100));
+    stop.store(true, Ordering::SeqCst);
+    let acked = writer.join().unwrap();
+    assert!(acked.len() >= 300, "only {} writes acknowledged", acked.len());
+    assert_arrives(&pair.dc2, &acked, "dc1's stream in dc2 after a connector kill -9", &pair);
+    cursors_exist(&pair.c1.data_dir());
+}
+
+fn cursors_exist(dir: &Path) {
+    assert!(dir.join("cursors-dc2.json").is_file(), "no cursor file in {}", dir.display());
+}
