@@ -83,7 +83,7 @@ pub fn status_text(s: &Value) -> String {
         "connector {} of datacenter {} ({} data nodes seen)\n",
         s["name"].as_str().unwrap_or("?"),
         s["datacenter"].as_str().unwrap_or("?"),
-        s["data_nodes"]
+        s["data_nodes"].as_u64().unwrap_or(0)
     );
     out.push_str(&format!(
         "{:<10} {:<8} {:>10} {:>12} {:>9} {:>12} {:>12}  {}\n",
@@ -95,10 +95,10 @@ pub fn status_text(s: &Value) -> String {
             l["remote"].as_str().unwrap_or("?"),
             l["link"].as_str().unwrap_or("?"),
             l["lag_seconds"].as_f64().unwrap_or(0.0),
-            l["lag_records"],
+            l["lag_records"].as_u64().unwrap_or(0),
             l["rtt_ms"].as_f64().unwrap_or(0.0),
-            l["sent_bytes"],
-            l["received_bytes"],
+            l["sent_bytes"].as_u64().unwrap_or(0),
+            l["received_bytes"].as_u64().unwrap_or(0),
             l["last_error"]["error"].as_str().unwrap_or("-"),
         ));
     }

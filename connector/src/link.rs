@@ -108,10 +108,12 @@ impl Link {
         self.state().link = "up";
     }
 
-    /// A batch from this remote was applied here.
+    /// A batch from this remote was applied here: the link works, inbound at least.
     pub fn received(&self, records: usize, bytes: usize) {
         self.applied.inc_by(records as u64);
         self.received_bytes.inc_by(bytes as u64);
+        self.up.set(1);
+        self.state().link = "up";
     }
 
     /// An exchange with the remote (or a read in this datacenter) failed.

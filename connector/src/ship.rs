@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use opencluster_node::cluster::messages::{Changes, Heads, WireRecord};
 use opencluster_node::hlc::Hlc;
 use opencluster_node::membership::members::Members;
@@ -25,6 +26,9 @@ use tokio_util::sync::CancellationToken;
 use crate::cursors::Cursors;
 use crate::link::Link;
 use crate::wan::{Ship, batch_bytes};
+
+/// First chunks of partitions read from one node at once.
+const READ_AHEAD: usize = 32;
 
 /// Bounds and timings of shipping, from `[connector]`.
 #[derive(Clone, Debug)]
@@ -154,21 +158,39 @@ impl Shipper {
                     continue;
                 }
             };
-            for (partition, &head) in heads.iter().enumerate() {
-                let partition = partition as u16;
-                let mut after = cursors.start(node.id, partition, head);
-                while after < head {
-                    if stop.is_cancelled() {
-                        return shipped;
-                    }
-                    let ask = Changes {
-                        partition,
-                        after,
-                        origin: self.datacenter.clone(),
-                        limit: self.options.batch_records as u32,
-                        max_bytes: self.options.batch_bytes as u32,
-                    };
-                    let chunk = match self.local.call(&target, &ask, self.options.local_timeout).await {
+            // The partitions with changes past their cursor; their first chunks are read
+            // READ_AHEAD at a time (the transport sends concurrent requests together),
+            // and taken in partition order.
+            let dirty: Vec<(u16, u64, u64)> = heads
+                .iter()
+                .enumerate()
+                .filter_map(|(p, &head)| {
+                    let after = cursors.start(node.id, p as u16, head);
+                    (after < head).then_some((p as u16, after, head))
+                })
+                .collect();
+            let ask = |partition: u16, after: u64| Changes {
+                partition,
+                after,
+                origin: self.datacenter.clone(),
+                limit: self.options.batch_records as u32,
+                max_bytes: self.options.batch_bytes as u32,
+            };
+            let target = &target;
+            let mut first = futures_util::stream::iter(dirty.into_iter().map(|(partition, after, head)| {
+                let message = ask(partition, after);
+                async move {
+                    let result = self.local.call(target, &message, self.options.local_timeout).await;
+                    (partition, after, head, result)
+                }
+            }))
+            .buffered(READ_AHEAD);
+            while let Some((partition, mut after, head, mut result)) = first.next().await {
+                if stop.is_cancelled() {
+                    return shipped;
+                }
+                loop {
+                    let chunk = match result {
                         Ok(c) => c,
                         Err(e) => {
                             self.link.failed(
@@ -208,9 +230,11 @@ impl Shipper {
                             None => return shipped,
                         }
                     }
-                    if !chunk.more || !moved {
+                    if !chunk.more || !moved || stop.is_cancelled() {
                         break;
                     }
+                    result =
+                        self.local.call(target, &ask(partition, after), self.options.local_timeout).await;
                 }
                 backlog += head.saturating_sub(after);
             }

@@ -117,6 +117,19 @@ fn writes_cross_both_ways_and_a_cut_link_converges_after_it_heals() {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
 
+    // Deletes cross as tombstones.
+    let mut conn = pair.dc1[1].raw();
+    for i in 0..20 {
+        assert_eq!(conn.cmd(&["DEL", &format!("a-{i}")]), Reply::Int(1));
+    }
+    for i in 0..20 {
+        let key = format!("a-{i}");
+        assert!(
+            wait_until(CONVERGE, || get(&pair.dc2[i % 2], &key) == Reply::NullBulk),
+            "{key} still in dc2 after its delete in dc1"
+        );
+    }
+
     // Cut the link; write on both sides, some keys on both sides with different values.
     pair.wan.cut();
     let cut1 = write_keys(&pair.dc1, "cut-a", 200);
