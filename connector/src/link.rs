@@ -166,3 +166,36 @@ impl Link {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_reports_lag_state_and_errors() {
+        let registry = Registry::new();
+        let m = LinkMetrics::register(&registry);
+        let link = Link::new("dc2", "conn.dc2.example:7948", &m);
+        assert_eq!(link.status()["link"], "connecting");
+        link.round(10);
+        assert_eq!(link.status()["lag_records"], 10);
+        link.failed("cannot reach dc2".into(), true);
+        let s = link.status();
+        assert_eq!((s["link"].as_str(), s["errors"].as_u64()), (Some("down"), Some(1)));
+        assert_eq!(s["last_error"]["error"], "cannot reach dc2");
+        link.shipped(3, 100, Duration::from_millis(42));
+        link.round(0);
+        let s = link.status();
+        assert_eq!(
+            (s["link"].as_str(), s["lag_records"].as_i64(), s["lag_seconds"].as_f64()),
+            (Some("up"), Some(0), Some(0.0))
+        );
+        assert_eq!((s["shipped_records"].as_u64(), s["sent_bytes"].as_u64()), (Some(3), Some(100)));
+        assert!((s["rtt_ms"].as_f64().unwrap() - 42.0).abs() < 0.001);
+        let text = crate::admin::status_text(&serde_json::json!({
+            "name": "c1", "datacenter": "dc1", "data_nodes": 3, "links": [s],
+        }));
+        assert!(text.contains("connector c1 of datacenter dc1 (3 data nodes seen)"), "{text}");
+        assert!(text.lines().nth(2).is_some_and(|l| l.starts_with("dc2") && l.contains(" up ")), "{text}");
+    }
+}

@@ -188,10 +188,11 @@ impl Drop for Connector {
     }
 }
 
-/// A datacenter of `n` nodes with the keys of `dc` from `keys` (made by
-/// [`crate::pki::customer_keys`]), waiting until each places on all of them.
-pub fn start_datacenter(dc: &str, tls: &Path, n: usize) -> Vec<Node> {
-    let extra = ["--datacenter", dc, "--tls-dir", tls.to_str().unwrap()];
+/// A datacenter of `n` nodes with the keys of `dc` in `tls` (made by
+/// [`crate::pki::customer_keys`]) and `more` flags, waiting until each places on all of them.
+pub fn start_datacenter(dc: &str, tls: &Path, n: usize, more: &[&str]) -> Vec<Node> {
+    let mut extra = vec!["--datacenter", dc, "--tls-dir", tls.to_str().unwrap()];
+    extra.extend_from_slice(more);
     let first = Node::start(member_opts(&format!("{dc}-n1"), None, &extra));
     let mut nodes = vec![first];
     for i in 2..=n {
