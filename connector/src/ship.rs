@@ -27,6 +27,10 @@ use crate::cursors::Cursors;
 use crate::link::Link;
 use crate::wan::{Ship, batch_bytes};
 
+/// Keys a link remembers as shipped (with their HLC) to skip other owners' copies: about
+/// 100 bytes each plus the key, so a few MiB for usual keys.
+const RECENT_KEYS: usize = 1 << 16;
+
 /// First chunks of partitions read from one node at once.
 const READ_AHEAD: usize = 32;
 
@@ -79,7 +83,6 @@ impl Recent {
 #[derive(Default)]
 pub struct Batch {
     pub records: Vec<(Bytes, WireRecord)>,
-    hlcs: Vec<Hlc>,
     pub bytes: usize,
     pub advances: Vec<(u64, u16, u64)>,
 }
@@ -126,7 +129,7 @@ impl Shipper {
             }
         };
         tracing::info!(remote = %self.remote, address = %self.address, cursors = cursors.len(), "shipper started");
-        let mut recent = Recent::new(1 << 20);
+        let mut recent = Recent::new(RECENT_KEYS);
         while !stop.is_cancelled() {
             let shipped = self.round(&mut cursors, &mut recent, &stop).await;
             if shipped == 0 {
@@ -212,9 +215,13 @@ impl Shipper {
                         if recent.has(&key, hlc) {
                             continue;
                         }
+                        // Noted now, not once acknowledged: another owner's copy later in
+                        // this round is skipped too. A batch is sent until acknowledged or
+                        // the shipper stops (and forgets `recent`), and its copy precedes
+                        // the cursor moves of later batches, so nothing is skipped unsent.
+                        recent.note(key.clone(), hlc);
                         batch.bytes += key.len() + record.0.len();
                         batch.records.push((key, record));
-                        batch.hlcs.push(hlc);
                     }
                     // A last chunk covers everything up to the head read before it (a number
                     // is visible only once all below it are), even numbers whose records
@@ -225,7 +232,7 @@ impl Shipper {
                     after = upto;
                     if batch.is_full(&self.options) {
                         let full = std::mem::take(&mut batch);
-                        match self.send(full, cursors, recent, stop).await {
+                        match self.send(full, cursors, stop).await {
                             Some(n) => shipped += n,
                             None => return shipped,
                         }
@@ -240,7 +247,7 @@ impl Shipper {
             }
         }
         if !batch.advances.is_empty() {
-            match self.send(batch, cursors, recent, stop).await {
+            match self.send(batch, cursors, stop).await {
                 Some(n) => shipped += n,
                 None => return shipped,
             }
@@ -251,13 +258,7 @@ impl Shipper {
 
     /// Sends `batch` until acknowledged (an empty batch only moves cursors), then moves and
     /// saves the cursors. None when stopped first.
-    async fn send(
-        &self,
-        batch: Batch,
-        cursors: &mut Cursors,
-        recent: &mut Recent,
-        stop: &CancellationToken,
-    ) -> Option<usize> {
+    async fn send(&self, batch: Batch, cursors: &mut Cursors, stop: &CancellationToken) -> Option<usize> {
         let count = batch.records.len();
         if count > 0 {
             self.link.worker("shipping");
@@ -290,9 +291,6 @@ impl Shipper {
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
                 }
-            }
-            for ((key, _), hlc) in message.records.into_iter().zip(batch.hlcs) {
-                recent.note(key, hlc);
             }
         }
         for (node, partition, to) in batch.advances {
