@@ -23,7 +23,7 @@ use crate::admin::{self, AdminState};
 use crate::apply::Applier;
 use crate::link::{Link, LinkMetrics};
 use crate::ship::{ShipOptions, Shipper};
-use crate::wan::{LocalService, WanService};
+use crate::wan::{LocalService, WanHandler, WanService};
 
 /// How often a connector on the default keys repeats its warning.
 const INSECURE_WARNING_EVERY: Duration = Duration::from_secs(600);
@@ -199,11 +199,14 @@ pub async fn run(
         quorum,
         timeout: config.cluster.request_timeout,
     });
-    let wan_service = Arc::new(WanService {
-        datacenter: config.datacenter.clone(),
-        applier,
-        links: links.iter().map(|l| (l.remote.clone(), l.clone())).collect::<HashMap<_, _>>(),
-    });
+    let wan_service = Arc::new(WanHandler(
+        WanService {
+            datacenter: config.datacenter.clone(),
+            applier,
+            links: links.iter().map(|l| (l.remote.clone(), l.clone())).collect::<HashMap<_, _>>(),
+        }
+        .shared(),
+    ));
     let peer_tasks = TaskTracker::new();
     let stop_peers = CancellationToken::new();
     peer_tasks.spawn(local.clone().serve(

@@ -194,6 +194,13 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// `Result<Response, Refusal>` (see [`answer`]).
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, kind: Kind, body: Bytes) -> BoxFuture<'_, Vec<u8>>;
+
+    /// The handler of one connection's requests, for a handler whose answers depend on
+    /// who asks (the connector checks that a datacenter ships only as itself); `None`:
+    /// this one.
+    fn for_peer(&self, _peer: &opencluster_pki::PeerIdentity) -> Option<Arc<dyn Handler>> {
+        None
+    }
 }
 
 /// Decodes a request of type `M`, runs `f` on it and encodes its result.
@@ -598,6 +605,7 @@ impl Peers {
             }
         };
         tracing::debug!(%from, peer = %peer.identity.uri(), "peer connected");
+        let handler = handler.for_peer(&peer).unwrap_or(handler);
         loop {
             let (send, recv) = tokio::select! {
                 _ = stop.cancelled() => return,
