@@ -9,6 +9,8 @@
 //! - `nemesis`: seeded faults (kill -9, SIGSTOP, SIGTERM, network cuts) on random nodes
 //!   of a cluster under writes through every node, and a checker of every acknowledged
 //!   write.
+//! - `relay`, `connector`: the WAN between datacenters (a UDP relay with delay, loss and
+//!   cuts) and connector processes, for the multi-datacenter tests.
 //! - `http`: a minimal HTTP GET for the admin API.
 //! - `wait`: polling with deadlines instead of sleeps.
 //!

@@ -131,6 +131,7 @@ fn writes_cross_both_ways_and_a_cut_link_converges_after_it_heals() {
     }
 
     // Cut the link; write on both sides, some keys on both sides with different values.
+    let sent_before = pair.c1.link("dc2")["sent_bytes"].as_u64().unwrap();
     pair.wan.cut();
     let cut1 = write_keys(&pair.dc1, "cut-a", 200);
     let cut2 = write_keys(&pair.dc2, "cut-b", 200);
@@ -163,6 +164,16 @@ fn writes_cross_both_ways_and_a_cut_link_converges_after_it_heals() {
         assert!(matches!(&last.0, Reply::Bulk(v) if v.starts_with(b"from-dc")), "{key}: {:?}", last.0);
     }
     assert_eq!(pair.c2.link("dc1")["link"], "up");
+    // What the catch-up cost: bytes shipped by dc1 since the cut (keys and encoded records,
+    // with their HLC and origin) against the keys and values written in dc1 during it.
+    let sent = pair.c1.link("dc2")["sent_bytes"].as_u64().unwrap() - sent_before;
+    let changed: usize = cut1.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + (0..50).map(|i| format!("both-{i}").len() + format!("from-dc1-{i}").len()).sum::<usize>();
+    println!(
+        "catch-up after the cut: {sent} bytes shipped for {changed} bytes of keys and values written ({:.2}x)",
+        sent as f64 / changed as f64
+    );
+    assert!(sent as f64 <= 4.0 * changed as f64, "{sent} bytes shipped for {changed} written");
 }
 
 #[test]
