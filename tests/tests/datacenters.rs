@@ -342,3 +342,21 @@ fn three_datacenters_in_a_full_mesh_never_forward() {
         }
     }
 }
+
+#[test]
+fn a_connector_refuses_bad_peers_naming_the_setting() {
+    let bin = opencluster_tests::connector::connector_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cases: [(&[&str], &str); 2] =
+        [(&["--peer", "dc2"], "connector.peers"), (&["--peer", "dc1=127.0.0.1:7948"], "own datacenter")];
+    for (args, expected) in cases {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(["--dev", "--data-dir", data.to_str().unwrap(), "--admin-addr", "127.0.0.1:0"])
+            .args(["--gossip-addr", "127.0.0.1:0", "--rpc-addr", "127.0.0.1:0", "--wan-addr", "127.0.0.1:0"])
+            .args(args);
+        let out = opencluster_tests::run_with_deadline(cmd, Duration::from_secs(20)).expect("exits");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
