@@ -2,7 +2,7 @@
 # Builds the OpenCluster images without a registry: static binaries built here, each put
 # FROM scratch by Dockerfile.scratch (the runtime stages of Dockerfile).
 #
-#   deploy/docker/build-images.sh            # opencluster/{node,pki,example-app}:<version> and :latest
+#   deploy/docker/build-images.sh            # opencluster/{node,pki,example-app,connector}:<version> and :latest
 #
 # Environment: CARGO_TARGET_DIR (reused, so a second run only relinks), IMAGE_PREFIX
 # (default `opencluster/`), SKIP_CARGO_BUILD=1 to package binaries already built.
@@ -14,8 +14,8 @@ cd "$ROOT"
 TRIPLE=x86_64-unknown-linux-gnu
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 PREFIX=${IMAGE_PREFIX:-opencluster/}
-IMAGES=(node pki example-app)
-BINARIES=(opencluster-node opencluster-pki opencluster-example-app)
+IMAGES=(node pki example-app connector)
+BINARIES=(opencluster-node opencluster-pki opencluster-example-app opencluster-connector)
 
 say() { printf '[build-images] %s\n' "$*"; }
 die() {

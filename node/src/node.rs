@@ -147,7 +147,7 @@ impl Listeners {
 }
 
 /// This node's identity, kept in the data directory so it survives restarts.
-fn node_id(data_dir: &Path) -> io::Result<u64> {
+pub fn node_id(data_dir: &Path) -> io::Result<u64> {
     let path = data_dir.join("node-id");
     if let Ok(text) = std::fs::read_to_string(&path)
         && let Ok(id) = u64::from_str_radix(text.trim(), 16)
@@ -270,6 +270,7 @@ pub async fn run(
         }
         Some(socket) => start_membership(
             &config,
+            Role::Node,
             socket,
             [listeners.client.as_ref().and_then(|l| l.local_addr().ok()), rpc_bound],
             node_id,
@@ -453,8 +454,9 @@ pub async fn run(
 
 /// Checks the gossip settings against the bound socket and starts the membership tasks.
 #[allow(clippy::too_many_arguments)]
-fn start_membership(
+pub fn start_membership(
     config: &Config,
+    role: Role,
     socket: UdpSocket,
     [client_addr, rpc_addr]: [Option<SocketAddr>; 2],
     node_id: u64,
@@ -503,7 +505,7 @@ fn start_membership(
         meta: Metadata {
             name: config.node_name.clone(),
             datacenter: config.datacenter.clone(),
-            role: Role::Node,
+            role,
             version: crate::VERSION.to_string(),
             client_addr,
             rpc_addr,

@@ -52,6 +52,12 @@ impl Security {
     /// Loads the keys, checks they belong to the configured datacenter and obtains this
     /// node's certificate. Returns the renewal task to spawn.
     pub fn load(config: &Config) -> Result<(Security, Renewal), SecurityError> {
+        Self::load_as(config, Role::Node)
+    }
+
+    /// [`Security::load`] for a process of another role (a connector's certificate says
+    /// `connector`, which is what other datacenters' connectors accept).
+    pub fn load_as(config: &Config, role: Role) -> Result<(Security, Renewal), SecurityError> {
         let keys = match &config.tls_dir {
             Some(dir) => TlsDir::load(dir)?,
             None => default_keys(),
@@ -63,7 +69,7 @@ impl Security {
                 keys_source: keys.source.clone(),
             });
         }
-        let request = BootRequest::new(&config.node_name, Role::Node, addresses(config));
+        let request = BootRequest::new(&config.node_name, role, addresses(config));
         let credentials = boot_identity(&keys, &request, SystemTime::now())?;
         let tls = MutualTls::new(&keys.root, &credentials)?;
         let insecure_default_keys = is_default(&keys);

@@ -10,6 +10,8 @@
 //!   of a cluster under writes through every node, and a checker of every acknowledged
 //!   write.
 //! - `cgroup`: a memory cgroup a test makes for its nodes (limits, OOM kills, RSS).
+//! - `relay`, `connector`: the WAN between datacenters (a UDP relay with delay, loss and
+//!   cuts) and connector processes, for the multi-datacenter tests.
 //! - `http`: a minimal HTTP GET for the admin API.
 //! - `wait`: polling with deadlines instead of sleeps.
 //!
@@ -17,10 +19,12 @@
 
 pub mod cgroup;
 pub mod cluster;
+pub mod connector;
 pub mod http;
 pub mod nemesis;
 pub mod node;
 pub mod pki;
+pub mod relay;
 pub mod resp;
 pub mod wait;
 

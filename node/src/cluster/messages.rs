@@ -351,3 +351,40 @@ mod tests {
         assert!(truncated.decode().is_err());
     }
 }
+
+/// For a connector: the last number of every partition's local change sequence at this
+/// node (index = partition), so that it asks for changes only where there are some.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Heads;
+
+impl Message for Heads {
+    const KIND: Kind = Kind::Heads;
+    type Response = Vec<u64>;
+}
+
+/// For a connector: the partition's changes after position `after` of this node's local
+/// change sequence whose origin is datacenter `origin` (the others are passed over, never
+/// sent), at most `limit` records and about `max_bytes` of keys and values.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Changes {
+    pub partition: Partition,
+    pub after: u64,
+    pub origin: String,
+    pub limit: u32,
+    pub max_bytes: u32,
+}
+
+/// The records of a [`Changes`] with their change numbers, and `upto`: the position the
+/// cursor may move to once they are shipped (past records of other origins too).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChangesChunk {
+    pub records: Vec<(u64, Bytes, WireRecord)>,
+    pub upto: u64,
+    /// A limit stopped the chunk: more changes follow `upto`.
+    pub more: bool,
+}
+
+impl Message for Changes {
+    const KIND: Kind = Kind::Changes;
+    type Response = ChangesChunk;
+}

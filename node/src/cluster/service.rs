@@ -191,6 +191,40 @@ impl Handler for Service {
                     })
                     .await
                 }
+                // The connector's message between datacenters is not a node's to answer.
+                Kind::Ship => refused(Refusal::UnknownKind(Kind::Ship as u8)),
+                Kind::Heads => {
+                    answer(&body, |_: messages::Heads| async move {
+                        let store = &c.local.store;
+                        Ok((0..c.partitions()).map(|p| store.last_seq(p)).collect())
+                    })
+                    .await
+                }
+                Kind::Changes => {
+                    answer(&body, |m: messages::Changes| async move {
+                        if m.partition >= c.partitions() {
+                            return Err(Refusal::Malformed(format!("no partition {}", m.partition)));
+                        }
+                        let limit = (m.limit as usize).clamp(1, 100_000);
+                        let max_bytes = (m.max_bytes as usize).clamp(1, MAX_PULL_BYTES);
+                        let store = c.local.store.clone();
+                        let chunk = tokio::task::spawn_blocking(move || {
+                            store.changes_after(m.partition, m.after, limit, max_bytes)
+                        })
+                        .await
+                        .map_err(|e| Refusal::Store(e.to_string()))?
+                        .map_err(|e| refusal(e.into()))?;
+                        let upto = chunk.records.last().map_or(m.after, |(seq, _, _)| *seq);
+                        let records = chunk
+                            .records
+                            .iter()
+                            .filter(|(_, _, r)| *r.origin.datacenter == *m.origin)
+                            .map(|(seq, k, r)| (*seq, k.clone(), WireRecord::new(r)))
+                            .collect();
+                        Ok(messages::ChangesChunk { records, upto, more: chunk.more })
+                    })
+                    .await
+                }
                 Kind::Count => {
                     answer(&body, |m: messages::Count| async move {
                         if m.partitions.iter().any(|&p| p >= c.partitions()) {

@@ -117,6 +117,61 @@ pub struct Config {
     pub rebalance: RebalanceConfig,
     pub repair: RepairConfig,
     pub cache: CacheConfig,
+    pub connector: ConnectorConfig,
+}
+
+/// A connector's WAN side (`opencluster-connector` only; a node ignores this section).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectorConfig {
+    /// Where the connector listens for the other datacenters' connectors (QUIC, UDP).
+    pub wan_addr: SocketAddr,
+    /// The public address other datacenters' connectors reach this one on.
+    pub wan_advertise: Option<String>,
+    /// The other datacenters' connectors, as `DC=HOST:PORT` (names are re-resolved on
+    /// every dial).
+    pub peers: Vec<String>,
+    /// Most records in one batch shipped to another datacenter.
+    pub batch_records: u32,
+    /// Most bytes of keys and values in one batch (a larger record goes alone).
+    pub batch_bytes: ByteSize,
+    /// How often the connector asks the nodes of its datacenter for new changes when the
+    /// last round found none.
+    #[serde(with = "units::duration")]
+    pub poll_interval: Duration,
+    /// How long one batch may take to be applied in the other datacenter before it is
+    /// sent again.
+    #[serde(with = "units::duration")]
+    pub ship_timeout: Duration,
+}
+
+impl Default for ConnectorConfig {
+    fn default() -> Self {
+        ConnectorConfig {
+            wan_addr: SocketAddr::from(([0, 0, 0, 0], 7948)),
+            wan_advertise: None,
+            peers: Vec::new(),
+            batch_records: 512,
+            batch_bytes: ByteSize(1 << 20),
+            poll_interval: Duration::from_millis(20),
+            ship_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConnectorConfig {
+    /// The peers as (datacenter, host:port), checked.
+    pub fn peer_list(&self) -> Result<Vec<(String, String)>, String> {
+        self.peers
+            .iter()
+            .map(|p| match p.split_once('=') {
+                Some((dc, addr)) if is_dns_label(dc.trim()) && addr.trim().rsplit_once(':').is_some() => {
+                    Ok((dc.trim().to_string(), addr.trim().to_string()))
+                }
+                _ => Err(format!("{p:?} is not DC=HOST:PORT (e.g. dc2=connector.dc2.example:7948)")),
+            })
+            .collect()
+    }
 }
 
 /// The near cache: records of keys owned by other nodes, kept after a read and dropped
@@ -473,6 +528,7 @@ impl Default for Config {
             rebalance: RebalanceConfig::default(),
             repair: RepairConfig::default(),
             cache: CacheConfig::default(),
+            connector: ConnectorConfig::default(),
             gossip: GossipConfig::default(),
         }
     }
@@ -785,6 +841,19 @@ impl Config {
         }
         if s.lmdb_map_bytes.0 < 16 << 20 || s.lmdb_map_bytes.0 > 1 << 50 {
             return Err(err("store.lmdb_map_bytes", "must be between 16MiB and 1PiB"));
+        }
+        let c = &self.connector;
+        if let Err(e) = c.peer_list() {
+            return Err(err("connector.peers", e));
+        }
+        if c.batch_records == 0 {
+            return Err(err("connector.batch_records", "must be at least 1"));
+        }
+        if c.batch_bytes.0 < 1024 || c.batch_bytes > self.limits.max_request_bytes {
+            return Err(err("connector.batch_bytes", "must be between 1KiB and limits.max_request_bytes"));
+        }
+        if c.poll_interval.is_zero() || c.ship_timeout.is_zero() {
+            return Err(err("connector.poll_interval", "connector durations must be more than 0"));
         }
         self.gossip.validate()
     }

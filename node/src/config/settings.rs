@@ -299,6 +299,41 @@ pub const SETTINGS: &[Setting] = &[
         "Invalidations an owner queues for one holder; beyond, its leases are forgotten [default: 65536]",
     ),
     s(
+        "connector.wan_addr",
+        Kind::Addr,
+        "Connector only: WAN QUIC address where other datacenters' connectors connect [default: 0.0.0.0:7948]",
+    ),
+    s(
+        "connector.wan_advertise",
+        Kind::Str,
+        "Connector only: the public HOST:PORT other datacenters' connectors reach this one on",
+    ),
+    s(
+        "connector.peers",
+        Kind::List,
+        "Connector only: the other datacenters' connectors, DC=HOST:PORT, comma-separated; names are re-resolved",
+    ),
+    s(
+        "connector.batch_records",
+        Kind::Int,
+        "Connector only: most records in one shipped batch [default: 512]",
+    ),
+    s(
+        "connector.batch_bytes",
+        Kind::Size,
+        "Connector only: most bytes of keys and values in one shipped batch [default: 1MiB]",
+    ),
+    s(
+        "connector.poll_interval",
+        Kind::Duration,
+        "Connector only: how often it asks its datacenter's nodes for new changes when idle [default: 20ms]",
+    ),
+    s(
+        "connector.ship_timeout",
+        Kind::Duration,
+        "Connector only: how long a batch may take to be applied remotely before it is sent again [default: 10s]",
+    ),
+    s(
         "store.engine",
         Kind::Choice(&["sled", "redb", "fjall", "lmdb"]),
         "Storage engine: sled, redb (own cache, pread), fjall (LSM tree) or lmdb (memory-mapped); fixed once data exists, see docs/storage-study.md [default: sled; lmdb with mode=lean]",
@@ -455,6 +490,10 @@ mod tests {
             join: vec!["a:1".into()],
             join_service: Some("tasks.oc".into()),
             memory_budget: Some(crate::config::ByteSize(64 << 20)),
+            connector: crate::config::ConnectorConfig {
+                wan_advertise: Some("203.0.113.1:7948".into()),
+                ..Default::default()
+            },
             ..Config::default()
         };
         let mut in_struct = Vec::new();

@@ -47,6 +47,12 @@ pub enum Kind {
     WatchPrefixes = 13,
     Publish = 14,
     Channels = 15,
+    /// The connector's: where each partition's change sequence stands at a node.
+    Heads = 16,
+    /// The connector's: a partition's changes after a cursor.
+    Changes = 17,
+    /// Between connectors of two datacenters (the WAN): records to apply.
+    Ship = 18,
 }
 
 impl Kind {
@@ -67,6 +73,9 @@ impl Kind {
             13 => Kind::WatchPrefixes,
             14 => Kind::Publish,
             15 => Kind::Channels,
+            16 => Kind::Heads,
+            17 => Kind::Changes,
+            18 => Kind::Ship,
             _ => return None,
         })
     }
@@ -89,10 +98,13 @@ impl Kind {
             Kind::WatchPrefixes => "watch_prefixes",
             Kind::Publish => "publish",
             Kind::Channels => "channels",
+            Kind::Heads => "heads",
+            Kind::Changes => "changes",
+            Kind::Ship => "ship",
         }
     }
 
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Ping,
         Kind::Read,
         Kind::Write,
@@ -108,6 +120,9 @@ impl Kind {
         Kind::WatchPrefixes,
         Kind::Publish,
         Kind::Channels,
+        Kind::Heads,
+        Kind::Changes,
+        Kind::Ship,
     ];
 }
 
@@ -187,7 +202,7 @@ mod tests {
         }
         // The kind numbers are the wire format: they never change.
         let numbers: Vec<u8> = Kind::ALL.iter().map(|&k| k as u8).collect();
-        assert_eq!(numbers, (1..=15).collect::<Vec<u8>>());
+        assert_eq!(numbers, (1..=18).collect::<Vec<u8>>());
     }
 
     #[test]

@@ -194,6 +194,13 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// `Result<Response, Refusal>` (see [`answer`]).
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, kind: Kind, body: Bytes) -> BoxFuture<'_, Vec<u8>>;
+
+    /// The handler of one connection's requests, for a handler whose answers depend on
+    /// who asks (the connector checks that a datacenter ships only as itself); `None`:
+    /// this one.
+    fn for_peer(&self, _peer: &opencluster_pki::PeerIdentity) -> Option<Arc<dyn Handler>> {
+        None
+    }
 }
 
 /// Decodes a request of type `M`, runs `f` on it and encodes its result.
@@ -509,13 +516,14 @@ impl Peers {
             self.metrics.refused_peers.with_label_values(&["policy"]).inc();
             unreachable(e.to_string())
         })?;
-        if peer.identity.name() != to.name {
-            let reason = format!(
-                "{} answers at {}, where membership says {} is",
-                peer.identity.uri(),
-                to.addr,
-                to.name
-            );
+        // Inside a datacenter a peer is known by its name; across the WAN a connector
+        // dials the connector of a datacenter, whatever its name (`Target::name` is then
+        // that datacenter).
+        let wan = matches!(self.policy, Policy::ConnectorOfOtherDatacenter { .. });
+        let expected = if wan { peer.identity.datacenter() } else { peer.identity.name() };
+        if expected != to.name {
+            let reason =
+                format!("{} answers at {}, where {} is expected", peer.identity.uri(), to.addr, to.name);
             conn.close(opencluster_pki::peer::POLICY_REFUSED, reason.as_bytes());
             return Err(unreachable(reason));
         }
@@ -597,6 +605,7 @@ impl Peers {
             }
         };
         tracing::debug!(%from, peer = %peer.identity.uri(), "peer connected");
+        let handler = handler.for_peer(&peer).unwrap_or(handler);
         loop {
             let (send, recv) = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -920,7 +929,7 @@ mod tests {
         let client = endpoint(&pki.tls("a"), "acme");
         let wrong = Target { name: "c".into(), ..target.clone() };
         let e = client.call(&wrong, &messages::Ping, timeout).await.unwrap_err().to_string();
-        assert!(e.contains("where membership says c is"), "{e}");
+        assert!(e.contains("where c is expected"), "{e}");
 
         // A held request times out at its deadline, and the error says so.
         let started = Instant::now();
