@@ -218,7 +218,7 @@ pub async fn run(
 
     let ship = ShipOptions {
         batch_records: config.connector.batch_records as usize,
-        batch_bytes: config.connector.batch_bytes.as_usize(),
+        batch_bytes: config.connector.batch_bytes.min(config.limits.max_request_bytes).as_usize(),
         poll_interval: config.connector.poll_interval,
         ship_timeout: config.connector.ship_timeout,
         local_timeout: config.cluster.request_timeout,

@@ -849,8 +849,10 @@ impl Config {
         if c.batch_records == 0 {
             return Err(err("connector.batch_records", "must be at least 1"));
         }
-        if c.batch_bytes.0 < 1024 || c.batch_bytes > self.limits.max_request_bytes {
-            return Err(err("connector.batch_bytes", "must be between 1KiB and limits.max_request_bytes"));
+        // Capped at limits.max_request_bytes where it is used (a node that lowers that
+        // limit must not fail over a connector setting it never uses).
+        if c.batch_bytes.0 < 1024 {
+            return Err(err("connector.batch_bytes", "must be at least 1KiB"));
         }
         if c.poll_interval.is_zero() || c.ship_timeout.is_zero() {
             return Err(err("connector.poll_interval", "connector durations must be more than 0"));
