@@ -7,7 +7,7 @@
 //! not otherwise, and the test skips itself.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct Cgroup {
     dir: PathBuf,
@@ -81,10 +81,7 @@ impl Drop for Cgroup {
     /// Removes the cgroup once its processes are gone (the test's nodes are killed first:
     /// declare the cgroup before them).
     fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::wait::wait_until(Duration::from_secs(10), || std::fs::remove_dir(&self.dir).is_ok());
         if self.dir.exists() {
             eprintln!("could not remove the test cgroup {}", self.dir.display());
         }

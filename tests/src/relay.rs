@@ -96,10 +96,10 @@ impl Relay {
             threads.push(std::thread::spawn(move || deliver(&line, &stop)));
         }
         let (stop2, line2) = (stop.clone(), line.clone());
-        let back_threads: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let back2 = back_threads.clone();
         threads.push(std::thread::spawn(move || {
-            // One upstream socket per client address, so answers find their way back.
+            // One upstream socket per client address, so answers find their way back; each
+            // has a thread carrying answers back, joined here once the relay stops.
+            let mut back_threads: Vec<JoinHandle<()>> = Vec::new();
             let mut upstream: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
             let mut rng = 0x9e37_79b9_7f4a_7c15u64;
             let mut buf = vec![0u8; 65536];
@@ -122,26 +122,16 @@ impl Relay {
                             }
                         }
                     });
-                    back2.lock().unwrap().push(handle);
+                    back_threads.push(handle);
                     up
                 });
                 send(&wan, &line2, &mut rng, up.clone(), target, &buf[..n]);
             }
-        }));
-        let mut relay = Relay { addr, stop, threads };
-        relay.threads.push(std::thread::spawn(move || {
-            // Joins the per-client threads when the relay stops.
-            loop {
-                std::thread::sleep(POLL);
-                if Arc::strong_count(&back_threads) == 1 {
-                    break;
-                }
-            }
-            for h in back_threads.lock().unwrap().drain(..) {
+            for h in back_threads {
                 let _ = h.join();
             }
         }));
-        relay
+        Relay { addr, stop, threads }
     }
 
     /// Where the connector on the other side of the WAN is dialled.

@@ -280,7 +280,7 @@ impl NearCache {
         let gap = restarted || state.tracks.get(&(owner, partition)).is_some_and(|t| seq > t.last + 1);
         if gap {
             self.stats.missed.fetch_add(1, Ordering::Relaxed);
-            self.drop_partition_locked(&mut state, partition);
+            self.drop_partition(partition);
         }
         let t = state.tracks.entry((owner, partition)).or_insert(Track { last: 0, expect: None });
         t.last = t.last.max(seq);
@@ -301,7 +301,7 @@ impl NearCache {
             .collect();
         for (owner, partition) in late {
             self.stats.missed.fetch_add(1, Ordering::Relaxed);
-            self.drop_partition_locked(&mut state, partition);
+            self.drop_partition(partition);
             if let Some(t) = state.tracks.get_mut(&(owner, partition)) {
                 // Numbered from here on: what was missed is covered by the drop.
                 t.last = t.expect.map_or(t.last, |(want, _)| want);
@@ -317,15 +317,10 @@ impl NearCache {
         self.entries.invalidate(key);
     }
 
-    /// Drops every entry of `partition` and cancels its reservations.
+    /// Drops every entry of `partition` and cancels its reservations: entries remember the
+    /// epoch their reservation was taken at, so an entry stored after the bump (its fill
+    /// raced with it) is never served either. Needs no lock.
     pub fn drop_partition(&self, partition: Partition) {
-        let mut state = self.state();
-        self.drop_partition_locked(&mut state, partition);
-    }
-
-    /// Entries remember the epoch their reservation was taken at, so an entry stored after
-    /// the bump (its fill raced with it) is never served either.
-    fn drop_partition_locked(&self, _state: &mut State, partition: Partition) {
         if let Some(epoch) = self.epochs.get(usize::from(partition)) {
             epoch.fetch_add(1, Ordering::AcqRel);
             self.stats.dropped_partitions.fetch_add(1, Ordering::Relaxed);
@@ -344,7 +339,7 @@ impl NearCache {
             state.tracks.keys().filter(|(o, _)| *o == owner).map(|(_, p)| *p).collect();
         for p in partitions {
             state.tracks.remove(&(owner, p));
-            self.drop_partition_locked(state, p);
+            self.drop_partition(p);
         }
     }
 
