@@ -388,3 +388,40 @@ impl Message for Changes {
     const KIND: Kind = Kind::Changes;
     type Response = ChangesChunk;
 }
+
+/// For a connector: the remote datacenter `remote` acknowledged this node's changes of
+/// each listed partition up to the position given (applied at a quorum there), so the
+/// node keeps these as that remote's cursors (see `cluster::outbound`). A position only
+/// ever moves forward: an older one than the node holds changes nothing.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Acknowledge {
+    pub remote: String,
+    pub positions: Vec<(Partition, u64)>,
+}
+
+impl Message for Acknowledge {
+    const KIND: Kind = Kind::Acknowledge;
+    type Response = ();
+}
+
+/// For a connector: this node's [`Heads`] and, per partition, where the remote datacenter
+/// `remote` stands in them (its cursors, as acknowledged). Supersedes [`Heads`], which a
+/// node still answers for a connector of the previous version.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Positions {
+    pub remote: String,
+}
+
+/// The answer to [`Positions`]: both indexed by partition. `acked[p] <= heads[p]`: a
+/// cursor past the head means the node's sequence started over (its store was lost), and
+/// the node drops it before answering.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PositionsAnswer {
+    pub heads: Vec<u64>,
+    pub acked: Vec<u64>,
+}
+
+impl Message for Positions {
+    const KIND: Kind = Kind::Positions;
+    type Response = PositionsAnswer;
+}
