@@ -155,10 +155,14 @@ fn writes_cross_both_ways_and_a_cut_link_converges_after_it_heals() {
     // And stay where they were written.
     assert!(missing_through(&pair.dc1[0], &from1).is_empty());
     assert!(missing_through(&pair.dc2[0], &from2).is_empty());
+    // Batches are counted a moment after their keys are readable: waited for.
+    let counted = || {
+        let link = pair.c1.link("dc2");
+        link["shipped_records"].as_u64() >= Some(300) && link["applied_records"].as_u64() >= Some(300)
+    };
+    assert!(wait_until(CONVERGE, counted), "{}", pair.c1.link("dc2"));
     let link = pair.c1.link("dc2");
     assert_eq!(link["link"], "up", "{link}");
-    assert!(link["shipped_records"].as_u64().unwrap() >= 300, "{link}");
-    assert!(link["applied_records"].as_u64().unwrap() >= 300, "{link}");
     assert!(wait_until(CONVERGE, || pair.c1.link("dc2")["lag_records"] == 0), "{}", pair.c1.link("dc2"));
     let metrics = pair.c1.metrics();
     for name in [
@@ -395,6 +399,12 @@ fn three_datacenters_in_a_full_mesh_never_forward() {
     // never a copy relayed by a third datacenter (duplicates would only add to these).
     for (i, c) in connectors.iter().enumerate() {
         for j in (0..3).filter(|&j| j != i) {
+            // Counted a moment after the keys are readable: waited for, then exact.
+            let counted = || {
+                let link = c.link(names[j]);
+                link["applied_records"].as_u64() >= Some(100) && link["shipped_records"].as_u64() >= Some(100)
+            };
+            assert!(wait_until(CONVERGE, counted), "{}", c.link(names[j]));
             let link = c.link(names[j]);
             assert_eq!(link["applied_records"], 100, "{} from {}: {link}", names[i], names[j]);
             assert_eq!(link["shipped_records"], 100, "{} to {}: {link}", names[i], names[j]);
@@ -491,10 +501,13 @@ fn a_twin_takes_over_the_share_of_a_connector_killed_mid_stream() {
     for node in &dc1 {
         assert!(wait_until(CONVERGE, || missing_through(node, &from2).is_empty()), "{}", c2.link("dc1"));
     }
-    // Links are per remote datacenter: what b applied from dc2 shows on its link to dc2.
-    assert!(b.link("dc2")["applied_records"].as_u64().unwrap() >= 50, "{}", b.link("dc2"));
-    let to = c2.link("dc1")["shipping_to"].clone();
-    assert_eq!(to, relays[1].addr().to_string(), "{}", c2.link("dc1"));
+    // Links are per remote datacenter: what b applied from dc2 shows on its link to dc2. The
+    // keys are readable as soon as the owners have them, a moment before the connectors
+    // count the batch: waited for.
+    let applied = || b.link("dc2")["applied_records"].as_u64().unwrap_or(0);
+    assert!(wait_until(CONVERGE, || applied() >= 50), "{}", b.link("dc2"));
+    let to = relays[1].addr().to_string();
+    assert!(wait_until(CONVERGE, || c2.link("dc1")["shipping_to"] == to), "{}", c2.link("dc1"));
 }
 
 /// A connector is killed and a new one with an empty data directory starts in its place:
@@ -522,6 +535,7 @@ fn a_new_connector_on_an_empty_volume_resumes_from_the_nodes_cursors() {
     assert_arrives(&pair.dc2, &second, "dc1's writes after the replacement in dc2", &pair);
     assert_arrives(&pair.dc2, &first, "dc1's first writes in dc2, still", &pair);
     assert!(wait_until(CONVERGE, || pair.c1.link("dc2")["lag_records"] == 0), "{}", pair.c1.link("dc2"));
+    assert!(wait_until(CONVERGE, || shipped(&pair.c1, "dc2") >= 100), "{}", pair.c1.link("dc2"));
     let sent = shipped(&pair.c1, "dc2");
     println!("the new connector shipped {sent} records; the data set holds {}", first.len() + second.len());
     assert!(sent >= 100, "{}", pair.c1.link("dc2"));
@@ -550,6 +564,8 @@ fn local_keys_never_leave_their_datacenter() {
     }
     // Still readable at home.
     assert!(missing_through(&pair.dc1[1], &sessions).is_empty());
+    // Counted a moment after the keys are readable: waited for, then exact.
+    assert!(wait_until(CONVERGE, || shipped(&pair.c1, "dc2") >= 100), "{}", pair.c1.link("dc2"));
     assert_eq!(shipped(&pair.c1, "dc2"), 100, "{}", pair.c1.link("dc2"));
 }
 
