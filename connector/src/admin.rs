@@ -26,6 +26,7 @@ pub struct AdminState {
     pub security: Value,
     pub members: Arc<Members>,
     pub links: Vec<Arc<Link>>,
+    pub share: Arc<crate::share::Share>,
     pub node_metrics: Arc<opencluster_node::metrics::Metrics>,
     pub registry: prometheus::Registry,
 }
@@ -57,6 +58,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
         "version": opencluster_node::VERSION,
         "wan": { "addr": s.wan_addr.map(|a| a.to_string()), "advertise": s.wan_advertise },
         "data_nodes": data_nodes,
+        "share": s.share.status(),
         "security": s.security,
         "links": s.links.iter().map(|l| l.status()).collect::<Vec<_>>(),
     }))
@@ -85,6 +87,13 @@ pub fn status_text(s: &Value) -> String {
         s["datacenter"].as_str().unwrap_or("?"),
         s["data_nodes"].as_u64().unwrap_or(0)
     );
+    let twins: Vec<&str> =
+        s["share"]["connectors"].as_array().into_iter().flatten().filter_map(|c| c.as_str()).collect();
+    out.push_str(&format!(
+        "ships {} partitions; live connectors of the datacenter: {}\n",
+        s["share"]["partitions_owned"].as_u64().unwrap_or(0),
+        if twins.is_empty() { "-".to_string() } else { twins.join(", ") }
+    ));
     out.push_str(&format!(
         "{:<10} {:<8} {:>10} {:>12} {:>9} {:>12} {:>12}  {}\n",
         "REMOTE", "LINK", "LAG_S", "LAG_RECORDS", "RTT_MS", "SENT_BYTES", "RECV_BYTES", "LAST_ERROR"

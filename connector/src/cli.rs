@@ -20,7 +20,11 @@ pub enum Invocation {
 const FLAGS: &[(&str, &str, &str)] = &[
     ("node-name", "node_name", "Name of this connector, unique in its datacenter [default: the host name]"),
     ("datacenter", "datacenter", "Datacenter this connector belongs to [default: dc1]"),
-    ("data-dir", "data_dir", "Directory for the connector's node id and cursors [default: /data]"),
+    (
+        "data-dir",
+        "data_dir",
+        "Directory for the connector's node id (its cursors are kept at the nodes) [default: /data]",
+    ),
     ("tls-dir", "tls_dir", "Directory with the cluster's keys [default: the INSECURE built-in demo keys]"),
     ("admin-addr", "admin_addr", "Admin HTTP address [default: 127.0.0.1:9379]"),
     ("gossip-addr", "gossip_addr", "Gossip (UDP) address in the datacenter [default: 0.0.0.0:7946]"),
@@ -36,6 +40,11 @@ const FLAGS: &[(&str, &str, &str)] = &[
         "wan-advertise",
         "connector.wan_advertise",
         "The public HOST:PORT other datacenters reach this connector on",
+    ),
+    (
+        "keyspaces-local",
+        "keyspaces.local",
+        "Key prefixes that never leave this datacenter, comma-separated (e.g. session:,tmp:); the same on every node and connector of the datacenter",
     ),
     ("log-level", "log_level", "Log filter [default: info]"),
 ];
@@ -62,6 +71,9 @@ pub fn command() -> Command {
         .about("OpenCluster connector: ships each datacenter's changes to the other datacenters over QUIC")
         .long_about(
             "OpenCluster connector: ships each datacenter's changes to the other datacenters over QUIC.\n\n\
+             Run two (or more) per datacenter for high availability: the connectors of a datacenter \
+             share its partitions by rendezvous hashing over the live ones in gossip, and take a \
+             failed twin's share over within seconds from the cursors its nodes keep.\n\n\
              Settings come from the config file (its [connector] section and the node settings it shares), \
              conf.d/*.toml, OPENCLUSTER_* environment variables and these flags, in that order of precedence.",
         )
@@ -72,7 +84,12 @@ pub fn command() -> Command {
                 .long("peer")
                 .value_name("DC=HOST:PORT")
                 .action(ArgAction::Append)
-                .help("Another datacenter's connector (repeatable); the name is re-resolved on every dial"),
+                .help(
+                    "Another datacenter's connector (repeatable). Repeat a datacenter to name each of its \
+                     connectors (twins): batches go to one and to the next when it fails; a name that \
+                     resolves to several addresses is tried address by address, and re-resolved on \
+                     every dial",
+                ),
         );
     for (flag, _, help) in FLAGS {
         cmd = cmd.arg(Arg::new(*flag).long(*flag).value_name("VALUE").help(*help));

@@ -6,7 +6,9 @@
 //! the connectors of the other datacenters over QUIC with mutual TLS ([`ship`], [`wan`]);
 //! what other datacenters ship to it, it applies at the owners in its own datacenter
 //! with the records' original HLC and origin ([`apply`]). Its position in each node's
-//! sequences is kept on disk ([`cursors`]). See docs/multi-datacenter.md.
+//! sequences is kept at that node ([`cursors`]), so that two or more connectors of a
+//! datacenter share the partitions and take each other's share over ([`share`]). See
+//! docs/multi-datacenter.md.
 
 pub mod admin;
 pub mod apply;
@@ -14,5 +16,6 @@ pub mod cli;
 pub mod cursors;
 pub mod link;
 pub mod run;
+pub mod share;
 pub mod ship;
 pub mod wan;

@@ -46,8 +46,8 @@ impl LinkMetrics {
 /// One remote datacenter as this connector sees it.
 pub struct Link {
     pub remote: String,
-    /// The address as configured (`HOST:PORT`, re-resolved on every dial).
-    pub address: String,
+    /// The remote's connectors as configured (`HOST:PORT`, re-resolved on every dial).
+    pub addresses: Vec<String>,
     up: IntGauge,
     lag_seconds: Gauge,
     lag_records: IntGauge,
@@ -68,14 +68,16 @@ struct State {
     caught_up: Option<Instant>,
     started: Instant,
     worker: &'static str,
+    /// The address the last acknowledged batch went to.
+    current: Option<std::net::SocketAddr>,
 }
 
 impl Link {
-    pub fn new(remote: &str, address: &str, m: &LinkMetrics) -> Link {
+    pub fn new(remote: &str, addresses: &[String], m: &LinkMetrics) -> Link {
         let l = &[remote];
         Link {
             remote: remote.into(),
-            address: address.into(),
+            addresses: addresses.to_vec(),
             up: m.up.with_label_values(l),
             lag_seconds: m.lag_seconds.with_label_values(l),
             lag_records: m.lag_records.with_label_values(l),
@@ -91,6 +93,7 @@ impl Link {
                 caught_up: None,
                 started: Instant::now(),
                 worker: "starting",
+                current: None,
             }),
         }
     }
@@ -99,13 +102,15 @@ impl Link {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A batch was acknowledged.
-    pub fn shipped(&self, records: usize, bytes: usize, rtt: Duration) {
+    /// A batch was acknowledged by the connector at `to`.
+    pub fn shipped(&self, records: usize, bytes: usize, rtt: Duration, to: std::net::SocketAddr) {
         self.shipped.inc_by(records as u64);
         self.sent_bytes.inc_by(bytes as u64);
         self.rtt_seconds.set(rtt.as_secs_f64());
         self.up.set(1);
-        self.state().link = "up";
+        let mut s = self.state();
+        s.link = "up";
+        s.current = Some(to);
     }
 
     /// A batch from this remote was applied here: the link works, inbound at least.
@@ -148,7 +153,8 @@ impl Link {
         let s = self.state();
         json!({
             "remote": self.remote,
-            "address": self.address,
+            "addresses": self.addresses,
+            "shipping_to": s.current.map(|a| a.to_string()),
             "link": s.link,
             "worker": s.worker,
             "lag_seconds": self.lag_seconds.get(),
@@ -175,7 +181,7 @@ mod tests {
     fn a_link_reports_lag_state_and_errors() {
         let registry = Registry::new();
         let m = LinkMetrics::register(&registry);
-        let link = Link::new("dc2", "conn.dc2.example:7948", &m);
+        let link = Link::new("dc2", &["conn.dc2.example:7948".to_string()], &m);
         assert_eq!(link.status()["link"], "connecting");
         link.round(10);
         assert_eq!(link.status()["lag_records"], 10);
@@ -183,7 +189,7 @@ mod tests {
         let s = link.status();
         assert_eq!((s["link"].as_str(), s["errors"].as_u64()), (Some("down"), Some(1)));
         assert_eq!(s["last_error"]["error"], "cannot reach dc2");
-        link.shipped(3, 100, Duration::from_millis(42));
+        link.shipped(3, 100, Duration::from_millis(42), "192.0.2.1:7948".parse().unwrap());
         link.round(0);
         let s = link.status();
         assert_eq!(
@@ -192,10 +198,13 @@ mod tests {
         );
         assert_eq!((s["shipped_records"].as_u64(), s["sent_bytes"].as_u64()), (Some(3), Some(100)));
         assert!((s["rtt_ms"].as_f64().unwrap() - 42.0).abs() < 0.001);
+        assert_eq!(s["shipping_to"], "192.0.2.1:7948");
         let text = crate::admin::status_text(&serde_json::json!({
             "name": "c1", "datacenter": "dc1", "data_nodes": 3, "links": [s],
+            "share": { "partitions_owned": 500, "connectors": ["c1", "c2"] },
         }));
         assert!(text.contains("connector c1 of datacenter dc1 (3 data nodes seen)"), "{text}");
-        assert!(text.lines().nth(2).is_some_and(|l| l.starts_with("dc2") && l.contains(" up ")), "{text}");
+        assert!(text.contains("ships 500 partitions; live connectors of the datacenter: c1, c2"), "{text}");
+        assert!(text.lines().nth(3).is_some_and(|l| l.starts_with("dc2") && l.contains(" up ")), "{text}");
     }
 }

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::apply::Applier;
 use crate::link::{Link, LinkMetrics};
+use crate::share::Share;
 use crate::ship::{ShipOptions, Shipper};
 use crate::wan::{LocalService, WanHandler, WanService};
 
@@ -110,10 +111,7 @@ pub async fn run(
     let data_err = |source| ConnectorError::DataDir { path: config.data_dir.clone(), source };
     std::fs::create_dir_all(&config.data_dir).map_err(data_err)?;
     let node_id = opencluster_node::node::node_id(&config.data_dir).map_err(data_err)?;
-    let remotes = config.connector.peer_list().map_err(ConnectorError::Peers)?;
-    if let Some((dc, _)) = remotes.iter().find(|(dc, _)| *dc == config.datacenter) {
-        return Err(ConnectorError::Peers(format!("{dc} is this connector's own datacenter")));
-    }
+    let remotes = remotes(&config)?;
     let quorum = config.write_quorum().map_err(ConnectorError::Quorum)?;
 
     let (security, renewal) = Security::load_as(&config, opencluster_pki::Role::Connector)?;
@@ -190,7 +188,8 @@ pub async fn run(
     );
 
     let links: Vec<Arc<Link>> =
-        remotes.iter().map(|(dc, addr)| Arc::new(Link::new(dc, addr, &link_metrics))).collect();
+        remotes.iter().map(|(dc, addrs)| Arc::new(Link::new(dc, addrs, &link_metrics))).collect();
+    let share = Arc::new(Share::register(&registry));
     let applier = Arc::new(Applier {
         members: members.clone(),
         peers: local.clone(),
@@ -228,14 +227,17 @@ pub async fn run(
     for link in &links {
         let shipper = Shipper {
             datacenter: config.datacenter.clone(),
+            node_id,
             remote: link.remote.clone(),
-            address: link.address.clone(),
+            addresses: link.addresses.clone(),
+            partitions: config.store.partitions,
             members: members.clone(),
             local: local.clone(),
             wan: wan.clone(),
             link: link.clone(),
-            dir: config.data_dir.clone(),
+            share: share.clone(),
             options: ship.clone(),
+            pick: Default::default(),
         };
         shippers.spawn(shipper.run(stop_shipping.clone()));
     }
@@ -252,6 +254,7 @@ pub async fn run(
             security: security.status(),
             members: members.clone(),
             links: links.clone(),
+            share: share.clone(),
             node_metrics: metrics.clone(),
             registry,
         });
@@ -282,6 +285,25 @@ pub async fn run(
     Ok(())
 }
 
+/// The remote datacenters of `connector.peers`, in the order first named, each with its
+/// connectors' addresses (`--peer dc2=a:7948 --peer dc2=b:7948`: twins, tried in turn).
+pub fn remotes(config: &Config) -> Result<Vec<(String, Vec<String>)>, ConnectorError> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for (dc, addr) in config.connector.peer_list().map_err(ConnectorError::Peers)? {
+        if dc == config.datacenter {
+            return Err(ConnectorError::Peers(format!("{dc} is this connector's own datacenter")));
+        }
+        match out.iter_mut().find(|(d, _)| *d == dc) {
+            Some((_, addrs)) if addrs.contains(&addr) => {
+                return Err(ConnectorError::Peers(format!("{dc}={addr} is listed twice")));
+            }
+            Some((_, addrs)) => addrs.push(addr),
+            None => out.push((dc, vec![addr])),
+        }
+    }
+    Ok(out)
+}
+
 /// The WAN endpoint's RPC metrics, under a `wan_` prefix in the connector's registry.
 struct WanCollector(prometheus::Registry);
 
@@ -306,5 +328,27 @@ async fn warn_insecure(stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(INSECURE_WARNING_EVERY) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_of_one_datacenter_are_its_connectors_in_turn() {
+        let peers = ["dc2=a.example:7948", "dc3=c:7948", "dc2=b.example:7948"].map(String::from).to_vec();
+        let mut c = Config {
+            datacenter: "dc1".into(),
+            connector: opencluster_node::config::ConnectorConfig { peers, ..Default::default() },
+            ..Config::default()
+        };
+        let r = remotes(&c).unwrap();
+        assert_eq!(r[0], ("dc2".to_string(), vec!["a.example:7948".to_string(), "b.example:7948".into()]));
+        assert_eq!(r[1], ("dc3".to_string(), vec!["c:7948".to_string()]));
+        c.connector.peers.push("dc2=a.example:7948".into());
+        assert!(remotes(&c).unwrap_err().to_string().contains("listed twice"));
+        c.connector.peers = vec!["dc1=x:1".into()];
+        assert!(remotes(&c).unwrap_err().to_string().contains("own datacenter"));
     }
 }

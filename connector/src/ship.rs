@@ -1,30 +1,36 @@
 //! The shipper: one named worker per remote datacenter that reads the changes which
 //! originated in this datacenter from every data node's change sequences and ships them
-//! in batches, moving its cursors only once the remote acknowledged.
+//! in batches, moving the cursors (kept at the nodes, see [`crate::cursors`]) only once
+//! the remote acknowledged.
 //!
-//! A round: ask each data node for its heads (where each partition's sequence stands);
-//! for each partition whose head is past the cursor, read its changes of this origin
-//! after the cursor, chunk by chunk; fill batches by the record and byte bounds; send each
-//! batch until it is acknowledged (retrying with backoff while the link is down); then
-//! advance the cursors the batch covered and save them. The same record is held by every
-//! owner of its partition and so is read up to R times: a record already acknowledged by
-//! the remote with the same or a newer HLC is not sent again ([`Recent`]).
+//! A round: work out this connector's share of the partitions among its live twins
+//! ([`crate::share`]); ask each data node for its heads and this remote's cursors
+//! ([`Positions`]); for each partition of the share whose head is past its cursor, read
+//! its changes of this origin after the cursor, chunk by chunk; fill batches by the record
+//! and byte bounds; send each batch until it is acknowledged (retrying with backoff, and
+//! through the remote's next address, while the link is down); then tell each node how
+//! far its cursors moved ([`Acknowledge`]). The same record is held by every owner of its
+//! partition and so is read up to R times: a record already shipped with the same or a
+//! newer HLC is not sent again ([`Recent`]).
 
 use std::collections::{HashMap, hash_map};
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use opencluster_node::cluster::messages::{Changes, Heads, WireRecord};
+use futures_util::future::join_all;
+use opencluster_node::cluster::messages::{Changes, Positions, WireRecord};
 use opencluster_node::hlc::Hlc;
 use opencluster_node::membership::members::Members;
 use opencluster_node::peer::{Peers, Target};
 use tokio_util::sync::CancellationToken;
 
-use crate::cursors::Cursors;
+use crate::cursors::Advances;
 use crate::link::Link;
+use crate::share::{Share, owned};
 use crate::wan::{Ship, batch_bytes};
 
 /// Keys a link remembers as shipped (with their HLC) to skip other owners' copies: about
@@ -84,7 +90,7 @@ impl Recent {
 pub struct Batch {
     pub records: Vec<(Bytes, WireRecord)>,
     pub bytes: usize,
-    pub advances: Vec<(u64, u16, u64)>,
+    pub advances: Advances,
 }
 
 impl Batch {
@@ -96,19 +102,26 @@ impl Batch {
 /// Ships to one remote datacenter until `stop`.
 pub struct Shipper {
     pub datacenter: String,
+    /// This connector's id in gossip: its standing in the share.
+    pub node_id: u64,
     pub remote: String,
-    pub address: String,
+    /// The remote's connectors (`HOST:PORT`, re-resolved on every dial; a name may stand for
+    /// several), tried in turn.
+    pub addresses: Vec<String>,
+    pub partitions: u16,
     pub members: Arc<Members>,
     pub local: Arc<Peers>,
     pub wan: Arc<Peers>,
     pub link: Arc<Link>,
-    pub dir: PathBuf,
+    pub share: Arc<Share>,
     pub options: ShipOptions,
+    /// Which of the resolved addresses to send to: moves to the next on a failure.
+    pub pick: AtomicUsize,
 }
 
 /// The WAN target of a remote datacenter: its id is fixed per datacenter name, so the
 /// transport keeps one connection per resolved address.
-fn remote_target(remote: &str, addr: std::net::SocketAddr) -> Target {
+fn remote_target(remote: &str, addr: SocketAddr) -> Target {
     let id = remote
         .bytes()
         .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
@@ -118,20 +131,10 @@ fn remote_target(remote: &str, addr: std::net::SocketAddr) -> Target {
 
 impl Shipper {
     pub async fn run(self, stop: CancellationToken) {
-        let mut cursors = match Cursors::load(&self.dir, &self.remote) {
-            Ok(c) => c,
-            Err(e) => {
-                // Starting over would only send everything again; refusing to ship at all
-                // would lose nothing either, but stall: start over and say so.
-                tracing::error!(error = %e, "shipping starts from the beginning of every change sequence");
-                self.link.failed(e.to_string(), false);
-                Cursors::default()
-            }
-        };
-        tracing::info!(remote = %self.remote, address = %self.address, cursors = cursors.len(), "shipper started");
+        tracing::info!(remote = %self.remote, addresses = ?self.addresses, "shipper started");
         let mut recent = Recent::new(RECENT_KEYS);
         while !stop.is_cancelled() {
-            let shipped = self.round(&mut cursors, &mut recent, &stop).await;
+            let shipped = self.round(&mut recent, &stop).await;
             if shipped == 0 {
                 self.link.worker("idle");
                 tokio::select! {
@@ -144,16 +147,23 @@ impl Shipper {
         tracing::info!(remote = %self.remote, "shipper stopped");
     }
 
-    /// One pass over every node and partition. Returns how many records it shipped.
-    async fn round(&self, cursors: &mut Cursors, recent: &mut Recent, stop: &CancellationToken) -> usize {
+    /// One pass over every node and the partitions of this connector's share. Returns how
+    /// many records it shipped.
+    async fn round(&self, recent: &mut Recent, stop: &CancellationToken) -> usize {
         self.link.worker("reading");
+        let twins = self.members.connectors();
+        let ids: Vec<u64> = twins.iter().map(|(id, _)| *id).collect();
+        let mine = owned(self.node_id, &ids, self.partitions);
+        self.share
+            .set(mine.iter().filter(|&&m| m).count(), twins.into_iter().map(|(_, name)| name).collect());
         let mut shipped = 0;
         let mut backlog = 0;
         let mut batch = Batch::default();
         let nodes = self.members.data_nodes();
         for node in nodes {
             let target = Target { id: node.id, name: node.name.clone(), addr: node.rpc_addr };
-            let heads = match self.local.call(&target, &Heads, self.options.local_timeout).await {
+            let asked = Positions { remote: self.remote.clone() };
+            let positions = match self.local.call(&target, &asked, self.options.local_timeout).await {
                 Ok(h) => h,
                 Err(e) => {
                     // Its records are on the other owners too; this node is read again later.
@@ -161,14 +171,16 @@ impl Shipper {
                     continue;
                 }
             };
-            // The partitions with changes past their cursor; their first chunks are read
-            // READ_AHEAD at a time (the transport sends concurrent requests together),
-            // and taken in partition order.
-            let dirty: Vec<(u16, u64, u64)> = heads
+            // The partitions of the share with changes past their cursor; their first
+            // chunks are read READ_AHEAD at a time (the transport sends concurrent
+            // requests together), and taken in partition order.
+            let dirty: Vec<(u16, u64, u64)> = positions
+                .heads
                 .iter()
                 .enumerate()
+                .filter(|(p, _)| mine.get(*p).copied().unwrap_or(false))
                 .filter_map(|(p, &head)| {
-                    let after = cursors.start(node.id, p as u16, head);
+                    let after = positions.acked.get(p).copied().unwrap_or(0);
                     (after < head).then_some((p as u16, after, head))
                 })
                 .collect();
@@ -227,12 +239,12 @@ impl Shipper {
                     // is visible only once all below it are), even numbers whose records
                     // were purged since.
                     let upto = if chunk.more { chunk.upto } else { chunk.upto.max(head) };
-                    batch.advances.push((node.id, partition, upto));
+                    batch.advances.push(target, partition, upto);
                     let moved = upto > after;
                     after = upto;
                     if batch.is_full(&self.options) {
                         let full = std::mem::take(&mut batch);
-                        match self.send(full, cursors, stop).await {
+                        match self.send(full, stop).await {
                             Some(n) => shipped += n,
                             None => return shipped,
                         }
@@ -247,7 +259,7 @@ impl Shipper {
             }
         }
         if !batch.advances.is_empty() {
-            match self.send(batch, cursors, stop).await {
+            match self.send(batch, stop).await {
                 Some(n) => shipped += n,
                 None => return shipped,
             }
@@ -256,9 +268,9 @@ impl Shipper {
         shipped
     }
 
-    /// Sends `batch` until acknowledged (an empty batch only moves cursors), then moves and
-    /// saves the cursors. None when stopped first.
-    async fn send(&self, batch: Batch, cursors: &mut Cursors, stop: &CancellationToken) -> Option<usize> {
+    /// Sends `batch` until acknowledged (an empty batch only moves cursors), then tells the
+    /// nodes how far their cursors moved. None when stopped first.
+    async fn send(&self, batch: Batch, stop: &CancellationToken) -> Option<usize> {
         let count = batch.records.len();
         if count > 0 {
             self.link.worker("shipping");
@@ -267,23 +279,28 @@ impl Shipper {
             let mut backoff = Duration::from_millis(100);
             loop {
                 let started = Instant::now();
-                let result = match resolve(&self.address).await {
-                    Ok(addr) => self
-                        .wan
-                        .call(&remote_target(&self.remote, addr), &message, self.options.ship_timeout)
-                        .await
-                        .map_err(|e| e.to_string()),
+                let result = match resolve_all(&self.addresses).await {
+                    Ok(addrs) => {
+                        let addr = addrs[self.pick.load(Ordering::Relaxed) % addrs.len()];
+                        self.wan
+                            .call(&remote_target(&self.remote, addr), &message, self.options.ship_timeout)
+                            .await
+                            .map(|_| addr)
+                            .map_err(|e| format!("{addr}: {e}"))
+                    }
                     Err(e) => Err(e),
                 };
                 match result {
-                    Ok(_) => {
-                        self.link.shipped(count, bytes, started.elapsed());
+                    Ok(addr) => {
+                        self.link.shipped(count, bytes, started.elapsed(), addr);
                         break;
                     }
                     Err(e) => {
                         tracing::warn!(remote = %self.remote, error = %e, retry_in = ?backoff, "shipping a batch failed");
                         self.link.failed(e, true);
                         self.link.worker("retrying");
+                        // The next attempt goes to the remote's next address, if it has one.
+                        self.pick.fetch_add(1, Ordering::Relaxed);
                         tokio::select! {
                             _ = stop.cancelled() => return None,
                             _ = tokio::time::sleep(backoff) => {}
@@ -293,25 +310,43 @@ impl Shipper {
                 }
             }
         }
-        for (node, partition, to) in batch.advances {
-            cursors.advance(node, partition, to);
-        }
-        if let Err(e) = cursors.save(&self.dir, &self.remote) {
-            // The cursor stays behind on disk: a restart sends these records again.
-            tracing::warn!(error = %e, "saving cursors failed");
-            self.link.failed(e.to_string(), false);
+        let told = batch.advances.messages(&self.remote).into_iter().map(|(target, message)| async move {
+            let result = self.local.call(&target, &message, self.options.local_timeout).await;
+            (target, result)
+        });
+        for (target, result) in join_all(told).await {
+            if let Err(e) = result {
+                // The node's cursors stay behind: these records are sent again.
+                tracing::warn!(node = %target.name, error = %e, "moving the node's cursors failed");
+                self.link.failed(format!("moving the cursors at {}: {e}", target.name), false);
+            }
         }
         Some(count)
     }
 }
 
-/// Resolves `HOST:PORT` again (a connector's address may change).
-async fn resolve(address: &str) -> Result<std::net::SocketAddr, String> {
-    tokio::net::lookup_host(address)
-        .await
-        .map_err(|e| format!("resolving {address}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("resolving {address}: no address"))
+/// Resolves every `HOST:PORT` again (a connector's address may change, and a name may
+/// stand for several connectors), in the order given.
+async fn resolve_all(addresses: &[String]) -> Result<Vec<SocketAddr>, String> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for address in addresses {
+        match tokio::net::lookup_host(address).await {
+            Ok(found) => {
+                for a in found {
+                    if !out.contains(&a) {
+                        out.push(a);
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("resolving {address}: {e}")),
+        }
+    }
+    if out.is_empty() {
+        errors.push(format!("no address for {}", addresses.join(", ")));
+        return Err(errors.join("; "));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -330,6 +365,17 @@ mod tests {
         r.note(Bytes::from_static(b"a"), Hlc(1));
         r.note(Bytes::from_static(b"b"), Hlc(1));
         assert!(r.shipped.len() <= 2);
+    }
+
+    #[tokio::test]
+    async fn every_address_of_every_remote_connector_is_tried_once_in_order() {
+        let names = ["127.0.0.2:7948", "127.0.0.1:7948", "127.0.0.2:7948"].map(String::from);
+        let found = resolve_all(&names).await.unwrap();
+        let expected: Vec<SocketAddr> =
+            vec!["127.0.0.2:7948".parse().unwrap(), "127.0.0.1:7948".parse().unwrap()];
+        assert_eq!(found, expected);
+        let e = resolve_all(&["127.0.0.1".to_string()]).await.unwrap_err();
+        assert!(e.contains("resolving 127.0.0.1"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
+use crate::cluster::outbound::Outbound;
 use crate::cluster::roster::{Roster, RosterError};
 use crate::cluster::{Cluster, Service, Topology};
 use crate::config::Config;
@@ -353,7 +354,15 @@ pub async fn run(
     let peer_tasks = TaskTracker::new();
     let stop_peers = CancellationToken::new();
     if let Some(peers) = peer_endpoint {
-        peer_tasks.spawn(peers.serve(Service::new(cluster.clone()), peer_tasks.clone(), stop_peers.clone()));
+        let heads: Vec<u64> = (0..cluster.partitions()).map(|p| store.last_seq(p)).collect();
+        let local = config.keyspaces.local_prefixes();
+        let outbound = Outbound::load(&config.data_dir, &heads, local.clone()).unwrap_or_else(|e| {
+            // Losing cursors loses nothing: the connectors send these sequences again.
+            tracing::error!(error = %e, "the connectors will ship this node's changes again from the start");
+            Outbound::empty(&config.data_dir, heads.len(), local)
+        });
+        let service = Service::new(cluster.clone(), Arc::new(outbound));
+        peer_tasks.spawn(peers.serve(service, peer_tasks.clone(), stop_peers.clone()));
         background_tasks.spawn(cluster.clone().watch_placement(background.clone()));
         background_tasks.spawn(cluster.clone().hand_strays_home(background.clone()));
         background_tasks.spawn(cluster.clone().verify_peers(background.clone()));

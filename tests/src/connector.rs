@@ -52,11 +52,25 @@ impl Connector {
         wan_addr: SocketAddr,
         peers: &[String],
     ) -> Connector {
+        Self::start_as(&format!("connector-{datacenter}"), datacenter, tls, seed, wan_addr, peers, &[])
+    }
+
+    /// [`Connector::start`] with its name (unique in its datacenter: twins need their own)
+    /// and `extra` flags, on a new empty data directory.
+    pub fn start_as(
+        name: &str,
+        datacenter: &str,
+        tls: &Path,
+        seed: &Node,
+        wan_addr: SocketAddr,
+        peers: &[String],
+        extra: &[&str],
+    ) -> Connector {
         let root = tempfile::Builder::new().prefix("oc-conn-").tempdir().expect("temp dir");
         let admin_port = free_port();
         let mut args: Vec<String> = [
             "--node-name",
-            &format!("connector-{datacenter}"),
+            name,
             "--datacenter",
             datacenter,
             "--tls-dir",
@@ -81,6 +95,7 @@ impl Connector {
             args.push("--peer".into());
             args.push(p.clone());
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut c =
             Connector { datacenter: datacenter.into(), root, args, admin_port, wan_addr, child: None };
         c.spawn_and_wait();
@@ -135,6 +150,14 @@ impl Connector {
             .as_array()
             .and_then(|l| l.iter().find(|l| l["remote"] == remote).cloned())
             .unwrap_or_else(|| panic!("no link to {remote}: {s}"))
+    }
+
+    /// This connector's share of the partitions, from its status: (partitions it ships, live
+    /// connectors of its datacenter).
+    pub fn share(&self) -> (u64, usize) {
+        let s = self.status();
+        let owned = s["share"]["partitions_owned"].as_u64().expect("share in status");
+        (owned, s["share"]["connectors"].as_array().map_or(0, |c| c.len()))
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -1,6 +1,8 @@
-//! Two datacenters, each with its nodes and one connector, the WAN between the connectors
-//! through a relay that adds delay and loss and can cut the link: writes in each appear in
-//! the other, a cut heals into one state, a connector killed mid-stream loses nothing.
+//! Two datacenters, each with its nodes and one connector (or two: twins), the WAN between
+//! the connectors through a relay that adds delay and loss and can cut the link: writes in
+//! each appear in the other, a cut heals into one state, a connector killed mid-stream
+//! loses nothing, a twin takes a killed connector's share over, a new connector resumes
+//! from the cursors the nodes keep, and local keyspaces stay home.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,17 +20,25 @@ const CONVERGE: Duration = Duration::from_secs(60);
 
 struct Pair {
     _keys: tempfile::TempDir,
+    /// dc1's keys.
+    tls1: std::path::PathBuf,
     dc1: Vec<Node>,
     dc2: Vec<Node>,
     c1: Connector,
     c2: Connector,
     wan: Arc<Wan>,
-    _relays: [Relay; 2],
+    /// In front of c1 and c2.
+    relays: [Relay; 2],
 }
 
 /// dc1 and dc2 of cluster "acme" with `nodes` nodes each (started with `extra` flags) and
 /// one connector each, linked through relays with `delay` one way.
 fn start_pair(nodes: usize, delay: Duration, extra: &[&str]) -> Pair {
+    start_pair_with(nodes, delay, extra, &[])
+}
+
+/// [`start_pair`] with `connector_extra` flags for both connectors.
+fn start_pair_with(nodes: usize, delay: Duration, extra: &[&str], connector_extra: &[&str]) -> Pair {
     let keys = tempfile::tempdir().unwrap();
     let tls1 = customer_keys(keys.path(), "dc1");
     let tls2 = customer_keys(keys.path(), "dc2");
@@ -41,9 +51,26 @@ fn start_pair(nodes: usize, delay: Duration, extra: &[&str]) -> Pair {
     let w2 = std::net::SocketAddr::from(([127, 0, 0, 1], w2));
     let to_c1 = Relay::start(w1, wan.clone());
     let to_c2 = Relay::start(w2, wan.clone());
-    let c1 = Connector::start("dc1", &tls1, &dc1[0], w1, &[format!("dc2={}", to_c2.addr())]);
-    let c2 = Connector::start("dc2", &tls2, &dc2[0], w2, &[format!("dc1={}", to_c1.addr())]);
-    Pair { _keys: keys, dc1, dc2, c1, c2, wan, _relays: [to_c1, to_c2] }
+    let ce = connector_extra;
+    let c1 = Connector::start_as(
+        "connector-dc1",
+        "dc1",
+        &tls1,
+        &dc1[0],
+        w1,
+        &[format!("dc2={}", to_c2.addr())],
+        ce,
+    );
+    let c2 = Connector::start_as(
+        "connector-dc2",
+        "dc2",
+        &tls2,
+        &dc2[0],
+        w2,
+        &[format!("dc1={}", to_c1.addr())],
+        ce,
+    );
+    Pair { _keys: keys, tls1, dc1, dc2, c1, c2, wan, relays: [to_c1, to_c2] }
 }
 
 fn set(node: &Node, key: &str, value: &str) -> bool {
@@ -86,6 +113,32 @@ fn assert_arrives(nodes: &[Node], acked: &Acked, what: &str, pair: &Pair) {
     }
 }
 
+/// Writes distinct keys `<prefix>-<i>` through `nodes` in turn until `stop`; returns the
+/// acknowledged ones.
+fn stream_writes(nodes: &[Node], prefix: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Acked> {
+    let addrs: Vec<_> = nodes.iter().map(|n| n.client_addr()).collect();
+    let prefix = prefix.to_string();
+    std::thread::spawn(move || {
+        let mut acked = Acked::new();
+        let mut conns: Vec<_> =
+            addrs.iter().map(|a| opencluster_tests::RawConn::connect(*a).expect("connect")).collect();
+        let mut i = 0usize;
+        while !stop.load(Ordering::SeqCst) {
+            let (key, value) = (format!("{prefix}-{i}"), format!("v-{i}"));
+            let n = conns.len();
+            if matches!(conns[i % n].cmd(&["SET", &key, &value]), Reply::Simple(s) if s == "OK") {
+                acked.insert(key, value);
+            }
+            i += 1;
+        }
+        acked
+    })
+}
+
+fn shipped(c: &Connector, remote: &str) -> u64 {
+    c.link(remote)["shipped_records"].as_u64().unwrap_or(0)
+}
+
 fn get(node: &Node, key: &str) -> Reply {
     node.raw().cmd(&["GET", key])
 }
@@ -102,10 +155,14 @@ fn writes_cross_both_ways_and_a_cut_link_converges_after_it_heals() {
     // And stay where they were written.
     assert!(missing_through(&pair.dc1[0], &from1).is_empty());
     assert!(missing_through(&pair.dc2[0], &from2).is_empty());
+    // Batches are counted a moment after their keys are readable: waited for.
+    let counted = || {
+        let link = pair.c1.link("dc2");
+        link["shipped_records"].as_u64() >= Some(300) && link["applied_records"].as_u64() >= Some(300)
+    };
+    assert!(wait_until(CONVERGE, counted), "{}", pair.c1.link("dc2"));
     let link = pair.c1.link("dc2");
     assert_eq!(link["link"], "up", "{link}");
-    assert!(link["shipped_records"].as_u64().unwrap() >= 300, "{link}");
-    assert!(link["applied_records"].as_u64().unwrap() >= 300, "{link}");
     assert!(wait_until(CONVERGE, || pair.c1.link("dc2")["lag_records"] == 0), "{}", pair.c1.link("dc2"));
     let metrics = pair.c1.metrics();
     for name in [
@@ -211,11 +268,17 @@ fn a_connector_killed_mid_stream_and_restarted_loses_nothing() {
     let acked = writer.join().unwrap();
     assert!(acked.len() >= 300, "only {} writes acknowledged", acked.len());
     assert_arrives(&pair.dc2, &acked, "dc1's stream in dc2 after a connector kill -9", &pair);
-    cursors_exist(&pair.c1.data_dir());
+    // The cursors are kept at the nodes, not in the connector.
+    for node in &pair.dc1 {
+        cursors_exist(&node.data_dir());
+    }
+    assert!(!pair.c1.data_dir().join("cursors-dc2.json").exists());
 }
 
 fn cursors_exist(dir: &Path) {
-    assert!(dir.join("cursors-dc2.json").is_file(), "no cursor file in {}", dir.display());
+    let path = dir.join("connector-cursors.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(text.contains("\"dc2\""), "no cursor of dc2 in {}: {text}", path.display());
 }
 
 #[test]
@@ -350,6 +413,12 @@ fn three_datacenters_in_a_full_mesh_never_forward() {
     // never a copy relayed by a third datacenter (duplicates would only add to these).
     for (i, c) in connectors.iter().enumerate() {
         for j in (0..3).filter(|&j| j != i) {
+            // Counted a moment after the keys are readable: waited for, then exact.
+            let counted = || {
+                let link = c.link(names[j]);
+                link["applied_records"].as_u64() >= Some(100) && link["shipped_records"].as_u64() >= Some(100)
+            };
+            assert!(wait_until(CONVERGE, counted), "{}", c.link(names[j]));
             let link = c.link(names[j]);
             assert_eq!(link["applied_records"], 100, "{} from {}: {link}", names[i], names[j]);
             assert_eq!(link["shipped_records"], 100, "{} to {}: {link}", names[i], names[j]);
@@ -373,4 +442,156 @@ fn a_connector_refuses_bad_peers_naming_the_setting() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(expected), "{args:?}: {stderr}");
     }
+}
+
+/// Partitions of the test clusters (`store.partitions`' default).
+const PARTITIONS: u64 = 1024;
+
+/// Two connectors in dc1 share its partitions; one is killed with `kill -9` under a steady
+/// stream of writes through every dc1 node: the twin takes its share over from the cursors
+/// at the nodes, and every acknowledged write reaches dc2. dc2's connector names both dc1
+/// connectors and moves on to the survivor for its own batches.
+#[test]
+fn a_twin_takes_over_the_share_of_a_connector_killed_mid_stream() {
+    let keys = tempfile::tempdir().unwrap();
+    let tls1 = customer_keys(keys.path(), "dc1");
+    let tls2 = customer_keys(keys.path(), "dc2");
+    let dc1 = start_datacenter("dc1", &tls1, 2, &[]);
+    let dc2 = start_datacenter("dc2", &tls2, 2, &[]);
+    let wan = Wan::new();
+    wan.set_delay(Duration::from_millis(5));
+    let addrs: Vec<std::net::SocketAddr> =
+        (0..3).map(|_| std::net::SocketAddr::from(([127, 0, 0, 1], free_udp_port()))).collect();
+    let relays: Vec<Relay> = addrs.iter().map(|a| Relay::start(*a, wan.clone())).collect();
+    let to_dc2 = [format!("dc2={}", relays[2].addr())];
+    let mut a = Connector::start_as("connector-a", "dc1", &tls1, &dc1[0], addrs[0], &to_dc2, &[]);
+    let b = Connector::start_as("connector-b", "dc1", &tls1, &dc1[1], addrs[1], &to_dc2, &[]);
+    let to_dc1 = [format!("dc1={}", relays[0].addr()), format!("dc1={}", relays[1].addr())];
+    let c2 = Connector::start_as("connector-dc2", "dc2", &tls2, &dc2[0], addrs[2], &to_dc1, &[]);
+
+    // The twins split the partitions between them.
+    let mut shares = ((0, 0), (0, 0));
+    let split = wait_until(CONVERGE, || {
+        shares = (a.share(), b.share());
+        shares.0.1 == 2 && shares.1.1 == 2 && shares.0.0 + shares.1.0 == PARTITIONS
+    });
+    assert!(split, "the twins never split the partitions: a {:?}, b {:?}", shares.0, shares.1);
+    assert!(shares.0.0 > 0 && shares.1.0 > 0, "{shares:?}");
+    println!("twins' shares: a {} partitions, b {}", shares.0.0, shares.1.0);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = stream_writes(&dc1, "t", stop.clone());
+    let both_ship = wait_until(CONVERGE, || shipped(&a, "dc2") >= 100 && shipped(&b, "dc2") >= 100);
+    assert!(both_ship, "a: {}\nb: {}", a.link("dc2"), b.link("dc2"));
+    a.kill9();
+    let killed = std::time::Instant::now();
+    let took_over = wait_until(CONVERGE, || b.share() == (PARTITIONS, 1));
+    assert!(took_over, "b never took the whole share over: {:?}\n{}", b.share(), b.log());
+    println!("the twin ships every partition {:?} after the kill", killed.elapsed());
+    let before = shipped(&b, "dc2");
+    assert!(wait_until(CONVERGE, || shipped(&b, "dc2") >= before + 200), "{}", b.link("dc2"));
+    stop.store(true, Ordering::SeqCst);
+    let acked = writer.join().unwrap();
+    assert!(acked.len() >= 300, "only {} writes acknowledged", acked.len());
+    for node in &dc2 {
+        let mut missing = Vec::new();
+        let arrived = wait_until(CONVERGE, || {
+            missing = missing_through(node, &acked);
+            missing.is_empty()
+        });
+        assert!(
+            arrived,
+            "{} of {} keys missing in dc2, e.g. {:?}\nb: {}\nc2: {}",
+            missing.len(),
+            acked.len(),
+            missing.first(),
+            b.status(),
+            c2.status()
+        );
+    }
+
+    // dc2's writes reach dc1 through the surviving twin.
+    let from2 = write_keys(&dc2, "back", 50);
+    for node in &dc1 {
+        assert!(wait_until(CONVERGE, || missing_through(node, &from2).is_empty()), "{}", c2.link("dc1"));
+    }
+    // Links are per remote datacenter: what b applied from dc2 shows on its link to dc2. The
+    // keys are readable as soon as the owners have them, a moment before the connectors
+    // count the batch: waited for.
+    let applied = || b.link("dc2")["applied_records"].as_u64().unwrap_or(0);
+    assert!(wait_until(CONVERGE, || applied() >= 50), "{}", b.link("dc2"));
+    let to = relays[1].addr().to_string();
+    assert!(wait_until(CONVERGE, || c2.link("dc1")["shipping_to"] == to), "{}", c2.link("dc1"));
+}
+
+/// A connector is killed and a new one with an empty data directory starts in its place:
+/// it resumes from the cursors kept at the nodes, sending only what was not acknowledged
+/// yet, not the whole data set again.
+#[test]
+fn a_new_connector_on_an_empty_volume_resumes_from_the_nodes_cursors() {
+    let mut pair = start_pair(2, Duration::from_millis(5), &[]);
+    let first = write_keys(&pair.dc1, "old", 1000);
+    assert_arrives(&pair.dc2, &first, "dc1's first writes in dc2", &pair);
+    assert!(wait_until(CONVERGE, || pair.c1.link("dc2")["lag_records"] == 0), "{}", pair.c1.link("dc2"));
+    pair.c1.kill9();
+    let peers = [format!("dc2={}", pair.relays[1].addr())];
+    let fresh = Connector::start_as(
+        "connector-dc1-new",
+        "dc1",
+        &pair.tls1,
+        &pair.dc1[0],
+        pair.c1.wan_addr,
+        &peers,
+        &[],
+    );
+    pair.c1 = fresh;
+    let second = write_keys(&pair.dc1, "new", 100);
+    assert_arrives(&pair.dc2, &second, "dc1's writes after the replacement in dc2", &pair);
+    assert_arrives(&pair.dc2, &first, "dc1's first writes in dc2, still", &pair);
+    assert!(wait_until(CONVERGE, || pair.c1.link("dc2")["lag_records"] == 0), "{}", pair.c1.link("dc2"));
+    assert!(wait_until(CONVERGE, || shipped(&pair.c1, "dc2") >= 100), "{}", pair.c1.link("dc2"));
+    let sent = shipped(&pair.c1, "dc2");
+    println!("the new connector shipped {sent} records; the data set holds {}", first.len() + second.len());
+    assert!(sent >= 100, "{}", pair.c1.link("dc2"));
+    assert!(sent < 300, "the new connector started over: {sent} records shipped for 100 new writes");
+}
+
+/// Keys of a local keyspace never leave their datacenter, while replicated keys written
+/// after them do; the nodes pass them over, so they are not even shipped.
+#[test]
+fn local_keys_never_leave_their_datacenter() {
+    let local = ["--keyspaces-local", "session:,tmp:"];
+    let pair = start_pair_with(2, Duration::from_millis(5), &local, &local);
+    let mut sessions = Acked::new();
+    let mut conns: Vec<_> = pair.dc1.iter().map(|n| n.raw()).collect();
+    for i in 0..100 {
+        let key = format!("session:{i}");
+        assert!(matches!(conns[i % 2].cmd(&["SET", &key, "here"]), Reply::Simple(s) if s == "OK"));
+        sessions.insert(key, "here".into());
+    }
+    let replicated = write_keys(&pair.dc1, "shared", 100);
+    assert_arrives(&pair.dc2, &replicated, "replicated keys in dc2", &pair);
+    assert!(wait_until(CONVERGE, || pair.c1.link("dc2")["lag_records"] == 0), "{}", pair.c1.link("dc2"));
+    for node in &pair.dc2 {
+        let leaked = sessions.keys().filter(|k| get(node, k) != Reply::NullBulk).count();
+        assert_eq!(leaked, 0, "local keys found in dc2");
+    }
+    // Still readable at home.
+    assert!(missing_through(&pair.dc1[1], &sessions).is_empty());
+    // Counted a moment after the keys are readable: waited for, then exact.
+    assert!(wait_until(CONVERGE, || shipped(&pair.c1, "dc2") >= 100), "{}", pair.c1.link("dc2"));
+    assert_eq!(shipped(&pair.c1, "dc2"), 100, "{}", pair.c1.link("dc2"));
+}
+
+#[test]
+fn bad_local_keyspaces_are_refused_naming_the_setting() {
+    let bin = opencluster_tests::connector::connector_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(["--dev", "--data-dir", dir.path().join("d").to_str().unwrap(), "--admin-addr", "127.0.0.1:0"])
+        .args(["--gossip-addr", "127.0.0.1:0", "--rpc-addr", "127.0.0.1:0", "--wan-addr", "127.0.0.1:0"])
+        .args(["--keyspaces-local", "a:,a:"]);
+    let out = opencluster_tests::run_with_deadline(cmd, Duration::from_secs(20)).expect("exits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("keyspaces.local"), "{stderr}");
 }

@@ -334,6 +334,11 @@ mod tests {
         assert_eq!(encode_request(&digest).unwrap(), [2, 9, 17, 232, 7, 10]);
         let pull = Pull { partition: 3, from: Hlc::new(7, 2), limit: 1000, max_bytes: 65536 };
         assert_eq!(encode_request(&pull).unwrap(), [2, 8, 3, 130, 128, 28, 232, 7, 128, 128, 4]);
+        // The connector's cursor messages, since they came.
+        let positions = Positions { remote: "dc2".into() };
+        assert_eq!(encode_request(&positions).unwrap(), [2, 20, 3, 100, 99, 50]);
+        let ack = Acknowledge { remote: "dc2".into(), positions: vec![(7, 300)] };
+        assert_eq!(encode_request(&ack).unwrap(), [2, 19, 3, 100, 99, 50, 1, 7, 172, 2]);
     }
 
     #[test]
@@ -354,6 +359,9 @@ mod tests {
 
 /// For a connector: the last number of every partition's local change sequence at this
 /// node (index = partition), so that it asks for changes only where there are some.
+/// Superseded by [`Positions`] (the same with one remote's cursors); still answered for a
+/// connector of the previous version. Its shape stays as it was: changing it would need a
+/// new `PROTOCOL_VERSION` for every message.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Heads;
 
@@ -387,4 +395,41 @@ pub struct ChangesChunk {
 impl Message for Changes {
     const KIND: Kind = Kind::Changes;
     type Response = ChangesChunk;
+}
+
+/// For a connector: the remote datacenter `remote` acknowledged this node's changes of
+/// each listed partition up to the position given (applied at a quorum there), so the
+/// node keeps these as that remote's cursors (see `cluster::outbound`). A position only
+/// ever moves forward: an older one than the node holds changes nothing.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Acknowledge {
+    pub remote: String,
+    pub positions: Vec<(Partition, u64)>,
+}
+
+impl Message for Acknowledge {
+    const KIND: Kind = Kind::Acknowledge;
+    type Response = ();
+}
+
+/// For a connector: this node's [`Heads`] and, per partition, where the remote datacenter
+/// `remote` stands in them (its cursors, as acknowledged). Supersedes [`Heads`], which a
+/// node still answers for a connector of the previous version.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Positions {
+    pub remote: String,
+}
+
+/// The answer to [`Positions`]: both indexed by partition. `acked[p] <= heads[p]`: a
+/// cursor past the head means the node's sequence started over (its store was lost), and
+/// the node drops it before answering.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PositionsAnswer {
+    pub heads: Vec<u64>,
+    pub acked: Vec<u64>,
+}
+
+impl Message for Positions {
+    const KIND: Kind = Kind::Positions;
+    type Response = PositionsAnswer;
 }

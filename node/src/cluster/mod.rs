@@ -32,6 +32,7 @@ mod local;
 pub mod messages;
 mod metrics;
 mod near;
+pub mod outbound;
 mod read;
 mod rebalance;
 mod repair;

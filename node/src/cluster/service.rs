@@ -5,6 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::messages::{self, WireRecord, WriteOutcome};
+use super::outbound::{Outbound, OutboundError};
 use super::{Cluster, DataError};
 use crate::peer::messages::{Kind, Ping, Refusal};
 use crate::peer::{BoxFuture, Handler, answer, refused};
@@ -14,14 +15,23 @@ use crate::record::Record;
 /// record still comes alone): well under the smallest peer message limit.
 pub const MAX_PULL_BYTES: usize = crate::config::MAX_CHUNK_BYTES as usize;
 
-/// Answers peers' requests from this node's [`Cluster`].
+/// Answers peers' requests from this node's [`Cluster`], and its connectors' from there
+/// and from what it keeps for them ([`Outbound`]).
 pub struct Service {
     cluster: Arc<Cluster>,
+    outbound: Arc<Outbound>,
 }
 
 impl Service {
-    pub fn new(cluster: Arc<Cluster>) -> Arc<Self> {
-        Arc::new(Service { cluster })
+    pub fn new(cluster: Arc<Cluster>, outbound: Arc<Outbound>) -> Arc<Self> {
+        Arc::new(Service { cluster, outbound })
+    }
+}
+
+fn outbound_refusal(e: OutboundError) -> Refusal {
+    match e {
+        OutboundError::Invalid(reason) => Refusal::Malformed(reason),
+        e => Refusal::Store(e.to_string()),
     }
 }
 
@@ -44,6 +54,7 @@ fn wire(records: &[(Bytes, Record)]) -> Vec<(Bytes, WireRecord)> {
 impl Handler for Service {
     fn handle(&self, kind: Kind, body: Bytes) -> BoxFuture<'_, Vec<u8>> {
         let c = &self.cluster;
+        let outbound = &self.outbound;
         Box::pin(async move {
             match kind {
                 // The peer layer unpacks batches before they get here.
@@ -215,13 +226,30 @@ impl Handler for Service {
                         .map_err(|e| Refusal::Store(e.to_string()))?
                         .map_err(|e| refusal(e.into()))?;
                         let upto = chunk.upto;
+                        // Local keyspaces are passed over here, not in the connector: their
+                        // bytes never leave the node (the cursor still moves past them).
                         let records = chunk
                             .records
                             .iter()
-                            .filter(|(_, _, r)| *r.origin.datacenter == *m.origin)
+                            .filter(|(_, k, r)| *r.origin.datacenter == *m.origin && !outbound.is_local(k))
                             .map(|(seq, k, r)| (*seq, k.clone(), WireRecord::new(r)))
                             .collect();
                         Ok(messages::ChangesChunk { records, upto, more: chunk.more })
+                    })
+                    .await
+                }
+                Kind::Positions => {
+                    answer(&body, |m: messages::Positions| async move {
+                        let store = &c.local.store;
+                        let heads: Vec<u64> = (0..c.partitions()).map(|p| store.last_seq(p)).collect();
+                        let acked = outbound.positions(&m.remote, &heads).await.map_err(outbound_refusal)?;
+                        Ok(messages::PositionsAnswer { heads, acked })
+                    })
+                    .await
+                }
+                Kind::Acknowledge => {
+                    answer(&body, |m: messages::Acknowledge| async move {
+                        outbound.acknowledge(&m.remote, &m.positions).await.map_err(outbound_refusal)
                     })
                     .await
                 }

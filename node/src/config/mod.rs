@@ -118,6 +118,27 @@ pub struct Config {
     pub repair: RepairConfig,
     pub cache: CacheConfig,
     pub connector: ConnectorConfig,
+    pub keyspaces: KeyspacesConfig,
+}
+
+/// How keys cross datacenters, by key prefix. Every node and connector of a datacenter
+/// must be given the same keyspaces: the nodes filter what they hand their connectors.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyspacesConfig {
+    /// Key prefixes whose keys never leave this datacenter: the connectors do not ship
+    /// them (every other key is replicated to every datacenter).
+    pub local: Vec<String>,
+}
+
+impl KeyspacesConfig {
+    /// The most prefixes `keyspaces.local` may list.
+    pub const MAX_LOCAL: usize = 1024;
+
+    /// The local prefixes as bytes.
+    pub fn local_prefixes(&self) -> Vec<Vec<u8>> {
+        self.local.iter().map(|p| p.as_bytes().to_vec()).collect()
+    }
 }
 
 /// A connector's WAN side (`opencluster-connector` only; a node ignores this section).
@@ -129,7 +150,8 @@ pub struct ConnectorConfig {
     /// The public address other datacenters' connectors reach this one on.
     pub wan_advertise: Option<String>,
     /// The other datacenters' connectors, as `DC=HOST:PORT` (names are re-resolved on
-    /// every dial).
+    /// every dial). A datacenter listed more than once has several connectors (twins):
+    /// batches go to one of them, and to the next when it fails.
     pub peers: Vec<String>,
     /// Most records in one batch shipped to another datacenter.
     pub batch_records: u32,
@@ -529,6 +551,7 @@ impl Default for Config {
             repair: RepairConfig::default(),
             cache: CacheConfig::default(),
             connector: ConnectorConfig::default(),
+            keyspaces: KeyspacesConfig::default(),
             gossip: GossipConfig::default(),
         }
     }
@@ -857,6 +880,30 @@ impl Config {
         if c.poll_interval.is_zero() || c.ship_timeout.is_zero() {
             return Err(err("connector.poll_interval", "connector durations must be more than 0"));
         }
+        let k = &self.keyspaces;
+        if k.local.len() > KeyspacesConfig::MAX_LOCAL {
+            return Err(err(
+                "keyspaces.local",
+                format!("lists more than {} prefixes", KeyspacesConfig::MAX_LOCAL),
+            ));
+        }
+        for (i, prefix) in k.local.iter().enumerate() {
+            if prefix.is_empty() {
+                return Err(err(
+                    "keyspaces.local",
+                    "an empty prefix would keep every key in its datacenter; list key prefixes like \"session:\"",
+                ));
+            }
+            if prefix.len() as u64 > l.max_key_bytes.0 {
+                return Err(err(
+                    "keyspaces.local",
+                    format!("prefix {prefix:?} is longer than limits.max_key_bytes ({})", l.max_key_bytes),
+                ));
+            }
+            if k.local[..i].contains(prefix) {
+                return Err(err("keyspaces.local", format!("prefix {prefix:?} is listed twice")));
+            }
+        }
         self.gossip.validate()
     }
 
@@ -999,6 +1046,9 @@ mod tests {
                 }),
             ),
             ("admin_token", Box::new(|c| c.admin_token = Some("short".into()))),
+            ("keyspaces.local", Box::new(|c| c.keyspaces.local = vec!["a:".into(), String::new()])),
+            ("keyspaces.local", Box::new(|c| c.keyspaces.local = vec!["a:".into(), "a:".into()])),
+            ("keyspaces.local", Box::new(|c| c.keyspaces.local = vec!["x".repeat(70_000)])),
             ("rebalance.max_parallel", Box::new(|c| c.rebalance.max_parallel = 0)),
             ("rebalance.chunk_bytes", Box::new(|c| c.rebalance.chunk_bytes = ByteSize(1024))),
             ("rebalance.chunk_bytes", Box::new(|c| c.rebalance.chunk_bytes = ByteSize(32 << 20))),

@@ -311,7 +311,7 @@ pub const SETTINGS: &[Setting] = &[
     s(
         "connector.peers",
         Kind::List,
-        "Connector only: the other datacenters' connectors, DC=HOST:PORT, comma-separated; names are re-resolved",
+        "Connector only: the other datacenters' connectors, DC=HOST:PORT, comma-separated; a datacenter named twice has two connectors, tried in turn; names are re-resolved",
     ),
     s(
         "connector.batch_records",
@@ -332,6 +332,11 @@ pub const SETTINGS: &[Setting] = &[
         "connector.ship_timeout",
         Kind::Duration,
         "Connector only: how long a batch may take to be applied remotely before it is sent again [default: 10s]",
+    ),
+    s(
+        "keyspaces.local",
+        Kind::List,
+        "Key prefixes whose keys never leave this datacenter (not shipped by the connectors), comma-separated, e.g. session:,tmp: ; every node and connector of a datacenter must list the same",
     ),
     s(
         "store.engine",
@@ -494,6 +499,7 @@ mod tests {
                 wan_advertise: Some("203.0.113.1:7948".into()),
                 ..Default::default()
             },
+            keyspaces: crate::config::KeyspacesConfig { local: vec!["session:".into()] },
             ..Config::default()
         };
         let mut in_struct = Vec::new();

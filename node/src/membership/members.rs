@@ -213,6 +213,24 @@ impl Members {
             .collect()
     }
 
+    /// The connectors of this datacenter that are alive or suspect (a suspicion moves no
+    /// share; only a confirmed failure does), this process included if it is one, as
+    /// (id, name) by id: the twins that share the shipping of its partitions.
+    pub fn connectors(&self) -> Vec<(u64, String)> {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(u64, String)> = std::iter::once((&table.local, table.local_state))
+            .chain(table.peers.values().map(|(id, state)| (id, *state)))
+            .filter(|(id, state)| {
+                id.meta.role == super::identity::Role::Connector
+                    && matches!(state, MemberState::Alive | MemberState::Suspect)
+            })
+            .map(|(id, _)| (id.id, id.meta.name.clone()))
+            .collect();
+        out.sort();
+        out.dedup_by_key(|c| c.0);
+        out
+    }
+
     /// Members by state, this node included.
     pub fn counts(&self) -> Counts {
         let table = self.table.read().unwrap_or_else(|e| e.into_inner());
@@ -296,6 +314,7 @@ mod tests {
         // Placement sees the alive and suspect nodes, not the down one.
         let ids: Vec<u64> = members.data_nodes().iter().map(|n| n.id).collect();
         assert_eq!(ids, [1, 2]);
+        assert!(members.connectors().is_empty());
         let generation = members.generation();
         members.replace(
             identity(1, 7001, 0),
@@ -334,5 +353,27 @@ mod tests {
         assert_eq!(json["role"], "node");
         assert_eq!(json["gossip_addr"], "127.0.0.1:7001");
         assert_eq!(json["self"], true);
+    }
+
+    #[test]
+    fn connectors_are_the_live_members_with_the_connector_role() {
+        let with_role = |id: u64, port: u16| {
+            let mut i = identity(id, port, 0);
+            i.meta.role = crate::membership::identity::Role::Connector;
+            i
+        };
+        let members = Members::new(with_role(5, 7005));
+        members.replace(
+            with_role(5, 7005),
+            MemberState::Alive,
+            [
+                (identity(1, 7001, 0), MemberState::Alive),
+                (with_role(3, 7003), MemberState::Suspect),
+                (with_role(4, 7004), MemberState::Down),
+            ],
+        );
+        let ids: Vec<u64> = members.connectors().iter().map(|c| c.0).collect();
+        assert_eq!(ids, [3, 5]);
+        assert_eq!(members.data_nodes().len(), 1, "a connector is never a data node");
     }
 }

@@ -53,6 +53,10 @@ pub enum Kind {
     Changes = 17,
     /// Between connectors of two datacenters (the WAN): records to apply.
     Ship = 18,
+    /// The connector's: a remote datacenter acknowledged a node's changes up to positions.
+    Acknowledge = 19,
+    /// The connector's: [`Kind::Heads`] with where one remote datacenter stands in them.
+    Positions = 20,
 }
 
 impl Kind {
@@ -76,6 +80,8 @@ impl Kind {
             16 => Kind::Heads,
             17 => Kind::Changes,
             18 => Kind::Ship,
+            19 => Kind::Acknowledge,
+            20 => Kind::Positions,
             _ => return None,
         })
     }
@@ -101,10 +107,12 @@ impl Kind {
             Kind::Heads => "heads",
             Kind::Changes => "changes",
             Kind::Ship => "ship",
+            Kind::Acknowledge => "acknowledge",
+            Kind::Positions => "positions",
         }
     }
 
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 20] = [
         Kind::Ping,
         Kind::Read,
         Kind::Write,
@@ -123,6 +131,8 @@ impl Kind {
         Kind::Heads,
         Kind::Changes,
         Kind::Ship,
+        Kind::Acknowledge,
+        Kind::Positions,
     ];
 }
 
@@ -202,7 +212,7 @@ mod tests {
         }
         // The kind numbers are the wire format: they never change.
         let numbers: Vec<u8> = Kind::ALL.iter().map(|&k| k as u8).collect();
-        assert_eq!(numbers, (1..=18).collect::<Vec<u8>>());
+        assert_eq!(numbers, (1..=20).collect::<Vec<u8>>());
     }
 
     #[test]
