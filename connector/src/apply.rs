@@ -53,6 +53,19 @@ pub fn by_partition(
 impl Applier {
     /// Applies `records` at the owners of their partitions; Ok once each partition reached
     /// its write quorum.
+    /// The owners of `partition` in this datacenter as gossip shows them now, primary
+    /// first.
+    pub fn owners(&self, partition: u16) -> Vec<Target> {
+        let nodes = self.members.data_nodes();
+        let placement = Placement::new(self.partitions, self.replicas, nodes.iter().map(|n| NodeId(n.id)));
+        placement
+            .owners(partition)
+            .iter()
+            .filter_map(|o| nodes.iter().find(|n| n.id == o.0))
+            .map(|n| Target { id: n.id, name: n.name.clone(), addr: n.rpc_addr })
+            .collect()
+    }
+
     pub async fn apply(&self, records: Vec<(Bytes, WireRecord)>) -> Result<(), ApplyError> {
         let nodes = self.members.data_nodes();
         if nodes.is_empty() {

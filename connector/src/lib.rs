@@ -7,11 +7,13 @@
 //! what other datacenters ship to it, it applies at the owners in its own datacenter
 //! with the records' original HLC and origin ([`apply`]). Its position in each node's
 //! sequences is kept at that node ([`cursors`]), so that two or more connectors of a
-//! datacenter share the partitions and take each other's share over ([`share`]). See
-//! docs/multi-datacenter.md.
+//! datacenter share the partitions and take each other's share over ([`share`]). A slow
+//! periodic comparison of every partition with each remote datacenter catches whatever
+//! the cursors missed ([`backstop`]). See docs/multi-datacenter.md.
 
 pub mod admin;
 pub mod apply;
+pub mod backstop;
 pub mod cli;
 pub mod cursors;
 pub mod link;

@@ -19,6 +19,8 @@ pub struct LinkMetrics {
     shipped: prometheus::IntCounterVec,
     applied: prometheus::IntCounterVec,
     errors: prometheus::IntCounterVec,
+    compared: prometheus::IntCounterVec,
+    backstopped: prometheus::IntCounterVec,
 }
 
 impl LinkMetrics {
@@ -39,6 +41,8 @@ impl LinkMetrics {
             shipped: reg(r, prometheus::IntCounterVec::new(o("opencluster_connector_shipped_records_total", "Records shipped to the remote datacenter and acknowledged"), l).expect("valid")),
             applied: reg(r, prometheus::IntCounterVec::new(o("opencluster_connector_applied_records_total", "Records received from the remote datacenter and applied here"), l).expect("valid")),
             errors: reg(r, prometheus::IntCounterVec::new(o("opencluster_connector_link_errors_total", "Failed exchanges with the remote datacenter (the batch is sent again)"), l).expect("valid")),
+            compared: reg(r, prometheus::IntCounterVec::new(o("opencluster_connector_backstop_comparisons_total", "Partitions compared with the remote datacenter by the backstop"), l).expect("valid")),
+            backstopped: reg(r, prometheus::IntCounterVec::new(o("opencluster_connector_backstop_shipped_records_total", "Records the backstop found missing or older in the remote datacenter and shipped (0 while the cursors miss nothing)"), l).expect("valid")),
         }
     }
 }
@@ -57,6 +61,8 @@ pub struct Link {
     shipped: IntCounter,
     applied: IntCounter,
     errors: IntCounter,
+    compared: IntCounter,
+    backstopped: IntCounter,
     state: Mutex<State>,
 }
 
@@ -87,6 +93,8 @@ impl Link {
             shipped: m.shipped.with_label_values(l),
             applied: m.applied.with_label_values(l),
             errors: m.errors.with_label_values(l),
+            compared: m.compared.with_label_values(l),
+            backstopped: m.backstopped.with_label_values(l),
             state: Mutex::new(State {
                 link: "connecting",
                 last_error: None,
@@ -144,6 +152,12 @@ impl Link {
         self.lag_seconds.set(if backlog == 0 { 0.0 } else { now.duration_since(since).as_secs_f64() });
     }
 
+    /// The backstop compared `partitions` and shipped `records` the cursors had missed.
+    pub fn compared(&self, partitions: usize, records: usize) {
+        self.compared.inc_by(partitions as u64);
+        self.backstopped.inc_by(records as u64);
+    }
+
     /// What the shipper is doing, for status.
     pub fn worker(&self, what: &'static str) {
         self.state().worker = what;
@@ -165,6 +179,8 @@ impl Link {
             "shipped_records": self.shipped.get(),
             "applied_records": self.applied.get(),
             "errors": self.errors.get(),
+            "backstop_comparisons": self.compared.get(),
+            "backstop_shipped_records": self.backstopped.get(),
             "last_error": s.last_error.as_ref().map(|(at, e)| json!({
                 "at": opencluster_pki::format_time(*at),
                 "error": e,

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::apply::Applier;
+use crate::backstop::Backstop;
 use crate::link::{Link, LinkMetrics};
 use crate::share::Share;
 use crate::ship::{ShipOptions, Shipper};
@@ -201,7 +202,7 @@ pub async fn run(
     let wan_service = Arc::new(WanHandler(
         WanService {
             datacenter: config.datacenter.clone(),
-            applier,
+            applier: applier.clone(),
             links: links.iter().map(|l| (l.remote.clone(), l.clone())).collect::<HashMap<_, _>>(),
         }
         .shared(),
@@ -225,6 +226,19 @@ pub async fn run(
     let shippers = TaskTracker::new();
     let stop_shipping = CancellationToken::new();
     for link in &links {
+        let backstop = Backstop {
+            datacenter: config.datacenter.clone(),
+            node_id,
+            members: members.clone(),
+            applier: applier.clone(),
+            wan: wan.clone(),
+            link: link.clone(),
+            addresses: link.addresses.clone(),
+            interval: config.connector.backstop_interval,
+            tombstone_grace: config.store.tombstone_grace,
+            ship_timeout: config.connector.ship_timeout,
+        };
+        shippers.spawn(backstop.run(stop_shipping.clone()));
         let shipper = Shipper {
             datacenter: config.datacenter.clone(),
             node_id,

@@ -3,9 +3,9 @@
 //!
 //! The WAN uses the same transport as the peers inside a datacenter (QUIC, mutual TLS,
 //! the versioned envelope of `peer::messages`), on its own endpoint whose policy accepts
-//! only connectors of this cluster in another datacenter. There is one message: [`Ship`],
+//! only connectors of this cluster in another datacenter. There are two messages: [`Ship`],
 //! records that originated in the sender's datacenter, answered once they are applied at a
-//! write quorum of their owners here.
+//! write quorum of their owners here, and the backstop's [`Compare`] of a partition.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use opencluster_node::peer::{BoxFuture, Handler, answer, refused};
 use serde::{Deserialize, Serialize};
 
 use crate::apply::Applier;
+use crate::backstop::{Compare, Compared, PARTITIONS_PER_EXCHANGE, answer_compare};
 use crate::link::Link;
 
 /// Records of datacenter `from` to apply here, with their original HLC and origin.
@@ -97,13 +98,30 @@ impl WanService {
     }
 }
 
+impl WanService {
+    async fn compare(&self, m: Compare, peer_dc: &str) -> Result<Vec<(u16, Compared)>, Refusal> {
+        if peer_dc != m.from || !self.links.contains_key(&m.from) {
+            return Err(Refusal::Malformed(format!(
+                "a connector of datacenter {peer_dc:?} cannot compare as {:?} (connector.peers)",
+                m.from
+            )));
+        }
+        if m.partitions.len() > PARTITIONS_PER_EXCHANGE || m.partitions.iter().any(|(_, b)| b.len() > 256) {
+            return Err(Refusal::Malformed(format!("a comparison of {} partitions", m.partitions.len())));
+        }
+        Ok(answer_compare(&self.applier, &m).await)
+    }
+}
+
 impl Handler for WanService {
     fn handle(&self, kind: Kind, body: Bytes) -> BoxFuture<'_, Vec<u8>> {
         Box::pin(async move {
             match kind {
                 // Batches are taken only from a connection whose certificate names their
                 // datacenter (the transport asks `for_peer` first).
-                Kind::Ship => refused(Refusal::Malformed("a batch needs a verified peer".into())),
+                Kind::Ship | Kind::Compare => {
+                    refused(Refusal::Malformed("a batch or comparison needs a verified peer".into()))
+                }
                 Kind::Ping => {
                     answer(&body, |_: opencluster_node::peer::messages::Ping| async { Ok(0u64) }).await
                 }
@@ -138,6 +156,7 @@ impl Handler for FromPeer {
         Box::pin(async move {
             match kind {
                 Kind::Ship => answer(&body, |m: Ship| self.service.ship(m, &self.peer_dc)).await,
+                Kind::Compare => answer(&body, |m: Compare| self.service.compare(m, &self.peer_dc)).await,
                 other => self.service.handle(other, body).await,
             }
         })

@@ -39,6 +39,8 @@ pub struct Connector {
     args: Vec<String>,
     admin_port: u16,
     pub wan_addr: SocketAddr,
+    /// `OPENCLUSTER_*` settings and test hooks for the process.
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -58,6 +60,38 @@ impl Connector {
     /// [`Connector::start`] with its name (unique in its datacenter: twins need their own)
     /// and `extra` flags, on a new empty data directory.
     pub fn start_as(
+        name: &str,
+        datacenter: &str,
+        tls: &Path,
+        seed: &Node,
+        wan_addr: SocketAddr,
+        peers: &[String],
+        extra: &[&str],
+    ) -> Connector {
+        let mut c = Self::prepare(name, datacenter, tls, seed, wan_addr, peers, extra);
+        c.spawn_and_wait();
+        c
+    }
+
+    /// [`Connector::start`] with environment variables (settings without a flag, test
+    /// hooks).
+    pub fn start_with_env(
+        datacenter: &str,
+        tls: &Path,
+        seed: &Node,
+        wan_addr: SocketAddr,
+        peers: &[String],
+        env: &[(&str, &str)],
+    ) -> Connector {
+        let mut c =
+            Self::prepare(&format!("connector-{datacenter}"), datacenter, tls, seed, wan_addr, peers, &[]);
+        c.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        c.spawn_and_wait();
+        c
+    }
+
+    /// A connector's command line and data directory, not started yet.
+    fn prepare(
         name: &str,
         datacenter: &str,
         tls: &Path,
@@ -96,10 +130,15 @@ impl Connector {
             args.push(p.clone());
         }
         args.extend(extra.iter().map(|a| a.to_string()));
-        let mut c =
-            Connector { datacenter: datacenter.into(), root, args, admin_port, wan_addr, child: None };
-        c.spawn_and_wait();
-        c
+        Connector {
+            datacenter: datacenter.into(),
+            root,
+            args,
+            admin_port,
+            wan_addr,
+            env: Vec::new(),
+            child: None,
+        }
     }
 
     fn spawn_and_wait(&mut self) {
@@ -110,6 +149,7 @@ impl Connector {
             }
         }
         cmd.env("OPENCLUSTER_GOSSIP_SUSPICION_TIMEOUT", crate::cluster::TEST_SUSPICION);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let append = |name: &str| -> File {
             OpenOptions::new().create(true).append(true).open(self.root.path().join(name)).expect("log file")
         };

@@ -366,6 +366,67 @@ fn writes_are_shipped_before_their_node_applies_them() {
     }
 }
 
+/// The backstop ships what the cursors missed: dc1's connector passes over the keys
+/// with prefix `missed-` as if they were shipped (a test hook, standing in for a lost
+/// cursor). The periodic comparison of each partition with dc2 finds them and ships them,
+/// and dc2's own backstop never sends dc1's records back.
+#[test]
+fn the_backstop_ships_what_the_cursors_missed() {
+    let keys = tempfile::tempdir().unwrap();
+    let tls1 = customer_keys(keys.path(), "dc1");
+    let tls2 = customer_keys(keys.path(), "dc2");
+    // 64 partitions: a debug build on two busy cores compares only tens a second.
+    let dc1 = start_datacenter("dc1", &tls1, 2, &["--store-partitions", "64"]);
+    let dc2 = start_datacenter("dc2", &tls2, 2, &["--store-partitions", "64"]);
+    let wan = Wan::new();
+    wan.set_delay(Duration::from_millis(5));
+    let (w1, w2) = (free_udp_port(), free_udp_port());
+    let w1 = std::net::SocketAddr::from(([127, 0, 0, 1], w1));
+    let w2 = std::net::SocketAddr::from(([127, 0, 0, 1], w2));
+    let (to_c1, to_c2) = (Relay::start(w1, wan.clone()), Relay::start(w2, wan.clone()));
+    let interval = ("OPENCLUSTER_CONNECTOR_BACKSTOP_INTERVAL", "2s");
+    let partitions = ("OPENCLUSTER_STORE_PARTITIONS", "64");
+    let c1 = Connector::start_with_env(
+        "dc1",
+        &tls1,
+        &dc1[0],
+        w1,
+        &[format!("dc2={}", to_c2.addr())],
+        &[interval, partitions, ("OPENCLUSTER_TEST_SHIP_SKIP_PREFIX", "missed-")],
+    );
+    let c2 = Connector::start_with_env(
+        "dc2",
+        &tls2,
+        &dc2[0],
+        w2,
+        &[format!("dc1={}", to_c1.addr())],
+        &[interval, partitions],
+    );
+    let missed = write_keys(&dc1, "missed", 100);
+    let shipped = write_keys(&dc1, "shipped", 100);
+    for node in &dc2 {
+        let mut missing = Vec::new();
+        let arrived = wait_until(CONVERGE, || {
+            missing =
+                missing_through(node, &missed).into_iter().chain(missing_through(node, &shipped)).collect();
+            missing.is_empty()
+        });
+        assert!(
+            arrived,
+            "{} keys missing in dc2, e.g. {:?}\nc1: {}",
+            missing.len(),
+            missing.first(),
+            c1.status()
+        );
+    }
+    let link = c1.link("dc2");
+    assert!(link["backstop_shipped_records"].as_u64().unwrap() >= 100, "{link}");
+    assert!(link["backstop_comparisons"].as_u64().unwrap() > 0, "{link}");
+    // dc2 holds dc1's records only: its backstop has nothing of its own to ship.
+    assert_eq!(c2.link("dc1")["backstop_shipped_records"], 0, "{}", c2.status());
+    drop((to_c1, to_c2));
+}
+
 /// Three datacenters in a full mesh: each one's writes reach both others straight from
 /// its own connector; nobody forwards what it received.
 #[test]

@@ -55,7 +55,7 @@ pub use near::CacheMetrics;
 pub use read::ReadQuorum;
 pub use rebalance::RebalanceOptions;
 use rebalance::RebalanceStatus;
-pub use repair::{Horizon, RepairOptions};
+pub use repair::{Horizon, RepairOptions, differences};
 pub use service::{MAX_PULL_BYTES, Service};
 use view::{Verified, View};
 

@@ -202,8 +202,8 @@ impl Handler for Service {
                     })
                     .await
                 }
-                // The connector's message between datacenters is not a node's to answer.
-                Kind::Ship => refused(Refusal::UnknownKind(Kind::Ship as u8)),
+                // The connectors' messages between datacenters are not a node's to answer.
+                Kind::Ship | Kind::Compare => refused(Refusal::UnknownKind(kind as u8)),
                 Kind::Heads => {
                     answer(&body, |_: messages::Heads| async move {
                         let store = &c.local.store;

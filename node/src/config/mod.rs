@@ -165,6 +165,11 @@ pub struct ConnectorConfig {
     /// sent again.
     #[serde(with = "units::duration")]
     pub ship_timeout: Duration,
+    /// How long one pass of the backstop takes: every partition compared with every
+    /// remote datacenter once, spread evenly; records younger than this are left to the
+    /// cursors.
+    #[serde(with = "units::duration")]
+    pub backstop_interval: Duration,
 }
 
 impl Default for ConnectorConfig {
@@ -177,6 +182,7 @@ impl Default for ConnectorConfig {
             batch_bytes: ByteSize(1 << 20),
             poll_interval: Duration::from_millis(20),
             ship_timeout: Duration::from_secs(10),
+            backstop_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -879,6 +885,9 @@ impl Config {
         }
         if c.poll_interval.is_zero() || c.ship_timeout.is_zero() {
             return Err(err("connector.poll_interval", "connector durations must be more than 0"));
+        }
+        if c.backstop_interval < Duration::from_secs(1) {
+            return Err(err("connector.backstop_interval", "must be at least 1s"));
         }
         let k = &self.keyspaces;
         if k.local.len() > KeyspacesConfig::MAX_LOCAL {

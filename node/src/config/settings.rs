@@ -334,6 +334,11 @@ pub const SETTINGS: &[Setting] = &[
         "Connector only: how long a batch may take to be applied remotely before it is sent again [default: 10s]",
     ),
     s(
+        "connector.backstop_interval",
+        Kind::Duration,
+        "Connector only: one pass of the backstop that compares every partition with each remote datacenter and ships what the cursors missed [default: 1h]",
+    ),
+    s(
         "keyspaces.local",
         Kind::List,
         "Key prefixes whose keys never leave this datacenter (not shipped by the connectors), comma-separated, e.g. session:,tmp: ; every node and connector of a datacenter must list the same",

@@ -57,6 +57,9 @@ pub enum Kind {
     Acknowledge = 19,
     /// The connector's: [`Kind::Heads`] with where one remote datacenter stands in them.
     Positions = 20,
+    /// Between connectors of two datacenters: partitions' digests to compare (the
+    /// backstop behind the cursors).
+    Compare = 21,
 }
 
 impl Kind {
@@ -82,6 +85,7 @@ impl Kind {
             18 => Kind::Ship,
             19 => Kind::Acknowledge,
             20 => Kind::Positions,
+            21 => Kind::Compare,
             _ => return None,
         })
     }
@@ -109,10 +113,11 @@ impl Kind {
             Kind::Ship => "ship",
             Kind::Acknowledge => "acknowledge",
             Kind::Positions => "positions",
+            Kind::Compare => "compare",
         }
     }
 
-    pub const ALL: [Kind; 20] = [
+    pub const ALL: [Kind; 21] = [
         Kind::Ping,
         Kind::Read,
         Kind::Write,
@@ -133,6 +138,7 @@ impl Kind {
         Kind::Ship,
         Kind::Acknowledge,
         Kind::Positions,
+        Kind::Compare,
     ];
 }
 
