@@ -41,6 +41,13 @@ def main():
                 return num(r.get(col, ""))
         return 0.0
 
+    def killed(label, limit):
+        for r in rows:
+            lab = r["engine"] if r["engine"] == "redis" else f'{r["engine"]} {r["mode"]}'
+            if lab == label and int(r["limit_mib"]) == limit:
+                return r.get("alive") == "0"
+        return False
+
     data = sorted({r["data_mib"] for r in rows})
 
     def bars(name, title, cols, ylabel, log=False):
@@ -49,7 +56,12 @@ def main():
             width = 0.8 / max(1, len(series))
             for i, label in enumerate(series):
                 xs = [j + i * width for j in range(len(limits))]
-                ax.bar(xs, [value(label, l, col) for l in limits], width, label=label)
+                bars_ = ax.bar(xs, [value(label, l, col) for l in limits], width, label=label)
+                # An OOM-killed server: hatched, its figure is until the kill.
+                for b, l in zip(bars_, limits):
+                    if killed(label, l):
+                        b.set_hatch("//")
+                        b.set_alpha(0.5)
             ax.set_xticks([j + 0.4 - width / 2 for j in range(len(limits))])
             ax.set_xticklabels([f"{l} MiB limit" for l in limits])
             ax.set_title(sub)
@@ -58,7 +70,7 @@ def main():
                 ax.set_yscale("log")
             ax.grid(axis="y", alpha=0.3)
         axes[0][0].legend(fontsize=7, ncol=2)
-        fig.suptitle(title)
+        fig.suptitle(title + "; hatched: OOM-killed, figures until the kill")
         fig.tight_layout()
         fig.savefig(os.path.join(out, name), dpi=90)
         plt.close(fig)
