@@ -3,12 +3,14 @@
 
 Run inside a memory cgroup (tests/bench/storage-study does, under 64 MiB with no swap):
 
-    mmap-probe.py DIR FILES FILE_MIB SECONDS
+    mmap-probe.py DIR FILES FILE_MIB SECONDS [ANON_MIB]
 
 Creates FILES sparse-then-filled files of FILE_MIB each in DIR, maps them all, then for
 SECONDS each: reads random pages (clean), then writes random pages (dirty), then reads
-pages in a small hot set. Prints one CSV line per phase:
-phase,mapped_mib,pages_per_sec,p99_us,vm_rss_mib,rss_file_mib,rss_anon_mib,major_faults
+pages in a small hot set; then, with ANON_MIB, allocates and fills that much anonymous
+memory (which only swap can take beyond the limit) and reads random mapped pages again
+while holding it. Prints one CSV line per phase:
+phase,mapped_mib,pages_per_sec,p99_us,vm_rss_mib,rss_file_mib,rss_anon_mib,major_faults,vm_swap_mib
 """
 import mmap
 import os
@@ -34,6 +36,7 @@ def majflt():
 
 def main():
     directory, files, file_mib, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    anon_mib = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     maps = []
     chunk = b"x" * (1 << 20)
     for n in range(files):
@@ -60,7 +63,7 @@ def main():
         lat.sort()
         p99 = lat[int(len(lat) * 0.99)] / 1000 if lat else 0
         print(f"{name},{mapped},{len(lat) / seconds:.0f},{p99:.0f},{status('VmRSS')},{status('RssFile')},"
-              f"{status('RssAnon')},{majflt() - faults0}", flush=True)
+              f"{status('RssAnon')},{majflt() - faults0},{status('VmSwap')}", flush=True)
 
     def read_random(m):
         _ = m[rng.randrange(pages) * PAGE]
@@ -76,6 +79,11 @@ def main():
     phase("read_random", read_random)
     phase("write_random", write_random)
     phase("read_hot", read_hot)
+    if anon_mib:
+        held = []
+        for _ in range(anon_mib):
+            held.append(bytearray(b"a" * (1 << 20)))
+        phase(f"read_random_holding_{anon_mib}MiB_anonymous", read_random)
 
 
 if __name__ == "__main__":

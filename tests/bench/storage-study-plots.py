@@ -38,8 +38,17 @@ def main():
         for r in rows:
             lab = r["engine"] if r["engine"] == "redis" else f'{r["engine"]} {r["mode"]}'
             if lab == label and int(r["limit_mib"]) == limit:
-                return num(r[col])
+                return num(r.get(col, ""))
         return 0.0
+
+    def killed(label, limit):
+        for r in rows:
+            lab = r["engine"] if r["engine"] == "redis" else f'{r["engine"]} {r["mode"]}'
+            if lab == label and int(r["limit_mib"]) == limit:
+                return r.get("alive") == "0"
+        return False
+
+    data = sorted({r["data_mib"] for r in rows})
 
     def bars(name, title, cols, ylabel, log=False):
         fig, axes = plt.subplots(1, len(cols), figsize=(6 * len(cols), 4.2), squeeze=False)
@@ -47,7 +56,12 @@ def main():
             width = 0.8 / max(1, len(series))
             for i, label in enumerate(series):
                 xs = [j + i * width for j in range(len(limits))]
-                ax.bar(xs, [value(label, l, col) for l in limits], width, label=label)
+                bars_ = ax.bar(xs, [value(label, l, col) for l in limits], width, label=label)
+                # An OOM-killed server: hatched, its figure is until the kill.
+                for b, l in zip(bars_, limits):
+                    if killed(label, l):
+                        b.set_hatch("//")
+                        b.set_alpha(0.5)
             ax.set_xticks([j + 0.4 - width / 2 for j in range(len(limits))])
             ax.set_xticklabels([f"{l} MiB limit" for l in limits])
             ax.set_title(sub)
@@ -56,21 +70,23 @@ def main():
                 ax.set_yscale("log")
             ax.grid(axis="y", alpha=0.3)
         axes[0][0].legend(fontsize=7, ncol=2)
-        fig.suptitle(title)
+        fig.suptitle(title + "; hatched: OOM-killed, figures until the kill")
         fig.tight_layout()
         fig.savefig(os.path.join(out, name), dpi=90)
         plt.close(fig)
 
-    bars("throughput.png", "Throughput, data 4x the memory limit (higher is better)",
+    bars("throughput.png", f"Throughput, {' / '.join(data)} MiB of data (higher is better)",
          [("fill_ops", "sustained SET (fill)"), ("uni_ops", "90% GET, uniform keys"),
           ("hot_ops", "90% GET, 10% of keys take 90%"), ("cold_ops", "uniform, after a cold restart")], "ops/s")
     bars("latency.png", "Latency of the mixed loads (lower is better, log scale)",
-         [("uni_p99", "p99, uniform"), ("uni_p999", "p999, uniform"), ("hot_p99", "p99, skewed")], "ms", log=True)
+         [("uni_p99", "p99, uniform"), ("uni_p999", "p999, uniform"), ("hot_p99", "p99, skewed"),
+          ("ws_p99", "GET p99, working set fits the page cache")], "ms", log=True)
     bars("memory.png", "Memory (the limit is the x axis label)",
          [("peak_rss_mib", "peak RSS"), ("page_cache_mib", "page cache charged at the end"),
           ("majflt", "major faults in the mixed loads")], "MiB or count")
     bars("disk.png", "Disk", [("disk_written_per_byte", "bytes written per byte stored (fill)"),
-                              ("disk_mib", "data directory size, MiB")], "")
+                              ("disk_mib", "data directory size, MiB"),
+                              ("restart_ms", "cold restart to PONG, ms")], "")
 
 
 if __name__ == "__main__":

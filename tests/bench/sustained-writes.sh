@@ -1,33 +1,95 @@
 #!/usr/bin/env bash
-# Sustained writes: SET over a keyspace much larger than the node's write buffer, long
-# enough that the buffer fills and backpressure makes the storage engine's own speed the
-# limit. Prints redis-server and opencluster-node side by side (same run, same machine).
+# Sustained writes: SET over a keyspace much larger than the node's write buffer, for
+# minutes, so that the buffer fills and backpressure makes the storage engine's own speed
+# the limit. redis-server (appendonly yes, appendfsync everysec) and opencluster-node in
+# standard and lean mode (each with its default engine) side by side: same run, same
+# machine, same client load (redis-benchmark -t set -P 16 -c 50 -d 64 -r KEYS).
 #
-#   tests/bench/sustained-writes.sh                  # 2,000,000 SETs over 1,000,000 keys
-#   REQUESTS=500000 KEYS=250000 tests/bench/sustained-writes.sh
+#   tests/bench/sustained-writes.sh                  # 5 minutes each over 2,000,000 keys
+#   SECONDS_EACH=60 KEYS=500000 MODES="standard standard:lmdb" tests/bench/sustained-writes.sh
+#
+# MODES lists the nodes: a mode, or MODE:ENGINE for another engine than the mode's default.
+#
+# The load runs in chunks of about CHUNK seconds (redis-benchmark has no time limit: each
+# chunk's request count is the previous chunk's rate times CHUNK), taking turns between
+# the servers so that the machine's drift (it is shared) spreads over all of them. Each
+# server gets SECONDS_EACH seconds in all. Printed per server: ops/s over all its chunks,
+# the p50 and p99 of its last chunk and the worst p99 of any chunk, its peak RSS (sampled
+# between chunks) and its RSS at the end, with its anonymous part (RSS less mapped file
+# pages: LMDB's data file is mapped, and its resident pages are page cache the kernel
+# reclaims), and the keys it holds; then the ratios. The key space is the same for all;
+# a slower server has written fewer of its keys in the same time.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/bench/lib.sh
 . tests/bench/lib.sh
-REQUESTS=${REQUESTS:-2000000}
-KEYS=${KEYS:-1000000}
+SECONDS_EACH=${SECONDS_EACH:-300}
+KEYS=${KEYS:-2000000}
+CHUNK=${CHUNK:-20}
+MODES=${MODES:-standard lean}
 need_tools redis-server redis-benchmark redis-cli
 setup_run
-REDIS_PORT=$(free_port); NODE_PORT=$(free_port); ADMIN_PORT=$(free_port)
-mkdir -p "$WORK/redis" "$WORK/node"
+declare -A PORT PID ELAPSED_MS DONE P50 P99 WORST PEAK
+REDIS_PORT=$(free_port)
+mkdir -p "$WORK/redis"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK/redis" --appendonly yes \
   --appendfsync everysec --save "" >"$WORK/redis.log" 2>&1 &
-PIDS+=($!); REDIS_PID=$!
-target/release/opencluster-node --dev --data-dir "$WORK/node" --client-addr "127.0.0.1:$NODE_PORT" \
-  --admin-addr "127.0.0.1:$ADMIN_PORT" --log-level warn >"$WORK/node.log" 2>&1 &
-PIDS+=($!); NODE_PID=$!
-wait_ping "$REDIS_PORT"; wait_ping "$NODE_PORT"
-run() { redis-benchmark -p "$1" -t set -c 50 -n "$REQUESTS" -d 64 -P 16 -r "$KEYS" --csv 2>/dev/null | tail -1 | tr -d '"'; }
-IFS=, read -r _ rrps _ _ rp50 _ rp99 _ < <(run "$REDIS_PORT")
-IFS=, read -r _ nrps _ _ np50 _ np99 _ < <(run "$NODE_PORT")
-echo "sustained SET -P 16 -c 50, $REQUESTS requests over $KEYS keys, 64-byte values"
-printf '%-18s %12s %17s %10s\n' server "ops/s" "p50/p99 ms" "RSS kB"
-printf '%-18s %12.0f %17s %10s\n' redis-server "$rrps" "$rp50/$rp99" "$(rss_kb $REDIS_PID)"
-printf '%-18s %12.0f %17s %10s\n' opencluster-node "$nrps" "$np50/$np99" "$(rss_kb $NODE_PID)"
-awk -v a="$nrps" -v b="$rrps" 'BEGIN { printf "ratio node/redis: %.2fx\n", a / b }'
-curl -s "127.0.0.1:$ADMIN_PORT/v1/status" | grep -o '"write_buffer":{[^}]*}' || true
+PIDS+=($!); PID[redis]=$!; PORT[redis]=$REDIS_PORT
+TARGETS=(redis)
+for spec in $MODES; do
+  port=$(free_port); admin=$(free_port)
+  mkdir -p "$WORK/$spec"
+  engine=()
+  [ "${spec#*:}" = "$spec" ] || engine=(--store-engine "${spec#*:}")
+  "$NODE" --dev --mode "${spec%%:*}" "${engine[@]}" --data-dir "$WORK/$spec" --client-addr "127.0.0.1:$port" \
+    --admin-addr "127.0.0.1:$admin" --gossip-addr "" --rpc-addr "" --log-level warn >"$WORK/$spec.log" 2>&1 &
+  PIDS+=($!); PID[$spec]=$!; PORT[$spec]=$port
+  TARGETS+=("$spec")
+done
+for t in "${TARGETS[@]}"; do
+  wait_ping "${PORT[$t]}"
+  ELAPSED_MS[$t]=0; DONE[$t]=0; WORST[$t]=0; PEAK[$t]=0
+done
+echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
+requests=200000
+declare -A NEXT
+for t in "${TARGETS[@]}"; do NEXT[$t]=$requests; done
+while :; do
+  busy=0
+  for t in "${TARGETS[@]}"; do
+    [ "${ELAPSED_MS[$t]}" -lt $((SECONDS_EACH * 1000)) ] || continue
+    busy=1
+    n=${NEXT[$t]}
+    t0=$(date +%s%N)
+    IFS=, read -r _ _ _ _ p50 _ p99 _ < <(redis-benchmark -p "${PORT[$t]}" -t set -c 50 -n "$n" -d 64 -P 16 \
+      -r "$KEYS" --csv 2>/dev/null | tail -1 | tr -d '"')
+    ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+    kill -0 "${PID[$t]}" 2>/dev/null || { echo "$t exited" >&2; exit 1; }
+    ELAPSED_MS[$t]=$((ELAPSED_MS[$t] + ms)); DONE[$t]=$((DONE[$t] + n))
+    P50[$t]=$p50; P99[$t]=$p99
+    WORST[$t]=$(awk -v a="${WORST[$t]}" -v b="$p99" 'BEGIN { print (b > a) ? b : a }')
+    rss=$(rss_kb "${PID[$t]}"); [ "$rss" -le "${PEAK[$t]}" ] || PEAK[$t]=$rss
+    NEXT[$t]=$(( n * CHUNK * 1000 / (ms > 0 ? ms : 1) ))
+    [ "${NEXT[$t]}" -ge 10000 ] || NEXT[$t]=10000
+  done
+  [ $busy = 1 ] || break
+done
+echo "sustained SET -P 16 -c 50, 64-byte values over $KEYS keys, $SECONDS_EACH s per server"
+printf '%-22s %10s %12s %16s %12s %12s %12s\n' server "ops/s" "p50/p99 ms" "worst p99 ms" "peak RSS kB" "end RSS kB" \
+  "end anon kB"
+declare -A RATE
+for t in "${TARGETS[@]}"; do
+  RATE[$t]=$(awk -v n="${DONE[$t]}" -v ms="${ELAPSED_MS[$t]}" 'BEGIN { printf "%.0f", n * 1000 / ms }')
+  label=redis-server; [ "$t" = redis ] || label="node $t"
+  printf '%-22s %10s %12s %16s %12s %12s %12s\n' "$label" "${RATE[$t]}" "${P50[$t]}/${P99[$t]}" "${WORST[$t]}" \
+    "${PEAK[$t]}" "$(rss_kb "${PID[$t]}")" "$(awk '/^RssAnon/ { print $2 }' "/proc/${PID[$t]}/status")"
+done
+for t in "${TARGETS[@]}"; do
+  [ "$t" != redis ] || continue
+  awk -v a="${RATE[$t]}" -v b="${RATE[redis]}" -v r="$(rss_kb "${PID[$t]}")" -v rr="$(rss_kb "${PID[redis]}")" -v t="$t" \
+    'BEGIN { printf "node %s / redis: ops/s %.2fx, end RSS %.2fx\n", t, a / b, r / rr }'
+done
+echo "keys held: redis $(redis-cli -p "$REDIS_PORT" dbsize)$(for t in "${TARGETS[@]}"; do
+  [ "$t" = redis ] || printf ', node %s %s' "$t" "$(redis-cli -p "${PORT[$t]}" dbsize 2>/dev/null || echo '?')"
+done)"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

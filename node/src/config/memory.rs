@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{ByteSize, Config};
 
+/// The engine of standard mode when the store holds no data yet ([`default_engine`]).
+pub const STANDARD_DEFAULT: super::StoreEngine = super::StoreEngine::Lmdb;
+
 /// The budget in lean mode when no limit is known and none is configured.
 pub const LEAN_DEFAULT_BUDGET: u64 = 64 << 20;
 /// The part of a cgroup limit kept out of the budget: a quarter, at most this much. The
@@ -155,6 +158,21 @@ pub fn budget_of(
     }
 }
 
+/// The engine a node uses when `store.engine` is not set: the one whose data the store
+/// directory already holds (the engine cannot change once data exists, so a node keeps
+/// working on its data when the default changes), else the mode's default, the storage
+/// study's winner for it (docs/storage-study.md): LMDB in lean mode, [`STANDARD_DEFAULT`]
+/// in standard mode. Every engine stays selectable.
+pub fn default_engine(mode: Mode, store_dir: &Path) -> super::StoreEngine {
+    if let Some(found) = crate::store::engines::written_by(store_dir) {
+        return found.setting();
+    }
+    match mode {
+        Mode::Lean => super::StoreEngine::Lmdb,
+        Mode::Standard => STANDARD_DEFAULT,
+    }
+}
+
 /// Sizes `config` from its budget, leaving every setting named in `explicit` alone, and
 /// returns the budget. `cgroup` is the container's limit ([`own_cgroup_limit`]).
 pub fn apply(config: &mut Config, explicit: &HashMap<String, String>, cgroup: Option<u64>) -> MemoryBudget {
@@ -162,10 +180,8 @@ pub fn apply(config: &mut Config, explicit: &HashMap<String, String>, cgroup: Op
     let (bytes, source) = budget_of(mode, config.memory_budget.map(|b| b.0), cgroup);
     let mut budget = MemoryBudget { mode, bytes, source, cgroup_limit: cgroup, ..MemoryBudget::default() };
     let lean = mode == Mode::Lean;
-    // The engine lean mode defaults to: the study's winner under a container limit
-    // (docs/storage-study.md). sled stays selectable.
-    if lean && !explicit.contains_key("store.engine") {
-        config.store.engine = super::StoreEngine::Lmdb;
+    if !explicit.contains_key("store.engine") {
+        config.store.engine = default_engine(mode, &config.data_dir.join("store"));
     }
     let Some(b) = bytes else { return budget };
     // Lean: a share of the budget. Standard: the default, lowered to that share.
@@ -263,6 +279,35 @@ mod tests {
             + c.cluster.max_hint_bytes.0
             + b.near_cache_bytes();
         assert!(sized < (40 << 20) / 2, "{sized}");
+    }
+
+    #[test]
+    fn the_default_engine_is_the_one_whose_data_the_store_holds() {
+        use crate::config::StoreEngine;
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        assert_eq!(default_engine(Mode::Lean, &store), StoreEngine::Lmdb, "no directory yet");
+        assert_eq!(default_engine(Mode::Standard, &store), STANDARD_DEFAULT);
+        std::fs::create_dir_all(&store).unwrap();
+        assert_eq!(default_engine(Mode::Lean, &store), StoreEngine::Lmdb, "an empty directory");
+        // Data from before the engine marker is sled's.
+        std::fs::write(store.join("conf"), "x").unwrap();
+        assert_eq!(default_engine(Mode::Lean, &store), StoreEngine::Sled);
+        std::fs::write(store.join("ENGINE"), "redb").unwrap();
+        assert_eq!(default_engine(Mode::Lean, &store), StoreEngine::Redb);
+        assert_eq!(default_engine(Mode::Standard, &store), StoreEngine::Redb);
+        // An explicit setting wins (the open then refuses the mismatch, naming the setting).
+        let mut c = Config {
+            mode: Mode::Lean,
+            data_dir: dir.path().to_path_buf(),
+            store: crate::config::StoreConfig { engine: StoreEngine::Fjall, ..Default::default() },
+            ..Config::default()
+        };
+        apply(&mut c, &explicit(&["store.engine"]), None);
+        assert_eq!(c.store.engine, StoreEngine::Fjall);
+        c.store.engine = StoreEngine::Fjall;
+        apply(&mut c, &HashMap::new(), None);
+        assert_eq!(c.store.engine, StoreEngine::Redb);
     }
 
     #[test]

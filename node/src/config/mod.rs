@@ -581,7 +581,8 @@ impl Default for Limits {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            engine: StoreEngine::Sled,
+            // The standard default of `memory::default_engine` (the storage study's winner).
+            engine: memory::STANDARD_DEFAULT,
             lmdb_map_bytes: ByteSize(256 << 30),
             fsync: Fsync::Interval,
             fsync_interval: Duration::from_secs(1),

@@ -346,7 +346,7 @@ pub const SETTINGS: &[Setting] = &[
     s(
         "store.engine",
         Kind::Choice(&["sled", "redb", "fjall", "lmdb"]),
-        "Storage engine: sled, redb (own cache, pread), fjall (LSM tree) or lmdb (memory-mapped); fixed once data exists, see docs/storage-study.md [default: sled; lmdb with mode=lean]",
+        "Storage engine: sled, redb (own cache, pread), fjall (LSM tree) or lmdb (memory-mapped); fixed once data exists (unset: the engine of the data the store holds), see docs/storage-study.md [default: lmdb]",
     ),
     s(
         "store.lmdb_map_bytes",

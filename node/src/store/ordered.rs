@@ -12,7 +12,10 @@
 //!   removed as it changes, so the sequence holds one entry per key and reading it after
 //!   a position yields every key changed since
 //! - `n | partition` -> the highest change number stored, so numbers never repeat even
-//!   when the entry holding the highest one is purged
+//!   when the entry holding the highest one is purged, then the partition's record counts
+//!   (keys, expiring, tombstones: 8 bytes each), kept in the same batches as the records
+//!   so that opening a store reads 2 entries per partition instead of every record (a
+//!   store written before the counts were kept is counted once, at its first open)
 //! - `p | purge_at_ms | partition | key` -> empty: when an expired value or an old
 //!   tombstone may be removed, so purging reads only what is due
 //! - `m | name` -> layout version and partition count
@@ -54,6 +57,9 @@ pub struct OrderedStore<K: Kv> {
     locks: Box<[Mutex<()>]>,
     /// Per partition: the last change number handed out.
     seqs: Box<[Mutex<u64>]>,
+    /// Per partition: its record counts as stored in its `n` entry; changed only by a
+    /// holder of the partition's `seqs` lock.
+    counts: Box<[Mutex<StoreStats>]>,
     keys: AtomicU64,
     expiring: AtomicU64,
     tombstones: AtomicU64,
@@ -99,6 +105,20 @@ fn purge_key(at_ms: u64, partition: Partition, key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The value of a partition's `n` entry.
+fn numbering_value(last: u64, c: &StoreStats) -> Vec<u8> {
+    [last, c.keys, c.expiring, c.tombstones].iter().flat_map(|n| n.to_be_bytes()).collect()
+}
+
+/// `c` with `added` counted in and `removed` counted out.
+fn shifted(c: StoreStats, added: &StoreStats, removed: &StoreStats) -> StoreStats {
+    StoreStats {
+        keys: (c.keys + added.keys).saturating_sub(removed.keys),
+        expiring: (c.expiring + added.expiring).saturating_sub(removed.expiring),
+        tombstones: (c.tombstones + added.tombstones).saturating_sub(removed.tombstones),
+    }
+}
+
 fn be_u64(bytes: &[u8]) -> u64 {
     let mut raw = [0u8; 8];
     let n = bytes.len().min(8);
@@ -116,9 +136,21 @@ impl<K: Kv> OrderedStore<K> {
     pub fn with_kv(kv: K, opts: &StoreOptions, name: &'static str) -> Result<Self, StoreError> {
         let partitions = check_meta(&kv, opts)?;
         let mut seqs = Vec::with_capacity(partitions as usize);
+        let mut counts = Vec::with_capacity(partitions as usize);
+        let mut counted = true;
         for p in 0..partitions {
-            let last = kv.get(&with_partition(LAST_SEQ, p, 0))?.map_or(0, |v| be_u64(v.as_ref()));
+            let (last, c) = match kv.get(&with_partition(LAST_SEQ, p, 0))? {
+                None => (0, StoreStats::default()),
+                Some(v) => {
+                    let v = v.as_ref();
+                    // An entry of 8 bytes was written before the counts were kept.
+                    counted &= v.len() >= 32;
+                    let at = |i: usize| v.get(i..i + 8).map_or(0, be_u64);
+                    (be_u64(v), StoreStats { keys: at(8), expiring: at(16), tombstones: at(24) })
+                }
+            };
             seqs.push(Mutex::new(last));
+            counts.push(Mutex::new(c));
         }
         let store = OrderedStore {
             kv,
@@ -128,20 +160,31 @@ impl<K: Kv> OrderedStore<K> {
             datacenter: Arc::from(opts.datacenter.as_str()),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             seqs: seqs.into_boxed_slice(),
+            counts: counts.into_boxed_slice(),
             keys: AtomicU64::new(0),
             expiring: AtomicU64::new(0),
             tombstones: AtomicU64::new(0),
         };
-        store.count_records()?;
+        if !counted {
+            store.count_records()?;
+        }
+        for c in store.counts.iter() {
+            store.apply_stats(&lock(c), 1);
+        }
         Ok(store)
     }
 
+    /// Counts every record (a store written before the counts were kept in the `n`
+    /// entries) and stores the counts there.
     fn count_records(&self) -> Result<(), StoreError> {
-        let mut stats = StoreStats::default();
+        let mut stats = vec![StoreStats::default(); self.partitions as usize];
         let mut failed = None;
         self.kv.scan(&[DATA], &[DATA + 1], false, &mut |k, v| match self.decode(&k[3..], v) {
             Ok(s) => {
-                count(&mut stats, &s.record, 1);
+                let p = Partition::from_be_bytes([k[1], k[2]]) as usize;
+                if let Some(c) = stats.get_mut(p) {
+                    count(c, &s.record, 1);
+                }
                 true
             }
             Err(e) => {
@@ -152,10 +195,13 @@ impl<K: Kv> OrderedStore<K> {
         if let Some(e) = failed {
             return Err(e);
         }
-        self.keys.store(stats.keys, Ordering::Relaxed);
-        self.expiring.store(stats.expiring, Ordering::Relaxed);
-        self.tombstones.store(stats.tombstones, Ordering::Relaxed);
-        Ok(())
+        let mut ops = Vec::with_capacity(stats.len());
+        for (p, c) in stats.into_iter().enumerate() {
+            let last = *lock(&self.seqs[p]);
+            ops.push(Op::Put(with_partition(LAST_SEQ, p as Partition, 0), numbering_value(last, &c)));
+            *lock(&self.counts[p]) = c;
+        }
+        self.kv.write(&ops)
     }
 
     fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<Stored, StoreError> {
@@ -240,7 +286,10 @@ impl<K: Kv> OrderedStore<K> {
         let mut next: HashMap<Partition, u64> = numbering.iter().map(|(p, g)| (*p, **g)).collect();
         let mut ops = Vec::with_capacity(writes.len() * 6);
         let (mut added, mut removed) = (StoreStats::default(), StoreStats::default());
+        // Per partition: what this batch adds and removes.
+        let mut changed: HashMap<Partition, (StoreStats, StoreStats)> = HashMap::new();
         for (n, &(key, p, new, old)) in writes.iter().enumerate() {
+            let delta = changed.entry(p).or_default();
             let last = next.get_mut(&p).expect("locked above");
             let seq = match numbers {
                 Some(given) => {
@@ -256,6 +305,7 @@ impl<K: Kv> OrderedStore<K> {
             if let Some(old) = old {
                 self.unindex(&mut ops, p, key, old, Some(new.hlc), new_purge);
                 count(&mut removed, &old.record, 1);
+                count(&mut delta.1, &old.record, 1);
             }
             let mut value = Vec::with_capacity(8 + new.encoded_len());
             value.extend_from_slice(&seq.to_be_bytes());
@@ -267,13 +317,21 @@ impl<K: Kv> OrderedStore<K> {
                 ops.push(Op::Put(purge_key(at, p, key), Vec::new()));
             }
             count(&mut added, new, 1);
+            count(&mut delta.0, new, 1);
         }
+        let mut counted = Vec::with_capacity(next.len());
         for (p, last) in &next {
-            ops.push(Op::Put(with_partition(LAST_SEQ, *p, 0), last.to_be_bytes().to_vec()));
+            let (plus, minus) = changed.get(p).copied().unwrap_or_default();
+            let c = shifted(*lock(&self.counts[*p as usize]), &plus, &minus);
+            ops.push(Op::Put(with_partition(LAST_SEQ, *p, 0), numbering_value(*last, &c)));
+            counted.push((*p, c));
         }
         self.kv.write(&ops)?;
         for (p, guard) in numbering.iter_mut() {
             **guard = next[p];
+        }
+        for (p, c) in counted {
+            *lock(&self.counts[p as usize]) = c;
         }
         self.apply_stats(&added, 1);
         self.apply_stats(&removed, -1);
@@ -283,13 +341,16 @@ impl<K: Kv> OrderedStore<K> {
     /// Removes `key`'s record and entries; the caller holds its stripe. The partition's
     /// numbering is locked so the removal cannot interleave with a numbered batch.
     fn remove(&self, p: Partition, key: &[u8], old: &Stored) -> Result<(), StoreError> {
-        let _numbering = lock(&self.seqs[p as usize]);
-        let mut ops = Vec::with_capacity(4);
+        let numbering = lock(&self.seqs[p as usize]);
+        let mut ops = Vec::with_capacity(5);
         self.unindex(&mut ops, p, key, old, None, None);
         ops.push(Op::Delete(data_key(p, key)));
-        self.kv.write(&ops)?;
         let mut gone = StoreStats::default();
         count(&mut gone, &old.record, 1);
+        let c = shifted(*lock(&self.counts[p as usize]), &StoreStats::default(), &gone);
+        ops.push(Op::Put(with_partition(LAST_SEQ, p, 0), numbering_value(*numbering, &c)));
+        self.kv.write(&ops)?;
+        *lock(&self.counts[p as usize]) = c;
         self.apply_stats(&gone, -1);
         Ok(())
     }
@@ -615,5 +676,83 @@ impl<K: Kv> Store for OrderedStore<K> {
 
     fn size_on_disk(&self) -> u64 {
         self.kv.size_on_disk()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::record::Origin;
+    use crate::store::engines::redb::RedbKv;
+
+    fn options(dir: &std::path::Path) -> StoreOptions {
+        StoreOptions {
+            path: dir.to_path_buf(),
+            partitions: 4,
+            cache_bytes: 1 << 20,
+            tombstone_grace: Duration::from_secs(10),
+            datacenter: "dc1".into(),
+        }
+    }
+
+    fn rec(value: Option<&'static [u8]>, hlc: u64) -> Record {
+        Record {
+            value: value.map(Bytes::from_static),
+            hlc: Hlc(hlc),
+            origin: Origin { datacenter: "dc1".into(), node: 1 },
+            expires_at_ms: None,
+        }
+    }
+
+    fn open(dir: &std::path::Path) -> OrderedStore<RedbKv> {
+        OrderedStore::with_kv(RedbKv::open(&options(dir)).unwrap(), &options(dir), "redb").unwrap()
+    }
+
+    /// The counts are kept in the `n` entries (so an open reads no record), and a store
+    /// whose `n` entries hold only the change number is counted once at open.
+    #[test]
+    fn record_counts_are_kept_in_the_store_and_older_stores_are_counted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let want = StoreStats { keys: 2, expiring: 0, tombstones: 1 };
+        {
+            let s = open(dir.path());
+            for (i, key) in [&b"a"[..], b"b", b"c", b"d"].into_iter().enumerate() {
+                s.put(key, &mut || rec(Some(b"v"), 10 + i as u64)).unwrap();
+            }
+            s.put(b"c", &mut || rec(None, 20)).unwrap();
+            let p = partition_of(b"d", 4);
+            let stored = s.read(p, b"d").unwrap().unwrap();
+            s.remove(p, b"d", &stored).unwrap();
+            assert_eq!(s.stats(), want);
+            // A corrupt record that a count at open would read and refuse: this open must
+            // take the counts from the `n` entries.
+            s.kv.write(&[Op::Put(data_key(p, b"junk"), vec![1, 2])]).unwrap();
+            s.flush().unwrap();
+        }
+        {
+            let s = open(dir.path());
+            assert_eq!(s.stats(), want);
+            // Rewrite the `n` entries the way a store written before the counts holds them.
+            let p = partition_of(b"d", 4);
+            s.kv.write(&[Op::Delete(data_key(p, b"junk"))]).unwrap();
+            let mut ops = Vec::new();
+            for p in 0..4 {
+                if let Some(v) = s.kv.get(&with_partition(LAST_SEQ, p, 0)).unwrap() {
+                    ops.push(Op::Put(with_partition(LAST_SEQ, p, 0), v[..8].to_vec()));
+                }
+            }
+            assert!(!ops.is_empty());
+            s.kv.write(&ops).unwrap();
+            s.flush().unwrap();
+        }
+        let s = open(dir.path());
+        assert_eq!(s.stats(), want);
+        for p in 0..4 {
+            if let Some(v) = s.kv.get(&with_partition(LAST_SEQ, p, 0)).unwrap() {
+                assert_eq!(v.len(), 32, "partition {p}'s counts were not stored back");
+            }
+        }
     }
 }

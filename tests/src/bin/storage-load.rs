@@ -3,11 +3,12 @@
 //! `ops_per_sec p50_ms p99_ms p999_ms errors`.
 //!
 //!   storage-load fill  PORT KEYS VALUE_BYTES CONNECTIONS PIPELINE
-//!   storage-load mixed PORT KEYS VALUE_BYTES CONNECTIONS SECONDS GET_PERCENT uniform|hot
+//!   storage-load mixed PORT KEYS VALUE_BYTES CONNECTIONS SECONDS GET_PERCENT uniform|hot|first:N
 //!
 //! `fill` writes every key once, `PIPELINE` SETs per round trip, and times round trips.
 //! `mixed` sends one command per round trip on each connection and times each; `hot`
-//! sends 90% of the commands to 10% of the keys (uniform within each part). Keys are
+//! sends 90% of the commands to 10% of the keys (uniform within each part); `first:N`
+//! sends every command to the first N keys (a working set of N keys). Keys are
 //! `k:<n>`; values are the key's number padded to VALUE_BYTES, so a GET can be checked.
 
 use std::time::{Duration, Instant};
@@ -86,7 +87,13 @@ async fn main() {
         "mixed" => {
             let seconds = arg(6);
             let get_percent = arg(7);
-            let hot = args.get(8).map(String::as_str) == Some("hot");
+            let spread = args.get(8).map(String::as_str).unwrap_or("uniform");
+            let hot = spread == "hot";
+            let keys = match spread.strip_prefix("first:") {
+                Some(n) => n.parse::<u64>().unwrap_or_else(|_| usage()).min(keys),
+                None if hot || spread == "uniform" => keys,
+                None => usage(),
+            };
             let end = started + Duration::from_secs(seconds);
             for c in 0..connections {
                 let client = client.clone();
@@ -159,6 +166,8 @@ async fn connect(client: &redis::Client) -> redis::aio::MultiplexedConnection {
 
 fn usage() -> ! {
     eprintln!("usage: storage-load fill PORT KEYS VALUE_BYTES CONNECTIONS PIPELINE");
-    eprintln!("       storage-load mixed PORT KEYS VALUE_BYTES CONNECTIONS SECONDS GET_PERCENT uniform|hot");
+    eprintln!(
+        "       storage-load mixed PORT KEYS VALUE_BYTES CONNECTIONS SECONDS GET_PERCENT uniform|hot|first:N"
+    );
     std::process::exit(2)
 }

@@ -71,6 +71,17 @@ impl Engine {
         }
     }
 
+    /// The `store.engine` value naming this engine.
+    pub fn setting(self) -> crate::config::StoreEngine {
+        use crate::config::StoreEngine as S;
+        match self {
+            Engine::Sled => S::Sled,
+            Engine::Redb => S::Redb,
+            Engine::Fjall => S::Fjall,
+            Engine::Lmdb => S::Lmdb,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Engine::Sled => "sled",
@@ -99,6 +110,16 @@ impl EngineOptions {
 
 /// The file in the store directory that names the engine which wrote it.
 const ENGINE_FILE: &str = "ENGINE";
+
+/// The engine whose data `store_dir` holds: the one its marker names, sled for data from
+/// before the marker; `None` for an empty or missing directory (or an unknown name, which
+/// [`open`] refuses with its own message).
+pub fn written_by(store_dir: &std::path::Path) -> Option<Engine> {
+    match std::fs::read_to_string(store_dir.join(ENGINE_FILE)) {
+        Ok(found) => Engine::ALL.into_iter().find(|e| e.name() == found.trim()),
+        Err(_) => std::fs::read_dir(store_dir).ok()?.next().is_some().then_some(Engine::Sled),
+    }
+}
 
 /// Opens the engine `engine.engine` with the common options. A directory written by
 /// another engine is refused: the new engine would find it empty and serve no data.
