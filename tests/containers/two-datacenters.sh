@@ -64,11 +64,13 @@ services_healthy() {
 ip_on() {
   docker inspect -f "{{(index .NetworkSettings.Networks \"$(net_of "$2")\").IPAddress}}" "$(id_of "$1")"
 }
+# The nodes' addresses, read once they run (they never change: no node is disconnected).
+declare -A IPS
 # cli NODE ARGS...: redis-cli against a node at its address on its datacenter's network.
 cli() {
   local n=$1
   shift
-  redis-cli -h "$(ip_on "$n" "${n%%-*}")" -p 6379 -a "$PASSWORD" --no-auth-warning "$@"
+  redis-cli -h "${IPS[$n]}" -p 6379 -a "$PASSWORD" --no-auth-warning "$@"
 }
 
 # app NODE ARGS...: the example app on NODE's datacenter network, talking to NODE over TCP.
@@ -115,6 +117,7 @@ for n in "${NODES[@]}"; do
   d=${n%%-*}
   wait_for 60 "$n to list $d-connector $d-n1 $d-n2 alive" sees_alive "$(id_of "$n")" "$d-connector $d-n1 $d-n2"
 done
+for n in "${NODES[@]}"; do IPS[$n]=$(ip_on "$n" "${n%%-*}"); done
 say "every container healthy; each datacenter lists its two nodes and its connector alive:"
 docker exec "$(id_of dc2-n1)" /opencluster-node members | indent
 for d in dc1 dc2; do
