@@ -9,7 +9,7 @@ use clap::{Arg, ArgAction, ArgMatches, Command};
 
 use crate::config::LoadOptions;
 use crate::config::settings::{Kind, SETTINGS};
-use crate::demo::{DemoOptions, MAX_NODES};
+use crate::demo::{DemoOptions, MAX_DATACENTERS, MAX_NODES};
 
 /// What the user asked for.
 #[derive(Debug)]
@@ -149,12 +149,25 @@ The nodes ignore OPENCLUSTER_* environment variables and read a config file only
 give them settings after `--`, e.g.
   opencluster-node demo --nodes 5 -- --store-fsync always --log-level debug
 
+With --datacenters 2 (or 3) the demo runs that many datacenters, dc1, dc2 (and dc3), of N nodes each, and \
+one connector per datacenter: opencluster-connector, which must be beside this program (as cargo builds it). \
+Each datacenter's nodes gossip among themselves only (dc1-n1.log, ..., dc1-connector.log, ...); the connectors \
+link every pair of datacenters over loopback and copy each datacenter's writes to the others. Everything runs \
+on the INSECURE default keys, which cover dc1, dc2 and dc3. The nodes get store.apply_delay = 20ms (unless \
+--config is given) so that writes cross quickly. The demo prints each datacenter's nodes with their redis-cli \
+lines and its connector's `status` command, e.g.
+  opencluster-node demo --datacenters 2 --nodes 3
+  redis-cli -p <a dc1 port> set hello world; redis-cli -p <a dc2 port> get hello
+
 Exit status: 0 after a clean stop; 1 if a node did not come up, exited while the demo ran or had to be \
-killed; 2 for invalid flags.";
+killed, or the connector binary is missing; 2 for invalid flags.";
 
 fn demo_command() -> Command {
     Command::new("demo")
-        .about("Run a local cluster of N node processes on this machine, for trying OpenCluster without Docker")
+        .about(
+            "Run a local cluster of N node processes on this machine (or several datacenters with a connector \
+             each), for trying OpenCluster without Docker",
+        )
         .long_about(DEMO_ABOUT)
         .arg(
             Arg::new("nodes")
@@ -162,7 +175,18 @@ fn demo_command() -> Command {
                 .value_name("N")
                 .default_value("3")
                 .value_parser(clap::value_parser!(u8).range(1..=MAX_NODES as i64))
-                .help(format!("How many nodes to run, 1 to {MAX_NODES}")),
+                .help(format!("How many nodes to run (per datacenter), 1 to {MAX_NODES}")),
+        )
+        .arg(
+            Arg::new("datacenters")
+                .long("datacenters")
+                .value_name("D")
+                .default_value("1")
+                .value_parser(clap::value_parser!(u8).range(1..=MAX_DATACENTERS as i64))
+                .help(format!(
+                    "How many datacenters, 1 to {MAX_DATACENTERS}; with more than one, each gets a connector \
+                     (opencluster-connector, from beside this program)"
+                )),
         )
         .arg(
             Arg::new("base-port")
@@ -171,7 +195,9 @@ fn demo_command() -> Command {
                 .value_parser(clap::value_parser!(u16).range(1..))
                 .help(
                     "Use 4*N consecutive ports from PORT instead of free ones: client ports PORT.., then admin, \
-                     gossip and rpc ports, N of each (with 3 nodes from 7000: redis-cli -p 7000, 7001, 7002)",
+                     gossip and rpc ports, N of each (with 3 nodes from 7000: redis-cli -p 7000, 7001, 7002); with \
+                     D datacenters N is D times --nodes, and the connectors' admin, gossip, rpc and WAN ports \
+                     follow, D of each",
                 ),
         )
         .arg(Arg::new("data-dir").long("data-dir").value_name("DIR").help(
@@ -217,6 +243,7 @@ fn demo_options(m: &ArgMatches, config_file: Option<PathBuf>) -> Result<DemoOpti
     };
     Ok(DemoOptions {
         nodes: usize::from(*m.get_one::<u8>("nodes").expect("has a default")),
+        datacenters: usize::from(*m.get_one::<u8>("datacenters").expect("has a default")),
         base_port: m.get_one::<u16>("base-port").copied(),
         data_dir: m.get_one::<String>("data-dir").map(PathBuf::from),
         replicas: m.get_one::<u32>("replicas").copied(),
@@ -351,7 +378,19 @@ mod tests {
         assert_eq!(d.node_args, ["--store-fsync", "always"]);
         assert_eq!((d.start_timeout, d.stop_timeout), (Duration::from_secs(60), Duration::from_secs(30)));
         let Invocation::Demo(d) = parse_from(["opencluster-node", "demo"]).unwrap() else { panic!("demo") };
-        assert_eq!((d.nodes, d.base_port, d.data_dir, d.node_args.len()), (3, None, None, 0));
+        assert_eq!(
+            (d.nodes, d.datacenters, d.base_port, d.data_dir, d.node_args.len()),
+            (3, 1, None, None, 0)
+        );
+        let Invocation::Demo(d) =
+            parse_from(["opencluster-node", "demo", "--datacenters", "2", "--nodes", "1"]).unwrap()
+        else {
+            panic!("demo")
+        };
+        assert_eq!((d.nodes, d.datacenters), (1, 2));
+        let e =
+            command().try_get_matches_from(["opencluster-node", "demo", "--datacenters", "4"]).unwrap_err();
+        assert!(e.to_string().contains("invalid value '4' for '--datacenters <D>'"), "{e}");
         for nodes in ["0", "17", "three"] {
             let e =
                 command().try_get_matches_from(["opencluster-node", "demo", "--nodes", nodes]).unwrap_err();

@@ -2,7 +2,7 @@
 //! whether it runs on the well-known insecure default keys.
 //!
 //! Keys come from `tls_dir` (made with `opencluster-pki`), or are the default keys built
-//! into the binary. At boot the node uses a hand-issued `node.crt` when one is there,
+//! into the binary (datacenters dc1, dc2 and dc3 of the demo cluster). At boot the node uses a hand-issued `node.crt` when one is there,
 //! otherwise issues itself a short-lived certificate from the datacenter intermediate
 //! (`dc.key`), and a background task renews it before it expires. The mutual-TLS
 //! configuration built here is what the peer and connector endpoints will present.
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use opencluster_pki::boot::BootError;
+use opencluster_pki::default_keys::NoDefaultKeys;
 use opencluster_pki::files::FileError;
 use opencluster_pki::tls::{Credentials, Origin, TlsError};
 use opencluster_pki::{
@@ -32,6 +33,9 @@ pub enum SecurityError {
          (opencluster-pki datacenter --dc {configured})"
     )]
     WrongDatacenter { configured: String, keys: String, keys_source: String },
+    /// `tls_dir` unset, and the datacenter has no built-in demo keys.
+    #[error("invalid setting `datacenter` (tls_dir unset): {0}")]
+    NoDefaultKeys(#[from] NoDefaultKeys),
     #[error("cannot obtain this node's certificate: {0}")]
     Boot(#[from] BootError),
     #[error("cannot build the TLS configuration: {0}")]
@@ -60,7 +64,7 @@ impl Security {
     pub fn load_as(config: &Config, role: Role) -> Result<(Security, Renewal), SecurityError> {
         let keys = match &config.tls_dir {
             Some(dir) => TlsDir::load(dir)?,
-            None => default_keys(),
+            None => default_keys(&config.datacenter)?,
         };
         if keys.datacenter != config.datacenter {
             return Err(SecurityError::WrongDatacenter {
@@ -134,10 +138,19 @@ mod tests {
     }
 
     #[test]
-    fn keys_of_another_datacenter_are_refused_naming_the_setting() {
+    fn default_keys_follow_the_datacenter() {
         let c = Config { datacenter: "dc2".into(), ..config() };
+        let (security, _renewal) = Security::load(&c).unwrap();
+        assert!(security.insecure_default_keys);
+        assert_eq!(security.status()["identity"], "spiffe://opencluster-demo/dc/dc2/node/node-a");
+    }
+
+    #[test]
+    fn a_datacenter_without_default_keys_is_refused_naming_the_setting() {
+        let c = Config { datacenter: "eu-west".into(), ..config() };
         let e = Security::load(&c).err().expect("refused").to_string();
-        assert!(e.contains("`datacenter`") && e.contains("\"dc1\""), "{e}");
+        assert!(e.starts_with("invalid setting `datacenter` (tls_dir unset): "), "{e}");
+        assert!(e.contains("\"eu-west\"") && e.contains("opencluster-pki datacenter"), "{e}");
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! The well-known, INSECURE demo keys of cluster `opencluster-demo`, datacenter `dc1`
-//! (`deploy/default-keys/`), embedded in the binaries so a process can run with them
-//! without the repository: `--dev` and the official images when no keys are given.
+//! The well-known, INSECURE demo keys of cluster `opencluster-demo`, datacenters `dc1`,
+//! `dc2` and `dc3` (`deploy/default-keys/`), embedded in the binaries so a process can run
+//! with them without the repository: `--dev`, the demos and the official images when no
+//! keys are given.
 //!
 //! Everyone has these keys. A process using them must say so (log, health, metric); the
-//! node does that. [`is_default`] recognises them by the root certificate's fingerprint,
-//! so a tls dir that merely copies them is recognised too.
+//! node and the connector do that. [`is_default`] recognises them by the root
+//! certificate's fingerprint, so a tls dir that merely copies them is recognised too.
+//! There is no demo root key: a fourth demo datacenter cannot be made, and a process of
+//! any other datacenter needs keys from `opencluster-pki` ([`NoDefaultKeys`]).
 
 use std::path::PathBuf;
 
@@ -14,27 +17,63 @@ use crate::files::{TlsDir, TlsTexts};
 pub const DEFAULT_KEYS_DIR: &str = "deploy/default-keys";
 /// The cluster name of the default keys.
 pub const DEFAULT_CLUSTER: &str = "opencluster-demo";
-/// The datacenter of the default keys' intermediate.
-pub const DEFAULT_DATACENTER: &str = "dc1";
+/// The datacenters that have a default intermediate, in order.
+pub const DEFAULT_DATACENTERS: [&str; 3] = ["dc1", "dc2", "dc3"];
 
 const ROOT_CRT: &str = include_str!("../../deploy/default-keys/root.crt");
-const DC_CRT: &str = include_str!("../../deploy/default-keys/dc.crt");
-const DC_KEY: &str = include_str!("../../deploy/default-keys/dc.key");
-const KEYRING: &str = include_str!("../../deploy/default-keys/gossip.keyring");
 
-/// The default keys, parsed from the copies embedded at build time.
-pub fn default_keys() -> TlsDir {
+/// One datacenter's embedded files: (name, dc.crt, dc.key, gossip.keyring).
+type Embedded = (&'static str, &'static str, &'static str, &'static str);
+
+const EMBEDDED: [Embedded; 3] = [
+    (
+        "dc1",
+        include_str!("../../deploy/default-keys/dc1/dc.crt"),
+        include_str!("../../deploy/default-keys/dc1/dc.key"),
+        include_str!("../../deploy/default-keys/dc1/gossip.keyring"),
+    ),
+    (
+        "dc2",
+        include_str!("../../deploy/default-keys/dc2/dc.crt"),
+        include_str!("../../deploy/default-keys/dc2/dc.key"),
+        include_str!("../../deploy/default-keys/dc2/gossip.keyring"),
+    ),
+    (
+        "dc3",
+        include_str!("../../deploy/default-keys/dc3/dc.crt"),
+        include_str!("../../deploy/default-keys/dc3/dc.key"),
+        include_str!("../../deploy/default-keys/dc3/gossip.keyring"),
+    ),
+];
+
+/// A datacenter the default keys do not cover.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "there are no built-in demo keys for datacenter {datacenter:?} (only for {}): make keys with opencluster-pki \
+     (`opencluster-pki init --cluster NAME --out ca`, then `opencluster-pki datacenter --ca ca --dc {datacenter} \
+     --out tls-{datacenter}`) and set tls_dir to that directory",
+    DEFAULT_DATACENTERS.join(", ")
+)]
+pub struct NoDefaultKeys {
+    pub datacenter: String,
+}
+
+/// The default keys of `datacenter`, parsed from the copies embedded at build time.
+pub fn default_keys(datacenter: &str) -> Result<TlsDir, NoDefaultKeys> {
+    let Some(&(dc, cert, key, keyring)) = EMBEDDED.iter().find(|(dc, ..)| *dc == datacenter) else {
+        return Err(NoDefaultKeys { datacenter: datacenter.to_string() });
+    };
     let texts = TlsTexts {
-        dir: PathBuf::from(DEFAULT_KEYS_DIR),
+        dir: PathBuf::from(DEFAULT_KEYS_DIR).join(dc),
         root: ROOT_CRT.to_string(),
-        dc: Some((DC_CRT.to_string(), DC_KEY.to_string())),
+        dc: Some((cert.to_string(), key.to_string())),
         leaf: None,
-        keyring: Some(KEYRING.to_string()),
+        keyring: Some(keyring.to_string()),
     };
     // The embedded files are fixed at build time and checked by the tests below, so a
     // failure here is a broken build, not an operating condition.
-    TlsDir::from_texts("built-in default keys (INSECURE)".to_string(), texts)
-        .expect("the embedded default keys in deploy/default-keys are valid")
+    Ok(TlsDir::from_texts(format!("built-in default keys of {dc} (INSECURE)"), texts)
+        .expect("the embedded default keys in deploy/default-keys are valid"))
 }
 
 /// Whether `tls` uses the default keys' root: then anyone can mint its identities.
@@ -47,20 +86,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_keys_load_and_are_recognised() {
-        let keys = default_keys();
-        assert_eq!(keys.cluster, DEFAULT_CLUSTER);
-        assert_eq!(keys.datacenter, DEFAULT_DATACENTER);
-        assert!(keys.intermediate.is_some() && keys.keyring.is_some() && keys.leaf.is_none());
-        assert!(is_default(&keys));
+    fn every_default_datacenter_loads_and_is_recognised() {
+        for dc in DEFAULT_DATACENTERS {
+            let keys = default_keys(dc).unwrap();
+            assert_eq!(keys.cluster, DEFAULT_CLUSTER);
+            assert_eq!(keys.datacenter, dc);
+            assert!(keys.intermediate.is_some() && keys.keyring.is_some() && keys.leaf.is_none());
+            assert!(is_default(&keys));
+            assert!(keys.source.contains(dc) && keys.source.contains("INSECURE"), "{}", keys.source);
+        }
+    }
+
+    #[test]
+    fn other_datacenters_are_told_to_make_keys() {
+        let e = default_keys("dc4").unwrap_err().to_string();
+        assert!(e.contains("\"dc4\" (only for dc1, dc2, dc3)"), "{e}");
+        assert!(e.contains("opencluster-pki datacenter --ca ca --dc dc4") && e.contains("tls_dir"), "{e}");
     }
 
     #[test]
     fn default_keys_last_long() {
-        let keys = default_keys();
         let ten_years = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
         let horizon = std::time::SystemTime::now() + ten_years;
-        assert!(keys.root_info.not_after > horizon);
-        assert!(keys.intermediate.as_ref().is_some_and(|dc| dc.info().not_after > horizon));
+        for dc in DEFAULT_DATACENTERS {
+            let keys = default_keys(dc).unwrap();
+            assert!(keys.root_info.not_after > horizon);
+            assert!(keys.intermediate.as_ref().is_some_and(|i| i.info().not_after > horizon), "{dc}");
+        }
     }
 }

@@ -323,8 +323,13 @@ fn bake_writes_a_complete_build_context() {
     let defaults = t.join("defaults");
     fs::create_dir(&defaults).unwrap();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/default-keys");
-    for f in ["root.crt", "dc.crt", "dc.key", "gossip.keyring"] {
-        let text = fs::read(repo.join(f)).unwrap();
+    for (f, from) in [
+        ("root.crt", repo.join("root.crt")),
+        ("dc.crt", repo.join("dc2/dc.crt")),
+        ("dc.key", repo.join("dc2/dc.key")),
+        ("gossip.keyring", repo.join("dc2/gossip.keyring")),
+    ] {
+        let text = fs::read(from).unwrap();
         opencluster_pki::files::write_file(&defaults.join(f), &text, 0o600, false).unwrap();
     }
     let e = fails(&["bake", "--tls-dir", "defaults", "--from", "x", "--tag", "y", "--out", "c4"], t);

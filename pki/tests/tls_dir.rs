@@ -218,20 +218,22 @@ fn the_root_ca_dir_round_trips() {
 #[test]
 fn the_repository_default_keys_are_the_embedded_ones() {
     setup();
-    let keys = opencluster_pki::default_keys();
-    assert!(opencluster_pki::is_default(&keys));
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(opencluster_pki::DEFAULT_KEYS_DIR);
     let on_disk = fs::read_to_string(repo.join("root.crt")).unwrap();
-    assert!(on_disk.contains(&keys.root_pem()));
-    // A node issues itself a certificate from them like from any tls dir.
-    let creds =
-        boot::boot_identity(&keys, &BootRequest::new("dev", Role::Node, vec![]), SystemTime::now()).unwrap();
-    assert_eq!(creds.identity.uri(), "spiffe://opencluster-demo/dc/dc1/node/dev");
-    // In git the files are 0644, so loading them as a tls dir is refused: the node uses
-    // the embedded copy (or copies them to a private directory) instead.
-    if mode(&repo.join("dc.key")) & 0o077 != 0 {
-        assert!(load_err(&repo).contains("dc.key is readable by group or others"));
+    for dc in opencluster_pki::default_keys::DEFAULT_DATACENTERS {
+        let keys = opencluster_pki::default_keys(dc).unwrap();
+        assert!(opencluster_pki::is_default(&keys));
+        assert!(on_disk.contains(&keys.root_pem()));
+        let dc_on_disk = fs::read_to_string(repo.join(dc).join("dc.crt")).unwrap();
+        assert!(dc_on_disk.contains(&keys.intermediate.as_ref().unwrap().cert_pem()), "{dc}");
+        // A process issues itself a certificate from them like from any tls dir.
+        let creds =
+            boot::boot_identity(&keys, &BootRequest::new("dev", Role::Node, vec![]), SystemTime::now())
+                .unwrap();
+        assert_eq!(creds.identity.uri(), format!("spiffe://opencluster-demo/dc/{dc}/node/dev"));
     }
+    // There is no demo root key, so no fourth datacenter.
+    assert!(!repo.join("root.key").exists());
 }
 
 #[test]

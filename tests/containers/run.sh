@@ -16,6 +16,9 @@
 #                   again when the engine is in none; an existing swarm is used and kept
 #                   when this engine manages it; skipped on a worker or when
 #                   `docker swarm init` fails)
+#   two-datacenters deploy/compose/docker-compose.two-dc.yml: two datacenters replicate
+#                   both ways through their connectors, survive `docker network
+#                   disconnect` of a connector from the WAN, and converge after reconnect
 #
 # A scenario that cannot run here exits 77 after a notice and counts as skipped. Each
 # scenario removes every container, network, volume and image it made, also when it
@@ -33,7 +36,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 cd "$ROOT"
 source "$HERE/lib.sh"
 
-ALL=(compose customer-image memory-limit partition swarm)
+ALL=(compose customer-image memory-limit partition swarm two-datacenters)
 if [ $# -gt 0 ]; then
   SCENARIOS=("$@")
 else

@@ -12,6 +12,10 @@ is a setting the binaries know (from `opencluster-node --help` and
 listens on, the join name is a headless Service that selects the node pods, the keys and
 the password come from Secrets the node can read, the socket directory is the same host
 directory for the node and the apps, and the stop grace period outlasts the node's own.
+The connector manifests (deploy/k8s/connector.yaml, deploy/swarm/connector.yml, the
+two-datacenter compose file) are checked the same way: settings the binaries know (the
+connector reads the node's settings), its image, its WAN port, its health check, and that
+it joins the nodes of its own datacenter.
 Prints each check; exits 1 listing the failures. The binaries default to target/debug/.
 """
 
@@ -89,8 +93,11 @@ def check_kubernetes(node_envs, app_envs, prefix, images, version):
     kustomization = yaml.safe_load((k8s / "kustomization.yaml").read_text())
     # The client password's Secret is applied on its own, so that `apply -k` never
     # replaces the operator's password with the file's placeholder.
-    files = {p.name for p in k8s.glob("*.yaml")} - {"kustomization.yaml", "secret-client.yaml"}
-    check(set(kustomization["resources"]) == files, f"kustomization.yaml lists every manifest but secret-client.yaml ({sorted(files)})")
+    # So is the connector's, applied once a cluster spans datacenters and its addresses
+    # are filled in.
+    files = {p.name for p in k8s.glob("*.yaml")} - {"kustomization.yaml", "secret-client.yaml", "connector.yaml"}
+    check(set(kustomization["resources"]) == files,
+          f"kustomization.yaml lists every manifest but secret-client.yaml and connector.yaml ({sorted(files)})")
 
     namespaced = [d for kind, ds in docs.items() if kind not in ("Namespace", "Kustomization") for _, d in ds]
     namespaces = {d["metadata"].get("namespace") for d in namespaced}
@@ -211,6 +218,51 @@ def check_kubernetes(node_envs, app_envs, prefix, images, version):
     check(len(confd) == 1 and configmaps.get(volumes[confd[0]["name"]]["configMap"]["name"], {}).get("data", {}).get(confd[0]["subPath"]) == profile,
           "the node's conf.d gets deploy/docker/conf.d/memory-128m.toml, the profile tested under 128 MiB, unchanged")
 
+    check_kubernetes_connector(docs, services, node_envs, node_labels, nenv, prefix, version)
+
+
+def check_kubernetes_connector(docs, services, node_envs, node_labels, node_env, prefix, version):
+    deployments = {d["metadata"]["name"]: d for _, d in docs.get("Deployment", [])}
+    dep = deployments.get("opencluster-connector")
+    check(dep is not None, "connector.yaml: a Deployment opencluster-connector")
+    if dep is None:
+        return
+    pod = dep["spec"]["template"]["spec"]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    check(dep["spec"]["selector"]["matchLabels"].items() <= labels.items(), "the connector Deployment selects its own pods")
+    check(dep["spec"].get("replicas") == 2, "two connector replicas (the second is the twin that takes over)")
+    check(not labels.items() <= node_labels.items(), "the connector pods are not selected as nodes")
+    (c,) = pod["containers"]
+    cenv = env_of(c)
+    check(c["image"] == f"{prefix}connector:{version}", f"the connector image is build-images.sh's, pinned to {version} ({c['image']})")
+    unknown = sorted(set(cenv) - node_envs)
+    check(not unknown, f"every variable of the connector is a setting ({sorted(cenv)}){' unknown: ' + str(unknown) if unknown else ''}")
+    check(pod.get("enableServiceLinks") is False, "the connector's service links are off")
+    for name in ("OPENCLUSTER_DATACENTER", "OPENCLUSTER_CONNECTOR_WAN_ADVERTISE", "OPENCLUSTER_CONNECTOR_PEERS"):
+        check(cenv.get(name, {}).get("value"), f"the connector sets {name}")
+    check(cenv.get("OPENCLUSTER_JOIN_SERVICE", {}).get("value") == node_env.get("OPENCLUSTER_JOIN_SERVICE", {}).get("value"),
+          "the connector joins the nodes' headless Service, as the nodes do")
+    ports = {p["name"]: p for p in c["ports"]}
+    check(ports.get("wan", {}).get("containerPort") == 7948 and ports["wan"].get("protocol") == "UDP", "connector WAN 7948/UDP")
+    admin = cenv.get("OPENCLUSTER_ADMIN_ADDR", {}).get("value", "127.0.0.1:9379")
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = c.get(probe, {}).get("httpGet", {})
+        port = get.get("port")
+        number = ports[port]["containerPort"] if isinstance(port, str) and port in ports else port
+        check(get.get("path") == "/v1/health" and number == port_of(admin) and not admin.startswith("127."),
+              f"connector {probe}: GET /v1/health on the admin port it listens on beyond loopback ({admin})")
+    wan = [s for s in services.values() if s["spec"]["selector"].items() <= labels.items()
+           and any(p["port"] == 7948 and p.get("protocol") == "UDP" for p in s["spec"]["ports"])]
+    check(len(wan) == 1 and wan[0]["spec"].get("type") in ("LoadBalancer", "NodePort"),
+          "a LoadBalancer (or NodePort) Service carries the WAN port 7948/UDP to the connectors")
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    tls_dir = cenv.get("OPENCLUSTER_TLS_DIR", {}).get("value")
+    check(tls_dir in mounts and "secret" in volumes[mounts[tls_dir]["name"]], "the connector's keys are the Secret the nodes use")
+    check("/data" in mounts, "the connector has a /data volume (its id and cursors)")
+    check("memory" in c.get("resources", {}).get("limits", {}), "the connector has a memory limit")
+    check(pod.get("terminationGracePeriodSeconds", 30) >= 20, "the connector has time to stop cleanly")
+
 
 # --------------------------------------------------------------------------------------
 def check_swarm(node_envs, app_envs, prefix):
@@ -245,13 +297,55 @@ def check_swarm(node_envs, app_envs, prefix):
               for f in ("dc.key", "gossip.keyring")), "the secret keys are 0400, owned by 10001")
 
 
-def check_compose(node_envs, app_envs):
+def check_swarm_connector(node_envs, prefix):
+    stack = yaml.safe_load((ROOT / "deploy/swarm/opencluster-stack.yml").read_text())
+    extra = yaml.safe_load((ROOT / "deploy/swarm/connector.yml").read_text())
+    c = extra["services"]["connector"]
+    check(c["image"].startswith("${OPENCLUSTER_IMAGE_PREFIX:-" + prefix + "}connector:"), "connector.yml: the connector image of build-images.sh")
+    for svc in ("connector", "node"):
+        unknown = sorted(set(extra["services"][svc].get("environment", {})) - node_envs)
+        check(not unknown, f"connector.yml: every variable of {svc} is a setting{' unknown: ' + str(unknown) if unknown else ''}")
+    env = c["environment"]
+    check(env.get("OPENCLUSTER_JOIN_SERVICE", "").startswith("tasks.") and env["OPENCLUSTER_JOIN_SERVICE"].endswith("_node"),
+          "connector.yml: the connector joins the tasks of the stack's node service")
+    check(env.get("OPENCLUSTER_DATACENTER") == extra["services"]["node"]["environment"].get("OPENCLUSTER_DATACENTER"),
+          "connector.yml: the nodes and the connector are of the same datacenter")
+    check(all(env.get(n) for n in ("OPENCLUSTER_CONNECTOR_WAN_ADVERTISE", "OPENCLUSTER_CONNECTOR_PEERS")),
+          "connector.yml: the WAN address and the peers are set")
+    check(any(p.get("target") == 7948 and p.get("protocol") == "udp" and p.get("mode") == "host" for p in c.get("ports", [])),
+          "connector.yml: 7948/udp published on the host (not through the routing mesh, which would take eth0)")
+    check(c["healthcheck"]["test"] == ["CMD", "/opencluster-connector", "health"], "connector.yml: the health check is `opencluster-connector health`")
+    check(set(c["networks"]) == set(stack["services"]["node"]["networks"]), "connector.yml: on the nodes' network")
+    check(any(v.endswith(":/data") for v in c["volumes"]), "connector.yml: /data is a volume (id and cursors)")
+    check(duration_seconds(c.get("stop_grace_period")) >= 20, "connector.yml: stop_grace_period >= 20s")
+
+
+def check_compose(node_envs, app_envs, prefix):
     print("deploy/compose:")
-    compose = yaml.safe_load((ROOT / "deploy/compose/docker-compose.yml").read_text())
-    for name, svc in compose["services"].items():
-        envs = app_envs if "example-app" in svc["image"] else node_envs
-        unknown = sorted(set(svc.get("environment", {})) - envs)
-        check(not unknown, f"{name}: every variable is known{' unknown: ' + str(unknown) if unknown else ''}")
+    for file in ("docker-compose.yml", "docker-compose.two-dc.yml"):
+        compose = yaml.safe_load((ROOT / "deploy/compose" / file).read_text())
+        for name, svc in compose["services"].items():
+            envs = app_envs if "example-app" in svc["image"] else node_envs
+            unknown = sorted(set(svc.get("environment", {})) - envs)
+            check(not unknown, f"{file}: {name}: every variable is known{' unknown: ' + str(unknown) if unknown else ''}")
+    two = yaml.safe_load((ROOT / "deploy/compose/docker-compose.two-dc.yml").read_text())["services"]
+    connectors = {n: s for n, s in two.items() if "}connector:" in s["image"]}
+    nodes = {n: s for n, s in two.items() if "}node:" in s["image"]}
+    check(sorted(connectors) == ["dc1-connector", "dc2-connector"], "two-dc: one connector per datacenter")
+    for name, c in connectors.items():
+        dc = c["environment"]["OPENCLUSTER_DATACENTER"]
+        own = [n for n, s in nodes.items() if s["environment"]["OPENCLUSTER_DATACENTER"] == dc]
+        join = {h.split(":")[0] for h in c["environment"]["OPENCLUSTER_JOIN"].split(",")}
+        check(join == set(own) and all(nodes[n]["networks"] == [dc] for n in own),
+              f"two-dc: {name} joins the nodes of {dc} ({sorted(own)}), which are on network {dc} only")
+        peers = dict(p.split("=") for p in c["environment"]["OPENCLUSTER_CONNECTOR_PEERS"].split(","))
+        others = {n for n, s in connectors.items() if n != name}
+        check({h.split(":")[0] for h in peers.values()} == others and all(p.endswith(":7948") for p in peers.values()),
+              f"two-dc: {name} links to the other connector's WAN port ({peers})")
+        # The datacenter's network must be eth0 (the advertised one): networks attach in
+        # name order, so it must sort before `wan`.
+        check(c["networks"] == [dc, "wan"] and dc < "wan" and c["environment"].get("OPENCLUSTER_BIND_INTERFACE") == "eth0",
+              f"two-dc: {name} is on {dc} (eth0, advertised) and wan")
 
 
 def main():
@@ -268,7 +362,8 @@ def main():
     prefix, images, version = built_images()
     check_kubernetes(node_envs, app_envs, prefix, images, version)
     check_swarm(node_envs, app_envs, prefix)
-    check_compose(node_envs, app_envs)
+    check_swarm_connector(node_envs, prefix)
+    check_compose(node_envs, app_envs, prefix)
     if failures:
         print(f"{len(failures)} of {len(failures) + passed} checks FAILED:")
         for f in failures:

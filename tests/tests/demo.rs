@@ -293,3 +293,94 @@ fn wrong_flags_are_refused_before_anything_starts() {
         "{stderr}"
     );
 }
+
+/// The rows of the tables of a demo of several datacenters:
+/// `  dcK-nI  PID  CLIENT  ADMIN  redis-cli -p PORT`.
+fn parse_datacenter_tables(stdout: &str) -> Vec<Listed> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            let is_row = cells.len() == 7 && cells[0].starts_with("dc") && cells[0].contains("-n");
+            is_row.then(|| Listed {
+                name: cells[0].to_string(),
+                pid: cells[1].parse().unwrap(),
+                client: cells[2].parse().unwrap(),
+                admin: cells[3].parse().unwrap(),
+            })
+        })
+        .collect()
+}
+
+/// `(name, pid)` of each connector line: `  connector: dcK-connector (pid P), WAN ADDR`.
+fn parse_connectors(stdout: &str) -> Vec<(String, u32)> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim_start().strip_prefix("connector: ")?;
+            let (name, rest) = rest.split_once(" (pid ")?;
+            Some((name.to_string(), rest.split_once(')')?.0.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn two_datacenters_copy_a_write_from_dc1_to_dc2_and_sigint_stops_every_process() {
+    node_only!("the demo runs the node and the connector");
+    opencluster_tests::connector::connector_binary(); // beside the node binary, or the test says how to build it
+    let mut demo = Demo::start(&["--datacenters", "2", "--nodes", "1"]);
+    demo.nodes = parse_datacenter_tables(&demo.stdout());
+    let names: Vec<&str> = demo.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["dc1-n1", "dc2-n1"], "{}", demo.output());
+    let connectors = parse_connectors(&demo.stdout());
+    let connector_names: Vec<&str> = connectors.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(connector_names, ["dc1-connector", "dc2-connector"], "{}", demo.output());
+    assert!(demo.stderr().contains("INSECURE"), "the default-keys warning is missing\n{}", demo.output());
+    for (name, pid) in &connectors {
+        assert!(process_exists(*pid), "{name} (pid {pid}) is not running");
+        let log = fs::read_to_string(demo.dir.join(format!("{name}.log"))).unwrap();
+        let dc = &name[..3];
+        assert!(
+            log.contains(&format!("spiffe://opencluster-demo/dc/{dc}/connector/{name}")),
+            "{name} has no certificate of the demo cluster's {dc}:\n{log}"
+        );
+    }
+    // Each datacenter is a cluster of its own: its node and its connector.
+    assert_eq!(
+        member_states(demo.nodes[1].admin),
+        [("dc2-connector".to_string(), "alive".to_string()), ("dc2-n1".to_string(), "alive".to_string())]
+    );
+
+    let (dc1, dc2) = (&demo.nodes[0], &demo.nodes[1]);
+    let key = format!("demo-dc-{}", std::process::id());
+    redis::cmd("SET").arg(&key).arg("written-in-dc1").exec(&mut redis_conn(dc1.client)).unwrap();
+    let mut in_dc2 = redis_conn(dc2.client);
+    let mut got: Option<String> = None;
+    let arrived = wait_until(Duration::from_secs(30), || {
+        got = redis::cmd("GET").arg(&key).query(&mut in_dc2).unwrap();
+        got.is_some()
+    });
+    assert!(arrived, "the write in dc1 did not reach dc2 within 30s\n{}", demo.output());
+    assert_eq!(got.as_deref(), Some("written-in-dc1"));
+
+    send_signal(demo.pid(), libc::SIGINT);
+    let mut status = None;
+    let child = demo.child.as_mut().unwrap();
+    wait_until(STOPPED, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    let status =
+        status.unwrap_or_else(|| panic!("demo still running {STOPPED:?} after SIGINT\n{}", demo.output()));
+    demo.child = None;
+    assert!(status.success(), "demo exited with {status}\n{}", demo.output());
+    assert!(demo.stdout().contains("stopped 2 node(s) and 2 connector(s)"), "{}", demo.output());
+    for n in &demo.nodes {
+        assert!(!process_exists(n.pid), "{} (pid {}) outlived the demo", n.name, n.pid);
+        assert!(refuses(n.client) && refuses(n.admin), "{}'s ports still accept connections", n.name);
+    }
+    for (name, pid) in &connectors {
+        assert!(!process_exists(*pid), "{name} (pid {pid}) outlived the demo");
+    }
+    assert!(!demo.dir.exists(), "{} was not removed\n{}", demo.dir.display(), demo.output());
+}

@@ -47,9 +47,9 @@ fn new_key() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// The primary key of the default keys' keyring, which `--dev` nodes use.
+/// The primary key of the default keys' keyring of dc1, which `--dev` nodes use.
 fn default_key() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/default-keys/gossip.keyring");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/default-keys/dc1/gossip.keyring");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .find_map(|l| l.strip_prefix("primary = \"")?.strip_suffix('"').map(str::to_string))

@@ -1,4 +1,5 @@
-//! The node's keys: on the built-in default keys it says so (log, /v1/health, metric);
+//! The node's keys: on the built-in default keys it says so (log, /v1/health, metric),
+//! and they cover datacenters dc1 to dc3 of the demo cluster only;
 //! with a customer's keys from `opencluster-pki` it issues itself a certificate of that
 //! cluster; keys for another datacenter, or a private key others can read, stop it from
 //! starting with an error that says why.
@@ -21,6 +22,30 @@ fn on_the_default_keys_the_node_says_it_is_insecure() {
     assert_eq!(status["security"]["identity"], format!("spiffe://opencluster-demo/dc/dc1/node/{name}"));
     assert_eq!(status["security"]["certificate"], "self-issued");
     assert!(node.log().contains("INSECURE"), "no INSECURE warning in the log:\n{}", node.log());
+}
+
+#[test]
+fn the_default_keys_cover_dc3_and_refuse_other_datacenters_naming_opencluster_pki() {
+    node_only!("keys are the node's");
+    let node = Node::start(NodeOpts::new().args(&["--datacenter", "dc3"]));
+    let health = node.admin_json("/v1/health");
+    assert_eq!(health["insecure_default_keys"], true);
+    assert_eq!(node.metric("opencluster_insecure_default_keys"), "1");
+    let status = node.admin_json("/v1/status");
+    let name = health["node"].as_str().unwrap();
+    assert_eq!(status["security"]["identity"], format!("spiffe://opencluster-demo/dc/dc3/node/{name}"));
+    assert!(node.log().contains("INSECURE"), "no INSECURE warning in the log:\n{}", node.log());
+
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = node_command();
+    cmd.args(["--dev", "--client-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--datacenter", "dc4"])
+        .args(["--data-dir", data.path().to_str().unwrap()]);
+    let out = run_with_deadline(cmd, Duration::from_secs(15)).expect("the node refused to start, and exited");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "exit status; stderr: {err}");
+    assert!(err.contains("invalid setting `datacenter` (tls_dir unset)"), "{err}");
+    assert!(err.contains("no built-in demo keys for datacenter \"dc4\" (only for dc1, dc2, dc3)"), "{err}");
+    assert!(err.contains("opencluster-pki datacenter --ca ca --dc dc4"), "{err}");
 }
 
 #[test]

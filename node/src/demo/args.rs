@@ -1,24 +1,29 @@
-//! The command line of each demo node, and its check before anything starts.
+//! The command line of each demo node and connector, and the nodes' check before anything
+//! starts.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use super::ports::NodePorts;
+use super::ports::{ConnectorPorts, NodePorts};
 use super::{DemoError, DemoOptions};
 
-/// The command line of node `i` (0-based).
+/// The command line of node `name` of datacenter `dc` (`None`: the default one), joining
+/// `seed` unless it is the first.
 pub fn node_args(
     opts: &DemoOptions,
     dir: &Path,
-    i: usize,
+    name: &str,
+    dc: Option<&str>,
     ports: &NodePorts,
-    first: &NodePorts,
+    seed: Option<SocketAddr>,
 ) -> Vec<String> {
-    let mut a: Vec<String> = vec![
-        "--dev".into(),
-        "--node-name".into(),
-        node_name(i),
+    let mut a: Vec<String> = vec!["--dev".into(), "--node-name".into(), name.into()];
+    if let Some(dc) = dc {
+        a.extend(["--datacenter".into(), dc.into()]);
+    }
+    a.extend([
         "--data-dir".into(),
-        dir.join(node_name(i)).display().to_string(),
+        dir.join(name).display().to_string(),
         "--client-addr".into(),
         ports.client_addr().to_string(),
         "--admin-addr".into(),
@@ -27,9 +32,9 @@ pub fn node_args(
         ports.gossip_addr().to_string(),
         "--rpc-addr".into(),
         ports.rpc_addr().to_string(),
-    ];
-    if i > 0 {
-        a.extend(["--join".into(), first.gossip_addr().to_string()]);
+    ]);
+    if let Some(seed) = seed {
+        a.extend(["--join".into(), seed.to_string()]);
     }
     if let Some(r) = opts.replicas {
         a.extend(["--cluster-replicas".into(), r.to_string()]);
@@ -41,8 +46,44 @@ pub fn node_args(
     a
 }
 
-pub fn node_name(i: usize) -> String {
-    format!("n{}", i + 1)
+/// The command line of connector `name` of datacenter `dc`: it joins its datacenter at
+/// `seed` and links to `peers` (the other datacenters' WAN addresses). The flags after
+/// `--` are node flags and do not reach it; `--config` does.
+pub fn connector_args(
+    opts: &DemoOptions,
+    dir: &Path,
+    name: &str,
+    dc: &str,
+    ports: &ConnectorPorts,
+    seed: SocketAddr,
+    peers: &[(String, SocketAddr)],
+) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "--dev".into(),
+        "--node-name".into(),
+        name.into(),
+        "--datacenter".into(),
+        dc.into(),
+        "--data-dir".into(),
+        dir.join(name).display().to_string(),
+        "--admin-addr".into(),
+        ports.admin_addr().to_string(),
+        "--gossip-addr".into(),
+        ports.gossip_addr().to_string(),
+        "--rpc-addr".into(),
+        ports.rpc_addr().to_string(),
+        "--wan-addr".into(),
+        ports.wan_addr().to_string(),
+        "--join".into(),
+        seed.to_string(),
+    ];
+    for (remote, addr) in peers {
+        a.extend(["--peer".into(), format!("{remote}={addr}")]);
+    }
+    if let Some(c) = &opts.config_file {
+        a.extend(["--config".into(), c.display().to_string()]);
+    }
+    a
 }
 
 /// Parses a node's command line and loads its config as the node will, so that a wrong
@@ -72,8 +113,8 @@ pub fn check_node_args(args: &[String]) -> Result<(), DemoError> {
             let text = e.to_string();
             let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
             format!(
-                "{first} (the demo itself gives each node --dev, --node-name, --data-dir, --join and its four \
-                 addresses)"
+                "{first} (the demo itself gives each node --dev, --node-name, --data-dir, --join, its four \
+                 addresses and, with several datacenters, --datacenter)"
             )
         }
     };
@@ -88,13 +129,13 @@ mod tests {
 
     #[test]
     fn every_node_but_the_first_joins_the_first() {
-        let plan = ports::from_base(7000, 3).unwrap();
+        let plan = ports::from_base(7000, 3, 0).unwrap().nodes;
         let mut o = opts();
         o.replicas = Some(2);
         o.node_args = vec!["--store-fsync".into(), "always".into()];
-        let first = node_args(&o, Path::new("/d"), 0, &plan[0], &plan[0]);
+        let first = node_args(&o, Path::new("/d"), "n1", None, &plan[0], None);
         assert!(!first.contains(&"--join".to_string()), "{first:?}");
-        let third = node_args(&o, Path::new("/d"), 2, &plan[2], &plan[0]);
+        let third = node_args(&o, Path::new("/d"), "n3", None, &plan[2], Some(plan[0].gossip_addr()));
         let text = third.join(" ");
         assert!(
             text.starts_with("--dev --node-name n3 --data-dir /d/n3 --client-addr 127.0.0.1:7002"),
@@ -110,7 +151,7 @@ mod tests {
 
     #[test]
     fn node_flags_the_demo_sets_or_does_not_know_are_refused_before_starting() {
-        let plan = ports::from_base(7000, 2).unwrap();
+        let plan = ports::from_base(7000, 2, 0).unwrap().nodes;
         let mut o = opts();
         for (extra, expected) in [
             (vec!["--client-addr", "127.0.0.1:1"], "'--client-addr <ADDR>' cannot be used multiple times"),
@@ -119,10 +160,19 @@ mod tests {
             (vec!["--log-format", "yaml"], "invalid setting `log_format` (from --log-format)"),
         ] {
             o.node_args = extra.iter().map(|s| s.to_string()).collect();
-            let e = check_node_args(&node_args(&o, Path::new("/d"), 1, &plan[1], &plan[0])).unwrap_err();
+            let args = node_args(&o, Path::new("/d"), "n2", None, &plan[1], Some(plan[0].gossip_addr()));
+            let e = check_node_args(&args).unwrap_err();
             let text = e.to_string();
             assert!(text.starts_with("the node flags after `--`: ") && text.contains(expected), "{text}");
             assert_eq!(e.exit_code(), 2);
         }
+    }
+
+    #[test]
+    fn a_node_of_another_datacenter_passes_the_check() {
+        let plan = ports::from_base(7000, 1, 0).unwrap().nodes;
+        let args = node_args(&opts(), Path::new("/d"), "dc2-n1", Some("dc2"), &plan[0], None);
+        assert!(args.join(" ").starts_with("--dev --node-name dc2-n1 --datacenter dc2 --data-dir /d/dc2-n1"));
+        check_node_args(&args).unwrap();
     }
 }

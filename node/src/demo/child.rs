@@ -1,23 +1,24 @@
-//! One demo node: a child process of this executable, its ports, its log file, and the
-//! signals the demo sends it.
+//! One demo process (a node, or a connector when the demo runs several datacenters): a
+//! child process, its admin address, its log file, and the signals the demo sends it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
 use super::DemoError;
-use super::ports::NodePorts;
 
 /// Bytes read from the end of a log to show its last lines.
 const LOG_TAIL_BYTES: u64 = 64 << 10;
 
-/// A node process the demo started.
+/// A process the demo started.
 pub struct NodeProcess {
-    /// `n1`, `n2`, ...
+    /// `n1`, `n2`, ... (`dc1-n1`, `dc1-connector`, ... with several datacenters)
     pub name: String,
-    pub ports: NodePorts,
+    /// Where its admin API answers: the demo asks it whether the process is ready.
+    pub admin: SocketAddr,
     pub log: PathBuf,
     child: Child,
     /// Set once the process has exited and was reaped.
@@ -28,12 +29,14 @@ impl NodeProcess {
     /// Starts `exe` with `args`, its stdout and stderr appended to `log`, in a process
     /// group of its own: a Ctrl-C in the terminal reaches only the demo, which then stops
     /// the nodes in order. On Linux the node also gets SIGTERM if the demo dies without
-    /// stopping it (killed with SIGKILL), so no node outlives the demo.
+    /// stopping it (killed with SIGKILL), so no node outlives the demo. `env` is set for
+    /// it after the demo's own `OPENCLUSTER_*` variables are removed.
     pub fn spawn(
         exe: &Path,
         name: String,
-        ports: NodePorts,
+        admin: SocketAddr,
         args: &[String],
+        env: &[(&str, &str)],
         log: PathBuf,
     ) -> Result<NodeProcess, DemoError> {
         let io = |what: &str, source| DemoError::Io { what: format!("{what} {}", log.display()), source };
@@ -48,11 +51,12 @@ impl NodeProcess {
                 cmd.env_remove(key);
             }
         }
+        cmd.envs(env.iter().copied());
         stop_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|source| DemoError::Io { what: format!("start {name} ({})", exe.display()), source })?;
-        Ok(NodeProcess { name, ports, log, child, exit: None })
+        Ok(NodeProcess { name, admin, log, child, exit: None })
     }
 
     pub fn pid(&self) -> u32 {

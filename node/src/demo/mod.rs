@@ -1,17 +1,22 @@
 //! `opencluster-node demo`: a cluster of N nodes as processes on this machine, for trying
-//! OpenCluster without Docker.
+//! OpenCluster without Docker; with `--datacenters D`, D such clusters bridged by one
+//! connector each.
 //!
 //! The demo starts N child processes of its own executable, each a `--dev` node on
 //! loopback ports of its own with a data directory and a log file in the demo directory,
-//! all joined to the first. It waits until every node is healthy and places partitions
-//! on all N, prints where to connect, and then watches them: a node that dies is
+//! all joined to the first. With several datacenters it does so per datacenter (each on
+//! the default keys of dc1, dc2, dc3) and also starts `opencluster-connector` from beside
+//! its own executable, one per datacenter, linked in a full mesh ([`layout`]). It waits
+//! until every node is healthy and places partitions on all N (and every connector sees
+//! its N nodes), prints where to connect, and then watches them: a process that dies is
 //! reported (with the end of its log) while the others keep running, as a real cluster
-//! would. SIGINT or SIGTERM stops every node with SIGTERM (each leaves the cluster and
+//! would. SIGINT or SIGTERM stops every process with SIGTERM (each leaves the cluster and
 //! flushes), kills what has not exited after `--stop-timeout`, and removes the demo
 //! directory unless `--data-dir` named it.
 
 mod args;
 mod child;
+mod layout;
 mod ports;
 
 use std::path::{Path, PathBuf};
@@ -21,8 +26,10 @@ use serde_json::Value;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use args::{check_node_args, node_args, node_name};
+use args::check_node_args;
 use child::NodeProcess;
+use layout::Datacenter;
+pub use layout::MAX_DATACENTERS;
 use ports::NodePorts;
 
 /// Most nodes a demo runs: each is a full node process; more would only starve the machine.
@@ -33,12 +40,17 @@ const POLL: Duration = Duration::from_millis(100);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Log lines shown when a node fails.
 const LOG_TAIL_LINES: usize = 20;
+/// The connector binary, looked for beside this one.
+const CONNECTOR_BINARY: &str = "opencluster-connector";
 
 /// What `opencluster-node demo` was asked for.
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
-    /// How many nodes, 1 to [`MAX_NODES`].
+    /// How many nodes per datacenter, 1 to [`MAX_NODES`].
     pub nodes: usize,
+    /// How many datacenters, 1 to [`MAX_DATACENTERS`]; more than one adds a connector
+    /// per datacenter.
+    pub datacenters: usize,
     /// Consecutive ports from here instead of free ones.
     pub base_port: Option<u16>,
     /// Keep the nodes' data and logs here (created if missing) instead of a temporary
@@ -70,6 +82,11 @@ pub enum DemoError {
         "{node} did not come up: {reason}\nlast lines of its log {log}:\n{tail}\n(the demo stopped the other nodes; their logs are in {dir})"
     )]
     NotReady { node: String, reason: String, log: PathBuf, tail: String, dir: PathBuf },
+    #[error(
+        "--datacenters {datacenters} needs the connector binary, {path}, beside this program, and it is missing: \
+         build it (cargo build -p opencluster-connector) or install it next to opencluster-node"
+    )]
+    NoConnector { datacenters: usize, path: PathBuf },
     #[error("{0}")]
     Unclean(String),
 }
@@ -89,33 +106,61 @@ pub fn run(opts: DemoOptions) -> Result<(), DemoError> {
     if !(1..=MAX_NODES).contains(&opts.nodes) {
         return Err(DemoError::Flags(format!("--nodes {}: give 1 to {MAX_NODES}", opts.nodes)));
     }
-    let plan = match opts.base_port {
-        Some(base) => {
-            let plan = ports::from_base(base, opts.nodes)?;
-            ports::check_free(&plan)?;
-            plan
-        }
-        None => ports::free(opts.nodes)?,
-    };
+    if !(1..=MAX_DATACENTERS).contains(&opts.datacenters) {
+        return Err(DemoError::Flags(format!(
+            "--datacenters {}: give 1 to {MAX_DATACENTERS} (the default keys cover dc1, dc2 and dc3)",
+            opts.datacenters
+        )));
+    }
     let exe = std::env::current_exe()
         .map_err(|source| DemoError::Io { what: "find this program's executable".into(), source })?;
+    let connector_exe = exe.with_file_name(CONNECTOR_BINARY);
+    if opts.datacenters > 1 && !connector_exe.is_file() {
+        return Err(DemoError::NoConnector { datacenters: opts.datacenters, path: connector_exe });
+    }
+    let (total_nodes, connectors) =
+        (opts.nodes * opts.datacenters, if opts.datacenters > 1 { opts.datacenters } else { 0 });
+    let plan = match opts.base_port {
+        Some(base) => ports::from_base(base, total_nodes, connectors)?,
+        None => ports::free(total_nodes, connectors)?,
+    };
+    let dcs = layout::datacenters(&opts, &plan);
+    if opts.base_port.is_some() {
+        let (node_names, connector_names) = layout::names(&dcs);
+        ports::check_free(&plan, &node_names, &connector_names)?;
+    }
     // The last node's command line has every kind of flag there is (`--join` too).
-    let last = plan.len() - 1;
-    check_node_args(&node_args(&opts, Path::new("demo"), last, &plan[last], &plan[0]))?;
+    let check = layout::all_node_args(&opts, Path::new("demo"), &dcs);
+    check_node_args(check.last().expect("at least one node"))?;
     let dir = DemoDir::create(opts.data_dir.clone())?;
-    let args: Vec<Vec<String>> =
-        plan.iter().enumerate().map(|(i, p)| node_args(&opts, &dir.path, i, p, &plan[0])).collect();
+    let procs = Procs {
+        node_args: layout::all_node_args(&opts, &dir.path, &dcs),
+        connector_args: layout::all_connector_args(&opts, &dir.path, &dcs),
+        exe,
+        connector_exe,
+        dcs,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|source| DemoError::Io { what: "start the demo's runtime".into(), source })?;
-    let result = rt.block_on(supervise(&opts, &exe, &dir.path, plan, args));
+    let result = rt.block_on(supervise(&opts, &dir.path, procs));
     // A node that did not come up leaves its log for the user; otherwise a temporary
     // directory goes.
     if !matches!(result, Err(DemoError::NotReady { .. })) {
         dir.remove();
     }
     result
+}
+
+/// The processes to start: the datacenters and the command lines of their nodes and
+/// connectors, in the same order.
+struct Procs {
+    dcs: Vec<Datacenter>,
+    node_args: Vec<Vec<String>>,
+    connector_args: Vec<Vec<String>>,
+    exe: PathBuf,
+    connector_exe: PathBuf,
 }
 
 /// The directory holding every node's data directory and log.
@@ -183,61 +228,118 @@ enum Stop {
     AllDied,
 }
 
-async fn supervise(
-    opts: &DemoOptions,
-    exe: &Path,
-    dir: &Path,
-    plan: Vec<NodePorts>,
-    args: Vec<Vec<String>>,
-) -> Result<(), DemoError> {
+async fn supervise(opts: &DemoOptions, dir: &Path, procs: Procs) -> Result<(), DemoError> {
     // Listening before the first node starts: no exit or Ctrl-C can slip past.
     let mut signals = Signals::listen()?;
-    println!("starting {} node(s) in {}", plan.len(), dir.display());
-    let mut nodes = Vec::with_capacity(plan.len());
-    for (i, (ports, args)) in plan.into_iter().zip(args).enumerate() {
-        let log = dir.join(format!("{}.log", node_name(i)));
-        match NodeProcess::spawn(exe, node_name(i), ports, &args, log) {
-            Ok(n) => nodes.push(n),
+    let several = procs.dcs.len() > 1;
+    if several {
+        println!(
+            "starting {} datacenters of {} node(s) and a connector each in {}",
+            procs.dcs.len(),
+            opts.nodes,
+            dir.display()
+        );
+    } else {
+        println!("starting {} node(s) in {}", opts.nodes, dir.display());
+    }
+    // What each process must see before it counts as ready: a node, its datacenter's
+    // nodes and connector alive; a connector, its datacenter's nodes.
+    let members = opts.nodes as u64 + u64::from(several);
+    let replicas = opts.replicas.map(|r| r.to_string());
+    // The connector has no flag for cluster.replicas; it needs it to count quorums.
+    let connector_env: Vec<(&str, &str)> =
+        replicas.iter().map(|r| ("OPENCLUSTER_CLUSTER_REPLICAS", r.as_str())).collect();
+
+    let mut running = Vec::new();
+    let mut probes = Vec::new();
+    let nodes = procs.dcs.iter().flat_map(|d| d.nodes.iter());
+    let mut spawned = Ok(());
+    for ((name, ports), args) in nodes.zip(&procs.node_args) {
+        let log = dir.join(format!("{name}.log"));
+        match NodeProcess::spawn(&procs.exe, name.clone(), ports.admin_addr(), args, &[], log) {
+            Ok(p) => {
+                running.push(p);
+                probes.push(Probe::Node { members, placed: opts.nodes as u64 });
+            }
             Err(e) => {
-                stop_all(&mut nodes, opts.stop_timeout, &mut signals).await;
-                return Err(e);
+                spawned = Err(e);
+                break;
             }
         }
     }
+    let connectors = procs.dcs.iter().filter_map(|d| d.connector.as_ref());
+    for ((name, ports), args) in connectors.zip(&procs.connector_args) {
+        if spawned.is_err() {
+            break;
+        }
+        let log = dir.join(format!("{name}.log"));
+        match NodeProcess::spawn(
+            &procs.connector_exe,
+            name.clone(),
+            ports.admin_addr(),
+            args,
+            &connector_env,
+            log,
+        ) {
+            Ok(p) => {
+                running.push(p);
+                probes.push(Probe::Connector { data_nodes: opts.nodes as u64 });
+            }
+            Err(e) => spawned = Err(e),
+        }
+    }
+    if let Err(e) = spawned {
+        stop_all(&mut running, opts.stop_timeout, &mut signals).await;
+        return Err(e);
+    }
 
     let ready = tokio::select! {
-        ready = wait_ready(&mut nodes, opts.start_timeout) => Ok(ready),
+        ready = wait_ready(&mut running, &probes, opts.start_timeout) => Ok(ready),
         name = interrupted(&mut signals) => Err(name),
     };
     let first_status = match ready {
         Ok(Ok(status)) => status,
         Ok(Err(not_ready)) => {
-            stop_all(&mut nodes, opts.stop_timeout, &mut signals).await;
+            stop_all(&mut running, opts.stop_timeout, &mut signals).await;
             return Err(not_ready.into_error(dir));
         }
         Err(name) => {
             println!("{name}: stopping before every node was ready");
-            stop_all(&mut nodes, opts.stop_timeout, &mut signals).await;
+            stop_all(&mut running, opts.stop_timeout, &mut signals).await;
             return Ok(());
         }
     };
     let insecure = first_status["insecure_default_keys"].as_bool().unwrap_or(true);
     if insecure {
         eprintln!(
-            "WARNING: the demo's nodes use the INSECURE well-known default keys: anyone who can reach their \
-             ports can join or read this cluster. They listen on 127.0.0.1 only; never keep real data in them."
+            "WARNING: the demo's {} use the INSECURE well-known default keys: anyone who can reach their \
+             ports can join or read this cluster. They listen on 127.0.0.1 only; never keep real data in them.",
+            if several { "nodes and connectors" } else { "nodes" }
         );
     }
-    let rows: Vec<Row> =
-        nodes.iter().map(|n| Row { name: n.name.clone(), pid: n.pid(), ports: n.ports }).collect();
-    print!("{}", summary(&rows, &opts.program, dir, opts.data_dir.is_none(), insecure));
+    let pids: Vec<u32> = running.iter().map(NodeProcess::pid).collect();
+    let text = if several {
+        summary_datacenters(&procs.dcs, &pids, &opts.program, dir, opts.data_dir.is_none(), insecure)
+    } else {
+        let rows: Vec<Row> = procs.dcs[0]
+            .nodes
+            .iter()
+            .zip(&pids)
+            .map(|((name, ports), pid)| Row { name: name.clone(), pid: *pid, ports: *ports })
+            .collect();
+        summary(&rows, &opts.program, dir, opts.data_dir.is_none(), insecure)
+    };
+    print!("{text}");
 
-    let (stop, died) = watch(&mut nodes, &mut signals).await;
+    let (stop, died) = watch(&mut running, &mut signals).await;
     match stop {
-        Stop::Signal(name) => println!("{name}: stopping {} node(s)", opts.nodes - died.len()),
-        Stop::AllDied => eprintln!("opencluster-node demo: every node has exited; stopping"),
+        Stop::Signal(name) => {
+            let left: Vec<&NodeProcess> = running.iter().filter(|p| !died.contains(&p.name)).collect();
+            println!("{name}: stopping {}", count(left.into_iter()))
+        }
+        Stop::AllDied => eprintln!("opencluster-node demo: every process has exited; stopping"),
     }
-    let unclean = stop_all(&mut nodes, opts.stop_timeout, &mut signals).await;
+    let unclean = stop_all(&mut running, opts.stop_timeout, &mut signals).await;
     let mut problems = Vec::new();
     if !died.is_empty() {
         problems.push(format!("{} exited while the demo ran", died.join(", ")));
@@ -259,6 +361,7 @@ async fn watch(nodes: &mut [NodeProcess], signals: &mut Signals) -> (Stop, Vec<S
             _ = signals.child.recv() => None,
         };
         let total = nodes.len();
+        let connectors = nodes.iter().filter(|n| layout::is_connector(&n.name)).count();
         for n in nodes.iter_mut() {
             if died.contains(&n.name) {
                 continue;
@@ -266,11 +369,14 @@ async fn watch(nodes: &mut [NodeProcess], signals: &mut Signals) -> (Stop, Vec<S
             if let Some(status) = n.try_exit() {
                 died.push(n.name.clone());
                 eprintln!(
-                    "opencluster-node demo: {} (pid {}) exited unexpectedly ({status}); {} node(s) keep running. \
+                    "opencluster-node demo: {} (pid {}) exited unexpectedly ({status}); {} keep running. \
                      Last lines of {}:\n{}",
                     n.name,
                     n.pid(),
-                    total - died.len(),
+                    count_of(
+                        total - died.len(),
+                        connectors - died.iter().filter(|d| layout::is_connector(d)).count()
+                    ),
                     n.log.display(),
                     n.log_tail(LOG_TAIL_LINES)
                 );
@@ -293,9 +399,26 @@ async fn interrupted(signals: &mut Signals) -> &'static str {
     }
 }
 
+/// "3 node(s)", or "2 node(s) and 2 connector(s)" when there are connectors.
+fn count<'a>(procs: impl Iterator<Item = &'a NodeProcess>) -> String {
+    let (mut all, mut connectors) = (0, 0);
+    for p in procs {
+        all += 1;
+        connectors += usize::from(layout::is_connector(&p.name));
+    }
+    count_of(all, connectors)
+}
+
+fn count_of(all: usize, connectors: usize) -> String {
+    match connectors {
+        0 => format!("{all} node(s)"),
+        c => format!("{} node(s) and {c} connector(s)", all - c),
+    }
+}
+
 /// Why a node is not ready yet.
 struct NotReady {
-    node: usize,
+    node: String,
     reason: String,
     log: PathBuf,
     tail: String,
@@ -304,7 +427,7 @@ struct NotReady {
 impl NotReady {
     fn into_error(self, dir: &Path) -> DemoError {
         DemoError::NotReady {
-            node: node_name(self.node),
+            node: self.node,
             reason: self.reason,
             log: self.log,
             tail: self.tail,
@@ -313,34 +436,47 @@ impl NotReady {
     }
 }
 
-/// Polls every node until each is healthy, sees every node alive and places partitions
-/// on all of them; returns the first node's `/v1/status`. Fails at once when a node
-/// exits, or at `timeout` naming the first node not ready and why.
-async fn wait_ready(nodes: &mut [NodeProcess], timeout: Duration) -> Result<Value, NotReady> {
+/// What a process must show before it counts as ready.
+#[derive(Clone, Copy, Debug)]
+enum Probe {
+    /// A node: healthy, `members` members alive (its datacenter's nodes and connector),
+    /// partitions placed on `placed` nodes.
+    Node { members: u64, placed: u64 },
+    /// A connector: healthy, seeing `data_nodes` nodes of its datacenter.
+    Connector { data_nodes: u64 },
+}
+
+/// Polls every process until each passes its probe; returns the first one's `/v1/status`.
+/// Fails at once when a process exits, or at `timeout` naming the first one not ready
+/// and why.
+async fn wait_ready(
+    procs: &mut [NodeProcess],
+    probes: &[Probe],
+    timeout: Duration,
+) -> Result<Value, NotReady> {
     let deadline = Instant::now() + timeout;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let n = nodes.len() as u64;
-    let mut ready: Vec<Option<Value>> = vec![None; nodes.len()];
+    let mut ready: Vec<Option<Value>> = vec![None; procs.len()];
     loop {
         tick.tick().await;
-        for (i, node) in nodes.iter_mut().enumerate() {
-            let fail = |node: &NodeProcess, reason: String| NotReady {
-                node: i,
+        for (i, p) in procs.iter_mut().enumerate() {
+            let fail = |p: &NodeProcess, reason: String| NotReady {
+                node: p.name.clone(),
                 reason,
-                log: node.log.clone(),
-                tail: node.log_tail(LOG_TAIL_LINES),
+                log: p.log.clone(),
+                tail: p.log_tail(LOG_TAIL_LINES),
             };
-            if let Some(status) = node.try_exit() {
-                return Err(fail(node, format!("it exited ({status})")));
+            if let Some(status) = p.try_exit() {
+                return Err(fail(p, format!("it exited ({status})")));
             }
             if ready[i].is_some() {
                 continue;
             }
-            match probe(node.ports, n).await {
+            match probe(p.admin, probes[i]).await {
                 Ok(status) => ready[i] = Some(status),
                 Err(reason) if Instant::now() >= deadline => {
-                    return Err(fail(node, format!("not ready within {timeout:?}: {reason}")));
+                    return Err(fail(p, format!("not ready within {timeout:?}: {reason}")));
                 }
                 Err(_) => {}
             }
@@ -351,18 +487,30 @@ async fn wait_ready(nodes: &mut [NodeProcess], timeout: Duration) -> Result<Valu
     }
 }
 
-/// Ok with the node's `/v1/status` when it is healthy, sees `n` members alive and places
-/// partitions on `n` nodes; else what it lacks.
-async fn probe(ports: NodePorts, n: u64) -> Result<Value, String> {
-    let admin = ports.admin_addr();
+/// Ok with the process's `/v1/status` when it passes `probe`; else what it lacks.
+async fn probe(admin: std::net::SocketAddr, probe: Probe) -> Result<Value, String> {
     crate::admin::check_health(admin, PROBE_TIMEOUT).await.map_err(|e| e.to_string())?;
     let status = crate::admin::client::get_status(admin, PROBE_TIMEOUT).await.map_err(|e| e.to_string())?;
-    let alive = status["members"]["alive"].as_u64().unwrap_or(0);
-    let placed = status["placement"]["nodes"].as_u64().unwrap_or(0);
-    if alive == n && placed == n {
-        Ok(status)
-    } else {
-        Err(format!("it sees {alive} of {n} members alive and places partitions on {placed} of {n} nodes"))
+    match probe {
+        Probe::Node { members, placed: n } => {
+            let alive = status["members"]["alive"].as_u64().unwrap_or(0);
+            let placed = status["placement"]["nodes"].as_u64().unwrap_or(0);
+            if alive == members && placed == n {
+                Ok(status)
+            } else {
+                Err(format!(
+                    "it sees {alive} of {members} members alive and places partitions on {placed} of {n} nodes"
+                ))
+            }
+        }
+        Probe::Connector { data_nodes } => {
+            let seen = status["data_nodes"].as_u64().unwrap_or(0);
+            if seen == data_nodes {
+                Ok(status)
+            } else {
+                Err(format!("it sees {seen} of the {data_nodes} nodes of its datacenter"))
+            }
+        }
     }
 }
 
@@ -382,7 +530,7 @@ async fn stop_all(nodes: &mut [NodeProcess], timeout: Duration, signals: &mut Si
             _ = tick.tick() => {}
             _ = tokio::time::sleep_until(deadline) => break,
             name = interrupted(signals) => {
-                eprintln!("opencluster-node demo: {name} again: killing the nodes still running");
+                eprintln!("opencluster-node demo: {name} again: killing the processes still running");
                 hurried = true;
                 break;
             }
@@ -411,7 +559,7 @@ async fn stop_all(nodes: &mut [NodeProcess], timeout: Duration, signals: &mut Si
         }
     }
     if !stopping.is_empty() && unclean.is_empty() {
-        println!("stopped {} node(s)", stopping.len());
+        println!("stopped {}", count(stopping.iter().map(|&i| &nodes[i])));
     }
     unclean
 }
@@ -425,6 +573,68 @@ struct Row {
 
 /// What the demo prints once every node is ready.
 fn summary(rows: &[Row], program: &str, dir: &Path, temporary: bool, insecure: bool) -> String {
+    let mut out = format!("\nOpenCluster demo: {} node(s) running as one cluster.\n\n", rows.len());
+    out += &node_table(rows);
+    let admin = rows[0].ports.admin_addr();
+    out += &format!(
+        "\n  status:   {program} status --admin-addr {admin}\n  members:  {program} members --admin-addr {admin}\n"
+    );
+    let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+    out += &footer(&names, dir, temporary, insecure);
+    out += "Any node answers any key. Stop with Ctrl-C.\n";
+    out
+}
+
+/// What the demo prints once every node and connector of several datacenters is ready;
+/// `pids` in start order: every node, datacenter by datacenter, then the connectors.
+fn summary_datacenters(
+    dcs: &[Datacenter],
+    pids: &[u32],
+    program: &str,
+    dir: &Path,
+    temporary: bool,
+    insecure: bool,
+) -> String {
+    let nodes = dcs[0].nodes.len();
+    let mut out = format!(
+        "\nOpenCluster demo: {} datacenters of {nodes} node(s), each with a connector that copies its writes \
+         to the others.\n",
+        dcs.len()
+    );
+    let mut names = Vec::new();
+    let connector_program = Path::new(program).with_file_name(CONNECTOR_BINARY);
+    for (d, dc) in dcs.iter().enumerate() {
+        let rows: Vec<Row> = dc
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (name, ports))| Row { name: name.clone(), pid: pids[d * nodes + i], ports: *ports })
+            .collect();
+        out += &format!("\nDatacenter {}:\n", dc.label());
+        out += &node_table(&rows);
+        let admin = rows[0].ports.admin_addr();
+        out += &format!("  members:   {program} members --admin-addr {admin}\n");
+        names.extend(dc.nodes.iter().map(|(n, _)| n.as_str()));
+        if let Some((name, ports)) = &dc.connector {
+            out += &format!(
+                "  connector: {name} (pid {}), WAN {}\n  links:     {} status --admin-addr {}\n",
+                pids[dcs.len() * nodes + d],
+                ports.wan_addr(),
+                connector_program.display(),
+                ports.admin_addr()
+            );
+            names.push(name);
+        }
+    }
+    out += "\n";
+    out += &footer(&names, dir, temporary, insecure);
+    out += "Any node answers any key; a write in one datacenter reaches the others asynchronously, through the \
+            connectors. Stop with Ctrl-C.\n";
+    out
+}
+
+/// The table of nodes with their addresses and a redis-cli line each.
+fn node_table(rows: &[Row]) -> String {
     let mut table = vec![["Node", "PID", "Client", "Admin", "Connect"].map(String::from).to_vec()];
     for r in rows {
         table.push(vec![
@@ -436,18 +646,19 @@ fn summary(rows: &[Row], program: &str, dir: &Path, temporary: bool, insecure: b
         ]);
     }
     let widths: Vec<usize> = (0..5).map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
-    let mut out = format!("\nOpenCluster demo: {} node(s) running as one cluster.\n\n", rows.len());
+    let mut out = String::new();
     for row in &table {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
         out += &format!("  {}\n", cells.join("  ").trim_end());
     }
-    let admin = rows[0].ports.admin_addr();
-    out += &format!(
-        "\n  status:   {program} status --admin-addr {admin}\n  members:  {program} members --admin-addr {admin}\n"
-    );
-    let others: Vec<String> = rows[1..].iter().map(|r| format!("{}.log", r.name)).collect();
-    let logs = std::iter::once(dir.join(format!("{}.log", rows[0].name)).display().to_string()).chain(others);
-    out += &format!("  logs:     {}\n", logs.collect::<Vec<_>>().join(", "));
+    out
+}
+
+/// The logs, data and keys lines.
+fn footer(names: &[&str], dir: &Path, temporary: bool, insecure: bool) -> String {
+    let others: Vec<String> = names[1..].iter().map(|n| format!("{n}.log")).collect();
+    let logs = std::iter::once(dir.join(format!("{}.log", names[0])).display().to_string()).chain(others);
+    let mut out = format!("  logs:     {}\n", logs.collect::<Vec<_>>().join(", "));
     let fate = if temporary { "removed when the demo stops" } else { "kept" };
     out += &format!("  data:     {} ({fate})\n", dir.display());
     out += if insecure {
@@ -455,7 +666,6 @@ fn summary(rows: &[Row], program: &str, dir: &Path, temporary: bool, insecure: b
     } else {
         "  keys:     the keys given to the nodes\n"
     };
-    out += "Any node answers any key. Stop with Ctrl-C.\n";
     out
 }
 
@@ -466,6 +676,7 @@ mod tests {
     pub(super) fn opts() -> DemoOptions {
         DemoOptions {
             nodes: 3,
+            datacenters: 1,
             base_port: None,
             data_dir: None,
             replicas: None,
@@ -479,11 +690,11 @@ mod tests {
 
     #[test]
     fn the_summary_lists_every_node_with_its_redis_cli_line() {
-        let plan = ports::from_base(7000, 2).unwrap();
+        let plan = ports::from_base(7000, 2, 0).unwrap().nodes;
         let rows: Vec<Row> = plan
             .iter()
             .enumerate()
-            .map(|(i, p)| Row { name: node_name(i), pid: 100 + i as u32, ports: *p })
+            .map(|(i, p)| Row { name: format!("n{}", i + 1), pid: 100 + i as u32, ports: *p })
             .collect();
         let text = summary(&rows, "oc", Path::new("/tmp/d"), true, true);
         assert!(text.contains("  Node  PID  Client          Admin           Connect\n"), "{text}");
@@ -500,5 +711,31 @@ mod tests {
         o.nodes = 17;
         let e = run(o).unwrap_err();
         assert_eq!((e.to_string().as_str(), e.exit_code()), ("--nodes 17: give 1 to 16", 2));
+        let mut o = opts();
+        o.datacenters = 4;
+        let e = run(o).unwrap_err().to_string();
+        assert!(e.starts_with("--datacenters 4: give 1 to 3"), "{e}");
+    }
+
+    #[test]
+    fn the_summary_of_two_datacenters_shows_each_with_its_connector() {
+        let mut o = opts();
+        o.nodes = 1;
+        o.datacenters = 2;
+        let plan = ports::from_base(7000, 2, 2).unwrap();
+        let dcs = layout::datacenters(&o, &plan);
+        let text =
+            summary_datacenters(&dcs, &[100, 101, 200, 201], "/bin/oc-node", Path::new("/d"), true, true);
+        assert!(text.contains("\nDatacenter dc1:\n  Node    PID  Client"), "{text}");
+        assert!(
+            text.contains("  dc2-n1  101  127.0.0.1:7001  127.0.0.1:7003  redis-cli -p 7001\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  connector: dc2-connector (pid 201), WAN 127.0.0.1:7015\n  links:     /bin/opencluster-connector status --admin-addr 127.0.0.1:7009\n"),
+            "{text}"
+        );
+        assert!(text.contains("dc1-n1.log, dc1-connector.log, dc2-n1.log, dc2-connector.log"), "{text}");
+        assert!(text.ends_with("Stop with Ctrl-C.\n"), "{text}");
     }
 }
