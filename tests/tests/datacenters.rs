@@ -238,25 +238,7 @@ fn a_connector_killed_mid_stream_and_restarted_loses_nothing() {
     let mut pair = start_pair(2, Duration::from_millis(10), &[]);
     let stop = Arc::new(AtomicBool::new(false));
     // A steady stream of writes in dc1 while its connector is killed and restarted.
-    let writer = {
-        let stop = stop.clone();
-        let addrs: Vec<_> = pair.dc1.iter().map(|n| n.client_addr()).collect();
-        std::thread::spawn(move || {
-            let mut acked = Acked::new();
-            let mut conns: Vec<_> =
-                addrs.iter().map(|a| opencluster_tests::RawConn::connect(*a).expect("connect")).collect();
-            let mut i = 0usize;
-            while !stop.load(Ordering::SeqCst) {
-                let (key, value) = (format!("k-{i}"), format!("v-{i}"));
-                let n = conns.len();
-                if matches!(conns[i % n].cmd(&["SET", &key, &value]), Reply::Simple(s) if s == "OK") {
-                    acked.insert(key, value);
-                }
-                i += 1;
-            }
-            acked
-        })
-    };
+    let writer = stream_writes(&pair.dc1, "k", stop.clone());
     // Kill it once it has shipped some of the stream.
     assert!(wait_until(CONVERGE, || pair.c1.link("dc2")["shipped_records"].as_u64().unwrap_or(0) >= 200));
     pair.c1.kill9();
@@ -287,26 +269,8 @@ fn a_node_killed_in_the_sending_datacenter_while_it_ships_loses_nothing() {
     let mut pair = start_pair(3, Duration::from_millis(5), &[]);
     pair.wan.set_loss(0.02);
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        // Through the two nodes that stay up.
-        let addrs: Vec<_> = pair.dc1[..2].iter().map(|n| n.client_addr()).collect();
-        std::thread::spawn(move || {
-            let mut acked = Acked::new();
-            let mut conns: Vec<_> =
-                addrs.iter().map(|a| opencluster_tests::RawConn::connect(*a).expect("connect")).collect();
-            let mut i = 0usize;
-            while !stop.load(Ordering::SeqCst) {
-                let (key, value) = (format!("n-{i}"), format!("v-{i}"));
-                let n = conns.len();
-                if matches!(conns[i % n].cmd(&["SET", &key, &value]), Reply::Simple(s) if s == "OK") {
-                    acked.insert(key, value);
-                }
-                i += 1;
-            }
-            acked
-        })
-    };
+    // Through the two nodes that stay up.
+    let writer = stream_writes(&pair.dc1[..2], "n", stop.clone());
     assert!(wait_until(CONVERGE, || pair.c1.link("dc2")["shipped_records"].as_u64().unwrap_or(0) >= 200));
     // Killed while the connector reads its change sequences; what it held is on the other
     // owners, and what it misses meanwhile reaches it late (handoff, repair) under new
