@@ -37,6 +37,11 @@ const FLAGS: &[(&str, &str, &str)] = &[
         "connector.wan_advertise",
         "The public HOST:PORT other datacenters reach this connector on",
     ),
+    (
+        "compression",
+        "connector.compression",
+        "Compression of batches sent to other datacenters: lz4 or none [default: lz4]",
+    ),
     ("log-level", "log_level", "Log filter [default: info]"),
 ];
 

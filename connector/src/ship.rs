@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use opencluster_node::cluster::messages::{Changes, Heads, WireRecord};
+use opencluster_node::config::Compression;
 use opencluster_node::hlc::Hlc;
 use opencluster_node::membership::members::Members;
 use opencluster_node::peer::{Peers, Target};
@@ -25,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cursors::Cursors;
 use crate::link::Link;
-use crate::wan::{Ship, batch_bytes};
+use crate::wan::Outgoing;
 
 /// Keys a link remembers as shipped (with their HLC) to skip other owners' copies: about
 /// 100 bytes each plus the key, so a few MiB for usual keys.
@@ -43,6 +44,7 @@ pub struct ShipOptions {
     pub ship_timeout: Duration,
     /// Timeout of a request to a node of this datacenter.
     pub local_timeout: Duration,
+    pub compression: Compression,
 }
 
 /// The keys this link shipped lately with their HLC, to skip the copies other owners hold.
@@ -262,22 +264,31 @@ impl Shipper {
         let count = batch.records.len();
         if count > 0 {
             self.link.worker("shipping");
-            let bytes = batch_bytes(&batch.records);
-            let message = Ship { from: self.datacenter.clone(), records: batch.records };
+            let plain_only = &self.link.plain_only;
+            let mut message = Outgoing::new(
+                self.datacenter.clone(),
+                batch.records,
+                self.options.compression,
+                plain_only.load(std::sync::atomic::Ordering::Relaxed),
+            );
             let mut backoff = Duration::from_millis(100);
             loop {
                 let started = Instant::now();
                 let result = match resolve(&self.address).await {
-                    Ok(addr) => self
-                        .wan
-                        .call(&remote_target(&self.remote, addr), &message, self.options.ship_timeout)
+                    Ok(addr) => message
+                        .send(
+                            &self.wan,
+                            &remote_target(&self.remote, addr),
+                            self.options.ship_timeout,
+                            plain_only,
+                        )
                         .await
                         .map_err(|e| e.to_string()),
                     Err(e) => Err(e),
                 };
                 match result {
                     Ok(_) => {
-                        self.link.shipped(count, bytes, started.elapsed());
+                        self.link.shipped(count, message.wire_bytes(), started.elapsed());
                         break;
                     }
                     Err(e) => {

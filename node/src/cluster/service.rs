@@ -192,7 +192,7 @@ impl Handler for Service {
                     .await
                 }
                 // The connector's message between datacenters is not a node's to answer.
-                Kind::Ship => refused(Refusal::UnknownKind(Kind::Ship as u8)),
+                Kind::Ship | Kind::ShipPacked => refused(Refusal::UnknownKind(kind as u8)),
                 Kind::Heads => {
                     answer(&body, |_: messages::Heads| async move {
                         let store = &c.local.store;

@@ -143,6 +143,18 @@ pub struct ConnectorConfig {
     /// sent again.
     #[serde(with = "units::duration")]
     pub ship_timeout: Duration,
+    /// How batches are compressed on the WAN.
+    pub compression: Compression,
+}
+
+/// The compression of batches between datacenters (`connector.compression`).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Batches go as they are.
+    None,
+    /// LZ4 block compression; a batch it would not shrink goes as it is.
+    Lz4,
 }
 
 impl Default for ConnectorConfig {
@@ -155,6 +167,7 @@ impl Default for ConnectorConfig {
             batch_bytes: ByteSize(1 << 20),
             poll_interval: Duration::from_millis(20),
             ship_timeout: Duration::from_secs(10),
+            compression: Compression::Lz4,
         }
     }
 }

@@ -334,6 +334,11 @@ pub const SETTINGS: &[Setting] = &[
         "Connector only: how long a batch may take to be applied remotely before it is sent again [default: 10s]",
     ),
     s(
+        "connector.compression",
+        Kind::Choice(&["lz4", "none"]),
+        "Connector only: compression of batches on the WAN, lz4 or none [default: lz4]",
+    ),
+    s(
         "store.engine",
         Kind::Choice(&["sled", "redb", "fjall", "lmdb"]),
         "Storage engine: sled, redb (own cache, pread), fjall (LSM tree) or lmdb (memory-mapped); fixed once data exists, see docs/storage-study.md [default: sled; lmdb with mode=lean]",

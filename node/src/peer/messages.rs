@@ -53,6 +53,9 @@ pub enum Kind {
     Changes = 17,
     /// Between connectors of two datacenters (the WAN): records to apply.
     Ship = 18,
+    /// Between connectors: a `Ship` whose records are compressed (a connector that
+    /// predates it refuses the kind, and the sender falls back to `Ship`).
+    ShipPacked = 19,
 }
 
 impl Kind {
@@ -76,6 +79,7 @@ impl Kind {
             16 => Kind::Heads,
             17 => Kind::Changes,
             18 => Kind::Ship,
+            19 => Kind::ShipPacked,
             _ => return None,
         })
     }
@@ -101,10 +105,11 @@ impl Kind {
             Kind::Heads => "heads",
             Kind::Changes => "changes",
             Kind::Ship => "ship",
+            Kind::ShipPacked => "ship_packed",
         }
     }
 
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 19] = [
         Kind::Ping,
         Kind::Read,
         Kind::Write,
@@ -123,6 +128,7 @@ impl Kind {
         Kind::Heads,
         Kind::Changes,
         Kind::Ship,
+        Kind::ShipPacked,
     ];
 }
 
@@ -202,7 +208,7 @@ mod tests {
         }
         // The kind numbers are the wire format: they never change.
         let numbers: Vec<u8> = Kind::ALL.iter().map(|&k| k as u8).collect();
-        assert_eq!(numbers, (1..=18).collect::<Vec<u8>>());
+        assert_eq!(numbers, (1..=19).collect::<Vec<u8>>());
     }
 
     #[test]
