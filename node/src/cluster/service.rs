@@ -214,7 +214,7 @@ impl Handler for Service {
                         .await
                         .map_err(|e| Refusal::Store(e.to_string()))?
                         .map_err(|e| refusal(e.into()))?;
-                        let upto = chunk.records.last().map_or(m.after, |(seq, _, _)| *seq);
+                        let upto = chunk.upto;
                         let records = chunk
                             .records
                             .iter()

@@ -16,6 +16,15 @@
 //! [`WriteBudget`]) until the applier catches up, so a sustained write rate above what
 //! the engine can absorb turns into backpressure, not growth. The price of a large buffer
 //! is a longer log replay after a crash.
+//!
+//! The buffer also numbers the records as they enter it, in each partition's local change
+//! sequence (see [`Store::changes_after`]), so the WAN connector ships a write as soon as
+//! it is buffered instead of once it is applied. A number may be handed out for a record
+//! that a crash then loses (the log is synced by the fsync policy), and the connector may
+//! have shipped it: so numbers must never be handed out twice, even across a crash. Each
+//! open starts a new numbering epoch, kept in a file beside the log, and numbers of epoch
+//! e start at e << 40 (2^40 changes per partition per run): every number of a run is above
+//! every number of the runs before it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -142,7 +151,36 @@ struct Entry {
     record: Record,
     /// What the engine held for this key when the entry was created, as counts.
     base: StoreStats,
+    /// The record's change number in its partition.
     seq: u64,
+}
+
+/// Bits of a change number below its numbering epoch.
+const EPOCH_SHIFT: u32 = 40;
+/// The file beside the log that holds the last numbering epoch.
+const EPOCH_FILE: &str = "numbering-epoch";
+
+/// Starts a new numbering epoch: one above both the last one recorded in `wal_dir` and
+/// the epoch of the highest number the engine holds (should the file have been lost),
+/// recorded durably before any number of it is handed out.
+fn next_epoch(wal_dir: &std::path::Path, engine_last: u64) -> Result<u64, StoreError> {
+    let path = wal_dir.join(EPOCH_FILE);
+    let io = |e: std::io::Error| StoreError::Io(format!("numbering epoch file {}: {e}", path.display()));
+    let recorded = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().map_err(|e| StoreError::Open {
+            path: path.clone(),
+            reason: format!("{text:?} is not a numbering epoch: {e}"),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(io(e)),
+    };
+    let epoch = recorded.max(engine_last >> EPOCH_SHIFT) + 1;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{epoch}\n")).map_err(io)?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    std::fs::File::open(wal_dir).and_then(|f| f.sync_all()).map_err(io)?;
+    Ok(epoch)
 }
 
 fn counts(r: Option<&Record>) -> StoreStats {
@@ -173,7 +211,10 @@ struct Inner {
     /// Counts of the buffered records minus the counts they replace in the engine.
     delta: [AtomicI64; 3],
     records: AtomicUsize,
-    next_seq: AtomicU64,
+    /// The last change number handed out per partition; changed only under the
+    /// partition's shard lock, so whoever holds it sees every lower number buffered or
+    /// in the engine.
+    numbers: Box<[AtomicU64]>,
     applied: AtomicU64,
     stop: AtomicBool,
     /// Apply everything now, whatever the delay (`drain`).
@@ -200,17 +241,33 @@ impl BufferedStore {
         opts: BufferOptions,
     ) -> Result<Self, StoreError> {
         let (wal, replayed) = Wal::open(wal_dir, opts.wal_segment_bytes, opts.wal_buffer_bytes)?;
+        let partitions = engine.partitions();
+        let engine_last = (0..partitions).map(|p| engine.last_seq(p)).max().unwrap_or(0);
+        let base = next_epoch(wal_dir, engine_last)? << EPOCH_SHIFT;
+        let numbers: Box<[AtomicU64]> =
+            (0..partitions).map(|p| AtomicU64::new(engine.last_seq(p).max(base))).collect();
         if !replayed.is_empty() {
             let started = std::time::Instant::now();
-            for (key, record) in &replayed {
-                engine.update(&[key], &mut |cur| {
-                    vec![if record.wins_over(cur[0].as_ref()) {
-                        Write::Put(record.clone())
-                    } else {
-                        Write::Keep
-                    }]
-                })?;
+            // Replayed records get numbers of this run: a number of the last run may
+            // have been handed out for one of them and then lost with the log's tail.
+            let mut batch: HashMap<Bytes, (u64, Record)> = HashMap::new();
+            for (key, record) in replayed.iter() {
+                let current = match batch.get(&key[..]) {
+                    Some((_, r)) => Some(r.clone()),
+                    None => engine.get(key)?,
+                };
+                if !record.wins_over(current.as_ref()) {
+                    continue;
+                }
+                let n = numbers[partition_of(key, partitions) as usize].fetch_add(1, Ordering::Relaxed) + 1;
+                batch.insert(Bytes::copy_from_slice(key), (n, record.clone()));
+                if batch.len() >= APPLY_BATCH {
+                    let records: Vec<_> = batch.drain().map(|(k, (n, r))| (n, k, r)).collect();
+                    engine.apply_numbered(&records)?;
+                }
             }
+            let records: Vec<_> = batch.drain().map(|(k, (n, r))| (n, k, r)).collect();
+            engine.apply_numbered(&records)?;
             engine.flush()?;
             tracing::info!(
                 records = replayed.len(),
@@ -219,7 +276,6 @@ impl BufferedStore {
             );
         }
         wal.checkpoint(wal.last_seq())?;
-        let partitions = engine.partitions();
         let inner = Arc::new(Inner {
             engine,
             wal,
@@ -235,7 +291,7 @@ impl BufferedStore {
             },
             delta: Default::default(),
             records: AtomicUsize::new(0),
-            next_seq: AtomicU64::new(1),
+            numbers,
             applied: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             force: AtomicBool::new(false),
@@ -334,10 +390,10 @@ impl Inner {
         // A value may be a slice of a connection's read buffer: copy it, or every
         // buffered record would pin a whole read buffer in memory.
         record.value = record.value.map(|v| Bytes::copy_from_slice(&v));
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let size = entry_size(key, &record);
         let mut shard = self.shard(p);
         if let Some(e) = shard.get_mut(key) {
+            let seq = self.number(p);
             // Replaced in place: what the engine holds (`base`) is unchanged.
             self.add_delta(counts(Some(&e.record)), -1);
             self.add_delta(counts(Some(&record)), 1);
@@ -364,8 +420,14 @@ impl Inner {
         if self.records.fetch_add(1, Ordering::Release) == 0 {
             lock(&self.oldest).get_or_insert_with(std::time::Instant::now);
         }
+        let seq = self.number(p);
         shard.insert(Bytes::copy_from_slice(key), Entry { record, base, seq });
         Ok(())
+    }
+
+    /// The next change number of partition `p`; the caller holds its shard.
+    fn number(&self, p: Partition) -> u64 {
+        self.numbers[p as usize].fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// True when the buffer should be applied now.
@@ -457,8 +519,8 @@ impl Inner {
         for (key, seq, p) in batch {
             match self.shard(*p).get(key) {
                 Some(e) if e.seq == *seq => {
-                    records.push((key.clone(), e.record.clone()));
-                    parts.push((*p, *seq));
+                    records.push((*seq, key.clone(), e.record.clone()));
+                    parts.push(*p);
                 }
                 _ => {} // rewritten since: the newer entry is applied later
             }
@@ -469,8 +531,9 @@ impl Inner {
         // No read first: a buffered record passed the last-writer-wins check against
         // what the engine held when it was written, and only this thread changes the
         // engine's records since.
-        self.engine.put_many(&records)?;
-        for ((key, applied), (p, seq)) in records.iter().zip(parts) {
+        self.engine.apply_numbered(&records)?;
+        for ((seq, key, applied), p) in records.iter().zip(parts) {
+            let seq = *seq;
             let mut shard = self.shard(p);
             let Some(e) = shard.get_mut(key) else { continue };
             if e.seq != seq {
@@ -640,10 +703,12 @@ impl Store for BufferedStore {
         Ok(out)
     }
 
-    /// The engine's sequence: a record gets its number when the applier moves it into
-    /// the engine (within `apply_delay`), in one batch with the record, so a number is
-    /// never handed out for a write a crash could lose; until then the record is
-    /// durable in the log and readable, but not yet in the sequence.
+    /// The buffered records numbered after `after`, merged with the engine's sequence.
+    /// The buffer is read first: a record the applier moves meanwhile is in the engine
+    /// before it leaves the buffer, so it is seen in one or the other (or both, with the
+    /// same number: it is listed once). A key buffered shadows its older engine entry.
+    /// When the engine stopped at a limit, buffered numbers past its last wait for a
+    /// later chunk: the engine may hold lower numbers beyond it.
     fn changes_after(
         &self,
         partition: Partition,
@@ -651,11 +716,45 @@ impl Store for BufferedStore {
         limit: usize,
         max_bytes: usize,
     ) -> Result<super::Sequenced, StoreError> {
-        self.inner.engine.changes_after(partition, after, limit, max_bytes)
+        let (shadowed, mut buffered): (std::collections::HashSet<Bytes, Xxh3Builder>, Vec<_>) = {
+            let shard = self.inner.shard(partition);
+            let newer = shard
+                .iter()
+                .filter(|(_, e)| e.seq > after)
+                .map(|(k, e)| (e.seq, k.clone(), e.record.clone()))
+                .collect();
+            (shard.keys().cloned().collect(), newer)
+        };
+        buffered.sort_unstable_by_key(|(n, _, _)| *n);
+        let engine = self.inner.engine.changes_after(partition, after, limit, max_bytes)?;
+        let mut all: Vec<(u64, Bytes, Record)> =
+            engine.records.into_iter().filter(|(_, k, _)| !shadowed.contains(k)).collect();
+        // Everything up to the engine's last number is covered, even when all its
+        // records were shadowed by buffered ones.
+        let mut out = super::Sequenced { records: Vec::new(), more: engine.more, upto: engine.upto };
+        if engine.more {
+            buffered.retain(|(n, _, _)| *n <= engine.upto);
+        }
+        all.extend(buffered);
+        all.sort_unstable_by_key(|(n, _, _)| *n);
+        let mut bytes = 0;
+        for (n, key, record) in all {
+            let size = chunk_bytes(&key, &record);
+            if !out.records.is_empty() && (out.records.len() >= limit || bytes + size > max_bytes) {
+                out.more = true;
+                out.upto = out.records.last().map_or(after, |(n, _, _)| *n);
+                break;
+            }
+            bytes += size;
+            out.upto = out.upto.max(n);
+            out.records.push((n, key, record));
+        }
+        Ok(out)
     }
 
     fn last_seq(&self, partition: Partition) -> u64 {
-        self.inner.engine.last_seq(partition)
+        let _shard = self.inner.shard(partition);
+        self.inner.numbers[partition as usize].load(Ordering::Relaxed)
     }
 
     /// Purges from the engine. A buffered record always supersedes what the engine held,

@@ -62,8 +62,11 @@ pub struct Changes {
 pub struct Sequenced {
     /// (change number, key, record), in ascending change number.
     pub records: Vec<(u64, Bytes, Record)>,
-    /// A limit stopped the chunk: read on after its last number.
+    /// A limit stopped the chunk: read on after `upto`.
     pub more: bool,
+    /// The chunk covers every number up to this one: its last record's, or further when
+    /// what it read past that was superseded (`after` when it covers nothing).
+    pub upto: u64,
 }
 
 /// The bytes a record takes in a chunk: its key and value.
@@ -164,13 +167,14 @@ pub trait Store: Send + Sync + 'static {
         max_bytes: usize,
     ) -> Result<Changes, StoreError>;
 
-    /// Writes `records` without reading them first, as one batch where the engine can
-    /// (the write buffer's applier): each already won against what the engine holds.
-    fn put_many(&self, records: &[(Bytes, Record)]) -> Result<(), StoreError> {
-        for (key, record) in records {
-            self.put(key, &mut || record.clone())?;
-        }
-        Ok(())
+    /// Writes `records` (change number, key, record) without reading them first, in one
+    /// batch: the write buffer's applier, whose records already won against what the
+    /// engine holds and already have their numbers (the buffer numbers records as they
+    /// enter it, see [`buffered`]). Only a storage engine takes them; numbers of a
+    /// partition given here must be above every number it holds.
+    fn apply_numbered(&self, records: &[(u64, Bytes, Record)]) -> Result<(), StoreError> {
+        let _ = records;
+        Err(StoreError::Io(format!("the {} store numbers its records itself", self.engine())))
     }
 
     /// The partition's local change sequence after position `after`: each record applied

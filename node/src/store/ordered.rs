@@ -7,10 +7,11 @@
 //! - `i | partition | hlc | key` -> empty: the per-partition HLC index ("changes since t"),
 //!   which rebalance and repair read
 //! - `s | partition | change number` -> key: the per-partition local change sequence
-//!   (each record applied to a partition gets the next number), which the WAN connector's
-//!   cursor reads; a key's older numbers are removed as it changes, so the sequence holds
-//!   one entry per key and reading it after a position yields every key changed since
-//! - `n | partition` -> the last change number handed out, so numbers never repeat even
+//!   (each record applied to a partition gets the next number, or the number the write
+//!   buffer gave it), which the WAN connector's cursor reads; a key's older numbers are
+//!   removed as it changes, so the sequence holds one entry per key and reading it after
+//!   a position yields every key changed since
+//! - `n | partition` -> the highest change number stored, so numbers never repeat even
 //!   when the entry holding the highest one is purged
 //! - `p | purge_at_ms | partition | key` -> empty: when an expired value or an old
 //!   tombstone may be removed, so purging reads only what is due
@@ -18,7 +19,8 @@
 //!
 //! Read-decide-write is serialised per key by lock stripes; numbering is serialised per
 //! partition by a lock held from taking the number until its batch is committed, so a
-//! reader that sees number n also sees every number below it that will ever exist.
+//! reader that sees number n also sees every number below it that will ever exist. (Under
+//! the write buffer, the buffer hands out the numbers and keeps that promise itself.)
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -227,15 +229,29 @@ impl<K: Kv> OrderedStore<K> {
     }
 
     /// Writes `writes` (key, record, what it replaces) in one batch, each record with the
-    /// next number of its partition. The caller holds the keys' stripes.
-    fn write_batch(&self, writes: &[(&[u8], Partition, &Record, Option<&Stored>)]) -> Result<(), StoreError> {
+    /// number given in `numbers`, or else the next number of its partition. The caller
+    /// holds the keys' stripes.
+    fn write_batch(
+        &self,
+        writes: &[(&[u8], Partition, &Record, Option<&Stored>)],
+        numbers: Option<&[u64]>,
+    ) -> Result<(), StoreError> {
         let mut numbering = self.lock_seqs(writes.iter().map(|w| w.1));
         let mut next: HashMap<Partition, u64> = numbering.iter().map(|(p, g)| (*p, **g)).collect();
         let mut ops = Vec::with_capacity(writes.len() * 6);
         let (mut added, mut removed) = (StoreStats::default(), StoreStats::default());
-        for &(key, p, new, old) in writes {
-            let seq = next.get_mut(&p).expect("locked above");
-            *seq += 1;
+        for (n, &(key, p, new, old)) in writes.iter().enumerate() {
+            let last = next.get_mut(&p).expect("locked above");
+            let seq = match numbers {
+                Some(given) => {
+                    *last = (*last).max(given[n]);
+                    given[n]
+                }
+                None => {
+                    *last += 1;
+                    *last
+                }
+            };
             let new_purge = self.purge_at(new);
             if let Some(old) = old {
                 self.unindex(&mut ops, p, key, old, Some(new.hlc), new_purge);
@@ -246,7 +262,7 @@ impl<K: Kv> OrderedStore<K> {
             new.encode_into(&mut value);
             ops.push(Op::Put(data_key(p, key), value));
             ops.push(Op::Put(index_key(p, new.hlc, key), Vec::new()));
-            ops.push(Op::Put(seq_key(p, *seq), key.to_vec()));
+            ops.push(Op::Put(seq_key(p, seq), key.to_vec()));
             if let Some(at) = new_purge {
                 ops.push(Op::Put(purge_key(at, p, key), Vec::new()));
             }
@@ -407,7 +423,7 @@ impl<K: Kv> Store for OrderedStore<K> {
         if batch.is_empty() {
             return Ok(0);
         }
-        self.write_batch(&batch)?;
+        self.write_batch(&batch, None)?;
         Ok(writes.iter().filter(|w| matches!(w, Write::Put(_))).count())
     }
 
@@ -415,22 +431,24 @@ impl<K: Kv> Store for OrderedStore<K> {
         let _guard = lock(&self.locks[Self::stripe(key)]);
         let p = partition_of(key, self.partitions);
         let old = self.read(p, key)?;
-        self.write_batch(&[(key, p, &make(), old.as_ref())])
+        self.write_batch(&[(key, p, &make(), old.as_ref())], None)
     }
 
-    fn put_many(&self, records: &[(Bytes, Record)]) -> Result<(), StoreError> {
-        let _guards = self.lock_stripes(records.iter().map(|(k, _)| &k[..]));
-        let mut latest: HashMap<&[u8], &Record> = HashMap::with_capacity(records.len());
-        for (k, r) in records {
-            latest.insert(k, r);
+    fn apply_numbered(&self, records: &[(u64, Bytes, Record)]) -> Result<(), StoreError> {
+        let _guards = self.lock_stripes(records.iter().map(|(_, k, _)| &k[..]));
+        // A key listed twice keeps its last (highest numbered) record.
+        let mut latest: HashMap<&[u8], (u64, &Record)> = HashMap::with_capacity(records.len());
+        for (n, k, r) in records {
+            latest.insert(k, (*n, r));
         }
         let mut olds = Vec::with_capacity(latest.len());
-        for (k, r) in &latest {
+        for (k, (n, r)) in &latest {
             let p = partition_of(k, self.partitions);
-            olds.push((*k, p, *r, self.read(p, k)?));
+            olds.push((*k, p, *r, self.read(p, k)?, *n));
         }
-        let batch: Vec<_> = olds.iter().map(|(k, p, r, old)| (*k, *p, *r, old.as_ref())).collect();
-        self.write_batch(&batch)
+        let batch: Vec<_> = olds.iter().map(|(k, p, r, old, _)| (*k, *p, *r, old.as_ref())).collect();
+        let numbers: Vec<u64> = olds.iter().map(|o| o.4).collect();
+        self.write_batch(&batch, Some(&numbers))
     }
 
     fn max_hlc(&self) -> Result<Hlc, StoreError> {
@@ -514,7 +532,7 @@ impl<K: Kv> Store for OrderedStore<K> {
     ) -> Result<Sequenced, StoreError> {
         let from = seq_key(partition, after.saturating_add(1));
         let to = prefix_end(&with_partition(SEQ, partition, 0)).expect("a bounded prefix");
-        let mut out = Sequenced { records: Vec::new(), more: false };
+        let mut out = Sequenced { records: Vec::new(), more: false, upto: after };
         let mut bytes = 0;
         let mut failed = None;
         self.kv.scan(&from, &to, false, &mut |k, key| {
@@ -535,6 +553,7 @@ impl<K: Kv> Store for OrderedStore<K> {
                 return false;
             }
             bytes += size;
+            out.upto = seq;
             out.records.push((seq, Bytes::copy_from_slice(key), r));
             true
         })?;

@@ -77,6 +77,8 @@ fn sequence(s: &dyn Store, p: u16, mut after: u64, limit: usize) -> Vec<(u64, Ve
             after = *seq;
             out.push((*seq, key.to_vec()));
         }
+        assert!(chunk.upto >= after, "a chunk ending at {} before its last record {after}", chunk.upto);
+        after = chunk.upto;
         if !chunk.more {
             return out;
         }
@@ -277,19 +279,35 @@ fn the_change_sequence_numbers_each_partitions_records(engine: Engine) {
     assert_eq!(s.last_seq(0), 6);
     put(&*s, b"d", rec(Some(b"v"), 30, None));
     assert_eq!(sequence(&*s, 0, 5, 10), vec![(7, b"d".to_vec())]);
-    // Several keys in one batch, across partitions: one number each, in their partitions.
-    let many: Vec<(Bytes, Record)> =
-        (0..20).map(|i| (Bytes::from(format!("m{i}")), rec(Some(b"v"), 100 + i, None))).collect();
-    s.put_many(&many).unwrap();
-    assert_eq!(sequence(&*s, 0, 7, 3).len(), 20);
-    assert_eq!(s.last_seq(0), 27);
+    // Records numbered by the write buffer keep their numbers, several in one batch;
+    // numbering of its own goes on above them.
+    let many: Vec<(u64, Bytes, Record)> =
+        (0..20).map(|i| (1_000 + i, Bytes::from(format!("m{i}")), rec(Some(b"v"), 100 + i, None))).collect();
+    s.apply_numbered(&many).unwrap();
+    let numbered = sequence(&*s, 0, 7, 3);
+    assert_eq!(numbered.iter().map(|(n, _)| *n).collect::<Vec<_>>(), (1_000..1_020).collect::<Vec<_>>());
+    assert_eq!(numbered[19].1, b"m19".to_vec());
+    assert_eq!(s.last_seq(0), 1_019);
+    put(&*s, b"e", rec(Some(b"v"), 200, None));
+    assert_eq!(sequence(&*s, 0, 1_019, 10), vec![(1_020, b"e".to_vec())]);
 }
 
 /// A reader following the sequence while writers change keys of the same partition sees
 /// the last record of every key: no number becomes visible before a lower one.
 fn a_cursor_following_concurrent_writers_misses_nothing(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let s = open(engine, dir.path(), 2);
+    follow_concurrent_writers(open(engine, dir.path(), 2), 2);
+}
+
+/// The same through the write buffer, with an applier moving records into the engine
+/// while the reader reads: a record is seen in the buffer or in the engine, never in
+/// neither.
+fn a_cursor_following_writers_through_the_buffer_misses_nothing(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    follow_concurrent_writers(Arc::new(buffered(engine, dir.path(), 16 << 10, Duration::from_millis(1))), 8);
+}
+
+fn follow_concurrent_writers(s: Arc<dyn Store>, partitions: u16) {
     let done = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..3u64)
         .map(|w| {
@@ -310,19 +328,18 @@ fn a_cursor_following_concurrent_writers_misses_nothing(engine: Engine) {
     let reader = {
         let (s, done) = (s.clone(), done.clone());
         std::thread::spawn(move || {
-            let mut cursor = [0u64; 2];
+            let mut cursor = vec![0u64; partitions as usize];
             let mut seen = std::collections::BTreeMap::new();
             loop {
                 let finished = done.load(Ordering::Acquire);
-                for p in 0..2u16 {
-                    for (seq, key, r) in
-                        s.changes_after(p, cursor[p as usize], 7, usize::MAX).unwrap().records
-                    {
-                        cursor[p as usize] = seq;
+                for p in 0..partitions {
+                    let chunk = s.changes_after(p, cursor[p as usize], 7, usize::MAX).unwrap();
+                    for (_, key, r) in chunk.records {
                         seen.insert(key.to_vec(), r.hlc);
                     }
+                    cursor[p as usize] = chunk.upto;
                 }
-                if finished && (0..2).all(|p| s.last_seq(p) == cursor[p as usize]) {
+                if finished && (0..partitions).all(|p| s.last_seq(p) == cursor[p as usize]) {
                     return seen;
                 }
                 std::thread::yield_now();
@@ -342,16 +359,39 @@ fn a_cursor_following_concurrent_writers_misses_nothing(engine: Engine) {
 
 /// Through the write buffer, as the node uses it: the sequence numbers records when the
 /// applier moves them into the engine.
-fn the_buffered_store_sequences_applied_records(engine: Engine) {
+/// The write buffer numbers records as they enter it: they are in the sequence before
+/// the applier moves them, keep their numbers when it does, and a reopen (after a crash:
+/// the buffer is dropped unapplied, its log replayed) numbers above every number handed
+/// out before, even numbers of records the crash could have lost.
+fn the_buffered_store_numbers_records_as_they_enter_it(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let s = buffered(engine, dir.path(), 1 << 20, Duration::from_secs(3600));
-    for i in 0..10u64 {
-        s.put(format!("k{i}").as_bytes(), &mut || rec(Some(b"v"), 10 + i, None)).unwrap();
+    let listed = |s: &BufferedStore| (0..8).flat_map(|p| sequence(s, p, 0, 3)).collect::<Vec<_>>();
+    let before_drain;
+    let highest;
+    {
+        let s = buffered(engine, dir.path(), 1 << 20, Duration::from_secs(3600));
+        for i in 0..10u64 {
+            s.put(format!("k{i}").as_bytes(), &mut || rec(Some(b"v"), 10 + i, None)).unwrap();
+        }
+        before_drain = listed(&s);
+        assert_eq!(before_drain.len(), 10);
+        s.drain();
+        assert_eq!(listed(&s), before_drain, "applying keeps the numbers");
+        // Rewritten in the buffer: the key moves to a new number, its old one is gone.
+        s.put(b"k3", &mut || rec(Some(b"w"), 30, None)).unwrap();
+        let after = listed(&s);
+        assert_eq!(after.len(), 10);
+        highest = (0..8).map(|p| s.last_seq(p)).max().unwrap();
+        assert!(after.contains(&(highest, b"k3".to_vec())), "{after:?}");
+        s.flush().unwrap();
     }
-    let total = |s: &BufferedStore| (0..8).map(|p| sequence(s, p, 0, 3).len()).sum::<usize>();
-    assert_eq!(total(&s), 0);
-    s.drain();
-    assert_eq!(total(&s), 10);
+    let s = buffered(engine, dir.path(), 1 << 20, Duration::from_secs(3600));
+    let reopened = listed(&s);
+    assert_eq!(reopened.len(), 10);
+    let (n, _) = reopened.iter().find(|(_, k)| k == b"k3").unwrap();
+    assert!(*n > highest, "replayed k3 got {n}, not above {highest}");
+    s.put(b"k11", &mut || rec(Some(b"v"), 40, None)).unwrap();
+    assert!((0..8).all(|p| s.last_seq(p) > highest));
 }
 
 fn buffered(engine: Engine, dir: &Path, limit: usize, apply_delay: Duration) -> BufferedStore {
@@ -476,7 +516,8 @@ macro_rules! suite {
             #[test] fn scan_partition_visits_each_record_once() { super::scan_partition_visits_each_record_once(E) }
             #[test] fn the_change_sequence_numbers_each_partitions_records() { super::the_change_sequence_numbers_each_partitions_records(E) }
             #[test] fn a_cursor_following_concurrent_writers_misses_nothing() { super::a_cursor_following_concurrent_writers_misses_nothing(E) }
-            #[test] fn the_buffered_store_sequences_applied_records() { super::the_buffered_store_sequences_applied_records(E) }
+            #[test] fn a_cursor_following_writers_through_the_buffer_misses_nothing() { super::a_cursor_following_writers_through_the_buffer_misses_nothing(E) }
+            #[test] fn the_buffered_store_numbers_records_as_they_enter_it() { super::the_buffered_store_numbers_records_as_they_enter_it(E) }
             #[test] fn acknowledged_writes_survive_a_kill_with_fsync_always() { super::acknowledged_writes_survive_a_kill(E, "always") }
             #[test] fn acknowledged_writes_survive_a_kill_with_fsync_interval() { super::acknowledged_writes_survive_a_kill(E, "interval") }
         }
