@@ -102,19 +102,33 @@ fn connect(addr: SocketAddr) -> Result<RawConn, String> {
     RawConn::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))
 }
 
-/// SETs at `rate` per second through `conn` until `stop` (or `limit` writes), keys from
-/// `key(i)`; counts acknowledged writes and their bytes; returns the errors seen.
-fn paced_writes(
-    conn: &mut RawConn,
+/// How one writer paces its SETs.
+struct Pace {
+    /// SETs per second.
     rate: u64,
     value_bytes: usize,
     seed: u64,
+    /// Stop after this many SETs.
+    limit: Option<u64>,
+}
+
+/// Acknowledged writes and the bytes of their keys and values, shared by the writers.
+#[derive(Default)]
+struct Acked {
+    writes: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// SETs at `pace` through `conn` until `stop` (or the limit), keys from `key(i)`; counts
+/// acknowledged writes in `acked`; returns the errors seen.
+fn paced_writes(
+    conn: &mut RawConn,
+    pace: Pace,
     key: impl Fn(u64, &mut Rng) -> String,
     stop: &AtomicBool,
-    limit: Option<u64>,
-    acked: &AtomicU64,
-    bytes: &AtomicU64,
+    acked: &Acked,
 ) -> u64 {
+    let Pace { rate, value_bytes, seed, limit } = pace;
     let mut rng = Rng(seed | 1);
     let started = Instant::now();
     let (mut sent, mut errors, mut ticks) = (0u64, 0u64, 0u32);
@@ -140,8 +154,8 @@ fn paced_writes(
             for size in sizes {
                 match conn.read_reply() {
                     Ok(Reply::Simple(s)) if s == "OK" => {
-                        acked.fetch_add(1, Ordering::Relaxed);
-                        bytes.fetch_add(size, Ordering::Relaxed);
+                        acked.writes.fetch_add(1, Ordering::Relaxed);
+                        acked.bytes.fetch_add(size, Ordering::Relaxed);
                     }
                     Ok(other) => {
                         if errors == 0 {
@@ -182,17 +196,18 @@ fn lag(f: &Flags) -> Result<(), String> {
     let run = f.0.get("run").cloned().unwrap_or_else(|| std::process::id().to_string());
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (load_acked, load_bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load_acked = Arc::new(Acked::default());
     let load_started = Instant::now();
     let mut loaders = Vec::new();
     if load_rate > 0 {
         for (i, addr) in writes.iter().enumerate() {
             let mut conn = connect(*addr)?;
-            let (stop, acked, bytes) = (stop.clone(), load_acked.clone(), load_bytes.clone());
-            let rate = load_rate / writes.len() as u64;
+            let (stop, acked) = (stop.clone(), load_acked.clone());
+            let pace =
+                Pace { rate: load_rate / writes.len() as u64, value_bytes, seed: 7 + i as u64, limit: None };
             loaders.push(std::thread::spawn(move || {
                 let key = |_: u64, rng: &mut Rng| format!("load:{}", rng.next() % 10_000_000);
-                paced_writes(&mut conn, rate, value_bytes, 7 + i as u64, key, &stop, None, &acked, &bytes)
+                paced_writes(&mut conn, pace, key, &stop, &acked)
             }));
         }
     }
@@ -282,7 +297,7 @@ fn lag(f: &Flags) -> Result<(), String> {
         percentile(&lags, 0.9),
         percentile(&lags, 0.99),
         lags.last().map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0),
-        load_acked.load(Ordering::Relaxed) as f64 / load_secs,
+        load_acked.writes.load(Ordering::Relaxed) as f64 / load_secs,
     );
     Ok(())
 }
@@ -297,18 +312,19 @@ fn write(f: &Flags) -> Result<bool, String> {
     };
     let value_bytes = f.num("value-bytes", Some(256))? as usize;
     let stop = Arc::new(AtomicBool::new(false));
-    let (acked, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let acked = Arc::new(Acked::default());
     let n = writes.len() as u64;
     let mut threads = Vec::new();
     for (i, addr) in writes.iter().enumerate() {
         let mut conn = connect(*addr)?;
-        let (stop, acked, bytes, prefix) = (stop.clone(), acked.clone(), bytes.clone(), prefix.clone());
+        let (stop, acked, prefix) = (stop.clone(), acked.clone(), prefix.clone());
         let i = i as u64;
         threads.push(std::thread::spawn(move || {
             // Thread i writes keys i, i+n, i+2n, ...: together every key once.
             let key = move |j: u64, _: &mut Rng| format!("{prefix}:{}", j * n + i);
             let count = total.saturating_sub(i).div_ceil(n);
-            paced_writes(&mut conn, rate / n, value_bytes, 11 + i, key, &stop, Some(count), &acked, &bytes)
+            let pace = Pace { rate: rate / n, value_bytes, seed: 11 + i, limit: Some(count) };
+            paced_writes(&mut conn, pace, key, &stop, &acked)
         }));
     }
     let mut errors = 0;
@@ -317,8 +333,8 @@ fn write(f: &Flags) -> Result<bool, String> {
     }
     println!(
         "keys {} bytes {} errors {errors}",
-        acked.load(Ordering::Relaxed),
-        bytes.load(Ordering::Relaxed)
+        acked.writes.load(Ordering::Relaxed),
+        acked.bytes.load(Ordering::Relaxed)
     );
     Ok(errors == 0)
 }
