@@ -131,7 +131,7 @@ fn main() -> ExitCode {
             }
         }
         if let Some(s) = &args.stats
-            && tick % 5 == 0
+            && tick.is_multiple_of(5)
         {
             let tmp = s.with_extension("tmp");
             let written =
