@@ -46,6 +46,11 @@ const FLAGS: &[(&str, &str, &str)] = &[
         "keyspaces.local",
         "Key prefixes that never leave this datacenter, comma-separated (e.g. session:,tmp:); the same on every node and connector of the datacenter",
     ),
+    (
+        "compression",
+        "connector.compression",
+        "Compression of batches sent to other datacenters: lz4 or none [default: lz4]",
+    ),
     ("log-level", "log_level", "Log filter [default: info]"),
 ];
 

@@ -3,6 +3,7 @@
 //! by its shipper and by the WAN handler, read by `/v1/status` and `/metrics`.
 
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{Gauge, IntCounter, IntGauge, Opts, Registry};
@@ -36,8 +37,8 @@ impl LinkMetrics {
             lag_seconds: reg(r, prometheus::GaugeVec::new(o("opencluster_connector_lag_seconds", "Seconds since shipping to the remote datacenter was last caught up (0 when caught up)"), l).expect("valid")),
             lag_records: reg(r, prometheus::IntGaugeVec::new(o("opencluster_connector_lag_records", "Changes of this datacenter's change sequences not yet shipped to the remote (positions; an upper bound of records)"), l).expect("valid")),
             rtt_seconds: reg(r, prometheus::GaugeVec::new(o("opencluster_connector_rtt_seconds", "Time of the last acknowledged batch to the remote datacenter, applying included"), l).expect("valid")),
-            sent_bytes: reg(r, prometheus::IntCounterVec::new(o("opencluster_connector_sent_bytes_total", "Bytes of keys and values shipped to the remote datacenter"), l).expect("valid")),
-            received_bytes: reg(r, prometheus::IntCounterVec::new(o("opencluster_connector_received_bytes_total", "Bytes of keys and values received from the remote datacenter and applied"), l).expect("valid")),
+            sent_bytes: reg(r, prometheus::IntCounterVec::new(o("opencluster_connector_sent_bytes_total", "Bytes of keys and values shipped to the remote datacenter, compressed when batches are"), l).expect("valid")),
+            received_bytes: reg(r, prometheus::IntCounterVec::new(o("opencluster_connector_received_bytes_total", "Bytes of keys and values received from the remote datacenter and applied, compressed when batches were"), l).expect("valid")),
             shipped: reg(r, prometheus::IntCounterVec::new(o("opencluster_connector_shipped_records_total", "Records shipped to the remote datacenter and acknowledged"), l).expect("valid")),
             applied: reg(r, prometheus::IntCounterVec::new(o("opencluster_connector_applied_records_total", "Records received from the remote datacenter and applied here"), l).expect("valid")),
             errors: reg(r, prometheus::IntCounterVec::new(o("opencluster_connector_link_errors_total", "Failed exchanges with the remote datacenter (the batch is sent again)"), l).expect("valid")),
@@ -64,6 +65,9 @@ pub struct Link {
     compared: IntCounter,
     backstopped: IntCounter,
     state: Mutex<State>,
+    /// Set once the remote refused a compressed batch (a connector of an older version):
+    /// batches to it go plain from then on.
+    pub plain_only: AtomicBool,
 }
 
 struct State {
@@ -103,6 +107,7 @@ impl Link {
                 worker: "starting",
                 current: None,
             }),
+            plain_only: AtomicBool::new(false),
         }
     }
 

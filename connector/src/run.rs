@@ -204,6 +204,7 @@ pub async fn run(
             datacenter: config.datacenter.clone(),
             applier: applier.clone(),
             links: links.iter().map(|l| (l.remote.clone(), l.clone())).collect::<HashMap<_, _>>(),
+            max_unpacked_bytes: config.limits.max_request_bytes.as_usize(),
         }
         .shared(),
     ));
@@ -222,6 +223,7 @@ pub async fn run(
         poll_interval: config.connector.poll_interval,
         ship_timeout: config.connector.ship_timeout,
         local_timeout: config.cluster.request_timeout,
+        compression: config.connector.compression,
     };
     let shippers = TaskTracker::new();
     let stop_shipping = CancellationToken::new();

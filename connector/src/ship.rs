@@ -23,6 +23,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use opencluster_node::cluster::messages::{Changes, Positions, WireRecord};
+use opencluster_node::config::Compression;
 use opencluster_node::hlc::Hlc;
 use opencluster_node::membership::members::Members;
 use opencluster_node::peer::{Peers, Target};
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cursors::Advances;
 use crate::link::Link;
 use crate::share::{Share, owned};
-use crate::wan::{Ship, batch_bytes};
+use crate::wan::Outgoing;
 
 /// Keys a link remembers as shipped (with their HLC) to skip other owners' copies: about
 /// 100 bytes each plus the key, so a few MiB for usual keys.
@@ -49,6 +50,7 @@ pub struct ShipOptions {
     pub ship_timeout: Duration,
     /// Timeout of a request to a node of this datacenter.
     pub local_timeout: Duration,
+    pub compression: Compression,
 }
 
 /// The keys this link shipped lately with their HLC, to skip the copies other owners hold.
@@ -274,16 +276,26 @@ impl Shipper {
         let count = batch.records.len();
         if count > 0 {
             self.link.worker("shipping");
-            let bytes = batch_bytes(&batch.records);
-            let message = Ship { from: self.datacenter.clone(), records: batch.records };
+            let plain_only = &self.link.plain_only;
+            let mut message = Outgoing::new(
+                self.datacenter.clone(),
+                batch.records,
+                self.options.compression,
+                plain_only.load(std::sync::atomic::Ordering::Relaxed),
+            );
             let mut backoff = Duration::from_millis(100);
             loop {
                 let started = Instant::now();
                 let result = match resolve_all(&self.addresses).await {
                     Ok(addrs) => {
                         let addr = addrs[self.pick.load(Ordering::Relaxed) % addrs.len()];
-                        self.wan
-                            .call(&remote_target(&self.remote, addr), &message, self.options.ship_timeout)
+                        message
+                            .send(
+                                &self.wan,
+                                &remote_target(&self.remote, addr),
+                                self.options.ship_timeout,
+                                plain_only,
+                            )
                             .await
                             .map(|_| addr)
                             .map_err(|e| format!("{addr}: {e}"))
@@ -292,7 +304,7 @@ impl Shipper {
                 };
                 match result {
                     Ok(addr) => {
-                        self.link.shipped(count, bytes, started.elapsed(), addr);
+                        self.link.shipped(count, message.wire_bytes(), started.elapsed(), addr);
                         break;
                     }
                     Err(e) => {

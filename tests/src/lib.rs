@@ -10,8 +10,9 @@
 //!   of a cluster under writes through every node, and a checker of every acknowledged
 //!   write.
 //! - `cgroup`: a memory cgroup a test makes for its nodes (limits, OOM kills, RSS).
-//! - `relay`, `connector`: the WAN between datacenters (a UDP relay with delay, loss and
-//!   cuts) and connector processes, for the multi-datacenter tests.
+//! - `relay`, `tcp_relay`, `connector`: the WAN between datacenters (a UDP relay with
+//!   delay, loss and cuts, and a TCP one with delay and cuts) and connector processes, for
+//!   the multi-datacenter tests and the replication benchmark.
 //! - `http`: a minimal HTTP GET for the admin API.
 //! - `wait`: polling with deadlines instead of sleeps.
 //!
@@ -26,6 +27,7 @@ pub mod node;
 pub mod pki;
 pub mod relay;
 pub mod resp;
+pub mod tcp_relay;
 pub mod wait;
 
 pub use node::{

@@ -4,7 +4,9 @@
 //! `netem`; a relay works everywhere and needs no privileges.)
 //!
 //! One [`Wan`] holds the faults; each [`Relay`] forwards to one connector and obeys them,
-//! so cutting the `Wan` cuts both directions of a datacenter pair at once.
+//! so cutting the `Wan` cuts both directions of a datacenter pair at once. A
+//! [`crate::tcp_relay::TcpRelay`] obeys the same faults for TCP (Redis replication, for
+//! the benchmarks), and `opencluster-relay` runs either from a shell.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
@@ -24,6 +26,10 @@ pub struct Wan {
     /// Packets dropped (cut or loss) and forwarded.
     pub dropped: AtomicU64,
     pub forwarded: AtomicU64,
+    /// Bytes forwarded toward the target, and back from it (payloads: UDP datagrams or
+    /// the TCP stream, without IP and UDP/TCP headers).
+    pub bytes_to_target: AtomicU64,
+    pub bytes_back: AtomicU64,
 }
 
 impl Wan {
@@ -42,6 +48,26 @@ impl Wan {
 
     pub fn set_delay(&self, one_way: Duration) {
         self.delay_us.store(one_way.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
+    }
+
+    pub fn delay(&self) -> Duration {
+        Duration::from_micros(self.delay_us.load(Ordering::SeqCst))
+    }
+
+    /// The counters as one line of JSON.
+    pub fn stats_json(&self) -> String {
+        format!(
+            "{{\"cut\":{},\"forwarded\":{},\"dropped\":{},\"bytes_to_target\":{},\"bytes_back\":{}}}",
+            self.is_cut(),
+            self.forwarded.load(Ordering::Relaxed),
+            self.dropped.load(Ordering::Relaxed),
+            self.bytes_to_target.load(Ordering::Relaxed),
+            self.bytes_back.load(Ordering::Relaxed),
+        )
     }
 
     /// Drops this share of packets (0.0 to 1.0).
@@ -85,7 +111,12 @@ const POLL: Duration = Duration::from_millis(50);
 
 impl Relay {
     pub fn start(target: SocketAddr, wan: Arc<Wan>) -> Relay {
-        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").expect("bind relay"));
+        Relay::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), target, wan).expect("bind relay")
+    }
+
+    /// A relay listening on `listen` (port 0: any free port).
+    pub fn start_on(listen: SocketAddr, target: SocketAddr, wan: Arc<Wan>) -> std::io::Result<Relay> {
+        let front = Arc::new(UdpSocket::bind(listen)?);
         front.set_read_timeout(Some(POLL)).expect("timeout");
         let addr = front.local_addr().expect("relay addr");
         let stop = Arc::new(AtomicBool::new(false));
@@ -118,20 +149,20 @@ impl Relay {
                         let mut buf = vec![0u8; 65536];
                         while !stop3.load(Ordering::SeqCst) {
                             if let Ok((n, _)) = up2.recv_from(&mut buf) {
-                                send(&wan2, &line3, &mut rng, front2.clone(), from, &buf[..n]);
+                                send(&wan2, &line3, &mut rng, front2.clone(), from, &buf[..n], false);
                             }
                         }
                     });
                     back_threads.push(handle);
                     up
                 });
-                send(&wan, &line2, &mut rng, up.clone(), target, &buf[..n]);
+                send(&wan, &line2, &mut rng, up.clone(), target, &buf[..n], true);
             }
             for h in back_threads {
                 let _ = h.join();
             }
         }));
-        Relay { addr, stop, threads }
+        Ok(Relay { addr, stop, threads })
     }
 
     /// Where the connector on the other side of the WAN is dialled.
@@ -140,12 +171,22 @@ impl Relay {
     }
 }
 
-fn send(wan: &Wan, line: &DelayLine, rng: &mut u64, socket: Arc<UdpSocket>, to: SocketAddr, bytes: &[u8]) {
+fn send(
+    wan: &Wan,
+    line: &DelayLine,
+    rng: &mut u64,
+    socket: Arc<UdpSocket>,
+    to: SocketAddr,
+    bytes: &[u8],
+    to_target: bool,
+) {
     if !wan.passes(rng) {
         wan.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     }
     wan.forwarded.fetch_add(1, Ordering::Relaxed);
+    let counter = if to_target { &wan.bytes_to_target } else { &wan.bytes_back };
+    counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
     let delay = Duration::from_micros(wan.delay_us.load(Ordering::SeqCst));
     if delay.is_zero() {
         if let Err(e) = socket.send_to(bytes, to) {

@@ -203,7 +203,7 @@ impl Handler for Service {
                     .await
                 }
                 // The connectors' messages between datacenters are not a node's to answer.
-                Kind::Ship | Kind::Compare => refused(Refusal::UnknownKind(kind as u8)),
+                Kind::Ship | Kind::ShipPacked | Kind::Compare => refused(Refusal::UnknownKind(kind as u8)),
                 Kind::Heads => {
                     answer(&body, |_: messages::Heads| async move {
                         let store = &c.local.store;

@@ -170,6 +170,18 @@ pub struct ConnectorConfig {
     /// cursors.
     #[serde(with = "units::duration")]
     pub backstop_interval: Duration,
+    /// How batches are compressed on the WAN.
+    pub compression: Compression,
+}
+
+/// The compression of batches between datacenters (`connector.compression`).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Batches go as they are.
+    None,
+    /// LZ4 block compression; a batch it would not shrink goes as it is.
+    Lz4,
 }
 
 impl Default for ConnectorConfig {
@@ -183,6 +195,7 @@ impl Default for ConnectorConfig {
             poll_interval: Duration::from_millis(20),
             ship_timeout: Duration::from_secs(10),
             backstop_interval: Duration::from_secs(3600),
+            compression: Compression::Lz4,
         }
     }
 }

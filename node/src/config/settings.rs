@@ -344,6 +344,11 @@ pub const SETTINGS: &[Setting] = &[
         "Key prefixes whose keys never leave this datacenter (not shipped by the connectors), comma-separated, e.g. session:,tmp: ; every node and connector of a datacenter must list the same",
     ),
     s(
+        "connector.compression",
+        Kind::Choice(&["lz4", "none"]),
+        "Connector only: compression of batches on the WAN, lz4 or none [default: lz4]",
+    ),
+    s(
         "store.engine",
         Kind::Choice(&["sled", "redb", "fjall", "lmdb"]),
         "Storage engine: sled, redb (own cache, pread), fjall (LSM tree) or lmdb (memory-mapped); fixed once data exists (unset: the engine of the data the store holds), see docs/storage-study.md [default: lmdb]",

@@ -57,9 +57,12 @@ pub enum Kind {
     Acknowledge = 19,
     /// The connector's: [`Kind::Heads`] with where one remote datacenter stands in them.
     Positions = 20,
+    /// Between connectors: a `Ship` whose records are compressed (a connector that
+    /// predates it refuses the kind, and the sender falls back to `Ship`).
+    ShipPacked = 21,
     /// Between connectors of two datacenters: partitions' digests to compare (the
     /// backstop behind the cursors).
-    Compare = 21,
+    Compare = 22,
 }
 
 impl Kind {
@@ -85,7 +88,8 @@ impl Kind {
             18 => Kind::Ship,
             19 => Kind::Acknowledge,
             20 => Kind::Positions,
-            21 => Kind::Compare,
+            21 => Kind::ShipPacked,
+            22 => Kind::Compare,
             _ => return None,
         })
     }
@@ -113,11 +117,12 @@ impl Kind {
             Kind::Ship => "ship",
             Kind::Acknowledge => "acknowledge",
             Kind::Positions => "positions",
+            Kind::ShipPacked => "ship_packed",
             Kind::Compare => "compare",
         }
     }
 
-    pub const ALL: [Kind; 21] = [
+    pub const ALL: [Kind; 22] = [
         Kind::Ping,
         Kind::Read,
         Kind::Write,
@@ -138,6 +143,7 @@ impl Kind {
         Kind::Ship,
         Kind::Acknowledge,
         Kind::Positions,
+        Kind::ShipPacked,
         Kind::Compare,
     ];
 }
@@ -218,7 +224,7 @@ mod tests {
         }
         // The kind numbers are the wire format: they never change.
         let numbers: Vec<u8> = Kind::ALL.iter().map(|&k| k as u8).collect();
-        assert_eq!(numbers, (1..=20).collect::<Vec<u8>>());
+        assert_eq!(numbers, (1..=22).collect::<Vec<u8>>());
     }
 
     #[test]
