@@ -50,6 +50,8 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// commit (LMDB syncs its data pages at each) is shared by many records, small enough
 /// that writers of the same keys wait only briefly for the stripes it holds.
 const APPLY_BATCH: usize = 512;
+/// Most bytes of keys and values the log replay at start writes to the engine in one batch.
+const REPLAY_BATCH_BYTES: usize = 1 << 20;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -250,7 +252,10 @@ impl BufferedStore {
             let started = std::time::Instant::now();
             // Replayed records get numbers of this run: a number of the last run may
             // have been handed out for one of them and then lost with the log's tail.
+            // Batches are bounded in bytes too, like the engine's own pace: one batch of
+            // 512 large values would hold hundreds of MiB in one engine transaction.
             let mut batch: HashMap<Bytes, (u64, Record)> = HashMap::new();
+            let mut batch_bytes = 0;
             for (key, record) in replayed.iter() {
                 let current = match batch.get(&key[..]) {
                     Some((_, r)) => Some(r.clone()),
@@ -260,10 +265,12 @@ impl BufferedStore {
                     continue;
                 }
                 let n = numbers[partition_of(key, partitions) as usize].fetch_add(1, Ordering::Relaxed) + 1;
+                batch_bytes += entry_size(key, record);
                 batch.insert(Bytes::copy_from_slice(key), (n, record.clone()));
-                if batch.len() >= APPLY_BATCH {
+                if batch.len() >= APPLY_BATCH || batch_bytes >= REPLAY_BATCH_BYTES {
                     let records: Vec<_> = batch.drain().map(|(k, (n, r))| (n, k, r)).collect();
                     engine.apply_numbered(&records)?;
+                    batch_bytes = 0;
                 }
             }
             let records: Vec<_> = batch.drain().map(|(k, (n, r))| (n, k, r)).collect();
