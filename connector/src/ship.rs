@@ -257,7 +257,7 @@ impl Shipper {
                     result =
                         self.local.call(target, &ask(partition, after), self.options.local_timeout).await;
                 }
-                backlog += head.saturating_sub(after);
+                backlog += opencluster_node::store::buffered::positions_between(after, head);
             }
         }
         if !batch.advances.is_empty() {

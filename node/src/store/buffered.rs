@@ -158,7 +158,19 @@ struct Entry {
 }
 
 /// Bits of a change number below its numbering epoch.
-const EPOCH_SHIFT: u32 = 40;
+pub const EPOCH_SHIFT: u32 = 40;
+
+/// How many positions of a change sequence lie between `from` and `to`: within one
+/// numbering epoch their difference; across epochs (the node restarted), the positions
+/// of `to`'s epoch only, as the rest of the earlier epoch is unknown and most of the gap
+/// between epochs was never handed out.
+pub fn positions_between(from: u64, to: u64) -> u64 {
+    if from >> EPOCH_SHIFT == to >> EPOCH_SHIFT {
+        to.saturating_sub(from)
+    } else {
+        to & ((1 << EPOCH_SHIFT) - 1)
+    }
+}
 /// The file beside the log that holds the last numbering epoch.
 const EPOCH_FILE: &str = "numbering-epoch";
 
@@ -816,6 +828,15 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn positions_between_epochs_count_only_the_new_epoch() {
+        let e = |epoch: u64, n: u64| (epoch << EPOCH_SHIFT) + n;
+        assert_eq!(positions_between(e(1, 5), e(1, 12)), 7);
+        assert_eq!(positions_between(e(1, 12), e(1, 5)), 0);
+        assert_eq!(positions_between(e(1, 900), e(2, 3)), 3);
+        assert_eq!(positions_between(0, e(1, 0)), 0);
+    }
     use crate::record::Origin;
     use crate::store::{SledStore, StoreOptions, chunk_bytes};
 
