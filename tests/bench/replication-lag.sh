@@ -131,6 +131,20 @@ start_connector dc1 dc2 lz4
 start_connector dc2 dc1 lz4
 link() { curl -sf "127.0.0.1:${CADMIN[$1]}/v1/status" | jq -r ".links[0].$2"; }
 relay_bytes() { jq -s 'map(.bytes_to_target + .bytes_back) | add' "$WORK/relay-dc1.json" "$WORK/relay-dc2.json"; }
+# Waits (up to 30 s) until dc1's shipped bytes and the relays' byte counts stop moving
+# (the same in two reads 200 ms apart): the last batch and its QUIC acknowledgements are
+# counted before a measurement starts or ends.
+wait_settled() {
+  local deadline=$((SECONDS + 30)) before now
+  before="$(link dc1 sent_bytes) $(relay_bytes)"
+  while :; do
+    sleep 0.2
+    now="$(link dc1 sent_bytes) $(relay_bytes)"
+    [ "$now" != "$before" ] || return 0
+    [ $SECONDS -lt $deadline ] || fail "byte counters still moving after 30 s"
+    before=$now
+  done
+}
 
 # --- Redis: a primary and a replica through the TCP relay -----------------------------
 RP=$(free_port)
@@ -235,7 +249,7 @@ for compression in lz4 none; do
     start_connector dc1 dc2 "$compression"
   fi
   wait_for "[ \"\$(link dc1 lag_records)\" = 0 ]" 120
-  sleep 1
+  wait_settled
   sent0=$(link dc1 sent_bytes)
   relay0=$(relay_bytes)
   log "catch-up ($compression): cut"
@@ -254,7 +268,7 @@ for compression in lz4 none; do
     fail "dc2 did not catch up after the cut"
   caught=$(date +%s.%N)
   wait_for "[ \"\$(link dc1 lag_records)\" = 0 ]" 120
-  sleep 1
+  wait_settled
   sent=$(($(link dc1 sent_bytes) - sent0))
   relay=$(($(relay_bytes) - relay0))
   printf '   %-12s %14s %14s %7sx %14s %7sx %10s %7s\n' "$compression" "$changed" "$sent" \

@@ -14,6 +14,7 @@
 //!   delay, loss and cuts, and a TCP one with delay and cuts) and connector processes, for
 //!   the multi-datacenter tests and the replication benchmark.
 //! - `http`: a minimal HTTP GET for the admin API.
+//! - `rng`: a cheap pseudo-random generator for the load generators.
 //! - `wait`: polling with deadlines instead of sleeps.
 //!
 //! The tests themselves live in `tests/tests/*.rs`, one file per area.
@@ -27,6 +28,7 @@ pub mod node;
 pub mod pki;
 pub mod relay;
 pub mod resp;
+pub mod rng;
 pub mod tcp_relay;
 pub mod wait;
 

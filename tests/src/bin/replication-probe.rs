@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use opencluster_tests::rng::Rng;
 use opencluster_tests::{RawConn, Reply, encode_command};
 
 /// How long a probe may take to appear before it counts as missing.
@@ -41,24 +42,13 @@ const TICK: Duration = Duration::from_millis(10);
 /// to back.
 const MAX_PIPELINE: usize = 500;
 
-/// xorshift64*: cheap, so the load costs the client little CPU.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 fn value(rng: &mut Rng, n: u64, bytes: usize) -> Vec<u8> {
-    let u = rng.next() % 100_000;
+    let u = rng.next_u64() % 100_000;
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let mut v = format!(r#"{{"n":{n},"user":"user-{u}","email":"user-{u}@example.com","at":{ms},"data":""#)
         .into_bytes();
     while v.len() + 2 < bytes {
-        v.extend_from_slice(format!("{:016x}", rng.next()).as_bytes());
+        v.extend_from_slice(format!("{:016x}", rng.next_u64()).as_bytes());
     }
     v.truncate(bytes.saturating_sub(2).max(1));
     v.extend_from_slice(b"\"}");
@@ -206,7 +196,7 @@ fn lag(f: &Flags) -> Result<(), String> {
             let pace =
                 Pace { rate: load_rate / writes.len() as u64, value_bytes, seed: 7 + i as u64, limit: None };
             loaders.push(std::thread::spawn(move || {
-                let key = |_: u64, rng: &mut Rng| format!("load:{}", rng.next() % 10_000_000);
+                let key = |_: u64, rng: &mut Rng| format!("load:{}", rng.next_u64() % 10_000_000);
                 paced_writes(&mut conn, pace, key, &stop, &acked)
             }));
         }

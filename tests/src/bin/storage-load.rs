@@ -13,24 +13,12 @@
 
 use std::time::{Duration, Instant};
 
+use opencluster_tests::rng::Rng;
+
 fn value(n: u64, bytes: usize) -> Vec<u8> {
     let mut v = format!("{n:020}").into_bytes();
     v.resize(bytes.max(20), b'.');
     v
-}
-
-/// A small, fast generator (xorshift64*): the load must not cost the client much CPU.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
