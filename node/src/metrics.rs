@@ -43,6 +43,8 @@ pub struct Metrics {
     pub tombstones: IntGauge,
     pub bytes_on_disk: IntGauge,
     pub purged_total: IntCounter,
+    pub tombstones_held_total: IntCounter,
+    pub tombstones_unshipped_purged_total: IntCounter,
     pub flush_failures: IntCounter,
     pub write_buffer_bytes: IntGauge,
     pub write_buffer_records: IntGauge,
@@ -124,6 +126,22 @@ impl Metrics {
                 IntCounter::new(
                     "opencluster_purged_records_total",
                     "Expired values and old tombstones removed from disk",
+                )
+                .expect("valid counter"),
+            ),
+            tombstones_held_total: register(
+                &r,
+                IntCounter::new(
+                    "opencluster_tombstones_held_total",
+                    "Times a tombstone past its grace was kept because a remote datacenter's connector had not shipped it yet",
+                )
+                .expect("valid counter"),
+            ),
+            tombstones_unshipped_purged_total: register(
+                &r,
+                IntCounter::new(
+                    "opencluster_tombstones_unshipped_purged_total",
+                    "Tombstones purged after store.tombstone_hold although a remote datacenter had not got them (it may keep those keys)",
                 )
                 .expect("valid counter"),
             ),

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
-use crate::cluster::outbound::Outbound;
+use crate::cluster::outbound::{Outbound, UnshippedTombstones};
 use crate::cluster::roster::{Roster, RosterError};
 use crate::cluster::{Cluster, Service, Topology};
 use crate::config::Config;
@@ -30,7 +30,9 @@ use crate::resp::server::{self, ClientLimits, Clients, ServerState};
 use crate::security::{Security, SecurityError};
 use crate::store::flusher::{Flusher, FsyncPolicy};
 use crate::store::purger::{self, PurgeStatus};
-use crate::store::{BufferOptions, BufferedStore, EngineOptions, Store, StoreError, StoreOptions};
+use crate::store::{
+    BufferOptions, BufferedStore, EngineOptions, HoldNone, Store, StoreError, StoreOptions, TombstoneHold,
+};
 use opencluster_pki::Policy;
 
 /// A stopping node closes its peer endpoint once no peer request has arrived for this long
@@ -239,8 +241,28 @@ pub async fn run(
     let flusher = Flusher::new(store.clone(), FsyncPolicy::of(&config.store));
     background_tasks.spawn(flusher.clone().run(background.clone()));
     let purge_status = Arc::new(PurgeStatus::default());
+    // The connectors' cursors at this node: they also keep the tombstones not yet shipped.
+    let heads: Vec<u64> = (0..config.store.partitions).map(|p| store.last_seq(p)).collect();
+    let local = config.keyspaces.local_prefixes();
+    let outbound = Arc::new(Outbound::load(&config.data_dir, &heads, local.clone()).unwrap_or_else(|e| {
+        // Losing cursors loses nothing: the connectors send these sequences again.
+        tracing::error!(error = %e, "the connectors will ship this node's changes again from the start");
+        Outbound::empty(&config.data_dir, heads.len(), local)
+    }));
+    let hold: Arc<dyn TombstoneHold> = if config.store.tombstone_hold.is_zero() {
+        Arc::new(HoldNone)
+    } else {
+        Arc::new(UnshippedTombstones {
+            outbound: outbound.clone(),
+            datacenter: config.datacenter.as_str().into(),
+            grace: config.store.tombstone_grace,
+            longest: config.store.tombstone_hold,
+            status: purge_status.clone(),
+        })
+    };
     background_tasks.spawn(purger::run(
         store.clone(),
+        hold,
         config.store.purge_interval,
         purge_status.clone(),
         background.clone(),
@@ -354,14 +376,7 @@ pub async fn run(
     let peer_tasks = TaskTracker::new();
     let stop_peers = CancellationToken::new();
     if let Some(peers) = peer_endpoint {
-        let heads: Vec<u64> = (0..cluster.partitions()).map(|p| store.last_seq(p)).collect();
-        let local = config.keyspaces.local_prefixes();
-        let outbound = Outbound::load(&config.data_dir, &heads, local.clone()).unwrap_or_else(|e| {
-            // Losing cursors loses nothing: the connectors send these sequences again.
-            tracing::error!(error = %e, "the connectors will ship this node's changes again from the start");
-            Outbound::empty(&config.data_dir, heads.len(), local)
-        });
-        let service = Service::new(cluster.clone(), Arc::new(outbound));
+        let service = Service::new(cluster.clone(), outbound);
         peer_tasks.spawn(peers.serve(service, peer_tasks.clone(), stop_peers.clone()));
         background_tasks.spawn(cluster.clone().watch_placement(background.clone()));
         background_tasks.spawn(cluster.clone().hand_strays_home(background.clone()));

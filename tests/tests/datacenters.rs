@@ -233,6 +233,51 @@ fn writes_cross_both_ways_and_a_cut_link_converges_after_it_heals() {
     assert!(sent as f64 <= 4.0 * changed as f64, "{sent} bytes shipped for {changed} written");
 }
 
+/// A counter of every node of `nodes` summed, from `/metrics`.
+fn summed(nodes: &[Node], metric: &str) -> u64 {
+    nodes.iter().map(|n| n.metric(metric).parse::<u64>().unwrap_or(0)).sum()
+}
+
+#[test]
+fn deletes_made_during_an_outage_longer_than_the_tombstone_grace_still_arrive() {
+    // Tombstones are due for purging one second after the delete: the outage outlasts that.
+    let grace = ["--store-tombstone-grace", "1s", "--store-purge-interval", "50ms"];
+    let pair = start_pair(2, Duration::from_millis(5), &grace);
+    let written = write_keys(&pair.dc1, "d", 100);
+    assert_arrives(&pair.dc2, &written, "dc1's writes in dc2", &pair);
+
+    pair.wan.cut();
+    let mut conns: Vec<_> = pair.dc1.iter().map(|n| n.raw()).collect();
+    for i in 0..100 {
+        assert_eq!(conns[i % 2].cmd(&["DEL", &format!("d-{i}")]), Reply::Int(1), "DEL d-{i}");
+    }
+    // Every tombstone is past its grace, and its purge was put off because dc2 has not got
+    // it (each is held at every owner; 100 holds is at least one look at each).
+    let held = "opencluster_tombstones_held_total";
+    assert!(
+        wait_until(CONVERGE, || summed(&pair.dc1, held) >= 100),
+        "tombstones held: {}",
+        summed(&pair.dc1, held)
+    );
+    assert_eq!(get(&pair.dc2[0], "d-0"), Reply::Bulk(b"v-d-0".to_vec()), "a delete crossed the cut");
+
+    pair.wan.heal();
+    for i in 0..100 {
+        let key = format!("d-{i}");
+        assert!(
+            wait_until(CONVERGE, || get(&pair.dc2[i % 2], &key) == Reply::NullBulk),
+            "{key} still in dc2 after its delete in dc1 during an outage longer than the grace"
+        );
+    }
+    // Once shipped, the tombstones go (the next look at a held one is within 10 s).
+    assert!(
+        wait_until(CONVERGE, || summed(&pair.dc1, "opencluster_tombstones") == 0),
+        "tombstones left in dc1: {}",
+        summed(&pair.dc1, "opencluster_tombstones")
+    );
+    assert_eq!(summed(&pair.dc1, "opencluster_tombstones_unshipped_purged_total"), 0);
+}
+
 #[test]
 fn a_connector_killed_mid_stream_and_restarted_loses_nothing() {
     let mut pair = start_pair(2, Duration::from_millis(10), &[]);

@@ -255,6 +255,8 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
                 "name": "purge",
                 "state": "running",
                 "purged": purge.purged.load(Ordering::Relaxed),
+                "tombstones_held": purge.held.load(Ordering::Relaxed),
+                "tombstones_unshipped_purged": purge.unshipped.load(Ordering::Relaxed),
                 "errors": purge.errors.load(Ordering::Relaxed),
                 "last_run_ms": purge.last_run_ms.load(Ordering::Relaxed),
             },
@@ -274,7 +276,10 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     m.tombstones.set(stats.tombstones as i64);
     m.bytes_on_disk.set(server.cluster.store().size_on_disk() as i64);
     server.cluster.mirror_cache_metrics();
-    Metrics::mirror(&m.purged_total, server.purge_status.purged.load(Ordering::Relaxed));
+    let purge = &server.purge_status;
+    Metrics::mirror(&m.purged_total, purge.purged.load(Ordering::Relaxed));
+    Metrics::mirror(&m.tombstones_held_total, purge.held.load(Ordering::Relaxed));
+    Metrics::mirror(&m.tombstones_unshipped_purged_total, purge.unshipped.load(Ordering::Relaxed));
     Metrics::mirror(&m.flush_failures, server.cluster.flusher().failures());
     if let Some(b) = server.cluster.store().buffer_status() {
         m.write_buffer_bytes.set(b.bytes as i64);

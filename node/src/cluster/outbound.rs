@@ -16,15 +16,27 @@
 //! would lose records, so it only ever moves to a position a connector was told by the
 //! remote. A cursor past the sequence's head means the sequence started over (the store
 //! was lost while the file stayed): it is dropped, durably, before it is used.
+//!
+//! The cursors also decide when this datacenter's own tombstones may go
+//! ([`UnshippedTombstones`]): a delete reaches another datacenter only as its tombstone, so
+//! a tombstone purged before a remote's connector shipped it would leave the key alive
+//! there for good. Such a tombstone stays past `store.tombstone_grace` until every remote
+//! this node has cursors for is past it, for at most `store.tombstone_hold`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hlc::unix_ms;
 use crate::placement::Partition;
+use crate::record::Record;
+use crate::store::TombstoneHold;
+use crate::store::purger::PurgeStatus;
 
 /// The version of the cursor file's format.
 pub const CURSORS_V1: u32 = 1;
@@ -166,13 +178,19 @@ impl Outbound {
     }
 
     /// `remote`'s cursors against `heads` (this node's sequences now): a cursor past its
-    /// head is dropped, durably, before it is returned as 0.
+    /// head is dropped, durably, before it is returned as 0. A remote asked for the first
+    /// time is kept from then on, with its cursors at 0: this node's tombstones wait for it.
     pub async fn positions(&self, remote: &str, heads: &[u64]) -> Result<Vec<u64>, OutboundError> {
         let (acked, dropped) = {
             let mut s = self.lock();
-            let Some(at) = s.acked.get_mut(remote) else {
-                return Ok(vec![0; heads.len()]);
-            };
+            if !s.acked.contains_key(remote) {
+                if s.acked.len() >= MAX_REMOTES {
+                    return Ok(vec![0; heads.len()]);
+                }
+                s.acked.insert(remote.to_string(), vec![0; self.partitions as usize]);
+                s.dirty = true;
+            }
+            let at = s.acked.get_mut(remote).expect("inserted above");
             let mut dropped = false;
             for (position, &head) in at.iter_mut().zip(heads) {
                 if *position > head {
@@ -186,9 +204,17 @@ impl Outbound {
         };
         if dropped {
             tracing::warn!(%remote, "a change sequence is behind its cursor (the store started over): shipping it again from the start");
-            self.flush().await?;
         }
+        self.flush().await?;
         Ok(acked)
+    }
+
+    /// The remote datacenters whose connector has not yet shipped change `seq` of
+    /// `partition`.
+    pub fn unshipped(&self, partition: Partition, seq: u64) -> Vec<String> {
+        let s = self.lock();
+        let behind = s.acked.iter().filter(|(_, at)| at.get(partition as usize).is_some_and(|&a| a < seq));
+        behind.map(|(remote, _)| remote.clone()).collect()
     }
 
     /// Writes the cursors if they changed: one save at a time, each covering every change
@@ -236,6 +262,43 @@ impl Outbound {
             self.lock().dirty = true;
             OutboundError::Save { path: self.path.clone(), source }
         })
+    }
+}
+
+/// Keeps this datacenter's tombstones until every remote datacenter's connector has
+/// shipped them (see the module's notes), for at most `longest` past their grace.
+pub struct UnshippedTombstones {
+    pub outbound: Arc<Outbound>,
+    /// This datacenter: tombstones of deletes made elsewhere were shipped by their own.
+    pub datacenter: Arc<str>,
+    pub grace: Duration,
+    pub longest: Duration,
+    pub status: Arc<PurgeStatus>,
+}
+
+impl TombstoneHold for UnshippedTombstones {
+    fn holds(&self, partition: Partition, seq: u64, key: &[u8], tombstone: &Record) -> bool {
+        if tombstone.origin.datacenter != self.datacenter || self.outbound.is_local(key) {
+            return false;
+        }
+        let behind = self.outbound.unshipped(partition, seq);
+        if behind.is_empty() {
+            return false;
+        }
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let overdue = unix_ms().saturating_sub(tombstone.hlc.physical_ms().saturating_add(ms(self.grace)));
+        if overdue < ms(self.longest) {
+            self.status.held.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        let purged = self.status.unshipped.fetch_add(1, Ordering::Relaxed) + 1;
+        if purged % 1000 == 1 {
+            tracing::warn!(
+                partition, key = %String::from_utf8_lossy(key), remotes = ?behind, purged,
+                "purging tombstones these datacenters have not got after store.tombstone_hold: they may keep the deleted keys"
+            );
+        }
+        false
     }
 }
 
@@ -301,6 +364,53 @@ mod tests {
         std::fs::write(Outbound::path(dir.path()), v1.replace("\"version\":1", "\"version\":9")).unwrap();
         let e = Outbound::load(dir.path(), &[50; 8], Vec::new()).err().unwrap().to_string();
         assert!(e.contains("version 9") && e.contains("connector-cursors.json"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn own_tombstones_wait_for_every_remote_that_asked_for_at_most_the_hold() {
+        use crate::hlc::Hlc;
+        use crate::record::Origin;
+        let dir = tempfile::tempdir().unwrap();
+        let heads = [100, 100];
+        let outbound = Arc::new(Outbound::load(dir.path(), &heads, vec![b"tmp/".to_vec()]).unwrap());
+        let status = Arc::new(PurgeStatus::default());
+        let hold = UnshippedTombstones {
+            outbound: outbound.clone(),
+            datacenter: "dc1".into(),
+            grace: Duration::from_secs(60),
+            longest: Duration::from_secs(3600),
+            status: status.clone(),
+        };
+        let deleted_ms = unix_ms() - 61_000; // just past its grace
+        let tombstone = |dc: &str, at_ms: u64| Record {
+            value: None,
+            hlc: Hlc::new(at_ms, 0),
+            origin: Origin { datacenter: dc.into(), node: 7 },
+            expires_at_ms: None,
+        };
+        let t = tombstone("dc1", deleted_ms);
+        // No connector ever asked: nothing to wait for.
+        assert!(!hold.holds(0, 50, b"k", &t));
+        // dc2's and dc3's connectors asked for their cursors, and kept them across a restart.
+        outbound.positions("dc2", &heads).await.unwrap();
+        outbound.positions("dc3", &heads).await.unwrap();
+        let outbound = Arc::new(Outbound::load(dir.path(), &heads, vec![b"tmp/".to_vec()]).unwrap());
+        let hold = UnshippedTombstones { outbound: outbound.clone(), ..hold };
+        assert!(hold.holds(0, 50, b"k", &t));
+        assert_eq!(outbound.unshipped(0, 50), ["dc2", "dc3"]);
+        outbound.acknowledge("dc2", &[(0, 50)]).await.unwrap();
+        assert!(hold.holds(0, 50, b"k", &t), "dc3 has not got it");
+        outbound.acknowledge("dc3", &[(0, 60)]).await.unwrap();
+        assert!(!hold.holds(0, 50, b"k", &t), "both remotes are past it");
+        assert!(hold.holds(0, 51, b"k", &t), "dc2 is not past 51");
+        // Deletes made in another datacenter, and keys that never leave this one, do not wait.
+        assert!(!hold.holds(0, 51, b"k", &tombstone("dc2", deleted_ms)));
+        assert!(!hold.holds(0, 51, b"tmp/k", &t));
+        assert_eq!(status.held.load(Ordering::Relaxed), 3);
+        // Past the hold, it goes, and is counted as such.
+        let long_ago = tombstone("dc1", unix_ms() - 60_000 - 3_600_000);
+        assert!(!hold.holds(0, 51, b"k", &long_ago));
+        assert_eq!(status.unshipped.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -456,6 +456,10 @@ pub struct StoreConfig {
     /// How long a deleted key's tombstone is kept.
     #[serde(with = "units::duration")]
     pub tombstone_grace: Duration,
+    /// Longest a tombstone of this datacenter is kept past its grace while a remote
+    /// datacenter's connector has not shipped it; 0 keeps none.
+    #[serde(with = "units::duration")]
+    pub tombstone_hold: Duration,
 }
 
 /// Failure detection and dissemination timing of gossip membership (SWIM). The defaults
@@ -606,6 +610,7 @@ impl Default for StoreConfig {
             partitions: 1024,
             purge_interval: Duration::from_millis(100),
             tombstone_grace: Duration::from_secs(24 * 3600),
+            tombstone_hold: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

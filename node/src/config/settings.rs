@@ -388,6 +388,11 @@ pub const SETTINGS: &[Setting] = &[
     ),
     s("store.tombstone_grace", Kind::Duration, "How long deleted keys' tombstones are kept [default: 24h]"),
     s(
+        "store.tombstone_hold",
+        Kind::Duration,
+        "Longest a tombstone is kept past its grace until every remote datacenter's connector shipped it; 0 keeps none [default: 7d]",
+    ),
+    s(
         "gossip.probe_interval",
         Kind::Duration,
         "How often this node probes one other member for failure detection [default: 500ms]",

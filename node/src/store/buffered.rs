@@ -36,7 +36,7 @@ use bytes::Bytes;
 use xxhash_rust::xxh3::{Xxh3Builder, xxh3_64};
 
 use super::wal::Wal;
-use super::{Changes, Store, StoreError, StoreStats, Write, chunk_bytes};
+use super::{Changes, Store, StoreError, StoreStats, TombstoneHold, Write, chunk_bytes};
 use crate::hlc::Hlc;
 use crate::placement::{Partition, partition_of};
 use crate::record::Record;
@@ -779,8 +779,8 @@ impl Store for BufferedStore {
     /// Purges from the engine. A buffered record always supersedes what the engine held,
     /// so the engine may purge a key that is also buffered; the counts stay right once the
     /// buffered record is applied.
-    fn purge_due(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
-        self.inner.engine.purge_due(now_ms, limit)
+    fn purge_due(&self, now_ms: u64, limit: usize, hold: &dyn TombstoneHold) -> Result<usize, StoreError> {
+        self.inner.engine.purge_due(now_ms, limit, hold)
     }
 
     /// Removes from the engine, under each key's lock. A buffered record is newer than

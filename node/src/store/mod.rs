@@ -112,6 +112,24 @@ pub enum StoreError {
     Corrupt { key: String, error: crate::record::DecodeError },
 }
 
+/// What keeps a deleted key's tombstone on disk past its grace period: a tombstone that
+/// has not yet reached every datacenter must not go before it does, or the key would
+/// come back there (see `cluster::outbound`).
+pub trait TombstoneHold: Send + Sync {
+    /// Whether the tombstone of `key`, numbered `seq` in `partition`'s change sequence,
+    /// must stay for now.
+    fn holds(&self, partition: Partition, seq: u64, key: &[u8], tombstone: &Record) -> bool;
+}
+
+/// Holds nothing: tombstones go once their grace period is over.
+pub struct HoldNone;
+
+impl TombstoneHold for HoldNone {
+    fn holds(&self, _: Partition, _: u64, _: &[u8], _: &Record) -> bool {
+        false
+    }
+}
+
 /// A storage engine. All methods are synchronous and short (an in-memory or page-cache
 /// operation, or one disk read); `flush` may block for a disk sync and is called off the
 /// async workers.
@@ -197,8 +215,9 @@ pub trait Store: Send + Sync + 'static {
     fn last_seq(&self, partition: Partition) -> u64;
 
     /// Physically removes up to `limit` expired values and tombstones older than the grace
-    /// period, as of `now_ms`. Returns how many were removed.
-    fn purge_due(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError>;
+    /// period, as of `now_ms`, but for the tombstones `hold` keeps: those are looked at again
+    /// later, less often the longer they are held. Returns how many were removed.
+    fn purge_due(&self, now_ms: u64, limit: usize, hold: &dyn TombstoneHold) -> Result<usize, StoreError>;
 
     /// Physically removes the records of `partition` listed in `entries` whose HLC is
     /// still the one given; a key written since keeps its record. For a partition this

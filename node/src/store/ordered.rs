@@ -33,7 +33,9 @@ use bytes::Bytes;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::engines::{Kv, Op, prefix_end};
-use super::{Changes, Sequenced, Store, StoreError, StoreOptions, StoreStats, Write, chunk_bytes};
+use super::{
+    Changes, Sequenced, Store, StoreError, StoreOptions, StoreStats, TombstoneHold, Write, chunk_bytes,
+};
 use crate::hlc::Hlc;
 use crate::placement::{Partition, partition_of};
 use crate::record::{Record, RecordView};
@@ -95,6 +97,9 @@ fn seq_key(partition: Partition, seq: u64) -> Vec<u8> {
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
+
+/// Bounds of the wait before a held tombstone is looked at again, in milliseconds.
+const HOLD_RECHECK: (u64, u64) = (10_000, 3_600_000);
 
 fn purge_key(at_ms: u64, partition: Partition, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(11 + key.len());
@@ -249,6 +254,15 @@ impl<K: Kv> OrderedStore<K> {
         match &r.value {
             Some(_) => r.expires_at_ms,
             None => Some(r.hlc.physical_ms().saturating_add(self.grace_ms)),
+        }
+    }
+
+    /// Whether a purge entry at `at` stands for `r`: a value's entry is at its expiry; a
+    /// tombstone's at the end of its grace, or later once held ([`TombstoneHold`]).
+    fn purge_entry_current(&self, r: &Record, at: u64) -> bool {
+        match (&r.value, self.purge_at(r)) {
+            (None, Some(due)) => at >= due,
+            (_, due) => due == Some(at),
         }
     }
 
@@ -625,7 +639,7 @@ impl<K: Kv> Store for OrderedStore<K> {
         *lock(&self.seqs[partition as usize])
     }
 
-    fn purge_due(&self, now_ms: u64, limit: usize) -> Result<usize, StoreError> {
+    fn purge_due(&self, now_ms: u64, limit: usize, hold: &dyn TombstoneHold) -> Result<usize, StoreError> {
         let end = purge_key(now_ms.saturating_add(1), 0, &[]);
         let mut due: Vec<Vec<u8>> = Vec::new();
         self.kv.scan(&[PURGE], &end, false, &mut |k, _| {
@@ -638,15 +652,28 @@ impl<K: Kv> Store for OrderedStore<K> {
             let p = Partition::from_be_bytes([pk[9], pk[10]]);
             let key = &pk[11..];
             let _guard = lock(&self.locks[Self::stripe(key)]);
-            match self.read(p, key)? {
-                Some(s) if self.purge_at(&s.record) == Some(at) => {
-                    self.remove(p, key, &s)?;
-                    purged += 1;
-                }
+            let stored = self.read(p, key)?;
+            let Some(s) = stored.filter(|s| self.purge_entry_current(&s.record, at)) else {
                 // A stale entry (the key changed since, or a crash between two batches of
                 // another layout): only the entry goes.
-                _ => self.kv.write(&[Op::Delete(pk.clone())])?,
+                self.kv.write(&[Op::Delete(pk.clone())])?;
+                continue;
+            };
+            if s.record.value.is_none() && hold.holds(p, s.seq, key, &s.record) {
+                // Looked at again after as long again as it is overdue, within bounds: a
+                // long hold costs a few rewrites of the entry, not one per purge pass.
+                let due_at = self.purge_at(&s.record).unwrap_or(at);
+                let again = now_ms
+                    .saturating_add(now_ms.saturating_sub(due_at).clamp(HOLD_RECHECK.0, HOLD_RECHECK.1));
+                self.kv.write(&[Op::Delete(pk.clone()), Op::Put(purge_key(again, p, key), Vec::new())])?;
+                continue;
             }
+            self.remove(p, key, &s)?;
+            if self.purge_at(&s.record) != Some(at) {
+                // A held tombstone's moved entry: `remove` took the original one.
+                self.kv.write(&[Op::Delete(pk.clone())])?;
+            }
+            purged += 1;
         }
         Ok(purged)
     }

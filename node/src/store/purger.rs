@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Store;
+use super::{Store, TombstoneHold};
 use crate::hlc::unix_ms;
 
 /// Records purged per turn.
@@ -21,18 +21,25 @@ pub struct PurgeStatus {
     pub purged: AtomicU64,
     pub last_run_ms: AtomicU64,
     pub errors: AtomicU64,
+    /// Times a tombstone past its grace was kept because a remote datacenter had not got
+    /// it yet.
+    pub held: AtomicU64,
+    /// Tombstones purged after `store.tombstone_hold` although a remote datacenter had
+    /// not got them: it may keep the deleted keys.
+    pub unshipped: AtomicU64,
 }
 
 pub async fn run(
     store: Arc<dyn Store>,
+    hold: Arc<dyn TombstoneHold>,
     interval: Duration,
     status: Arc<PurgeStatus>,
     shutdown: CancellationToken,
 ) {
     loop {
-        let store = store.clone();
+        let (store, hold) = (store.clone(), hold.clone());
         let now = unix_ms();
-        let result = tokio::task::spawn_blocking(move || store.purge_due(now, BATCH)).await;
+        let result = tokio::task::spawn_blocking(move || store.purge_due(now, BATCH, &*hold)).await;
         status.last_run_ms.store(now, Ordering::Relaxed);
         let backlog = match result {
             Ok(Ok(n)) => {

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{
-    BufferOptions, BufferedStore, Engine, EngineOptions, Store, StoreError, StoreOptions, StoreStats, Write,
+    BufferOptions, BufferedStore, Engine, EngineOptions, HoldNone, Store, StoreError, StoreOptions,
+    StoreStats, Write,
 };
 use crate::hlc::Hlc;
-use crate::placement::partition_of;
+use crate::placement::{Partition, partition_of};
 use crate::record::{Origin, Record};
 
 fn options(dir: &Path, partitions: u16) -> StoreOptions {
@@ -111,7 +112,7 @@ fn blind_puts_replace_and_clean_up_the_old_entries(engine: Engine) {
     let changes = s.changes_since(0, Hlc::ZERO, 10, usize::MAX).unwrap().records;
     assert_eq!(changes.iter().map(|(_, r)| r.hlc.0).collect::<Vec<_>>(), vec![20]);
     // The old expiry's purge entry is gone: nothing is purged at 5_000.
-    assert_eq!(s.purge_due(6_000, 10).unwrap(), 0);
+    assert_eq!(s.purge_due(6_000, 10, &HoldNone).unwrap(), 0);
     assert_eq!(s.max_hlc().unwrap(), Hlc(20));
 }
 
@@ -172,11 +173,11 @@ fn purges_expired_values_and_old_tombstones_only_when_due(engine: Engine) {
     put(&*s, b"exp", rec(Some(b"v"), Hlc::new(1_000, 0).0, Some(2_000)));
     put(&*s, b"gone", rec(None, Hlc::new(1_000, 0).0, None)); // purge at 11_000
     put(&*s, b"keep", rec(Some(b"v"), Hlc::new(1_000, 0).0, None));
-    assert_eq!(s.purge_due(1_999, 100).unwrap(), 0);
-    assert_eq!(s.purge_due(2_000, 100).unwrap(), 1);
+    assert_eq!(s.purge_due(1_999, 100, &HoldNone).unwrap(), 0);
+    assert_eq!(s.purge_due(2_000, 100, &HoldNone).unwrap(), 1);
     assert!(s.get(b"exp").unwrap().is_none());
-    assert_eq!(s.purge_due(10_999, 100).unwrap(), 0);
-    assert_eq!(s.purge_due(11_000, 100).unwrap(), 1);
+    assert_eq!(s.purge_due(10_999, 100, &HoldNone).unwrap(), 0);
+    assert_eq!(s.purge_due(11_000, 100, &HoldNone).unwrap(), 1);
     assert!(s.get(b"gone").unwrap().is_none());
     assert!(s.get(b"keep").unwrap().is_some());
     assert_eq!(s.stats(), StoreStats { keys: 1, expiring: 0, tombstones: 0 });
@@ -186,12 +187,68 @@ fn purges_expired_values_and_old_tombstones_only_when_due(engine: Engine) {
     assert!(sequence(&*s, p, 0, 10).iter().all(|(_, k)| &k[..] != b"exp"), "purged key still sequenced");
 }
 
+/// Holds the tombstone of one key while `on`, noting each number it is asked about.
+struct HoldKey {
+    key: &'static [u8],
+    on: AtomicBool,
+    asked: std::sync::Mutex<Vec<u64>>,
+}
+
+impl super::TombstoneHold for HoldKey {
+    fn holds(&self, _: Partition, seq: u64, key: &[u8], t: &Record) -> bool {
+        assert!(t.value.is_none(), "only tombstones are offered to a hold");
+        if key != self.key {
+            return false;
+        }
+        self.asked.lock().unwrap().push(seq);
+        self.on.load(Ordering::SeqCst)
+    }
+}
+
+fn a_held_tombstone_stays_until_released_and_is_looked_at_less_often(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(engine, dir.path(), 8);
+    // Both due at 11_000 (grace 10 s).
+    put(&*s, b"held", rec(None, Hlc::new(1_000, 0).0, None));
+    put(&*s, b"free", rec(None, Hlc::new(1_000, 0).0, None));
+    put(&*s, b"exp", rec(Some(b"v"), Hlc::new(1_000, 0).0, Some(11_000)));
+    let p = partition_of(b"held", 8);
+    let numbered = sequence(&*s, p, 0, 10).into_iter().find(|(_, k)| k == b"held").unwrap().0;
+    let hold = HoldKey { key: b"held", on: AtomicBool::new(true), asked: Default::default() };
+    let asked = || hold.asked.lock().unwrap().clone();
+
+    assert_eq!(s.purge_due(11_000, 100, &hold).unwrap(), 2, "the free tombstone and the expired value");
+    assert_eq!(asked(), [numbered], "the hold is asked with the tombstone's change number");
+    assert!(s.get(b"held").unwrap().is_some_and(|r| r.value.is_none()), "the held tombstone stays");
+    assert_eq!(s.stats().tombstones, 1);
+    // Looked at again after the shortest wait (10 s), then after as long as it is overdue.
+    assert_eq!(s.purge_due(20_999, 100, &hold).unwrap(), 0);
+    assert_eq!(asked().len(), 1);
+    assert_eq!(s.purge_due(21_000, 100, &hold).unwrap(), 0);
+    assert_eq!(asked().len(), 2);
+    assert_eq!(s.purge_due(30_999, 100, &hold).unwrap(), 0);
+    assert_eq!(asked().len(), 2);
+    assert_eq!(s.purge_due(31_000, 100, &hold).unwrap(), 0);
+    assert_eq!((asked().len(), s.purge_due(50_999, 100, &hold).unwrap()), (3, 0));
+    assert_eq!(asked().len(), 3, "20 s overdue: next look 20 s later");
+
+    hold.on.store(false, Ordering::SeqCst);
+    assert_eq!(s.purge_due(51_000, 100, &hold).unwrap(), 1);
+    assert!(s.get(b"held").unwrap().is_none());
+    assert_eq!(s.stats(), StoreStats { keys: 0, expiring: 0, tombstones: 0 });
+    assert!(sequence(&*s, p, 0, 10).iter().all(|(_, k)| k != b"held"), "purged key still sequenced");
+    // A later tombstone of the key goes at its own time, not at the moved entry's.
+    put(&*s, b"held", rec(None, Hlc::new(100_000, 0).0, None));
+    assert_eq!(s.purge_due(109_999, 100, &HoldNone).unwrap(), 0);
+    assert_eq!(s.purge_due(110_000, 100, &HoldNone).unwrap(), 1);
+}
+
 fn a_rewritten_key_is_not_purged_by_its_old_expiry(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let s = open(engine, dir.path(), 8);
     put(&*s, b"k", rec(Some(b"v"), 10, Some(2_000)));
     put(&*s, b"k", rec(Some(b"w"), 11, None));
-    assert_eq!(s.purge_due(5_000, 100).unwrap(), 0);
+    assert_eq!(s.purge_due(5_000, 100, &HoldNone).unwrap(), 0);
     assert_eq!(value(&*s, b"k").as_deref(), Some(&b"w"[..]));
 }
 
@@ -272,7 +329,7 @@ fn the_change_sequence_numbers_each_partitions_records(engine: Engine) {
         // The key holding the highest number is purged (a tombstone past its grace).
         put(&*s, b"a", rec(None, Hlc::new(1_000, 0).0, None));
         assert_eq!(s.last_seq(0), 6);
-        assert_eq!(s.purge_due(1_000 + 10_000, 100).unwrap(), 1);
+        assert_eq!(s.purge_due(1_000 + 10_000, 100, &HoldNone).unwrap(), 1);
         s.flush().unwrap();
     }
     let s = open(engine, dir.path(), 1);
@@ -510,6 +567,7 @@ macro_rules! suite {
             #[test] fn repeated_keys_in_one_update_keep_the_last_write() { super::repeated_keys_in_one_update_keep_the_last_write(E) }
             #[test] fn changes_since_follows_the_hlc_index() { super::changes_since_follows_the_hlc_index(E) }
             #[test] fn purges_expired_values_and_old_tombstones_only_when_due() { super::purges_expired_values_and_old_tombstones_only_when_due(E) }
+            #[test] fn a_held_tombstone_stays_until_released_and_is_looked_at_less_often() { super::a_held_tombstone_stays_until_released_and_is_looked_at_less_often(E) }
             #[test] fn a_rewritten_key_is_not_purged_by_its_old_expiry() { super::a_rewritten_key_is_not_purged_by_its_old_expiry(E) }
             #[test] fn reopen_keeps_data_counts_and_refuses_another_partition_count() { super::reopen_keeps_data_counts_and_refuses_another_partition_count(E) }
             #[test] fn a_second_open_of_the_same_directory_is_refused_clearly() { super::a_second_open_of_the_same_directory_is_refused_clearly(E) }
