@@ -253,6 +253,18 @@ impl Drop for Connector {
 
 /// A datacenter of `n` nodes with the keys of `dc` in `tls` (made by
 /// [`crate::pki::customer_keys`]) and `more` flags, waiting until each places on all of them.
+/// Adds node `<dc>-n<len+1>` to the datacenter of `nodes` (started by [`start_datacenter`]
+/// with the same `more` flags), joining its first node, and waits until every node places
+/// partitions on all of them: the rebalance towards it has begun.
+pub fn grow_datacenter(dc: &str, tls: &Path, nodes: &mut Vec<Node>, more: &[&str]) {
+    let mut extra = vec!["--datacenter", dc, "--tls-dir", tls.to_str().unwrap()];
+    extra.extend_from_slice(more);
+    let name = format!("{dc}-n{}", nodes.len() + 1);
+    let node = Node::start(member_opts(&name, Some(&nodes[0]), &extra));
+    nodes.push(node);
+    wait_placed(&nodes.iter().collect::<Vec<_>>(), nodes.len() as u64);
+}
+
 pub fn start_datacenter(dc: &str, tls: &Path, n: usize, more: &[&str]) -> Vec<Node> {
     let mut extra = vec!["--datacenter", dc, "--tls-dir", tls.to_str().unwrap()];
     extra.extend_from_slice(more);

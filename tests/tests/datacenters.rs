@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use opencluster_tests::cluster::worker;
 use opencluster_tests::cluster::{Acked, missing_through};
-use opencluster_tests::connector::{Connector, free_udp_port, start_datacenter};
+use opencluster_tests::connector::{Connector, free_udp_port, grow_datacenter, start_datacenter};
 use opencluster_tests::pki::customer_keys;
 use opencluster_tests::relay::{Relay, Wan};
 use opencluster_tests::{Node, Reply, wait_until};
@@ -20,8 +21,9 @@ const CONVERGE: Duration = Duration::from_secs(60);
 
 struct Pair {
     _keys: tempfile::TempDir,
-    /// dc1's keys.
+    /// dc1's and dc2's keys.
     tls1: std::path::PathBuf,
+    tls2: std::path::PathBuf,
     dc1: Vec<Node>,
     dc2: Vec<Node>,
     c1: Connector,
@@ -70,7 +72,7 @@ fn start_pair_with(nodes: usize, delay: Duration, extra: &[&str], connector_extr
         &[format!("dc1={}", to_c1.addr())],
         ce,
     );
-    Pair { _keys: keys, tls1, dc1, dc2, c1, c2, wan, relays: [to_c1, to_c2] }
+    Pair { _keys: keys, tls1, tls2, dc1, dc2, c1, c2, wan, relays: [to_c1, to_c2] }
 }
 
 fn set(node: &Node, key: &str, value: &str) -> bool {
@@ -276,6 +278,44 @@ fn deletes_made_during_an_outage_longer_than_the_tombstone_grace_still_arrive() 
         summed(&pair.dc1, "opencluster_tombstones")
     );
     assert_eq!(summed(&pair.dc1, "opencluster_tombstones_unshipped_purged_total"), 0);
+}
+
+#[test]
+fn a_rebalance_in_either_datacenter_while_it_ships_loses_nothing() {
+    let mut pair = start_pair(2, Duration::from_millis(5), &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Both datacenters write all along; each grows by a node meanwhile, so partitions
+    // move to a new owner whose sequences number the records it receives anew.
+    let writer1 = stream_writes(&pair.dc1, "r1", stop.clone());
+    let writer2 = stream_writes(&pair.dc2, "r2", stop.clone());
+    assert!(wait_until(CONVERGE, || shipped(&pair.c1, "dc2") >= 200 && shipped(&pair.c2, "dc1") >= 200));
+    let (tls1, tls2) = (pair.tls1.clone(), pair.tls2.clone());
+    grow_datacenter("dc1", &tls1, &mut pair.dc1, &[]);
+    grow_datacenter("dc2", &tls2, &mut pair.dc2, &[]);
+    let rebalanced = |nodes: &[Node]| nodes.iter().all(|n| worker(n, "rebalance")["state"] == "idle");
+    assert!(
+        wait_until(CONVERGE, || rebalanced(&pair.dc1) && rebalanced(&pair.dc2)),
+        "rebalance still running: {} / {}",
+        worker(&pair.dc1[2], "rebalance"),
+        worker(&pair.dc2[2], "rebalance")
+    );
+    let moved = |n: &Node| worker(n, "rebalance")["keys_moved"].as_u64().unwrap_or(0);
+    assert!(moved(&pair.dc1[2]) > 0 && moved(&pair.dc2[2]) > 0, "no keys moved to the new nodes");
+    // Writes go on through the new owners too.
+    let late1 = write_keys(&pair.dc1, "late1", 100);
+    let late2 = write_keys(&pair.dc2, "late2", 100);
+    stop.store(true, Ordering::SeqCst);
+    let (acked1, acked2) = (writer1.join().unwrap(), writer2.join().unwrap());
+    assert!(
+        acked1.len() >= 300 && acked2.len() >= 300,
+        "{} and {} writes acknowledged",
+        acked1.len(),
+        acked2.len()
+    );
+    assert_arrives(&pair.dc2, &acked1, "dc1's stream in dc2 across rebalances", &pair);
+    assert_arrives(&pair.dc1, &acked2, "dc2's stream in dc1 across rebalances", &pair);
+    assert_arrives(&pair.dc2, &late1, "dc1's writes after its rebalance", &pair);
+    assert_arrives(&pair.dc1, &late2, "dc2's writes after its rebalance", &pair);
 }
 
 #[test]
