@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod placement;
+pub mod process;
 pub mod queue;
 pub mod record;
 pub mod resp;
