@@ -170,3 +170,78 @@ finish() {
   say "cleaned up $RUN; $verdict in $((SECONDS - START))s"
   exit "$rc"
 }
+
+# --- A swarm for the swarm scenarios ----------------------------------------------------
+# swarm_check (before `begin`): exits 77 (skipped) with a notice unless this engine is in
+# no swarm or manages one. swarm_enter (after `begin`): creates a single-node swarm when
+# the engine is in none, or exits 77 when `docker swarm init` fails. swarm_leave (in the
+# scenario's cleanup, after its stacks are gone): leaves a swarm swarm_enter created, and
+# its docker_gwbridge network if that was not there before.
+swarm_check() {
+  swarm_state=$(docker info -f '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown)
+  created_swarm=false
+  had_gwbridge=false
+  if docker network inspect docker_gwbridge >/dev/null 2>&1; then had_gwbridge=true; fi
+  case "$swarm_state" in
+    inactive) ;;
+    active)
+      if [ "$(docker info -f '{{.Swarm.ControlAvailable}}')" != true ]; then
+        echo "NOTICE: this engine is a swarm worker: the $SCENARIO test needs a manager; SKIPPED"
+        exit 77
+      fi
+      ;;
+    *)
+      echo "NOTICE: swarm state '$swarm_state': the $SCENARIO test SKIPPED"
+      exit 77
+      ;;
+  esac
+}
+
+swarm_enter() {
+  if [ "$swarm_state" = inactive ]; then
+    docker swarm init >"$WORK/init.log" 2>&1 || docker swarm init --advertise-addr 127.0.0.1 >"$WORK/init.log" 2>&1 || {
+      indent <"$WORK/init.log"
+      echo "NOTICE: this engine cannot start a swarm (above): the $SCENARIO test SKIPPED"
+      exit 77
+    }
+    created_swarm=true
+    say "created a single-node swarm (it is left at the end)"
+  else
+    say "using the swarm this engine is a manager of (only the stacks are removed at the end)"
+  fi
+}
+
+swarm_leave() {
+  if [ "$created_swarm" = true ]; then
+    docker swarm leave --force >/dev/null 2>&1 && say "left the swarm this test created"
+    # The bridge goes once the swarm's last endpoint on it has (a moment after leaving).
+    local deadline=$((SECONDS + 15))
+    while [ "$had_gwbridge" = false ] && docker network inspect docker_gwbridge >/dev/null 2>&1 &&
+      ! docker network rm docker_gwbridge >/dev/null 2>&1 && [ $SECONDS -lt $deadline ]; do
+      sleep 1
+    done
+  fi
+}
+
+# stack_rm STACK...: removes the stacks and waits (60s at most) until their containers are
+# gone, then removes their volumes and waits for their networks to go.
+stack_rm() {
+  local stack deadline=$((SECONDS + 60))
+  for stack in "$@"; do docker stack rm "$stack" >/dev/null 2>&1; done
+  for stack in "$@"; do
+    # `stack rm` returns before the containers are gone; volumes can go only after them.
+    while [ -n "$(docker ps -aq --filter "label=com.docker.stack.namespace=$stack")" ] && [ $SECONDS -lt $deadline ]; do
+      sleep 1
+    done
+    docker volume ls -q --filter "label=com.docker.stack.namespace=$stack" | xargs -r docker volume rm >/dev/null 2>&1
+    while [ -n "$(docker network ls -q --filter "label=com.docker.stack.namespace=$stack")" ] && [ $SECONDS -lt $deadline ]; do
+      sleep 1
+    done
+    local left
+    left=$( (
+      docker ps -aq --filter "label=com.docker.stack.namespace=$stack"
+      docker volume ls -q --filter "label=com.docker.stack.namespace=$stack"
+    ) | wc -l)
+    [ "$left" -eq 0 ] || say "WARNING: $left containers or volumes of stack $stack remain"
+  done
+}

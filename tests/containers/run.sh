@@ -16,6 +16,8 @@
 #                   again when the engine is in none; an existing swarm is used and kept
 #                   when this engine manages it; skipped on a worker or when
 #                   `docker swarm init` fails)
+#   swarm-two-dc    deploy/swarm with connector.yml as two stacks, dc1 and dc2, in one
+#                   single-node swarm: writes cross both ways through the connectors
 #   two-datacenters deploy/compose/docker-compose.two-dc.yml: two datacenters replicate
 #                   both ways through their connectors, survive `docker network
 #                   disconnect` of a connector from the WAN, and converge after reconnect
@@ -36,7 +38,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 cd "$ROOT"
 source "$HERE/lib.sh"
 
-ALL=(compose customer-image memory-limit partition swarm two-datacenters)
+ALL=(compose customer-image memory-limit partition swarm swarm-two-dc two-datacenters)
 if [ $# -gt 0 ]; then
   SCENARIOS=("$@")
 else

@@ -23,24 +23,7 @@
 SCENARIO=swarm
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-swarm_state=$(docker info -f '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown)
-created_swarm=false
-had_gwbridge=false
-if docker network inspect docker_gwbridge >/dev/null 2>&1; then had_gwbridge=true; fi
-case "$swarm_state" in
-  inactive) ;;
-  active)
-    if [ "$(docker info -f '{{.Swarm.ControlAvailable}}')" != true ]; then
-      echo "NOTICE: this engine is a swarm worker: the swarm test needs a manager; SKIPPED"
-      exit 77
-    fi
-    ;;
-  *)
-    echo "NOTICE: swarm state '$swarm_state': the swarm test SKIPPED"
-    exit 77
-    ;;
-esac
-
+swarm_check
 begin
 STACK=$RUN
 PASSWORD="pw-$RANDOM$RANDOM"
@@ -52,41 +35,11 @@ scenario_logs() {
 scenario_cleanup() {
   # The extra member first: attached to the stack's network, it would keep it.
   docker ps -aq --filter "label=$LABEL" | xargs -r docker rm -f -v >/dev/null 2>&1
-  docker stack rm "$STACK" >/dev/null 2>&1
-  # `stack rm` returns before the containers are gone; volumes can go only after them.
-  local deadline=$((SECONDS + 60))
-  while [ -n "$(docker ps -aq --filter "label=com.docker.stack.namespace=$STACK")" ] && [ $SECONDS -lt $deadline ]; do
-    sleep 1
-  done
-  docker volume ls -q --filter "label=com.docker.stack.namespace=$STACK" | xargs -r docker volume rm >/dev/null 2>&1
-  while docker network inspect "${STACK}_dc1" >/dev/null 2>&1 && [ $SECONDS -lt $deadline ]; do
-    sleep 1
-  done
-  if [ "$created_swarm" = true ]; then
-    docker swarm leave --force >/dev/null 2>&1 && say "left the swarm this test created"
-    if [ "$had_gwbridge" = false ]; then
-      docker network rm docker_gwbridge >/dev/null 2>&1
-    fi
-  fi
-  local left
-  left=$( (
-    docker ps -aq --filter "label=com.docker.stack.namespace=$STACK"
-    docker volume ls -q --filter "label=com.docker.stack.namespace=$STACK"
-  ) | wc -l)
-  [ "$left" -eq 0 ] || say "WARNING: $left containers or volumes of stack $STACK remain"
+  stack_rm "$STACK"
+  swarm_leave
 }
 
-if [ "$swarm_state" = inactive ]; then
-  docker swarm init >"$WORK/init.log" 2>&1 || docker swarm init --advertise-addr 127.0.0.1 >"$WORK/init.log" 2>&1 || {
-    indent <"$WORK/init.log"
-    echo "NOTICE: this engine cannot start a swarm (above): the swarm test SKIPPED"
-    exit 77
-  }
-  created_swarm=true
-  say "created a single-node swarm (it is left at the end)"
-else
-  say "using the swarm this engine is a manager of (only the stack is removed at the end)"
-fi
+swarm_enter
 
 # --- 1. keys, deploy ------------------------------------------------------------------
 pki() { docker run --rm --label "$LABEL" -u "$(id -u):$(id -g)" -v "$WORK:/work" -w /work "${PREFIX}pki:$TAG" "$@"; }
