@@ -11,6 +11,13 @@
 //! (`memory_trim_interval`).
 //!
 //! Built against another C library, [`trim`] does nothing.
+//!
+//! [`page_out_executable`] is lean mode's other hint: once started, the node asks the
+//! kernel to drop the pages of its own executable it has mapped. Start-up (flags, config,
+//! TLS, opening the store) runs code that is not needed again, and the kernel maps the
+//! pages around each one it faults in (64 KiB), so a freshly started node had about 9.6
+//! MB of its executable resident against 1.3 MB of its own heap. The pages are clean and
+//! backed by the file: what the node runs again faults back in from the page cache.
 
 use std::time::Duration;
 
@@ -39,5 +46,55 @@ pub fn trim() {
     // SAFETY: malloc_trim only takes the allocator's own locks and has no preconditions.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Asks the kernel to page out this process's read-only mappings of its own executable
+/// (`MADV_PAGEOUT`, Linux 5.4 and later). Returns how many bytes it covered; 0 when the
+/// executable cannot be told from `/proc/self/maps` or the kernel refuses the hint (the
+/// pages then stay, which costs nothing but memory).
+#[allow(unsafe_code)]
+pub fn page_out_executable() -> usize {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(exe) = std::fs::read_link("/proc/self/exe") else { return 0 };
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return 0 };
+        let mut covered = 0;
+        for line in maps.lines() {
+            // `start-end perms offset dev inode path`
+            let mut fields = line.split_whitespace();
+            let (Some(range), Some(perms)) = (fields.next(), fields.next()) else { continue };
+            if fields.nth(3).map(std::path::Path::new) != Some(exe.as_path()) || perms.contains('w') {
+                continue;
+            }
+            let Some((start, end)) = range.split_once('-') else { continue };
+            let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16))
+            else {
+                continue;
+            };
+            // SAFETY: the range is a whole mapping of this process, read from its own maps,
+            // and MADV_PAGEOUT never changes what the memory holds: a clean file-backed page
+            // that is dropped is read back from the file when it is next touched.
+            let advised =
+                unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT) };
+            if advised == 0 {
+                covered += end - start;
+            }
+        }
+        covered
+    }
+    #[cfg(not(target_os = "linux"))]
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_executable_is_paged_out_and_still_runs() {
+        let covered = super::page_out_executable();
+        assert!(covered > 0, "no mapping of the executable was advised");
+        // The code runs on: what is dropped faults back in.
+        let words: Vec<String> = (0..1000).map(|i| format!("{i:x}")).collect();
+        assert_eq!(words.iter().filter(|w| w.len() == 3).count(), 1000 - 256);
     }
 }

@@ -42,6 +42,10 @@ const PEER_QUIET: Duration = Duration::from_millis(300);
 /// How often a node on the default keys repeats its warning.
 const INSECURE_WARNING_EVERY: Duration = Duration::from_secs(600);
 
+/// How long after start-up lean mode gives back the executable's pages: by then the
+/// listeners, gossip and the first background rounds have run.
+const PAGE_OUT_AFTER: Duration = Duration::from_secs(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("{setting} {addr}: cannot listen: {source}")]
@@ -442,6 +446,21 @@ pub async fn run(
             joins: members.is_some() && (!config.join.is_empty() || config.join_service.is_some()),
         });
         background_tasks.spawn(admin::serve(l, admin_state, background.clone()));
+    }
+
+    if config.budget.mode == crate::config::Mode::Lean {
+        // Start-up's code is not needed again: once it is over, the executable's pages go
+        // (crate::heap::page_out_executable); what the node runs on faults back in.
+        let stop = background.clone();
+        background_tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(PAGE_OUT_AFTER) => {
+                    let bytes = tokio::task::spawn_blocking(crate::heap::page_out_executable).await.unwrap_or(0);
+                    tracing::debug!(bytes, "lean mode: the executable's pages given back after start-up");
+                }
+            }
+        });
     }
 
     shutdown.cancelled().await;

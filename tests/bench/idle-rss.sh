@@ -23,7 +23,11 @@ wait_ping "$port"
 for mode in standard lean; do
   port=$(free_port); admin=$(free_port)
   mkdir -p "$WORK/$mode"
-  "$NODE" --dev --mode "$mode" --data-dir "$WORK/$mode" --client-addr "127.0.0.1:$port" \
+  # Each from its own copy of the executable, as one node per host runs: the kernel does not
+  # page out pages that two processes map, which lean mode does with its executable's
+  # pages once started (node/src/heap.rs).
+  cp "$NODE" "$WORK/$mode/opencluster-node"
+  "$WORK/$mode/opencluster-node" --dev --mode "$mode" --data-dir "$WORK/$mode" --client-addr "127.0.0.1:$port" \
     --admin-addr "127.0.0.1:$admin" --gossip-addr "" --rpc-addr "" --log-level warn >"$WORK/$mode.log" 2>&1 &
   PIDS+=($!); PID["node $mode"]=$!
   wait_ping "$port"
