@@ -813,6 +813,50 @@ fn with_the_wan_cut_home_writes_fail_cached_reads_last_one_lease_and_all_heals()
     assert_eq!(get(reader, "acct:a"), Reply::Bulk(b"before".to_vec()));
 }
 
+/// The leases live at a key's primary in its home: when a node joins the home and takes
+/// some partitions over (one owner per partition here), the old primary reports the
+/// leased keys it no longer answers for, so the other datacenter reads them again from the
+/// new primary instead of serving its copy for the rest of a long lease.
+#[test]
+fn a_home_key_whose_primary_moves_is_invalidated_before_its_lease_ends() {
+    let flags =
+        ["--keyspaces-home", "acct:=dc1", "--keyspaces-home-lease", "120s", "--cluster-replicas", "1"];
+    let pair = start_pair_with(2, Duration::from_millis(5), &flags, &HOME_CONNECTOR);
+    let keys: Vec<String> = (0..60).map(|i| format!("acct:m{i}")).collect();
+    let mut home = pair.dc1[0].raw();
+    for k in &keys {
+        assert_eq!(home.cmd(&["SET", k, "old"]), Reply::Simple("OK".into()));
+    }
+    let reader = &pair.dc2[0];
+    let mut c = reader.raw();
+    assert!(wait_until(CONVERGE, || !c.cmd(&["GET", "acct:probe"]).is_error()), "dc2 never reached dc1");
+    for k in &keys {
+        assert_eq!(c.cmd(&["GET", k]), Reply::Bulk(b"old".to_vec()));
+    }
+    let reads = counter(reader, "opencluster_home_reads_total");
+    for k in &keys {
+        assert_eq!(c.cmd(&["GET", k]), Reply::Bulk(b"old".to_vec()));
+    }
+    assert_eq!(counter(reader, "opencluster_home_reads_total"), reads, "every key is cached");
+
+    let tls = pair.tls1.to_str().unwrap().to_string();
+    let mut extra = vec!["--datacenter", "dc1", "--tls-dir", &tls];
+    extra.extend_from_slice(&flags);
+    let third = Node::start(opencluster_tests::cluster::member_opts("dc1-n3", Some(&pair.dc1[0]), &extra));
+    opencluster_tests::cluster::wait_placed(&[&pair.dc1[0], &pair.dc1[1], &third], 3);
+    for k in &keys {
+        assert_eq!(home.cmd(&["SET", k, "new"]), Reply::Simple("OK".into()));
+    }
+    // Far less than the 120 s lease: reported by the old primaries at the move, or by the
+    // primaries that kept their partitions at the write.
+    let mut stale = Vec::new();
+    let fresh = wait_until(Duration::from_secs(20), || {
+        stale = keys.iter().filter(|k| c.cmd(&["GET", k]) != Reply::Bulk(b"new".to_vec())).cloned().collect();
+        stale.is_empty()
+    });
+    assert!(fresh, "dc2 still serves the old value of {} keys, e.g. {:?}", stale.len(), stale.first());
+}
+
 #[test]
 fn a_home_datacenter_the_connector_does_not_know_is_refused_naming_the_setting() {
     let bin = opencluster_tests::connector::connector_binary();

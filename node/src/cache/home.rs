@@ -160,6 +160,11 @@ impl RemoteLeases {
         any
     }
 
+    /// Every key with a lease held on it.
+    pub fn leased_keys(&self) -> Vec<Bytes> {
+        self.leases.keys().cloned().collect()
+    }
+
     /// What is owed now, per datacenter, at most `max` keys each; owed keys whose lease
     /// lapsed are given up (the other datacenter no longer serves them).
     pub fn owed(&mut self, now: Instant, max: usize) -> Vec<(Arc<str>, Vec<Bytes>)> {

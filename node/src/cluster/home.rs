@@ -314,6 +314,30 @@ impl Cluster {
         self.tell_clients(&dropped, None);
     }
 
+    /// Placement changed: leases on keys whose partition's primary is no longer this node
+    /// are reported as changes, since the new primary does not know of them and would
+    /// report nothing; the other datacenters read those keys again from it.
+    pub(super) fn home_placement_changed(
+        &self,
+        before: &crate::placement::Placement,
+        after: &crate::placement::Placement,
+    ) {
+        let partitions = self.partitions();
+        let mut table = self.home.leases.table.lock().unwrap_or_else(|e| e.into_inner());
+        let moved: Vec<Bytes> = table
+            .leased_keys()
+            .into_iter()
+            .filter(|k| {
+                let p = partition_of(k, partitions);
+                before.owners(p).first() != after.owners(p).first()
+            })
+            .collect();
+        if table.applied(moved.iter().map(|k| &k[..]), Instant::now()) {
+            drop(table);
+            self.home.leases.wake.notify_one();
+        }
+    }
+
     /// Answers a [`HomeInvalidate`] from this datacenter's connector.
     pub(super) fn home_invalidated(&self, m: HomeInvalidate) {
         self.cache_metrics.home_invalidations_received.inc_by(m.keys.len() as u64);
@@ -436,4 +460,32 @@ impl Cluster {
 
 fn no_connector(why: &str) -> DataError {
     DataError::HomeUnavailable(format!("{why}: keys of another datacenter's home keyspace are out of reach"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn home(own: &str) -> Home {
+        Home::new(
+            own,
+            HomeOptions {
+                prefixes: vec![("acct:".into(), "dc1".into()), ("orders:".into(), "dc2".into())],
+                lease: Duration::from_secs(10),
+                max_entries: 10,
+                max_leases: 10,
+            },
+        )
+    }
+
+    #[test]
+    fn a_key_lives_in_the_home_its_prefix_names() {
+        let h = home("dc2");
+        assert_eq!(h.home_of(b"acct:7").map(|d| &**d), Some("dc1"));
+        assert_eq!(h.elsewhere(b"acct:7").map(|d| &**d), Some("dc1"));
+        assert_eq!(h.home_of(b"orders:1").map(|d| &**d), Some("dc2"));
+        assert_eq!(h.elsewhere(b"orders:1"), None, "dc2's own home keys live here");
+        assert_eq!(h.home_of(b"plain"), None);
+        assert_eq!(h.elsewhere(b"acct"), None, "a prefix matches whole");
+    }
 }
