@@ -598,7 +598,9 @@ fn cache_options(config: &Config) -> crate::cluster::CacheOptions {
         home: crate::cluster::home::HomeOptions {
             prefixes: config.keyspaces.home_list().unwrap_or_default(),
             lease: config.keyspaces.home_lease,
-            max_entries: c.max_interest_keys as usize,
+            // Beside the near cache, within the same limits.
+            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            max_entry_bytes: c.max_entry_bytes.as_usize(),
             max_leases: c.max_interest_keys as usize,
         },
     }

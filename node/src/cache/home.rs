@@ -20,6 +20,15 @@ struct Entry {
     record: Option<Record>,
     home: Arc<str>,
     until: Instant,
+    weight: usize,
+}
+
+/// What an entry is counted as beside its key and value (the map's slot, the record's
+/// HLC, origin and expiry).
+pub const ENTRY_OVERHEAD: usize = 96;
+
+fn weight(key: &[u8], record: &Option<Record>) -> usize {
+    key.len() + record.as_ref().and_then(|r| r.value.as_ref()).map_or(0, |v| v.len()) + ENTRY_OVERHEAD
 }
 
 /// Records of other datacenters' home keys, kept while their leases last.
@@ -29,12 +38,23 @@ pub struct HomeCache {
     /// write or invalidation of the key in between cancels it).
     pending: HashMap<Bytes, u64>,
     next_token: u64,
-    max_entries: usize,
+    bytes: usize,
+    max_bytes: usize,
+    max_entry_bytes: usize,
 }
 
 impl HomeCache {
-    pub fn new(max_entries: usize) -> Self {
-        HomeCache { entries: HashMap::new(), pending: HashMap::new(), next_token: 0, max_entries }
+    /// A cache of at most `max_bytes` (keys, values and [`ENTRY_OVERHEAD`] each), keeping
+    /// no entry over `max_entry_bytes`.
+    pub fn new(max_bytes: usize, max_entry_bytes: usize) -> Self {
+        HomeCache {
+            entries: HashMap::new(),
+            pending: HashMap::new(),
+            next_token: 0,
+            bytes: 0,
+            max_bytes,
+            max_entry_bytes,
+        }
     }
 
     /// The cached record of `key` (`Some(None)`: cached as absent), if its lease runs
@@ -65,21 +85,31 @@ impl HomeCache {
         }
         let key =
             self.pending.remove_entry(key).map(|(k, _)| k).unwrap_or_else(|| Bytes::copy_from_slice(key));
+        self.remove(&key);
+        let weight = weight(&key, &record);
+        if weight > self.max_entry_bytes.min(self.max_bytes) {
+            return (false, Vec::new());
+        }
         let mut evicted = Vec::new();
-        while self.entries.len() >= self.max_entries && !self.entries.contains_key(&key) {
+        while self.bytes + weight > self.max_bytes {
             let Some(victim) = self.entries.keys().next().cloned() else { break };
-            self.entries.remove(&victim);
+            self.remove(&victim);
             evicted.push(victim);
         }
-        if self.max_entries > 0 {
-            self.entries.insert(key, Entry { record, home, until });
-        }
+        self.bytes += weight;
+        self.entries.insert(key, Entry { record, home, until, weight });
         (true, evicted)
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if let Some(e) = self.entries.remove(key) {
+            self.bytes -= e.weight;
+        }
     }
 
     /// `key` changed (written through this node, or invalidated by its home).
     pub fn drop_key(&mut self, key: &[u8]) {
-        self.entries.remove(key);
+        self.remove(key);
         self.pending.remove(key);
     }
 
@@ -88,7 +118,7 @@ impl HomeCache {
         let keys: Vec<Bytes> =
             self.entries.iter().filter(|(_, e)| &*e.home == home).map(|(k, _)| k.clone()).collect();
         for k in &keys {
-            self.entries.remove(k);
+            self.remove(k);
         }
         keys
     }
@@ -98,13 +128,18 @@ impl HomeCache {
         let keys: Vec<Bytes> =
             self.entries.iter().filter(|(_, e)| e.until <= now).map(|(k, _)| k.clone()).collect();
         for k in &keys {
-            self.entries.remove(k);
+            self.remove(k);
         }
         keys
     }
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Bytes the entries are counted as.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -222,7 +257,7 @@ mod tests {
     fn an_entry_is_served_until_its_lease_lapses_and_never_after() {
         let t0 = Instant::now();
         let lease = Duration::from_secs(10);
-        let mut c = HomeCache::new(10);
+        let mut c = HomeCache::new(1 << 20, 1 << 20);
         let token = c.reserve(b"k");
         assert!(c.fill(b"k", token, record(b"v"), "dc1".into(), t0 + lease).0);
         assert_eq!(c.get(b"k", t0 + lease - Duration::from_millis(1)), Some(record(b"v")));
@@ -234,7 +269,7 @@ mod tests {
     #[test]
     fn a_change_during_the_read_cancels_its_fill() {
         let t0 = Instant::now();
-        let mut c = HomeCache::new(10);
+        let mut c = HomeCache::new(1 << 20, 1 << 20);
         let token = c.reserve(b"k");
         c.drop_key(b"k");
         assert!(!c.fill(b"k", token, record(b"old"), "dc1".into(), t0 + Duration::from_secs(1)).0);
@@ -250,7 +285,8 @@ mod tests {
     fn a_full_cache_evicts_and_says_which_and_a_home_drops_alone() {
         let t0 = Instant::now();
         let until = t0 + Duration::from_secs(1);
-        let mut c = HomeCache::new(2);
+        // Room for two entries of one-byte keys and no value.
+        let mut c = HomeCache::new(2 * (1 + ENTRY_OVERHEAD), 1024);
         for (k, home) in [(&b"a"[..], "dc1"), (b"b", "dc3")] {
             let t = c.reserve(k);
             c.fill(k, t, None, home.into(), until);
@@ -259,10 +295,14 @@ mod tests {
         let (filled, evicted) = c.fill(b"c", t, None, "dc1".into(), until);
         assert!(filled);
         assert_eq!(evicted.len(), 1);
-        assert_eq!(c.len(), 2);
+        assert_eq!((c.len(), c.bytes()), (2, 2 * (1 + ENTRY_OVERHEAD)));
+        // Too large for one entry: not kept.
+        let t = c.reserve(b"big");
+        assert!(!c.fill(b"big", t, record(&[0; 2000]), "dc1".into(), until).0);
         let dropped = c.drop_home("dc1");
         assert!(dropped.contains(&Bytes::from_static(b"c")));
         assert!(c.drop_home("dc1").is_empty());
+        assert_eq!(c.bytes(), 1 + ENTRY_OVERHEAD);
     }
 
     #[test]

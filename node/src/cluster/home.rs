@@ -49,8 +49,9 @@ pub struct HomeOptions {
     /// (prefix, home datacenter).
     pub prefixes: Vec<(String, String)>,
     pub lease: Duration,
-    /// Most entries of the cache of other datacenters' home keys.
-    pub max_entries: usize,
+    /// Most bytes of the cache of other datacenters' home keys, and of one entry.
+    pub max_bytes: usize,
+    pub max_entry_bytes: usize,
     /// Most keys other datacenters may hold leases on at this node.
     pub max_leases: usize,
 }
@@ -91,7 +92,7 @@ impl Home {
                 .map(|(p, dc)| (p.into_bytes(), Arc::from(dc.as_str())))
                 .collect(),
             lease: options.lease,
-            cache: Mutex::new(HomeCache::new(options.max_entries)),
+            cache: Mutex::new(HomeCache::new(options.max_bytes, options.max_entry_bytes)),
             leases: Arc::new(HomeLeases {
                 table: Mutex::new(RemoteLeases::new(options.max_leases)),
                 wake: Notify::new(),
@@ -452,6 +453,7 @@ impl Cluster {
         let (lease_keys, owed) = self.home.leases.table.lock().unwrap_or_else(|e| e.into_inner()).counts();
         serde_json::json!({
             "cached_keys": self.home.cache().len(),
+            "cached_bytes": self.home.cache().bytes(),
             "remote_lease_keys": lease_keys,
             "owed_invalidations": owed,
         })
@@ -472,7 +474,8 @@ mod tests {
             HomeOptions {
                 prefixes: vec![("acct:".into(), "dc1".into()), ("orders:".into(), "dc2".into())],
                 lease: Duration::from_secs(10),
-                max_entries: 10,
+                max_bytes: 1 << 20,
+                max_entry_bytes: 1 << 20,
                 max_leases: 10,
             },
         )
