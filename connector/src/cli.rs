@@ -47,6 +47,11 @@ const FLAGS: &[(&str, &str, &str)] = &[
         "Key prefixes that never leave this datacenter, comma-separated (e.g. session:,tmp:); the same on every node and connector of the datacenter",
     ),
     (
+        "keyspaces-home",
+        "keyspaces.home",
+        "Key prefixes that live in one home datacenter, PREFIX=DC comma-separated (e.g. users:=dc1); each DC must be this connector's or a peer's; the same in every datacenter",
+    ),
+    (
         "compression",
         "connector.compression",
         "Compression of batches sent to other datacenters: lz4 or none [default: lz4]",

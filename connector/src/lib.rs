@@ -9,13 +9,15 @@
 //! sequences is kept at that node ([`cursors`]), so that two or more connectors of a
 //! datacenter share the partitions and take each other's share over ([`share`]). A slow
 //! periodic comparison of every partition with each remote datacenter catches whatever
-//! the cursors missed ([`backstop`]). See docs/multi-datacenter.md.
+//! the cursors missed ([`backstop`]). Requests for keys whose home is one datacenter
+//! (`keyspaces.home`) are relayed to and from it ([`home`]). See docs/multi-datacenter.md.
 
 pub mod admin;
 pub mod apply;
 pub mod backstop;
 pub mod cli;
 pub mod cursors;
+pub mod home;
 pub mod link;
 pub mod run;
 pub mod share;

@@ -22,10 +22,11 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::apply::Applier;
 use crate::backstop::Backstop;
+use crate::home::{HomeMetrics, HomeRelay, LocalService};
 use crate::link::{Link, LinkMetrics};
 use crate::share::Share;
 use crate::ship::{ShipOptions, Shipper};
-use crate::wan::{LocalService, WanHandler, WanService};
+use crate::wan::{WanHandler, WanService};
 
 /// How often a connector on the default keys repeats its warning.
 const INSECURE_WARNING_EVERY: Duration = Duration::from_secs(600);
@@ -50,6 +51,8 @@ pub enum ConnectorError {
     Peers(String),
     #[error("invalid setting `cluster.write_quorum`: {0}")]
     Quorum(String),
+    #[error("invalid setting `keyspaces.home`: {0}")]
+    Home(String),
 }
 
 /// The sockets a connector serves on, bound before [`run`].
@@ -113,6 +116,7 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir).map_err(data_err)?;
     let node_id = opencluster_node::node::node_id(&config.data_dir).map_err(data_err)?;
     let remotes = remotes(&config)?;
+    check_homes(&config, &remotes)?;
     let quorum = config.write_quorum().map_err(ConnectorError::Quorum)?;
 
     let (security, renewal) = Security::load_as(&config, opencluster_pki::Role::Connector)?;
@@ -199,8 +203,19 @@ pub async fn run(
         quorum,
         timeout: config.cluster.request_timeout,
     });
+    let home = Arc::new(HomeRelay {
+        datacenter: config.datacenter.clone(),
+        remotes: remotes.iter().cloned().collect(),
+        members: members.clone(),
+        local: local.clone(),
+        wan: wan.clone(),
+        applier: applier.clone(),
+        timeout: config.cluster.request_timeout,
+        metrics: HomeMetrics::register(&registry),
+    });
     let wan_service = Arc::new(WanHandler(
         WanService {
+            home: home.clone(),
             datacenter: config.datacenter.clone(),
             applier: applier.clone(),
             links: links.iter().map(|l| (l.remote.clone(), l.clone())).collect::<HashMap<_, _>>(),
@@ -211,7 +226,7 @@ pub async fn run(
     let peer_tasks = TaskTracker::new();
     let stop_peers = CancellationToken::new();
     peer_tasks.spawn(local.clone().serve(
-        Arc::new(LocalService { node_id }),
+        Arc::new(LocalService { node_id, home }),
         peer_tasks.clone(),
         stop_peers.clone(),
     ));
@@ -298,6 +313,24 @@ pub async fn run(
     tasks.close();
     tasks.wait().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Every home datacenter of `keyspaces.home` is this one or a peer: a connector knows
+/// every datacenter of its cluster, so a home it does not know is a typo or a missing peer.
+pub fn check_homes(config: &Config, remotes: &[(String, Vec<String>)]) -> Result<(), ConnectorError> {
+    let homes = config.keyspaces.home_list().map_err(ConnectorError::Home)?;
+    for (prefix, dc) in homes {
+        if dc != config.datacenter && !remotes.iter().any(|(r, _)| *r == dc) {
+            let known: Vec<&str> = std::iter::once(config.datacenter.as_str())
+                .chain(remotes.iter().map(|(r, _)| r.as_str()))
+                .collect();
+            return Err(ConnectorError::Home(format!(
+                "{prefix}={dc}: {dc} is not a datacenter of this cluster (this connector knows {}; connector.peers)",
+                known.join(", ")
+            )));
+        }
+    }
     Ok(())
 }
 

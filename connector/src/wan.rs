@@ -218,6 +218,8 @@ pub struct WanService {
     /// The most a packed batch may unpack to (`limits.max_request_bytes`, the most a
     /// plain one may be).
     pub max_unpacked_bytes: usize,
+    /// Relays home-keyspace requests (`crate::home`).
+    pub home: Arc<crate::home::HomeRelay>,
 }
 
 /// A [`WanService`] answering one connection, whose certificate names `peer_dc`.
@@ -281,7 +283,12 @@ impl Handler for WanService {
             match kind {
                 // Batches are taken only from a connection whose certificate names their
                 // datacenter (the transport asks `for_peer` first).
-                Kind::Ship | Kind::ShipPacked | Kind::Compare => {
+                Kind::Ship
+                | Kind::ShipPacked
+                | Kind::Compare
+                | Kind::HomeCommand
+                | Kind::HomeRead
+                | Kind::HomeInvalidate => {
                     refused(Refusal::Malformed("a batch or comparison needs a verified peer".into()))
                 }
                 Kind::Ping => {
@@ -322,26 +329,10 @@ impl Handler for FromPeer {
                     answer(&body, |m: ShipPacked| self.service.ship_packed(m, &self.peer_dc)).await
                 }
                 Kind::Compare => answer(&body, |m: Compare| self.service.compare(m, &self.peer_dc)).await,
-                other => self.service.handle(other, body).await,
-            }
-        })
-    }
-}
-
-/// Answers the nodes of this datacenter: a connector holds no data, it only says it is there.
-pub struct LocalService {
-    pub node_id: u64,
-}
-
-impl Handler for LocalService {
-    fn handle(&self, kind: Kind, body: Bytes) -> BoxFuture<'_, Vec<u8>> {
-        Box::pin(async move {
-            match kind {
-                Kind::Ping => {
-                    answer(&body, |_: opencluster_node::peer::messages::Ping| async { Ok(self.node_id) })
-                        .await
+                Kind::HomeCommand | Kind::HomeRead | Kind::HomeInvalidate => {
+                    self.service.home.from_remote(kind, body, &self.peer_dc).await
                 }
-                other => refused(Refusal::UnknownKind(other as u8)),
+                other => self.service.handle(other, body).await,
             }
         })
     }

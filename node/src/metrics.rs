@@ -28,6 +28,7 @@ pub const ERROR_KINDS: &[&str] = &[
     "store",
     "durability",
     "cluster",
+    "home",
 ];
 
 pub struct Metrics {

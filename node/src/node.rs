@@ -247,7 +247,8 @@ pub async fn run(
     let purge_status = Arc::new(PurgeStatus::default());
     // The connectors' cursors at this node: they also keep the tombstones not yet shipped.
     let heads: Vec<u64> = (0..config.store.partitions).map(|p| store.last_seq(p)).collect();
-    let local = config.keyspaces.local_prefixes();
+    // Keys never shipped: local keyspaces, and home keyspaces (others read them from home).
+    let local = config.keyspaces.unshipped_prefixes();
     let outbound = Arc::new(Outbound::load(&config.data_dir, &heads, local.clone()).unwrap_or_else(|e| {
         // Losing cursors loses nothing: the connectors send these sequences again.
         tracing::error!(error = %e, "the connectors will ship this node's changes again from the start");
@@ -390,6 +391,7 @@ pub async fn run(
         background_tasks.spawn(cluster.clone().anti_entropy(background.clone()));
         background_tasks.spawn(cluster.clone().send_invalidations(background.clone()));
         background_tasks.spawn(cluster.clone().keep_near_cache(background.clone()));
+        background_tasks.spawn(cluster.clone().keep_home(background.clone()));
     }
     let hub = Arc::new(crate::resp::hub::Hub::new(
         crate::resp::outbox::OutputLimits {
@@ -421,6 +423,8 @@ pub async fn run(
         fsync_always: FsyncPolicy::of(&config.store) == FsyncPolicy::Always,
         purge_status,
     });
+
+    state.cluster.set_home_commands(Arc::new(crate::resp::commands::HomeRunner::new(&state)));
 
     let clients = TaskTracker::new();
     let stop_clients = shutdown.child_token();
@@ -625,5 +629,13 @@ fn cache_options(config: &Config) -> crate::cluster::CacheOptions {
         max_queued_invalidations: c.max_queued_invalidations as usize,
         // A test hook: owners number invalidations but never send them.
         drop_invalidations: std::env::var_os("OPENCLUSTER_TEST_DROP_INVALIDATIONS").is_some_and(|v| v == "1"),
+        home: crate::cluster::home::HomeOptions {
+            prefixes: config.keyspaces.home_list().unwrap_or_default(),
+            lease: config.keyspaces.home_lease,
+            // Beside the near cache, within the same limits.
+            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            max_entry_bytes: c.max_entry_bytes.as_usize(),
+            max_leases: c.max_interest_keys as usize,
+        },
     }
 }

@@ -705,3 +705,252 @@ fn bad_local_keyspaces_are_refused_naming_the_setting() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("keyspaces.local"), "{stderr}");
 }
+
+/// Flags for `acct:` keys living in dc1, on every node of both datacenters (a lease of
+/// 3 s), and on their connectors.
+const HOME: [&str; 4] = ["--keyspaces-home", "acct:=dc1", "--keyspaces-home-lease", "3s"];
+const HOME_CONNECTOR: [&str; 2] = ["--keyspaces-home", "acct:=dc1"];
+
+/// The pair of [`start_pair_with`] with [`HOME`], once every dc2 node knows a connector
+/// (until then its home reads and writes get `-TRYAGAIN`).
+fn start_home_pair() -> Pair {
+    let pair = start_pair_with(2, Duration::from_millis(5), &HOME, &HOME_CONNECTOR);
+    for node in &pair.dc2 {
+        let mut c = node.raw();
+        assert!(
+            wait_until(CONVERGE, || !c.cmd(&["GET", "acct:probe"]).is_error()),
+            "dc2 never reached dc1 for home keys: {:?}",
+            c.cmd(&["GET", "acct:probe"])
+        );
+    }
+    pair
+}
+
+fn counter(node: &Node, name: &str) -> u64 {
+    node.metric(name).parse::<f64>().unwrap_or_else(|e| panic!("{name}: {e}")) as u64
+}
+
+/// Writes to home keys made in dc2 are applied in dc1 before dc2 answers, so both read
+/// them at once; dc1 ships none of them (dc2 holds no copy, only cached reads).
+#[test]
+fn home_key_writes_in_another_datacenter_land_in_the_home_and_are_never_shipped() {
+    let pair = start_home_pair();
+    let mut acked = Acked::new();
+    let mut conns: Vec<_> = pair.dc2.iter().map(|n| n.raw()).collect();
+    for i in 0..50 {
+        let (key, value) = (format!("acct:{i}"), format!("v{i}"));
+        let reply = conns[i % 2].cmd(&["SET", &key, &value]);
+        assert_eq!(reply, Reply::Simple("OK".into()), "SET {key} in dc2");
+        acked.insert(key, value);
+    }
+    // Synchronous: no waiting for replication.
+    for node in pair.dc1.iter().chain(&pair.dc2) {
+        assert!(missing_through(node, &acked).is_empty(), "a home write is missing");
+    }
+    // Every write command goes home: DEL, INCR, EXPIRE, APPEND, GETDEL.
+    let mut c = pair.dc2[0].raw();
+    assert_eq!(c.cmd(&["DEL", "acct:0"]), Reply::Int(1));
+    assert_eq!(get(&pair.dc1[0], "acct:0"), Reply::NullBulk);
+    assert_eq!(c.cmd(&["INCRBY", "acct:n", "5"]), Reply::Int(5));
+    assert_eq!(c.cmd(&["APPEND", "acct:1", "x"]), Reply::Int(3));
+    assert_eq!(c.cmd(&["EXPIRE", "acct:2", "1000"]), Reply::Int(1));
+    assert_eq!(pair.dc1[1].raw().cmd(&["TTL", "acct:2"]), Reply::Int(1000));
+    assert_eq!(get(&pair.dc1[1], "acct:1"), Reply::Bulk(b"v1x".to_vec()));
+    assert_eq!(c.cmd(&["GETDEL", "acct:3"]), Reply::Bulk(b"v3".to_vec()));
+    assert_eq!(get(&pair.dc1[0], "acct:3"), Reply::NullBulk);
+    // Keys of two modes in one command cannot be run together.
+    let mixed = c.cmd(&["MSET", "acct:4", "a", "plain", "b"]);
+    assert!(mixed.is_error() && mixed.error().contains("keyspaces.home"), "{mixed:?}");
+    assert_eq!(get(&pair.dc1[0], "acct:4"), Reply::Bulk(b"v4".to_vec()), "nothing of it applied");
+    // Not shipped: a replicated write after them arrives, and the link shipped only it.
+    let plain = write_keys(&pair.dc1, "plain", 1);
+    assert_arrives(&pair.dc2, &plain, "a replicated key", &pair);
+    assert!(wait_until(CONVERGE, || shipped(&pair.c1, "dc2") >= 1), "{}", pair.c1.link("dc2"));
+    assert_eq!(shipped(&pair.c1, "dc2"), 1, "home keys were shipped: {}", pair.c1.link("dc2"));
+    // dc2's own stores hold no copy (DBSIZE counts this datacenter's keys).
+    assert_eq!(pair.dc2[0].raw().cmd(&["DBSIZE"]), Reply::Int(1));
+}
+
+/// INCR on one home key from both datacenters at once ends with the exact sum: every
+/// increment is applied at the key's primary in dc1.
+#[test]
+fn incr_on_a_home_key_from_both_datacenters_keeps_every_increment() {
+    let pair = start_home_pair();
+    const EACH: i64 = 100;
+    let addrs: Vec<_> = pair.dc1.iter().chain(&pair.dc2).map(|n| n.client_addr()).collect();
+    let threads: Vec<_> = addrs
+        .into_iter()
+        .map(|addr| {
+            std::thread::spawn(move || {
+                let mut c = opencluster_tests::RawConn::connect(addr).expect("connect");
+                let mut last = 0;
+                for _ in 0..EACH {
+                    match c.cmd(&["INCR", "acct:counter"]) {
+                        Reply::Int(n) => {
+                            assert!(n > last, "INCR went back from {last} to {n}");
+                            last = n;
+                        }
+                        other => panic!("INCR: {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("an INCR thread failed");
+    }
+    let total = 4 * EACH;
+    for node in pair.dc1.iter().chain(&pair.dc2) {
+        assert_eq!(get(node, "acct:counter"), Reply::Bulk(total.to_string().into_bytes()));
+    }
+}
+
+/// A read in dc2 is kept for its lease (a second read does not cross the WAN), and when
+/// dc1 changes the key, dc2 drops its copy and its tracking clients hear of it.
+#[test]
+fn a_home_key_read_elsewhere_is_cached_and_invalidated_when_its_home_changes_it() {
+    let pair = start_home_pair();
+    assert_eq!(pair.dc1[0].raw().cmd(&["SET", "acct:k", "one"]), Reply::Simple("OK".into()));
+    let reader = &pair.dc2[0];
+    let mut tracking = reader.raw();
+    assert!(!tracking.cmd(&["HELLO", "3"]).is_error());
+    assert_eq!(tracking.cmd(&["CLIENT", "TRACKING", "ON"]), Reply::Simple("OK".into()));
+    let (reads, hits) = (
+        counter(reader, "opencluster_home_reads_total"),
+        counter(reader, "opencluster_home_cache_hits_total"),
+    );
+    assert_eq!(tracking.cmd(&["GET", "acct:k"]), Reply::Bulk(b"one".to_vec()));
+    assert_eq!(reader.raw().cmd(&["GET", "acct:k"]), Reply::Bulk(b"one".to_vec()));
+    assert_eq!(counter(reader, "opencluster_home_reads_total"), reads + 1, "the second read crossed the WAN");
+    assert_eq!(counter(reader, "opencluster_home_cache_hits_total"), hits + 1);
+
+    // The home changes it: the tracking client is told, and dc2 reads the new value.
+    assert_eq!(pair.dc1[1].raw().cmd(&["SET", "acct:k", "two"]), Reply::Simple("OK".into()));
+    let push = tracking.read_reply().expect("an invalidation within the read timeout");
+    assert_eq!(
+        push,
+        Reply::Push(vec![
+            Reply::Bulk(b"invalidate".to_vec()),
+            Reply::Array(vec![Reply::Bulk(b"acct:k".to_vec())])
+        ])
+    );
+    assert!(counter(reader, "opencluster_home_invalidations_received_total") >= 1);
+    assert_eq!(reader.raw().cmd(&["GET", "acct:k"]), Reply::Bulk(b"two".to_vec()));
+    // The other dc2 node was told too (it held no copy; it reads the new value).
+    assert_eq!(get(&pair.dc2[1], "acct:k"), Reply::Bulk(b"two".to_vec()));
+    assert!(
+        counter(&pair.dc1[0], "opencluster_home_invalidations_sent_total")
+            + counter(&pair.dc1[1], "opencluster_home_invalidations_sent_total")
+            >= 1
+    );
+}
+
+/// With the WAN cut, a home write in dc2 gets an error and is not applied anywhere; a
+/// cached read is served at most until its lease lapses, then reads fail too; after the
+/// heal everything works again.
+#[test]
+fn with_the_wan_cut_home_writes_fail_cached_reads_last_one_lease_and_all_heals() {
+    let pair = start_home_pair();
+    assert_eq!(pair.dc2[0].raw().cmd(&["SET", "acct:a", "before"]), Reply::Simple("OK".into()));
+    let reader = &pair.dc2[1];
+    assert_eq!(get(reader, "acct:a"), Reply::Bulk(b"before".to_vec()));
+    let cached_at = std::time::Instant::now();
+    pair.wan.cut();
+
+    let mut c = pair.dc2[0].raw();
+    let reply = c.cmd(&["SET", "acct:b", "during"]);
+    assert!(reply.is_error() && reply.error().starts_with("TRYAGAIN"), "{reply:?}");
+    let reply = c.cmd(&["INCR", "acct:n"]);
+    assert!(reply.is_error() && reply.error().starts_with("TRYAGAIN"), "{reply:?}");
+    // Read through dc1: nothing was applied.
+    assert_eq!(get(&pair.dc1[0], "acct:b"), Reply::NullBulk);
+    assert_eq!(get(&pair.dc1[0], "acct:n"), Reply::NullBulk);
+
+    // The cached copy is served only while its 3 s lease lasts, never later.
+    let mut served_after = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let r = get(reader, "acct:a");
+            if r == Reply::Bulk(b"before".to_vec()) {
+                served_after = Some(cached_at.elapsed());
+                false
+            } else {
+                assert!(r.is_error() && r.error().starts_with("TRYAGAIN"), "{r:?}");
+                true
+            }
+        }),
+        "the cached value outlived the cut"
+    );
+    if let Some(after) = served_after {
+        assert!(after < Duration::from_secs(4), "served {after:?} after the read, past its 3 s lease");
+    }
+
+    pair.wan.heal();
+    let mut healed = false;
+    assert!(
+        wait_until(CONVERGE, || {
+            healed = c.cmd(&["SET", "acct:b", "after"]) == Reply::Simple("OK".into());
+            healed
+        }),
+        "home writes still fail after the heal"
+    );
+    assert_eq!(get(&pair.dc1[1], "acct:b"), Reply::Bulk(b"after".to_vec()));
+    assert_eq!(get(reader, "acct:a"), Reply::Bulk(b"before".to_vec()));
+}
+
+/// The leases live at a key's primary in its home: when a node joins the home and takes
+/// some partitions over (one owner per partition here), the old primary reports the
+/// leased keys it no longer answers for, so the other datacenter reads them again from the
+/// new primary instead of serving its copy for the rest of a long lease.
+#[test]
+fn a_home_key_whose_primary_moves_is_invalidated_before_its_lease_ends() {
+    let flags =
+        ["--keyspaces-home", "acct:=dc1", "--keyspaces-home-lease", "120s", "--cluster-replicas", "1"];
+    let pair = start_pair_with(2, Duration::from_millis(5), &flags, &HOME_CONNECTOR);
+    let keys: Vec<String> = (0..60).map(|i| format!("acct:m{i}")).collect();
+    let mut home = pair.dc1[0].raw();
+    for k in &keys {
+        assert_eq!(home.cmd(&["SET", k, "old"]), Reply::Simple("OK".into()));
+    }
+    let reader = &pair.dc2[0];
+    let mut c = reader.raw();
+    assert!(wait_until(CONVERGE, || !c.cmd(&["GET", "acct:probe"]).is_error()), "dc2 never reached dc1");
+    for k in &keys {
+        assert_eq!(c.cmd(&["GET", k]), Reply::Bulk(b"old".to_vec()));
+    }
+    let reads = counter(reader, "opencluster_home_reads_total");
+    for k in &keys {
+        assert_eq!(c.cmd(&["GET", k]), Reply::Bulk(b"old".to_vec()));
+    }
+    assert_eq!(counter(reader, "opencluster_home_reads_total"), reads, "every key is cached");
+
+    let tls = pair.tls1.to_str().unwrap().to_string();
+    let mut extra = vec!["--datacenter", "dc1", "--tls-dir", &tls];
+    extra.extend_from_slice(&flags);
+    let third = Node::start(opencluster_tests::cluster::member_opts("dc1-n3", Some(&pair.dc1[0]), &extra));
+    opencluster_tests::cluster::wait_placed(&[&pair.dc1[0], &pair.dc1[1], &third], 3);
+    for k in &keys {
+        assert_eq!(home.cmd(&["SET", k, "new"]), Reply::Simple("OK".into()));
+    }
+    // Far less than the 120 s lease: reported by the old primaries at the move, or by the
+    // primaries that kept their partitions at the write.
+    let mut stale = Vec::new();
+    let fresh = wait_until(Duration::from_secs(20), || {
+        stale = keys.iter().filter(|k| c.cmd(&["GET", k]) != Reply::Bulk(b"new".to_vec())).cloned().collect();
+        stale.is_empty()
+    });
+    assert!(fresh, "dc2 still serves the old value of {} keys, e.g. {:?}", stale.len(), stale.first());
+}
+
+#[test]
+fn a_home_datacenter_the_connector_does_not_know_is_refused_naming_the_setting() {
+    let bin = opencluster_tests::connector::connector_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(["--dev", "--data-dir", dir.path().join("d").to_str().unwrap(), "--admin-addr", "127.0.0.1:0"])
+        .args(["--gossip-addr", "127.0.0.1:0", "--rpc-addr", "127.0.0.1:0", "--wan-addr", "127.0.0.1:0"])
+        .args(["--peer", "dc2=127.0.0.1:1", "--keyspaces-home", "acct:=dc9"]);
+    let out = opencluster_tests::run_with_deadline(cmd, Duration::from_secs(20)).expect("exits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("keyspaces.home") && stderr.contains("dc9"), "{stderr}");
+}

@@ -218,6 +218,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
         },
         "placement": cluster.placement_status(),
         "cache": cluster.cache_status(),
+        "home": cluster.home_status(),
         "clients": {
             "connected": server.clients.connected(),
             "max": server.clients.max,

@@ -9,6 +9,7 @@
 //! invalidations), and `docs/architecture.md` ("Near cache and invalidation") describes
 //! the protocol and the staleness it allows.
 
+pub mod home;
 pub mod interest;
 pub mod near;
 

@@ -70,6 +70,8 @@ pub struct Local {
     /// this node's clients that track keys.
     pub invalidations: Arc<Invalidations>,
     pub clients: Arc<OnceLock<Arc<dyn LocalClients>>>,
+    /// Other datacenters' leases on this datacenter's home keys.
+    pub home_leases: Arc<super::home::HomeLeases>,
 }
 
 impl Local {
@@ -79,6 +81,7 @@ impl Local {
             return;
         }
         self.invalidations.applied(written.iter().copied(), self.store.partitions());
+        self.home_leases.applied(written.iter().map(|(k, _)| *k));
         if let Some(clients) = self.clients.get()
             && clients.wants_changes()
         {

@@ -433,3 +433,64 @@ impl Message for Positions {
     const KIND: Kind = Kind::Positions;
     type Response = PositionsAnswer;
 }
+
+/// A client's write command on keys whose home is datacenter `home`, sent by a node of
+/// datacenter `from`: its connector passes it to a connector of `home`, which has a node
+/// there run it as if a client of its own had sent it (see `cluster::home`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HomeCommand {
+    pub home: String,
+    pub from: String,
+    /// Whether the client speaks RESP3 (the reply is encoded for it).
+    pub resp3: bool,
+    /// The command and its arguments, as the client sent them.
+    pub args: Vec<Bytes>,
+}
+
+/// The reply to a [`HomeCommand`], in RESP, as the client is to receive it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HomeReply {
+    pub reply: Bytes,
+}
+
+impl Message for HomeCommand {
+    const KIND: Kind = Kind::HomeCommand;
+    type Response = HomeReply;
+}
+
+/// A read of keys whose home is datacenter `home`, for datacenter `from`, which caches
+/// them for `lease_ms` and is to be told of their next change.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HomeRead {
+    pub home: String,
+    pub from: String,
+    pub keys: Vec<Bytes>,
+    pub lease_ms: u32,
+}
+
+/// The records of a [`HomeRead`], and whether the home promised to report their next
+/// change (else the reader must not cache them).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HomeRecords {
+    pub records: Vec<Option<WireRecord>>,
+    pub leased: bool,
+}
+
+impl Message for HomeRead {
+    const KIND: Kind = Kind::HomeRead;
+    type Response = HomeRecords;
+}
+
+/// Keys of datacenter `home` that changed, for datacenter `to`, which holds leases on
+/// them: from the owner to its connector, over the WAN, and to every node of `to`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HomeInvalidate {
+    pub home: String,
+    pub to: String,
+    pub keys: Vec<Bytes>,
+}
+
+impl Message for HomeInvalidate {
+    const KIND: Kind = Kind::HomeInvalidate;
+    type Response = ();
+}

@@ -27,6 +27,7 @@
 
 mod arriving;
 mod handoff;
+pub mod home;
 mod invalidate;
 mod local;
 pub mod messages;
@@ -86,6 +87,10 @@ pub enum DataError {
          it is kept where it was applied and may still become visible"
     )]
     QuorumMissed { acks: usize, required: usize },
+    /// A key's home datacenter (`keyspaces.home`) could not be reached or did not answer:
+    /// the client gets `-TRYAGAIN`, with whether the write may have been applied there.
+    #[error("{0}")]
+    HomeUnavailable(String),
 }
 
 /// How this node reaches the rest of its datacenter.
@@ -132,6 +137,8 @@ pub struct Cluster {
     /// This node's clients that follow changes and messages (client tracking, pub/sub).
     clients: Arc<OnceLock<Arc<dyn LocalClients>>>,
     cache_metrics: CacheMetrics,
+    /// Keys whose home is one datacenter (`keyspaces.home`).
+    home: home::Home,
 }
 
 /// Near-cache settings (`[cache]`).
@@ -144,6 +151,8 @@ pub struct CacheOptions {
     pub max_queued_invalidations: usize,
     /// Test hook: invalidations are numbered but never sent.
     pub drop_invalidations: bool,
+    /// `keyspaces.home`.
+    pub home: home::HomeOptions,
 }
 
 impl Default for CacheOptions {
@@ -154,6 +163,7 @@ impl Default for CacheOptions {
             max_interest_keys: 100_000,
             max_queued_invalidations: 65_536,
             drop_invalidations: false,
+            home: home::HomeOptions::default(),
         }
     }
 }
@@ -204,6 +214,7 @@ impl Cluster {
         ));
         let clients: Arc<OnceLock<Arc<dyn LocalClients>>> = Arc::default();
         // A node without peers owns every key: nothing to cache.
+        let home = home::Home::new(&origin.datacenter, cache.home.clone());
         let near =
             cache.near.filter(|_| topology.is_some()).map(|options| NearCache::new(partitions, options));
         Ok(Cluster {
@@ -214,6 +225,7 @@ impl Cluster {
                 origin,
                 invalidations: invalidations.clone(),
                 clients: clients.clone(),
+                home_leases: home.leases.clone(),
             },
             node,
             topology,
@@ -231,6 +243,7 @@ impl Cluster {
             invalidations,
             clients,
             cache_metrics,
+            home,
         })
     }
 

@@ -42,6 +42,13 @@ pub struct CacheMetrics {
     /// From the owner applying a change to the entry being dropped here.
     pub invalidation_lag: Histogram,
     pub published: IntCounter,
+    /// Reads of other datacenters' home keys served by this node's copy.
+    pub home_hits: IntCounter,
+    /// Reads of other datacenters' home keys that went to their home.
+    pub home_misses: IntCounter,
+    pub home_forwarded_writes: IntCounter,
+    pub home_invalidations_received: IntCounter,
+    pub home_invalidations_sent: IntCounter,
 }
 
 impl CacheMetrics {
@@ -109,6 +116,26 @@ impl CacheMetrics {
             ),
             invalidation_lag,
             published: counter("opencluster_pubsub_messages_total", "PUBLISH commands run through this node"),
+            home_hits: counter(
+                "opencluster_home_cache_hits_total",
+                "Reads of another datacenter's home keys served by this node's copy (within its lease)",
+            ),
+            home_misses: counter(
+                "opencluster_home_reads_total",
+                "Reads of another datacenter's home keys sent to their home through the connectors",
+            ),
+            home_forwarded_writes: counter(
+                "opencluster_home_forwarded_writes_total",
+                "Write commands on another datacenter's home keys forwarded to their home",
+            ),
+            home_invalidations_received: counter(
+                "opencluster_home_invalidations_received_total",
+                "Keys of another datacenter's home keyspace reported changed by their home",
+            ),
+            home_invalidations_sent: counter(
+                "opencluster_home_invalidations_sent_total",
+                "Changes of this datacenter's home keys reported to datacenters holding leases on them",
+            ),
         }
     }
 }

@@ -47,6 +47,9 @@ impl Cluster {
     /// with an older one are repaired. With `"one"` the first owner that has a record
     /// answers (this node when it owns the key).
     pub async fn get(&self, key: &[u8]) -> Result<Option<Record>, DataError> {
+        if let Some(home) = self.home_elsewhere(key) {
+            return self.home_get(key, &home).await;
+        }
         let view = self.view();
         let deadline = Instant::now() + self.timeout();
         // A key owned elsewhere may be served from, or kept in, the near cache.

@@ -38,7 +38,7 @@ fn outbound_refusal(e: OutboundError) -> Refusal {
 /// The typed code a failure travels as.
 fn refusal(e: DataError) -> Refusal {
     match e {
-        DataError::Unavailable(reason) => Refusal::Unavailable(reason),
+        DataError::Unavailable(reason) | DataError::HomeUnavailable(reason) => Refusal::Unavailable(reason),
         DataError::QuorumMissed { acks, required } => Refusal::QuorumMissed {
             acks: u32::try_from(acks).unwrap_or(u32::MAX),
             required: u32::try_from(required).unwrap_or(u32::MAX),
@@ -120,6 +120,27 @@ impl Handler for Service {
                 Kind::Invalidate => {
                     answer(&body, |m: messages::Invalidate| async move {
                         c.invalidated(m);
+                        Ok(())
+                    })
+                    .await
+                }
+                Kind::HomeCommand => {
+                    answer(&body, |m: messages::HomeCommand| async move {
+                        let reply = c.home_command(m).await.map_err(refusal)?;
+                        Ok(messages::HomeReply { reply })
+                    })
+                    .await
+                }
+                Kind::HomeRead => {
+                    answer(
+                        &body,
+                        |m: messages::HomeRead| async move { c.home_read(m).await.map_err(refusal) },
+                    )
+                    .await
+                }
+                Kind::HomeInvalidate => {
+                    answer(&body, |m: messages::HomeInvalidate| async move {
+                        c.home_invalidated(m);
                         Ok(())
                     })
                     .await

@@ -136,6 +136,7 @@ impl Cluster {
         self.arriving.start(gained.iter().map(|t| (t.partition, t.sources.clone())));
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = view.clone();
         self.near_placement_changed(&current.placement, &view.placement);
+        self.home_placement_changed(&current.placement, &view.placement);
         self.queue(gained);
         self.strays.add(
             (0..self.partitions()).filter(|&p| {

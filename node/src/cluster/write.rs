@@ -39,6 +39,7 @@ impl Cluster {
     where
         F: FnMut(&[Option<Record>], &Stamp<'_>) -> Vec<Write>,
     {
+        self.refuse_home_write(keys)?;
         let result = self.update_keys(keys, decide).await;
         self.wrote_through(keys);
         result
@@ -109,6 +110,7 @@ impl Cluster {
 
     /// Writes `value` whatever the key holds now (SET without options).
     pub async fn put(&self, key: &[u8], value: Bytes, expires_at_ms: Option<u64>) -> Result<(), DataError> {
+        self.refuse_home_write(&[key])?;
         let result = self.put_key(key, value, expires_at_ms).await;
         self.wrote_through(&[key]);
         result

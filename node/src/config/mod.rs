@@ -123,21 +123,56 @@ pub struct Config {
 
 /// How keys cross datacenters, by key prefix. Every node and connector of a datacenter
 /// must be given the same keyspaces: the nodes filter what they hand their connectors.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+/// Every datacenter of the cluster must be given the same `home` list.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct KeyspacesConfig {
     /// Key prefixes whose keys never leave this datacenter: the connectors do not ship
     /// them (every other key is replicated to every datacenter).
     pub local: Vec<String>,
+    /// Key prefixes that live in one home datacenter, as `PREFIX=DC`: the home datacenter
+    /// holds them and never ships them; the others forward their writes to it through the
+    /// connectors and cache what they read from it (see docs/multi-datacenter.md).
+    pub home: Vec<String>,
+    /// How long a datacenter may serve a cached read of another datacenter's home key
+    /// without hearing from it: the staleness bound when the WAN is cut.
+    #[serde(with = "units::duration")]
+    pub home_lease: Duration,
+}
+
+impl Default for KeyspacesConfig {
+    fn default() -> Self {
+        KeyspacesConfig { local: Vec::new(), home: Vec::new(), home_lease: Duration::from_secs(10) }
+    }
 }
 
 impl KeyspacesConfig {
-    /// The most prefixes `keyspaces.local` may list.
+    /// The most prefixes `keyspaces.local` (and `keyspaces.home`) may list.
     pub const MAX_LOCAL: usize = 1024;
 
     /// The local prefixes as bytes.
     pub fn local_prefixes(&self) -> Vec<Vec<u8>> {
         self.local.iter().map(|p| p.as_bytes().to_vec()).collect()
+    }
+
+    /// `keyspaces.home` as (prefix, home datacenter) pairs.
+    pub fn home_list(&self) -> Result<Vec<(String, String)>, String> {
+        self.home
+            .iter()
+            .map(|h| match h.rsplit_once('=') {
+                Some((prefix, dc)) if !prefix.is_empty() && is_dns_label(dc.trim()) => {
+                    Ok((prefix.to_string(), dc.trim().to_string()))
+                }
+                _ => Err(format!("{h:?} is not PREFIX=DC (e.g. users:=dc1)")),
+            })
+            .collect()
+    }
+
+    /// The prefixes whose keys the connectors never ship: the local ones and every home
+    /// one (a home key stays in its home datacenter, and other datacenters hold none).
+    pub fn unshipped_prefixes(&self) -> Vec<Vec<u8>> {
+        let home = self.home_list().unwrap_or_default();
+        self.local_prefixes().into_iter().chain(home.into_iter().map(|(p, _)| p.into_bytes())).collect()
     }
 }
 
@@ -932,6 +967,41 @@ impl Config {
                 return Err(err("keyspaces.local", format!("prefix {prefix:?} is listed twice")));
             }
         }
+        if k.home.len() > KeyspacesConfig::MAX_LOCAL {
+            return Err(err(
+                "keyspaces.home",
+                format!("lists more than {} prefixes", KeyspacesConfig::MAX_LOCAL),
+            ));
+        }
+        let home = k.home_list().map_err(|e| err("keyspaces.home", e))?;
+        for (i, (prefix, _)) in home.iter().enumerate() {
+            if prefix.len() as u64 > l.max_key_bytes.0 {
+                return Err(err(
+                    "keyspaces.home",
+                    format!("prefix {prefix:?} is longer than limits.max_key_bytes ({})", l.max_key_bytes),
+                ));
+            }
+            // One key, one mode: a key matching two prefixes would have two homes, or be
+            // both local and homed.
+            let overlaps = |other: &str| prefix.starts_with(other) || other.starts_with(prefix.as_str());
+            if let Some((other, _)) = home[..i].iter().find(|(o, _)| overlaps(o)) {
+                return Err(err(
+                    "keyspaces.home",
+                    format!("prefixes {other:?} and {prefix:?} overlap: a key would match both"),
+                ));
+            }
+            if let Some(other) = k.local.iter().find(|o| overlaps(o)) {
+                return Err(err(
+                    "keyspaces.home",
+                    format!(
+                        "prefix {prefix:?} overlaps {other:?} of keyspaces.local: a key would match both"
+                    ),
+                ));
+            }
+        }
+        if k.home_lease < Duration::from_millis(100) || k.home_lease > Duration::from_secs(3600) {
+            return Err(err("keyspaces.home_lease", "must be between 100ms and 1h"));
+        }
         self.gossip.validate()
     }
 
@@ -1077,6 +1147,17 @@ mod tests {
             ("keyspaces.local", Box::new(|c| c.keyspaces.local = vec!["a:".into(), String::new()])),
             ("keyspaces.local", Box::new(|c| c.keyspaces.local = vec!["a:".into(), "a:".into()])),
             ("keyspaces.local", Box::new(|c| c.keyspaces.local = vec!["x".repeat(70_000)])),
+            ("keyspaces.home", Box::new(|c| c.keyspaces.home = vec!["users:".into()])),
+            ("keyspaces.home", Box::new(|c| c.keyspaces.home = vec!["=dc1".into()])),
+            ("keyspaces.home", Box::new(|c| c.keyspaces.home = vec!["u:=dc1".into(), "u:a:=dc2".into()])),
+            (
+                "keyspaces.home",
+                Box::new(|c| {
+                    c.keyspaces.local = vec!["s:".into()];
+                    c.keyspaces.home = vec!["s:=dc1".into()];
+                }),
+            ),
+            ("keyspaces.home_lease", Box::new(|c| c.keyspaces.home_lease = Duration::from_millis(10))),
             ("rebalance.max_parallel", Box::new(|c| c.rebalance.max_parallel = 0)),
             ("rebalance.chunk_bytes", Box::new(|c| c.rebalance.chunk_bytes = ByteSize(1024))),
             ("rebalance.chunk_bytes", Box::new(|c| c.rebalance.chunk_bytes = ByteSize(32 << 20))),

@@ -344,6 +344,16 @@ pub const SETTINGS: &[Setting] = &[
         "Key prefixes whose keys never leave this datacenter (not shipped by the connectors), comma-separated, e.g. session:,tmp: ; every node and connector of a datacenter must list the same",
     ),
     s(
+        "keyspaces.home",
+        Kind::List,
+        "Key prefixes that live in one home datacenter, PREFIX=DC comma-separated, e.g. users:=dc1,orders:=dc2: other datacenters forward their writes there and cache their reads; the same list in every datacenter",
+    ),
+    s(
+        "keyspaces.home_lease",
+        Kind::Duration,
+        "How long a cached read of another datacenter's home key may be served without word from its home: the staleness bound when the WAN is cut [default: 10s]",
+    ),
+    s(
         "connector.compression",
         Kind::Choice(&["lz4", "none"]),
         "Connector only: compression of batches on the WAN, lz4 or none [default: lz4]",
@@ -514,7 +524,11 @@ mod tests {
                 wan_advertise: Some("203.0.113.1:7948".into()),
                 ..Default::default()
             },
-            keyspaces: crate::config::KeyspacesConfig { local: vec!["session:".into()] },
+            keyspaces: crate::config::KeyspacesConfig {
+                local: vec!["session:".into()],
+                home: vec!["users:=dc1".into()],
+                ..Default::default()
+            },
             ..Config::default()
         };
         let mut in_struct = Vec::new();

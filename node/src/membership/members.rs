@@ -231,6 +231,29 @@ impl Members {
         out
     }
 
+    /// The alive connectors of this datacenter other than this process, with their peer
+    /// addresses (a node forwards home-keyspace requests to them), by id.
+    pub fn connector_nodes(&self) -> Vec<DataNode> {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<DataNode> = table
+            .peers
+            .values()
+            .filter(|(id, state)| {
+                id.meta.role == super::identity::Role::Connector && *state == MemberState::Alive
+            })
+            .filter_map(|(id, _)| {
+                Some(DataNode {
+                    id: id.id,
+                    rpc_addr: id.meta.rpc_addr?,
+                    name: id.meta.name.clone(),
+                    gossip_addr: id.addr,
+                })
+            })
+            .collect();
+        out.sort_by_key(|n| n.id);
+        out
+    }
+
     /// Members by state, this node included.
     pub fn counts(&self) -> Counts {
         let table = self.table.read().unwrap_or_else(|e| e.into_inner());

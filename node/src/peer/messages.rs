@@ -63,6 +63,15 @@ pub enum Kind {
     /// Between connectors of two datacenters: partitions' digests to compare (the
     /// backstop behind the cursors).
     Compare = 22,
+    /// A client's write command on a key of another datacenter's `home` keyspace, on its
+    /// way to that datacenter (node -> connector -> WAN -> connector -> node), run there.
+    /// (23-29 are left for the shipper.)
+    HomeCommand = 30,
+    /// A read of home keys from another datacenter, with a lease: the home datacenter
+    /// tells the reader's datacenter when the keys change.
+    HomeRead = 31,
+    /// Home keys that changed, on their way to a datacenter that holds leases on them.
+    HomeInvalidate = 32,
 }
 
 impl Kind {
@@ -90,6 +99,9 @@ impl Kind {
             20 => Kind::Positions,
             21 => Kind::ShipPacked,
             22 => Kind::Compare,
+            30 => Kind::HomeCommand,
+            31 => Kind::HomeRead,
+            32 => Kind::HomeInvalidate,
             _ => return None,
         })
     }
@@ -119,10 +131,13 @@ impl Kind {
             Kind::Positions => "positions",
             Kind::ShipPacked => "ship_packed",
             Kind::Compare => "compare",
+            Kind::HomeCommand => "home_command",
+            Kind::HomeRead => "home_read",
+            Kind::HomeInvalidate => "home_invalidate",
         }
     }
 
-    pub const ALL: [Kind; 22] = [
+    pub const ALL: [Kind; 25] = [
         Kind::Ping,
         Kind::Read,
         Kind::Write,
@@ -145,6 +160,9 @@ impl Kind {
         Kind::Positions,
         Kind::ShipPacked,
         Kind::Compare,
+        Kind::HomeCommand,
+        Kind::HomeRead,
+        Kind::HomeInvalidate,
     ];
 }
 
@@ -224,7 +242,7 @@ mod tests {
         }
         // The kind numbers are the wire format: they never change.
         let numbers: Vec<u8> = Kind::ALL.iter().map(|&k| k as u8).collect();
-        assert_eq!(numbers, (1..=22).collect::<Vec<u8>>());
+        assert_eq!(numbers, (1..=22).chain(30..=32).collect::<Vec<u8>>());
     }
 
     #[test]

@@ -109,6 +109,7 @@ impl From<DataError> for CmdError {
             DataError::Unavailable(_) | DataError::QuorumMissed { .. } => {
                 CmdError::new("cluster", format!("CLUSTERDOWN {e}"))
             }
+            DataError::HomeUnavailable(_) => CmdError::new("home", format!("TRYAGAIN {e}")),
         }
     }
 }
@@ -189,8 +190,15 @@ pub async fn execute(state: &ServerState, session: &mut Session, req: Request, o
         Err(e) => Err(e),
         Ok(()) => {
             let id = session.id;
+            let home = home_of_write(state, spec, &args);
             let mut ctx = Ctx { state, session, out, now_ms: unix_ms(), command: spec.name };
-            let result = crate::cache::WRITER.scope(id, run(&mut ctx, spec.cmd, &args)).await;
+            let result = match home {
+                Ok(None) => crate::cache::WRITER.scope(id, run(&mut ctx, spec.cmd, &args)).await,
+                Ok(Some(home)) => {
+                    crate::cache::WRITER.scope(id, forward_home(&mut ctx, spec, &home, &args)).await
+                }
+                Err(e) => Err(e),
+            };
             if result.is_ok()
                 && spec.first_key > 0
                 && spec.flags.contains(&"readonly")
@@ -279,6 +287,104 @@ async fn run(ctx: &mut Ctx<'_>, cmd: Cmd, args: &[Bytes]) -> CmdResult {
         Cmd::Type => keys::type_of(ctx, args).await,
         Cmd::Keys => keys::keys(ctx, args).await,
         Cmd::Scan => keys::scan(ctx, args).await,
+    }
+}
+
+/// The datacenter a write command must run in when its keys' home is another one
+/// (`keyspaces.home`); `None` for reads and for keys that live here.
+fn home_of_write(
+    state: &ServerState,
+    spec: &crate::resp::table::Spec,
+    args: &[Bytes],
+) -> Result<Option<std::sync::Arc<str>>, CmdError> {
+    if spec.first_key <= 0 || !spec.flags.contains(&"write") {
+        return Ok(None);
+    }
+    state
+        .cluster
+        .home_route(spec.key_positions(args.len()).map(|i| &args[i][..]))
+        .map_err(|e| CmdError::new("home", e.0))
+}
+
+/// Runs a write command in its keys' home datacenter and passes its reply on.
+async fn forward_home(
+    ctx: &mut Ctx<'_>,
+    spec: &crate::resp::table::Spec,
+    home: &str,
+    args: &[Bytes],
+) -> CmdResult {
+    let keys: Vec<&[u8]> = spec.key_positions(args.len()).map(|i| &args[i][..]).collect();
+    let resp3 = ctx.proto() == Protocol::Resp3;
+    let reply = ctx.cluster().forward_home_command(home, resp3, args.to_vec(), &keys).await?;
+    ctx.out.extend_from_slice(&reply);
+    Ok(Flow::Continue)
+}
+
+/// Runs write commands forwarded from other datacenters for keys whose home is this one,
+/// as a client of this node would (`cluster::home`).
+pub struct HomeRunner {
+    state: std::sync::Weak<ServerState>,
+}
+
+impl HomeRunner {
+    pub fn new(state: &std::sync::Arc<ServerState>) -> Self {
+        // Weak: the cluster holds the runner, and the state holds the cluster.
+        HomeRunner { state: std::sync::Arc::downgrade(state) }
+    }
+
+    async fn run_one(&self, resp3: bool, args: Vec<Bytes>) -> Bytes {
+        let mut out = BytesMut::new();
+        let Some(state) = self.state.upgrade() else {
+            codec::write_error(&mut out, "TRYAGAIN the node is shutting down");
+            return out.freeze();
+        };
+        // Only what a node forwards: write commands on keys (anything else is a bug or a
+        // mismatch of versions, refused rather than run on the other side's behalf).
+        let spec = args.first().and_then(|n| lookup(n)).map(|i| &COMMANDS[i]);
+        if !spec.is_some_and(|s| s.first_key > 0 && s.flags.contains(&"write")) {
+            codec::write_error(&mut out, "ERR only write commands on keys are run for another datacenter");
+            return out.freeze();
+        }
+        // A key this datacenter thinks lives elsewhere would go back the way it came.
+        if let Some(spec) = spec
+            && !matches!(home_of_write(&state, spec, &args), Ok(None))
+        {
+            codec::write_error(
+                &mut out,
+                "ERR a key of this command is not in this datacenter's home keyspace here: keyspaces.home differs between datacenters",
+            );
+            return out.freeze();
+        }
+        let outbox = std::sync::Arc::new(crate::resp::outbox::Outbox::new(
+            0,
+            crate::resp::outbox::OutputLimits {
+                hard_bytes: 0,
+                soft_bytes: 0,
+                soft_time: std::time::Duration::ZERO,
+            },
+        ));
+        let mut session = Session {
+            id: 0,
+            protocol: if resp3 { Protocol::Resp3 } else { Protocol::Resp2 },
+            authenticated: true,
+            name: None,
+            lib_name: None,
+            lib_version: None,
+            peer: "another datacenter".into(),
+            connected_at: Instant::now(),
+            outbox,
+            subscriptions: 0,
+            tracking: None,
+            caching: None,
+        };
+        execute(&state, &mut session, Request { args, oversized: None }, &mut out).await;
+        out.freeze()
+    }
+}
+
+impl crate::cluster::home::HomeCommands for HomeRunner {
+    fn run(&self, resp3: bool, args: Vec<Bytes>) -> crate::peer::BoxFuture<'_, Bytes> {
+        Box::pin(self.run_one(resp3, args))
     }
 }
 
