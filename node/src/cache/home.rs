@@ -8,7 +8,7 @@
 //!
 //! `cluster::home` drives both; docs/multi-datacenter.md describes the protocol.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,6 +21,8 @@ struct Entry {
     home: Arc<str>,
     until: Instant,
     weight: usize,
+    /// The reservation it was filled under: tells its place in `HomeCache::order`.
+    token: u64,
 }
 
 /// What an entry is counted as beside its key and value (the map's slot, the record's
@@ -34,6 +36,10 @@ fn weight(key: &[u8], record: &Option<Record>) -> usize {
 /// Records of other datacenters' home keys, kept while their leases last.
 pub struct HomeCache {
     entries: HashMap<Bytes, Entry>,
+    /// Entries in the order they were filled, by key and token (some gone or refilled
+    /// since: skipped). The oldest fill goes first when room is needed: every lease is as
+    /// long, so its lease ends first.
+    order: VecDeque<(Bytes, u64)>,
     /// Reads in flight, by key: a fill counts only if its reservation is still here (a
     /// write or invalidation of the key in between cancels it).
     pending: HashMap<Bytes, u64>,
@@ -49,6 +55,7 @@ impl HomeCache {
     pub fn new(max_bytes: usize, max_entry_bytes: usize) -> Self {
         HomeCache {
             entries: HashMap::new(),
+            order: VecDeque::new(),
             pending: HashMap::new(),
             next_token: 0,
             bytes: 0,
@@ -92,12 +99,20 @@ impl HomeCache {
         }
         let mut evicted = Vec::new();
         while self.bytes + weight > self.max_bytes {
-            let Some(victim) = self.entries.keys().next().cloned() else { break };
-            self.remove(&victim);
-            evicted.push(victim);
+            let Some((victim, filled)) = self.order.pop_front() else { break };
+            if self.entries.get(&victim).is_some_and(|e| e.token == filled) {
+                self.remove(&victim);
+                evicted.push(victim);
+            }
         }
         self.bytes += weight;
-        self.entries.insert(key, Entry { record, home, until, weight });
+        self.entries.insert(key.clone(), Entry { record, home, until, weight, token });
+        self.order.push_back((key, token));
+        // Entries dropped otherwise leave their place behind: shed those now and then.
+        if self.order.len() > 2 * self.entries.len() + 64 {
+            let entries = &self.entries;
+            self.order.retain(|(k, t)| entries.get(k).is_some_and(|e| e.token == *t));
+        }
         (true, evicted)
     }
 
@@ -294,7 +309,7 @@ mod tests {
         let t = c.reserve(b"c");
         let (filled, evicted) = c.fill(b"c", t, None, "dc1".into(), until);
         assert!(filled);
-        assert_eq!(evicted.len(), 1);
+        assert_eq!(evicted, [Bytes::from_static(b"a")], "the oldest fill goes first");
         assert_eq!((c.len(), c.bytes()), (2, 2 * (1 + ENTRY_OVERHEAD)));
         // Too large for one entry: not kept.
         let t = c.reserve(b"big");
@@ -303,6 +318,27 @@ mod tests {
         assert!(dropped.contains(&Bytes::from_static(b"c")));
         assert!(c.drop_home("dc1").is_empty());
         assert_eq!(c.bytes(), 1 + ENTRY_OVERHEAD);
+    }
+
+    #[test]
+    fn refilled_and_dropped_entries_neither_evict_twice_nor_pile_up_in_the_order() {
+        let until = Instant::now() + Duration::from_secs(1);
+        let mut c = HomeCache::new(2 * (1 + ENTRY_OVERHEAD), 1024);
+        for k in [&b"a"[..], b"b", b"a"] {
+            let t = c.reserve(k);
+            c.fill(k, t, None, "dc1".into(), until);
+        }
+        // "a" was filled again after "b": "b" is now the oldest fill.
+        let t = c.reserve(b"c");
+        assert_eq!(c.fill(b"c", t, None, "dc1".into(), until).1, [Bytes::from_static(b"b")]);
+        // Churn that never fills the cache leaves no growing trail behind.
+        for i in 0..10_000u32 {
+            let k = i.to_be_bytes();
+            let t = c.reserve(&k);
+            c.fill(&k, t, None, "dc1".into(), until);
+            c.drop_key(&k);
+        }
+        assert!(c.order.len() <= 2 * c.len() + 65, "{} places for {} entries", c.order.len(), c.len());
     }
 
     #[test]
