@@ -23,6 +23,9 @@ pub trait Message: Serialize + DeserializeOwned + Send + 'static {
     /// The kind byte that tells the receiver which message follows.
     const KIND: Kind;
     type Response: Serialize + DeserializeOwned + Send + 'static;
+    /// The receiver may hold the request before it answers (a long poll): it travels on a
+    /// stream of its own, never in a batch, so requests queued beside it are not held too.
+    const HELD: bool = false;
 }
 
 /// Every request type of every layer, by its wire byte: `Ping` and `Batch` are the
@@ -63,6 +66,10 @@ pub enum Kind {
     /// Between connectors of two datacenters: partitions' digests to compare (the
     /// backstop behind the cursors).
     Compare = 22,
+    /// The connector's: the changes of many partitions after their cursors in one request,
+    /// held until one of them moves (a node that predates it refuses the kind, and the
+    /// connector falls back to `Positions` and `Changes`).
+    Follow = 23,
 }
 
 impl Kind {
@@ -90,6 +97,7 @@ impl Kind {
             20 => Kind::Positions,
             21 => Kind::ShipPacked,
             22 => Kind::Compare,
+            23 => Kind::Follow,
             _ => return None,
         })
     }
@@ -119,10 +127,11 @@ impl Kind {
             Kind::Positions => "positions",
             Kind::ShipPacked => "ship_packed",
             Kind::Compare => "compare",
+            Kind::Follow => "follow",
         }
     }
 
-    pub const ALL: [Kind; 22] = [
+    pub const ALL: [Kind; 23] = [
         Kind::Ping,
         Kind::Read,
         Kind::Write,
@@ -145,6 +154,7 @@ impl Kind {
         Kind::Positions,
         Kind::ShipPacked,
         Kind::Compare,
+        Kind::Follow,
     ];
 }
 
@@ -224,7 +234,7 @@ mod tests {
         }
         // The kind numbers are the wire format: they never change.
         let numbers: Vec<u8> = Kind::ALL.iter().map(|&k| k as u8).collect();
-        assert_eq!(numbers, (1..=22).collect::<Vec<u8>>());
+        assert_eq!(numbers, (1..=23).collect::<Vec<u8>>());
     }
 
     #[test]
