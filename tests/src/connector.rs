@@ -218,6 +218,14 @@ impl Connector {
         self.spawn_and_wait();
     }
 
+    /// Starts it again on the same data dir and ports with `env` added to its environment
+    /// (kept for later restarts).
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        self.stop();
+        self.env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.spawn_and_wait();
+    }
+
     /// SIGTERM and wait for the exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
