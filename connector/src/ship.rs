@@ -21,7 +21,7 @@
 //!   come in: a batch's cursor moves are told to the nodes (`Acknowledge`) only once it
 //!   and every batch before it were acknowledged, so a cursor never passes a record that
 //!   is still on its way. The moves of batches acknowledged together are told in one
-//!   message per node.
+//!   message per node, at most every 100 ms (each costs the node an fsync).
 //!
 //! The same record is held by every owner of its partition and so is read up to R times:
 //! a record already shipped with the same or a newer HLC is not sent again ([`Recent`]).
@@ -58,7 +58,12 @@ use crate::wan::Outgoing;
 const RECENT_KEYS: usize = 1 << 16;
 
 /// Chunks read and not yet taken by the batcher, per link: the readers wait beyond it.
-const READ_QUEUE: usize = 64;
+const READ_QUEUE: usize = 16;
+
+/// Cursor moves are told to the nodes at most this often (those of the batches
+/// acknowledged meanwhile together): each `Acknowledge` costs a node an fsync of its cursor
+/// file, and a cursor told late only means records sent again after a crash.
+const TELL_EVERY: Duration = Duration::from_millis(100);
 
 /// How often the batcher looks at the membership (readers of nodes that came or went)
 /// and the share, and reports the backlog.
@@ -253,12 +258,17 @@ impl Shipper {
                     }
                     None => break,
                 },
-                read = reads.recv(), if window.len() < room => {
+                // While the window is full, reads still fill the next batch up to its bounds:
+                // batches grow when the WAN is the bottleneck instead of queueing small.
+                read = reads.recv(), if window.len() < room || !batch.is_full(&this.options) => {
                     let Some(read) = read else { break };
                     this.take(read, &mut batch, &mut recent);
-                    // Whatever else is waiting joins the batch, as long as there is room.
-                    while window.len() < room {
+                    // Whatever else is waiting joins the batch.
+                    loop {
                         if batch.is_full(&this.options) {
+                            if window.len() >= room {
+                                break;
+                            }
                             this.dispatch(std::mem::take(&mut batch), &mut window, &stop);
                         }
                         match reads.try_recv() {
@@ -435,6 +445,7 @@ impl Shipper {
     /// batcher is gone and everything it handed over was told.
     async fn tell_nodes(self: Arc<Self>, mut acked: mpsc::UnboundedReceiver<Advances>) {
         while let Some(mut advances) = acked.recv().await {
+            let started = Instant::now();
             while let Ok(later) = acked.try_recv() {
                 advances.merge(later);
             }
@@ -451,6 +462,7 @@ impl Shipper {
                     self.link.failed(format!("moving the cursors at {}: {e}", target.name), false);
                 }
             }
+            tokio::time::sleep(TELL_EVERY.saturating_sub(started.elapsed())).await;
         }
     }
 
