@@ -262,12 +262,26 @@ impl Drop for Connector {
 /// A datacenter of `n` nodes with the keys of `dc` in `tls` (made by
 /// [`crate::pki::customer_keys`]) and `more` flags, waiting until each places on all of them.
 pub fn start_datacenter(dc: &str, tls: &Path, n: usize, more: &[&str]) -> Vec<Node> {
+    start_datacenter_with_env(dc, tls, n, more, &[])
+}
+
+/// [`start_datacenter`] with environment variables for every node (test hooks).
+pub fn start_datacenter_with_env(
+    dc: &str,
+    tls: &Path,
+    n: usize,
+    more: &[&str],
+    env: &[(&str, &str)],
+) -> Vec<Node> {
     let mut extra = vec!["--datacenter", dc, "--tls-dir", tls.to_str().unwrap()];
     extra.extend_from_slice(more);
-    let first = Node::start(member_opts(&format!("{dc}-n1"), None, &extra));
+    let opts = |name: String, seed: Option<&Node>| {
+        env.iter().fold(member_opts(&name, seed, &extra), |o, (k, v)| o.env(k, v))
+    };
+    let first = Node::start(opts(format!("{dc}-n1"), None));
     let mut nodes = vec![first];
     for i in 2..=n {
-        let node = Node::start(member_opts(&format!("{dc}-n{i}"), Some(&nodes[0]), &extra));
+        let node = Node::start(opts(format!("{dc}-n{i}"), Some(&nodes[0])));
         nodes.push(node);
     }
     wait_placed(&nodes.iter().collect::<Vec<_>>(), n as u64);

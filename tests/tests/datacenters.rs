@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opencluster_tests::cluster::{Acked, missing_through};
-use opencluster_tests::connector::{Connector, free_udp_port, start_datacenter};
+use opencluster_tests::connector::{Connector, free_udp_port, start_datacenter, start_datacenter_with_env};
 use opencluster_tests::pki::customer_keys;
 use opencluster_tests::relay::{Relay, Wan};
 use opencluster_tests::{Node, Reply, wait_until};
@@ -39,10 +39,21 @@ fn start_pair(nodes: usize, delay: Duration, extra: &[&str]) -> Pair {
 
 /// [`start_pair`] with `connector_extra` flags for both connectors.
 fn start_pair_with(nodes: usize, delay: Duration, extra: &[&str], connector_extra: &[&str]) -> Pair {
+    start_pair_env(nodes, delay, extra, connector_extra, &[])
+}
+
+/// [`start_pair_with`] with environment variables for dc1's nodes (test hooks).
+fn start_pair_env(
+    nodes: usize,
+    delay: Duration,
+    extra: &[&str],
+    connector_extra: &[&str],
+    dc1_env: &[(&str, &str)],
+) -> Pair {
     let keys = tempfile::tempdir().unwrap();
     let tls1 = customer_keys(keys.path(), "dc1");
     let tls2 = customer_keys(keys.path(), "dc2");
-    let dc1 = start_datacenter("dc1", &tls1, nodes, extra);
+    let dc1 = start_datacenter_with_env("dc1", &tls1, nodes, extra, dc1_env);
     let dc2 = start_datacenter("dc2", &tls2, nodes, extra);
     let wan = Wan::new();
     wan.set_delay(delay);
@@ -282,6 +293,22 @@ fn pipelined_batches_acknowledged_out_of_order_lose_nothing_across_a_kill() {
     assert!(acked.len() >= 500, "only {} writes acknowledged", acked.len());
     assert_arrives(&pair.dc2, &acked, "dc1's stream in dc2 with batches acknowledged out of order", &pair);
     assert!(wait_until(CONVERGE, || pair.c1.link("dc2")["lag_records"] == 0), "{}", pair.c1.link("dc2"));
+}
+
+/// dc1's nodes refuse the long poll (`Follow`) as nodes of an older version do: the
+/// connector reads them with `Positions` and `Changes` instead, and everything arrives.
+#[test]
+fn nodes_without_long_polls_are_still_read() {
+    let pair =
+        start_pair_env(2, Duration::from_millis(5), &[], &[], &[("OPENCLUSTER_TEST_REFUSE_FOLLOW", "1")]);
+    let acked = write_keys(&pair.dc1, "old-node", 300);
+    assert_arrives(&pair.dc2, &acked, "writes of nodes without long polls in dc2", &pair);
+    let log = pair.c1.log();
+    assert!(log.contains("the node does not take long polls"), "{log}");
+    // And the other way, from nodes that take them.
+    let back = write_keys(&pair.dc2, "new-node", 100);
+    assert_arrives(&pair.dc1, &back, "dc2's writes in dc1", &pair);
+    assert!(!pair.c2.log().contains("the node does not take long polls"));
 }
 
 fn cursors_exist(dir: &Path) {

@@ -22,6 +22,14 @@ pub const MAX_FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(
 /// a [`messages::Follow`].
 const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// Test hook: with `OPENCLUSTER_TEST_REFUSE_FOLLOW` set, the node refuses `Follow` as an
+/// unknown kind, the way a node that predates it does, so tests can show a connector still
+/// reads it (with `Positions` and `Changes`).
+fn refuses_follow_for_test() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("OPENCLUSTER_TEST_REFUSE_FOLLOW").is_some())
+}
+
 /// Answers a connector's long poll: waits until a partition asked has a number past its
 /// cursor (or the wait is over), then reads the partitions in the order asked, off the
 /// async workers, until the limits.
@@ -316,6 +324,7 @@ impl Handler for Service {
                     })
                     .await
                 }
+                Kind::Follow if refuses_follow_for_test() => refused(Refusal::UnknownKind(kind as u8)),
                 Kind::Follow => answer(&body, |m: messages::Follow| follow(c, outbound, m)).await,
                 Kind::Positions => {
                     answer(&body, |m: messages::Positions| async move {
