@@ -146,6 +146,18 @@ fn stream_writes(nodes: &[Node], prefix: &str, stop: Arc<AtomicBool>) -> std::th
     })
 }
 
+/// Waits until the stream of [`stream_writes`] with `prefix` has written its key number
+/// `i` (reads through dc1's first node), so a test keeps streaming for long enough
+/// however fast the connectors ship.
+fn wait_streamed(nodes: &[Node], prefix: &str, i: usize) {
+    let key = format!("{prefix}-{i}");
+    let mut conn = nodes[0].raw();
+    assert!(
+        wait_until(CONVERGE, || matches!(conn.cmd(&["GET", &key]), Reply::Bulk(_))),
+        "the stream never wrote {key}"
+    );
+}
+
 fn shipped(c: &Connector, remote: &str) -> u64 {
     c.link(remote)["shipped_records"].as_u64().unwrap_or(0)
 }
@@ -257,6 +269,7 @@ fn a_connector_killed_mid_stream_and_restarted_loses_nothing() {
     opencluster_tests::wait_past(dead_for);
     pair.c1.restart();
     assert!(wait_until(CONVERGE, || pair.c1.link("dc2")["shipped_records"].as_u64().unwrap_or(0) >= 100));
+    wait_streamed(&pair.dc1, "k", 400);
     stop.store(true, Ordering::SeqCst);
     let acked = writer.join().unwrap();
     assert!(acked.len() >= 300, "only {} writes acknowledged", acked.len());
@@ -288,6 +301,7 @@ fn pipelined_batches_acknowledged_out_of_order_lose_nothing_across_a_kill() {
     pair.c1.kill9();
     pair.c1.restart();
     assert!(wait_until(CONVERGE, || shipped(&pair.c1, "dc2") >= 200), "{}", pair.c1.link("dc2"));
+    wait_streamed(&pair.dc1, "p", 600);
     stop.store(true, Ordering::SeqCst);
     let acked = writer.join().unwrap();
     assert!(acked.len() >= 500, "only {} writes acknowledged", acked.len());
