@@ -51,8 +51,6 @@ pub fn by_partition(
 }
 
 impl Applier {
-    /// Applies `records` at the owners of their partitions; Ok once each partition reached
-    /// its write quorum.
     /// The owners of `partition` in this datacenter as gossip shows them now, primary
     /// first.
     pub fn owners(&self, partition: u16) -> Vec<Target> {
@@ -66,6 +64,9 @@ impl Applier {
             .collect()
     }
 
+    /// Applies `records` at the owners of their partitions, with one [`Replicate`] per
+    /// owner node carrying the records of every partition it owns; Ok once each partition
+    /// reached its write quorum.
     pub async fn apply(&self, records: Vec<(Bytes, WireRecord)>) -> Result<(), ApplyError> {
         let nodes = self.members.data_nodes();
         if nodes.is_empty() {
@@ -76,30 +77,76 @@ impl Applier {
             .iter()
             .map(|n| (n.id, Target { id: n.id, name: n.name.clone(), addr: n.rpc_addr }))
             .collect();
-        let groups = by_partition(records, self.partitions);
-        let results = join_all(groups.into_iter().map(|(partition, records)| {
-            let owners: Vec<Target> =
-                placement.owners(partition).iter().filter_map(|o| targets.get(&o.0).cloned()).collect();
-            async move { self.apply_partition(partition, owners, records).await }
-        }))
-        .await;
-        results.into_iter().collect()
-    }
-
-    async fn apply_partition(
-        &self,
-        partition: u16,
-        owners: Vec<Target>,
-        records: Vec<(Bytes, WireRecord)>,
-    ) -> Result<(), ApplyError> {
-        let required = self.quorum.required(owners.len());
-        let message = Replicate { records };
-        let answers = join_all(owners.iter().map(|t| self.peers.call(t, &message, self.timeout))).await;
-        let acks = answers.iter().filter(|a| a.is_ok()).count();
-        if acks >= required {
-            return Ok(());
+        let mut per_owner: BTreeMap<u64, Vec<(Bytes, WireRecord)>> = BTreeMap::new();
+        let mut owners_of: Vec<(u16, Vec<u64>)> = Vec::new();
+        for (partition, records) in by_partition(records, self.partitions) {
+            let owners: Vec<u64> = placement
+                .owners(partition)
+                .iter()
+                .map(|o| o.0)
+                .filter(|id| targets.contains_key(id))
+                .collect();
+            for id in &owners {
+                per_owner.entry(*id).or_default().extend(records.iter().cloned());
+            }
+            owners_of.push((partition, owners));
         }
-        let errors = answers.into_iter().filter_map(|a| a.err().map(|e| e.to_string())).collect::<Vec<_>>();
-        Err(ApplyError::QuorumMissed { partition, acks, required, errors: errors.join("; ") })
+        let answers: BTreeMap<u64, Result<(), String>> =
+            join_all(per_owner.into_iter().map(|(id, records)| {
+                let target = &targets[&id];
+                async move {
+                    let answer = self.peers.call(target, &Replicate { records }, self.timeout).await;
+                    (id, answer.map_err(|e| e.to_string()))
+                }
+            }))
+            .await
+            .into_iter()
+            .collect();
+        for (partition, owners) in owners_of {
+            if let Some(missed) = quorum_missed(partition, &owners, &answers, self.quorum) {
+                return Err(missed);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `partition`, held by `owners`, missed its write quorum given each owner
+/// node's answer.
+fn quorum_missed(
+    partition: u16,
+    owners: &[u64],
+    answers: &BTreeMap<u64, Result<(), String>>,
+    quorum: WriteQuorum,
+) -> Option<ApplyError> {
+    let required = quorum.required(owners.len());
+    let acks = owners.iter().filter(|id| matches!(answers.get(id), Some(Ok(())))).count();
+    if acks >= required {
+        return None;
+    }
+    let errors: Vec<&str> = owners
+        .iter()
+        .filter_map(|id| answers.get(id).and_then(|a| a.as_ref().err()))
+        .map(|e| e.as_str())
+        .collect();
+    Some(ApplyError::QuorumMissed { partition, acks, required, errors: errors.join("; ") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_partition_needs_its_own_quorum_of_owner_answers() {
+        let answers: BTreeMap<u64, Result<(), String>> =
+            [(1, Ok(())), (2, Err("n2: timed out".to_string())), (3, Ok(()))].into_iter().collect();
+        // Owners 1 and 3 answered: a majority of [1, 2, 3], and of [1, 2].
+        assert!(quorum_missed(0, &[1, 2, 3], &answers, WriteQuorum::Majority).is_none());
+        assert!(quorum_missed(1, &[2, 1], &answers, WriteQuorum::One).is_none());
+        let e = quorum_missed(7, &[1, 2, 3], &answers, WriteQuorum::All).unwrap().to_string();
+        assert!(e.contains("partition 7: applied at 2 of the 3") && e.contains("n2: timed out"), "{e}");
+        // An owner that was not asked (no answer) counts as missing.
+        let e = quorum_missed(9, &[2, 4], &answers, WriteQuorum::Majority).unwrap().to_string();
+        assert!(e.contains("applied at 0 of the"), "{e}");
     }
 }

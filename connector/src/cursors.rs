@@ -34,6 +34,15 @@ impl Advances {
         self.by_node.is_empty()
     }
 
+    /// Adds the moves of a later batch: the furthest of both for each partition.
+    pub fn merge(&mut self, later: Advances) {
+        for (target, at) in later.by_node.into_values() {
+            for (partition, to) in at {
+                self.push(&target, partition, to);
+            }
+        }
+    }
+
     /// One message per node: every partition's furthest move.
     pub fn messages(self, remote: &str) -> Vec<(Target, Acknowledge)> {
         self.by_node
@@ -67,5 +76,20 @@ mod tests {
         assert_eq!((m[0].0.id, m[0].1.remote.as_str()), (1, "dc2"));
         assert_eq!(m[0].1.positions, [(0, 7), (3, 25)]);
         assert_eq!((m[1].0.id, &m[1].1.positions[..]), (2, &[(3, 4)][..]));
+    }
+
+    #[test]
+    fn merged_batches_tell_the_furthest_move_of_each() {
+        let mut first = Advances::default();
+        first.push(&target(1), 3, 10);
+        first.push(&target(1), 4, 50);
+        let mut later = Advances::default();
+        later.push(&target(1), 3, 20);
+        later.push(&target(1), 4, 40);
+        later.push(&target(2), 0, 5);
+        first.merge(later);
+        let m = first.messages("dc2");
+        assert_eq!(m[0].1.positions, [(3, 20), (4, 50)]);
+        assert_eq!(m[1].1.positions, [(0, 5)]);
     }
 }

@@ -239,6 +239,8 @@ pub async fn run(
         ship_timeout: config.connector.ship_timeout,
         local_timeout: config.cluster.request_timeout,
         compression: config.connector.compression,
+        batches_in_flight: config.connector.batches_in_flight as usize,
+        follow_wait: config.connector.follow_wait,
     };
     let shippers = TaskTracker::new();
     let stop_shipping = CancellationToken::new();

@@ -209,6 +209,26 @@ pub fn check_batch(peer_dc: &str, m: &Ship) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Test hook: with `OPENCLUSTER_TEST_WAN_DISORDER` set, this connector refuses every fifth
+/// batch it receives (the sender sends it again) and holds every third back for 300 ms
+/// before applying it, so that batches sent later are acknowledged first: tests show the
+/// sender's cursors still move only in sending order.
+async fn disorder_for_test() -> Result<(), Refusal> {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static RECEIVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if !*ON.get_or_init(|| std::env::var_os("OPENCLUSTER_TEST_WAN_DISORDER").is_some()) {
+        return Ok(());
+    }
+    let n = RECEIVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if n % 5 == 4 {
+        return Err(Refusal::Unavailable("refused for the test (OPENCLUSTER_TEST_WAN_DISORDER)".into()));
+    }
+    if n.is_multiple_of(3) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Ok(())
+}
+
 /// Answers the other datacenters' connectors.
 pub struct WanService {
     pub datacenter: String,
@@ -253,6 +273,7 @@ impl WanService {
             ))
         })?;
         let (count, bytes) = (m.records.len(), wire_bytes.unwrap_or_else(|| batch_bytes(&m.records)));
+        disorder_for_test().await?;
         if let Err(e) = self.applier.apply(m.records).await {
             link.failed(format!("applying a batch from {}: {e}", m.from), false);
             return Err(Refusal::Unavailable(e.to_string()));

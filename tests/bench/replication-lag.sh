@@ -242,6 +242,7 @@ fi
 if section catchup; then
 printf '\n3. catch-up after a %s s cut with %s SETs/s of distinct keys into dc1\n' "$CUT_SECONDS" "$CUT_RATE"
 printf '   %-12s %14s %14s %8s %14s %8s %10s %7s\n' compression "changed bytes" "shipped bytes" ratio "relay bytes" ratio "catch-up s" errors
+cuts=0
 for compression in lz4 none; do
   if [ "$compression" != lz4 ]; then
     kill "${CPID[dc1]}"
@@ -254,6 +255,11 @@ for compression in lz4 none; do
   relay0=$(relay_bytes)
   log "catch-up ($compression): cut"
   echo cut >"$CTL"
+  # The relays read the control file every 20 ms: the writes start once both have cut
+  # (each prints "cut"), or the first of them crosses before the cut (with a lag of about
+  # one WAN delay, it does).
+  cuts=$((cuts + 1))
+  wait_for "[ \$(grep -c '^cut\$' $WORK/relay-dc1.log) -ge $cuts ] && [ \$(grep -c '^cut\$' $WORK/relay-dc2.log) -ge $cuts ]" 10
   out=$("$PROBE" write --write "$DC1_WRITE" --prefix "cut-$compression" --seconds "$CUT_SECONDS" --rate "$CUT_RATE" \
     --value-bytes "$VALUE_BYTES")
   errors=$(field "$out" errors)

@@ -218,6 +218,14 @@ impl Connector {
         self.spawn_and_wait();
     }
 
+    /// Starts it again on the same data dir and ports with `env` added to its environment
+    /// (kept for later restarts).
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        self.stop();
+        self.env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.spawn_and_wait();
+    }
+
     /// SIGTERM and wait for the exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -266,12 +274,26 @@ pub fn grow_datacenter(dc: &str, tls: &Path, nodes: &mut Vec<Node>, more: &[&str
 }
 
 pub fn start_datacenter(dc: &str, tls: &Path, n: usize, more: &[&str]) -> Vec<Node> {
+    start_datacenter_with_env(dc, tls, n, more, &[])
+}
+
+/// [`start_datacenter`] with environment variables for every node (test hooks).
+pub fn start_datacenter_with_env(
+    dc: &str,
+    tls: &Path,
+    n: usize,
+    more: &[&str],
+    env: &[(&str, &str)],
+) -> Vec<Node> {
     let mut extra = vec!["--datacenter", dc, "--tls-dir", tls.to_str().unwrap()];
     extra.extend_from_slice(more);
-    let first = Node::start(member_opts(&format!("{dc}-n1"), None, &extra));
+    let opts = |name: String, seed: Option<&Node>| {
+        env.iter().fold(member_opts(&name, seed, &extra), |o, (k, v)| o.env(k, v))
+    };
+    let first = Node::start(opts(format!("{dc}-n1"), None));
     let mut nodes = vec![first];
     for i in 2..=n {
-        let node = Node::start(member_opts(&format!("{dc}-n{i}"), Some(&nodes[0]), &extra));
+        let node = Node::start(opts(format!("{dc}-n{i}"), Some(&nodes[0])));
         nodes.push(node);
     }
     wait_placed(&nodes.iter().collect::<Vec<_>>(), n as u64);

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use opencluster_tests::cluster::worker;
 use opencluster_tests::cluster::{Acked, missing_through};
-use opencluster_tests::connector::{Connector, free_udp_port, grow_datacenter, start_datacenter};
+use opencluster_tests::connector::{
+    Connector, free_udp_port, grow_datacenter, start_datacenter, start_datacenter_with_env,
+};
 use opencluster_tests::pki::customer_keys;
 use opencluster_tests::relay::{Relay, Wan};
 use opencluster_tests::{Node, Reply, wait_until};
@@ -41,10 +43,21 @@ fn start_pair(nodes: usize, delay: Duration, extra: &[&str]) -> Pair {
 
 /// [`start_pair`] with `connector_extra` flags for both connectors.
 fn start_pair_with(nodes: usize, delay: Duration, extra: &[&str], connector_extra: &[&str]) -> Pair {
+    start_pair_env(nodes, delay, extra, connector_extra, &[])
+}
+
+/// [`start_pair_with`] with environment variables for dc1's nodes (test hooks).
+fn start_pair_env(
+    nodes: usize,
+    delay: Duration,
+    extra: &[&str],
+    connector_extra: &[&str],
+    dc1_env: &[(&str, &str)],
+) -> Pair {
     let keys = tempfile::tempdir().unwrap();
     let tls1 = customer_keys(keys.path(), "dc1");
     let tls2 = customer_keys(keys.path(), "dc2");
-    let dc1 = start_datacenter("dc1", &tls1, nodes, extra);
+    let dc1 = start_datacenter_with_env("dc1", &tls1, nodes, extra, dc1_env);
     let dc2 = start_datacenter("dc2", &tls2, nodes, extra);
     let wan = Wan::new();
     wan.set_delay(delay);
@@ -135,6 +148,18 @@ fn stream_writes(nodes: &[Node], prefix: &str, stop: Arc<AtomicBool>) -> std::th
         }
         acked
     })
+}
+
+/// Waits until the stream of [`stream_writes`] with `prefix` has written its key number
+/// `i` (reads through dc1's first node), so a test keeps streaming for long enough
+/// however fast the connectors ship.
+fn wait_streamed(nodes: &[Node], prefix: &str, i: usize) {
+    let key = format!("{prefix}-{i}");
+    let mut conn = nodes[0].raw();
+    assert!(
+        wait_until(CONVERGE, || matches!(conn.cmd(&["GET", &key]), Reply::Bulk(_))),
+        "the stream never wrote {key}"
+    );
 }
 
 fn shipped(c: &Connector, remote: &str) -> u64 {
@@ -331,6 +356,7 @@ fn a_connector_killed_mid_stream_and_restarted_loses_nothing() {
     opencluster_tests::wait_past(dead_for);
     pair.c1.restart();
     assert!(wait_until(CONVERGE, || pair.c1.link("dc2")["shipped_records"].as_u64().unwrap_or(0) >= 100));
+    wait_streamed(&pair.dc1, "k", 400);
     stop.store(true, Ordering::SeqCst);
     let acked = writer.join().unwrap();
     assert!(acked.len() >= 300, "only {} writes acknowledged", acked.len());
@@ -340,6 +366,50 @@ fn a_connector_killed_mid_stream_and_restarted_loses_nothing() {
         cursors_exist(&node.data_dir());
     }
     assert!(!pair.c1.data_dir().join("cursors-dc2.json").exists());
+}
+
+/// Many small batches in flight at once, acknowledged out of order and some refused (the
+/// receiving connector's test hook holds every third batch back and refuses every fifth):
+/// the sender moves the nodes' cursors only past batches acknowledged in sending order, so
+/// a kill -9 of the sender mid-stream and a restart from those cursors lose nothing.
+#[test]
+fn pipelined_batches_acknowledged_out_of_order_lose_nothing_across_a_kill() {
+    let mut pair = start_pair(2, Duration::from_millis(10), &[]);
+    pair.c2.restart_with_env(&[("OPENCLUSTER_TEST_WAN_DISORDER", "1")]);
+    pair.c1.restart_with_env(&[
+        ("OPENCLUSTER_CONNECTOR_BATCH_RECORDS", "8"),
+        ("OPENCLUSTER_CONNECTOR_BATCHES_IN_FLIGHT", "16"),
+    ]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = stream_writes(&pair.dc1, "p", stop.clone());
+    assert!(wait_until(CONVERGE, || shipped(&pair.c1, "dc2") >= 300), "{}", pair.c1.link("dc2"));
+    // The receiver refused some batches: they were sent again while later ones went on.
+    assert!(pair.c1.link("dc2")["errors"].as_u64().unwrap_or(0) > 0, "{}", pair.c1.link("dc2"));
+    pair.c1.kill9();
+    pair.c1.restart();
+    assert!(wait_until(CONVERGE, || shipped(&pair.c1, "dc2") >= 200), "{}", pair.c1.link("dc2"));
+    wait_streamed(&pair.dc1, "p", 600);
+    stop.store(true, Ordering::SeqCst);
+    let acked = writer.join().unwrap();
+    assert!(acked.len() >= 500, "only {} writes acknowledged", acked.len());
+    assert_arrives(&pair.dc2, &acked, "dc1's stream in dc2 with batches acknowledged out of order", &pair);
+    assert!(wait_until(CONVERGE, || pair.c1.link("dc2")["lag_records"] == 0), "{}", pair.c1.link("dc2"));
+}
+
+/// dc1's nodes refuse the long poll (`Follow`) as nodes of an older version do: the
+/// connector reads them with `Positions` and `Changes` instead, and everything arrives.
+#[test]
+fn nodes_without_long_polls_are_still_read() {
+    let pair =
+        start_pair_env(2, Duration::from_millis(5), &[], &[], &[("OPENCLUSTER_TEST_REFUSE_FOLLOW", "1")]);
+    let acked = write_keys(&pair.dc1, "old-node", 300);
+    assert_arrives(&pair.dc2, &acked, "writes of nodes without long polls in dc2", &pair);
+    let log = pair.c1.log();
+    assert!(log.contains("the node does not take long polls"), "{log}");
+    // And the other way, from nodes that take them.
+    let back = write_keys(&pair.dc2, "new-node", 100);
+    assert_arrives(&pair.dc1, &back, "dc2's writes in dc1", &pair);
+    assert!(!pair.c2.log().contains("the node does not take long polls"));
 }
 
 fn cursors_exist(dir: &Path) {

@@ -494,3 +494,44 @@ impl Message for HomeInvalidate {
     const KIND: Kind = Kind::HomeInvalidate;
     type Response = ();
 }
+
+/// The connector's long poll: the changes of `origin` in many partitions after their
+/// cursors, in one request. The node answers at once when one of the partitions has a
+/// number past its cursor, else when one appears, else after `wait_ms` with nothing. It
+/// reads the partitions in the order given until `limit` records or `max_bytes` (one
+/// larger record still comes alone); the connector rotates the order so that under a
+/// steady load no partition waits behind the others. A node that predates it refuses the
+/// kind: the connector then reads with [`Positions`] and [`Changes`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Follow {
+    pub origin: String,
+    /// (partition, cursor) of each partition followed.
+    pub after: Vec<(Partition, u64)>,
+    pub limit: u32,
+    pub max_bytes: u32,
+    pub wait_ms: u32,
+}
+
+/// What a [`Follow`] found: the head of every partition asked (in the order asked), and
+/// a chunk of each partition read, in the order read.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Followed {
+    pub heads: Vec<u64>,
+    pub chunks: Vec<FollowedChunk>,
+}
+
+/// A [`ChangesChunk`] of one partition: `upto` covers every number up to it, and the
+/// head when `more` is false.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FollowedChunk {
+    pub partition: Partition,
+    pub records: Vec<(u64, Bytes, WireRecord)>,
+    pub upto: u64,
+    pub more: bool,
+}
+
+impl Message for Follow {
+    const KIND: Kind = Kind::Follow;
+    type Response = Followed;
+    const HELD: bool = true;
+}

@@ -15,6 +15,92 @@ use crate::record::Record;
 /// record still comes alone): well under the smallest peer message limit.
 pub const MAX_PULL_BYTES: usize = crate::config::MAX_CHUNK_BYTES as usize;
 
+/// The longest a node holds a [`messages::Follow`] with nothing to answer.
+pub const MAX_FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How often a node whose store has no change signal looks at its heads while it holds
+/// a [`messages::Follow`].
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Test hook: with `OPENCLUSTER_TEST_REFUSE_FOLLOW` set, the node refuses `Follow` as an
+/// unknown kind, the way a node that predates it does, so tests can show a connector still
+/// reads it (with `Positions` and `Changes`).
+fn refuses_follow_for_test() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("OPENCLUSTER_TEST_REFUSE_FOLLOW").is_some())
+}
+
+/// Answers a connector's long poll: waits until a partition asked has a number past its
+/// cursor (or the wait is over), then reads the partitions in the order asked, off the
+/// async workers, until the limits.
+async fn follow(
+    c: &Cluster,
+    outbound: &Outbound,
+    m: messages::Follow,
+) -> Result<messages::Followed, Refusal> {
+    let partitions = c.partitions();
+    if m.after.len() > partitions as usize {
+        return Err(Refusal::Malformed(format!("{} partitions followed, of {partitions}", m.after.len())));
+    }
+    if let Some((p, _)) = m.after.iter().find(|(p, _)| *p >= partitions) {
+        return Err(Refusal::Malformed(format!("no partition {p}")));
+    }
+    let store = c.local.store.clone();
+    let moved = || m.after.iter().any(|&(p, after)| store.last_seq(p) > after);
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(u64::from(m.wait_ms)).min(MAX_FOLLOW_WAIT);
+    match store.change_signal() {
+        Some(signal) => {
+            signal.wait_until(moved, deadline).await;
+        }
+        None => {
+            while !moved() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + FOLLOW_POLL)).await;
+            }
+        }
+    }
+    let limit = (m.limit as usize).clamp(1, 100_000);
+    let max_bytes = (m.max_bytes as usize).clamp(1, MAX_PULL_BYTES);
+    let (heads, read) = tokio::task::spawn_blocking(move || {
+        let heads: Vec<u64> = m.after.iter().map(|&(p, _)| store.last_seq(p)).collect();
+        let (mut records, mut bytes) = (0, 0);
+        let mut read = Vec::new();
+        for (&(p, after), &head) in m.after.iter().zip(&heads) {
+            if head <= after {
+                continue;
+            }
+            if records >= limit || bytes >= max_bytes {
+                break;
+            }
+            let chunk = store.changes_after(p, after, limit - records, max_bytes - bytes)?;
+            records += chunk.records.len();
+            bytes += chunk.records.iter().map(|(_, k, r)| crate::store::chunk_bytes(k, r)).sum::<usize>();
+            read.push((p, chunk));
+        }
+        Ok::<_, crate::store::StoreError>((heads, read))
+    })
+    .await
+    .map_err(|e| Refusal::Store(e.to_string()))?
+    .map_err(|e| refusal(e.into()))?;
+    let chunks = read
+        .into_iter()
+        .map(|(partition, chunk)| messages::FollowedChunk {
+            partition,
+            // Local keyspaces are passed over here, not in the connector: their bytes
+            // never leave the node (the cursor still moves past them).
+            records: chunk
+                .records
+                .iter()
+                .filter(|(_, k, r)| *r.origin.datacenter == *m.origin && !outbound.is_local(k))
+                .map(|(seq, k, r)| (*seq, k.clone(), WireRecord::new(r)))
+                .collect(),
+            upto: chunk.upto,
+            more: chunk.more,
+        })
+        .collect();
+    Ok(messages::Followed { heads, chunks })
+}
+
 /// Answers peers' requests from this node's [`Cluster`], and its connectors' from there
 /// and from what it keeps for them ([`Outbound`]).
 pub struct Service {
@@ -259,6 +345,8 @@ impl Handler for Service {
                     })
                     .await
                 }
+                Kind::Follow if refuses_follow_for_test() => refused(Refusal::UnknownKind(kind as u8)),
+                Kind::Follow => answer(&body, |m: messages::Follow| follow(c, outbound, m)).await,
                 Kind::Positions => {
                     answer(&body, |m: messages::Positions| async move {
                         let store = &c.local.store;

@@ -207,6 +207,15 @@ pub struct ConnectorConfig {
     pub backstop_interval: Duration,
     /// How batches are compressed on the WAN.
     pub compression: Compression,
+    /// Most batches on the WAN to one remote datacenter at once, sent and not yet
+    /// acknowledged: the next is sent without waiting for the round trip of the last. Cursors
+    /// still move only past batches acknowledged in the order they were sent.
+    pub batches_in_flight: u32,
+    /// How long a node holds the connector's request for changes when it has none: the
+    /// node answers as soon as a change comes, so this only bounds how long an idle request
+    /// lasts.
+    #[serde(with = "units::duration")]
+    pub follow_wait: Duration,
 }
 
 /// The compression of batches between datacenters (`connector.compression`).
@@ -231,6 +240,8 @@ impl Default for ConnectorConfig {
             ship_timeout: Duration::from_secs(10),
             backstop_interval: Duration::from_secs(3600),
             compression: Compression::Lz4,
+            batches_in_flight: 8,
+            follow_wait: Duration::from_secs(1),
         }
     }
 }
@@ -939,6 +950,12 @@ impl Config {
         }
         if c.poll_interval.is_zero() || c.ship_timeout.is_zero() {
             return Err(err("connector.poll_interval", "connector durations must be more than 0"));
+        }
+        if c.batches_in_flight == 0 || c.batches_in_flight > 1024 {
+            return Err(err("connector.batches_in_flight", "must be between 1 and 1024"));
+        }
+        if c.follow_wait < Duration::from_millis(10) || c.follow_wait > Duration::from_secs(30) {
+            return Err(err("connector.follow_wait", "must be between 10ms and 30s"));
         }
         if c.backstop_interval < Duration::from_secs(1) {
             return Err(err("connector.backstop_interval", "must be at least 1s"));

@@ -326,7 +326,7 @@ pub const SETTINGS: &[Setting] = &[
     s(
         "connector.poll_interval",
         Kind::Duration,
-        "Connector only: how often it asks its datacenter's nodes for new changes when idle [default: 20ms]",
+        "Connector only: how often it asks an idle node of an older version (without long polls) for new changes, and the first pause after a failed read [default: 20ms]",
     ),
     s(
         "connector.ship_timeout",
@@ -352,6 +352,16 @@ pub const SETTINGS: &[Setting] = &[
         "keyspaces.home_lease",
         Kind::Duration,
         "How long a cached read of another datacenter's home key may be served without word from its home: the staleness bound when the WAN is cut [default: 10s]",
+    ),
+    s(
+        "connector.batches_in_flight",
+        Kind::Int,
+        "Connector only: most batches on the WAN to one remote datacenter at once, sent and not yet acknowledged (cursors still move in sending order) [default: 8]",
+    ),
+    s(
+        "connector.follow_wait",
+        Kind::Duration,
+        "Connector only: how long a node holds the connector's request for changes when it has none (it answers as soon as one comes) [default: 1s]",
     ),
     s(
         "connector.compression",

@@ -23,6 +23,9 @@ pub trait Message: Serialize + DeserializeOwned + Send + 'static {
     /// The kind byte that tells the receiver which message follows.
     const KIND: Kind;
     type Response: Serialize + DeserializeOwned + Send + 'static;
+    /// The receiver may hold the request before it answers (a long poll): it travels on a
+    /// stream of its own, never in a batch, so requests queued beside it are not held too.
+    const HELD: bool = false;
 }
 
 /// Every request type of every layer, by its wire byte: `Ping` and `Batch` are the
@@ -63,9 +66,12 @@ pub enum Kind {
     /// Between connectors of two datacenters: partitions' digests to compare (the
     /// backstop behind the cursors).
     Compare = 22,
+    /// The connector's: the changes of many partitions after their cursors in one request,
+    /// held until one of them moves (a node that predates it refuses the kind, and the
+    /// connector falls back to `Positions` and `Changes`).
+    Follow = 23,
     /// A client's write command on a key of another datacenter's `home` keyspace, on its
     /// way to that datacenter (node -> connector -> WAN -> connector -> node), run there.
-    /// (23-29 are left for the shipper.)
     HomeCommand = 30,
     /// A read of home keys from another datacenter, with a lease: the home datacenter
     /// tells the reader's datacenter when the keys change.
@@ -99,6 +105,7 @@ impl Kind {
             20 => Kind::Positions,
             21 => Kind::ShipPacked,
             22 => Kind::Compare,
+            23 => Kind::Follow,
             30 => Kind::HomeCommand,
             31 => Kind::HomeRead,
             32 => Kind::HomeInvalidate,
@@ -131,13 +138,14 @@ impl Kind {
             Kind::Positions => "positions",
             Kind::ShipPacked => "ship_packed",
             Kind::Compare => "compare",
+            Kind::Follow => "follow",
             Kind::HomeCommand => "home_command",
             Kind::HomeRead => "home_read",
             Kind::HomeInvalidate => "home_invalidate",
         }
     }
 
-    pub const ALL: [Kind; 25] = [
+    pub const ALL: [Kind; 26] = [
         Kind::Ping,
         Kind::Read,
         Kind::Write,
@@ -160,6 +168,7 @@ impl Kind {
         Kind::Positions,
         Kind::ShipPacked,
         Kind::Compare,
+        Kind::Follow,
         Kind::HomeCommand,
         Kind::HomeRead,
         Kind::HomeInvalidate,
@@ -242,7 +251,7 @@ mod tests {
         }
         // The kind numbers are the wire format: they never change.
         let numbers: Vec<u8> = Kind::ALL.iter().map(|&k| k as u8).collect();
-        assert_eq!(numbers, (1..=22).chain(30..=32).collect::<Vec<u8>>());
+        assert_eq!(numbers, (1..=23).chain(30..=32).collect::<Vec<u8>>());
     }
 
     #[test]

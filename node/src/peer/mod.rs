@@ -242,6 +242,8 @@ struct Pending {
     target: Target,
     deadline: Instant,
     reply: oneshot::Sender<Result<Bytes, RpcError>>,
+    /// [`Message::HELD`]: sent alone, without taking one of the peer's stream slots.
+    alone: bool,
 }
 
 /// Everything about one peer: its connection and the queue of requests for it.
@@ -343,7 +345,7 @@ impl Peers {
         }
         let (reply, answer) = oneshot::channel();
         let timeout = deadline.saturating_duration_since(Instant::now());
-        self.enqueue(Pending { request, target: to.clone(), deadline, reply }).await?;
+        self.enqueue(Pending { request, target: to.clone(), deadline, reply, alone: M::HELD }).await?;
         let reply = match tokio::time::timeout_at(deadline.into(), answer).await {
             Err(_) | Ok(Err(_)) => return Err(RpcError::Timeout { peer: to.name.clone(), timeout }),
             Ok(Ok(reply)) => reply?,
@@ -728,12 +730,24 @@ async fn send_queued(
     (streams, max_batch_bytes): (usize, usize),
 ) {
     let slots = Arc::new(Semaphore::new(streams));
+    // A held request (a long poll) goes at once on its own stream: in a batch, or in one
+    // of the slots, it would hold back the requests behind it for as long as it is held.
+    let alone = |peers: &Weak<Peers>, p: Pending| {
+        if let Some(peers) = peers.upgrade() {
+            tokio::spawn(async move { peers.send_batch(vec![p]).await });
+        }
+    };
     while let Some(first) = queue.recv().await {
+        if first.alone {
+            alone(&peers, first);
+            continue;
+        }
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let mut bytes = first.request.len();
         let mut batch = vec![first];
         while bytes < max_batch_bytes && batch.len() < MAX_BATCH_REQUESTS {
             match queue.try_recv() {
+                Ok(next) if next.alone => alone(&peers, next),
                 Ok(next) => {
                     bytes += next.request.len();
                     batch.push(next);

@@ -229,6 +229,8 @@ struct Inner {
     /// partition's shard lock, so whoever holds it sees every lower number buffered or
     /// in the engine.
     numbers: Box<[AtomicU64]>,
+    /// Woken when a number is handed out: the connectors' long polls wait on it.
+    signal: Arc<super::signal::ChangeSignal>,
     applied: AtomicU64,
     stop: AtomicBool,
     /// Apply everything now, whatever the delay (`drain`).
@@ -311,6 +313,7 @@ impl BufferedStore {
             delta: Default::default(),
             records: AtomicUsize::new(0),
             numbers,
+            signal: Default::default(),
             applied: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             force: AtomicBool::new(false),
@@ -420,6 +423,8 @@ impl Inner {
             self.budget.used.fetch_add(size, Ordering::Relaxed);
             e.record = record;
             e.seq = seq;
+            drop(shard);
+            self.signal.wake();
             return Ok(());
         }
         let base = match engine_record {
@@ -441,6 +446,8 @@ impl Inner {
         }
         let seq = self.number(p);
         shard.insert(Bytes::copy_from_slice(key), Entry { record, base, seq });
+        drop(shard);
+        self.signal.wake();
         Ok(())
     }
 
@@ -722,10 +729,15 @@ impl Store for BufferedStore {
         Ok(out)
     }
 
-    /// The buffered records numbered after `after`, merged with the engine's sequence.
+    /// The buffered records numbered after `after`, merged with the engine's sequence, up
+    /// to the head as the buffer is read (`head`: every number up to it was handed out
+    /// before, so its record is buffered then, or superseded in the buffer then, or in the
+    /// engine by then; numbers past it wait for a later chunk, whatever the engine shows).
     /// The buffer is read first: a record the applier moves meanwhile is in the engine
     /// before it leaves the buffer, so it is seen in one or the other (or both, with the
-    /// same number: it is listed once). A key buffered shadows its older engine entry.
+    /// same number: it is listed once). An engine record whose key the buffer holds under
+    /// a newer number is superseded and left out: looked up in the buffer once the engine
+    /// was read, rather than by copying every buffered key first.
     /// When the engine stopped at a limit, buffered numbers past its last wait for a
     /// later chunk: the engine may hold lower numbers beyond it.
     fn changes_after(
@@ -735,27 +747,43 @@ impl Store for BufferedStore {
         limit: usize,
         max_bytes: usize,
     ) -> Result<super::Sequenced, StoreError> {
-        let (shadowed, mut buffered): (std::collections::HashSet<Bytes, Xxh3Builder>, Vec<_>) = {
+        let (head, mut buffered): (u64, Vec<(u64, Bytes, Record)>) = {
             let shard = self.inner.shard(partition);
+            let head = self.inner.numbers[partition as usize].load(Ordering::Relaxed);
             let newer = shard
                 .iter()
                 .filter(|(_, e)| e.seq > after)
                 .map(|(k, e)| (e.seq, k.clone(), e.record.clone()))
                 .collect();
-            (shard.keys().cloned().collect(), newer)
+            (head, newer)
         };
-        buffered.sort_unstable_by_key(|(n, _, _)| *n);
+        if head <= after {
+            return Ok(super::Sequenced { records: Vec::new(), more: false, upto: after });
+        }
         let engine = self.inner.engine.changes_after(partition, after, limit, max_bytes)?;
-        let mut all: Vec<(u64, Bytes, Record)> =
-            engine.records.into_iter().filter(|(_, k, _)| !shadowed.contains(k)).collect();
+        let mut all: Vec<(u64, Bytes, Record)> = if engine.records.is_empty() {
+            Vec::new()
+        } else {
+            let shard = self.inner.shard(partition);
+            engine
+                .records
+                .into_iter()
+                .filter(|(n, k, _)| *n <= head && shard.get(k).is_none_or(|e| e.seq <= *n))
+                .collect()
+        };
         // Everything up to the engine's last number is covered, even when all its
         // records were shadowed by buffered ones.
-        let mut out = super::Sequenced { records: Vec::new(), more: engine.more, upto: engine.upto };
-        if engine.more {
+        let mut out = super::Sequenced {
+            records: Vec::new(),
+            more: engine.more && engine.upto < head,
+            upto: engine.upto.min(head),
+        };
+        if out.more {
             buffered.retain(|(n, _, _)| *n <= engine.upto);
         }
         all.extend(buffered);
         all.sort_unstable_by_key(|(n, _, _)| *n);
+        all.dedup_by_key(|(n, _, _)| *n);
         let mut bytes = 0;
         for (n, key, record) in all {
             let size = chunk_bytes(&key, &record);
@@ -768,12 +796,20 @@ impl Store for BufferedStore {
             out.upto = out.upto.max(n);
             out.records.push((n, key, record));
         }
+        if !out.more {
+            // Every number up to the head is listed or superseded (or purged since).
+            out.upto = head;
+        }
         Ok(out)
     }
 
     fn last_seq(&self, partition: Partition) -> u64 {
         let _shard = self.inner.shard(partition);
         self.inner.numbers[partition as usize].load(Ordering::Relaxed)
+    }
+
+    fn change_signal(&self) -> Option<Arc<super::signal::ChangeSignal>> {
+        Some(self.inner.signal.clone())
     }
 
     /// Purges from the engine. A buffered record always supersedes what the engine held,

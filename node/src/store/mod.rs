@@ -16,6 +16,7 @@ pub mod engines;
 pub mod flusher;
 pub mod ordered;
 pub mod purger;
+pub mod signal;
 #[cfg(test)]
 mod suite;
 pub mod wal;
@@ -213,6 +214,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The last change number handed out in `partition` (0 before the first).
     fn last_seq(&self, partition: Partition) -> u64;
+
+    /// What wakes a waiter when a change number is handed out, if the store numbers its
+    /// changes itself (the write buffer does); without one, waiters only time out.
+    fn change_signal(&self) -> Option<std::sync::Arc<signal::ChangeSignal>> {
+        None
+    }
 
     /// Physically removes up to `limit` expired values and tombstones older than the grace
     /// period, as of `now_ms`, but for the tombstones `hold` keeps: those are looked at again
