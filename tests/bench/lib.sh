@@ -83,3 +83,41 @@ cleanup_run() {
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
+
+# --- Two datacenters on this machine (replication-lag.sh, home-keyspace.sh) -------------
+# start_datacenters NODES [NODE FLAGS...]: customer keys for dc1 and dc2 from $PKI (in
+# $WORK/tls-<dc>), then NODES nodes per datacenter from $NODE, named <dc>-n<i>, each with
+# the flags given; their ports in CLIENT, ADMIN and GOSSIP (associative arrays the caller
+# declares). Waits until every node answers PING and places partitions on all the nodes of
+# its datacenter; exits through the caller's `fail` if one does not within 60 s.
+start_datacenters() {
+  local nodes=$1 dc i n deadline
+  shift
+  "$PKI" init --cluster acme --out "$WORK/ca" >/dev/null
+  for dc in dc1 dc2; do
+    "$PKI" datacenter --ca "$WORK/ca" --dc "$dc" --out "$WORK/tls-$dc" >/dev/null
+  done
+  for dc in dc1 dc2; do
+    for i in $(seq "$nodes"); do
+      n=$dc-n$i
+      CLIENT[$n]=$(free_port)
+      ADMIN[$n]=$(free_port)
+      GOSSIP[$n]=$(free_port)
+      local join=()
+      [ "$i" -gt 1 ] && join=(--join "127.0.0.1:${GOSSIP[$dc-n1]}")
+      "$NODE" --dev --node-name "$n" --datacenter "$dc" --tls-dir "$WORK/tls-$dc" --data-dir "$WORK/$n" \
+        --client-addr "127.0.0.1:${CLIENT[$n]}" --admin-addr "127.0.0.1:${ADMIN[$n]}" \
+        --gossip-addr "127.0.0.1:${GOSSIP[$n]}" --rpc-addr 127.0.0.1:0 --log-level warn \
+        "$@" "${join[@]}" >"$WORK/$n.log" 2>&1 &
+      PIDS+=($!)
+    done
+  done
+  for n in "${!CLIENT[@]}"; do wait_ping "${CLIENT[$n]}" 60; done
+  for n in "${!ADMIN[@]}"; do
+    deadline=$((SECONDS + 60))
+    until curl -sf "127.0.0.1:${ADMIN[$n]}/v1/status" | jq -e ".placement.nodes == $nodes" >/dev/null; do
+      [ $SECONDS -lt $deadline ] || fail "$n never placed partitions on $nodes nodes"
+      sleep 0.1
+    done
+  done
+}

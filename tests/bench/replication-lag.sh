@@ -74,33 +74,10 @@ wait_for() {
 }
 
 # --- keys and the two datacenters ---------------------------------------------------
-"$PKI" init --cluster acme --out "$WORK/ca" >/dev/null
-for dc in dc1 dc2; do
-  "$PKI" datacenter --ca "$WORK/ca" --dc "$dc" --out "$WORK/tls-$dc" >/dev/null
-done
-
 declare -A CLIENT ADMIN GOSSIP
 apply_flags=()
 [ -n "$APPLY_DELAY" ] && apply_flags=(--store-apply-delay "$APPLY_DELAY")
-for dc in dc1 dc2; do
-  for i in $(seq "$NODES"); do
-    n=$dc-n$i
-    CLIENT[$n]=$(free_port)
-    ADMIN[$n]=$(free_port)
-    GOSSIP[$n]=$(free_port)
-    join=()
-    [ "$i" -gt 1 ] && join=(--join "127.0.0.1:${GOSSIP[$dc-n1]}")
-    "$NODE" --dev --node-name "$n" --datacenter "$dc" --tls-dir "$WORK/tls-$dc" --data-dir "$WORK/$n" \
-      --client-addr "127.0.0.1:${CLIENT[$n]}" --admin-addr "127.0.0.1:${ADMIN[$n]}" \
-      --gossip-addr "127.0.0.1:${GOSSIP[$n]}" --rpc-addr 127.0.0.1:0 --log-level warn \
-      "${apply_flags[@]}" "${join[@]}" >"$WORK/$n.log" 2>&1 &
-    PIDS+=($!)
-  done
-done
-for n in "${!CLIENT[@]}"; do wait_ping "${CLIENT[$n]}" 60; done
-for n in "${!ADMIN[@]}"; do
-  wait_for "curl -sf 127.0.0.1:${ADMIN[$n]}/v1/status | jq -e '.placement.nodes == $NODES' >/dev/null" 60
-done
+start_datacenters "$NODES" "${apply_flags[@]}"
 
 # The WAN: one UDP relay in front of each connector, both obeying one control file.
 CTL=$WORK/wan.ctl
