@@ -34,26 +34,8 @@ ROUNDS=${ROUNDS:-3}
 KEYS=${KEYS:-1000}
 need_tools redis-server redis-cli redis-benchmark curl jq
 
-if [ -z "${BIN_DIR:-}" ]; then
-  cargo build --release -q -p opencluster-node -p opencluster-connector -p opencluster-pki
-  cargo build --release -q -p opencluster-tests --bin opencluster-relay
-  BIN_DIR=${CARGO_TARGET_DIR:-target}/release
-fi
-NODE_BIN=$BIN_DIR/opencluster-node
-setup_run
-CONNECTOR=$BIN_DIR/opencluster-connector
-PKI=$BIN_DIR/opencluster-pki
-RELAY=$BIN_DIR/opencluster-relay
-
-log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+setup_datacenters_run
 fail() { echo "home-keyspace: $*" >&2; tail -n 20 "$WORK"/*.log >&2; exit 1; }
-wait_for() {
-  local deadline=$((SECONDS + $2))
-  until eval "$1"; do
-    [ $SECONDS -lt $deadline ] || fail "timed out waiting for: $1"
-    sleep 0.1
-  done
-}
 
 HOME_FLAGS=(--keyspaces-home acct:=dc1)
 declare -A CLIENT ADMIN GOSSIP
@@ -76,7 +58,7 @@ for pair in dc1:dc2 dc2:dc1; do
     --join "127.0.0.1:${GOSSIP[$dc-n1]}" --peer "$peer=127.0.0.1:${RELAY_PORT[$peer]}" \
     "${HOME_FLAGS[@]}" --log-level warn >"$WORK/connector-$dc.log" 2>&1 &
   PIDS+=($!)
-  wait_for "curl -sf 127.0.0.1:${CADMIN[$dc]}/v1/health >/dev/null" 60
+  wait_eval "curl -sf 127.0.0.1:${CADMIN[$dc]}/v1/health >/dev/null" 60
 done
 
 # The anchor: Redis "in dc1", reached from "dc2" through the TCP relay.
@@ -95,7 +77,7 @@ DC1=${CLIENT[dc1-n1]}
 DC2=${CLIENT[dc2-n1]}
 # Every dc2 node reaches dc1 through its connector before anything is measured.
 for i in $(seq "$NODES"); do
-  wait_for "[ \"\$(redis-cli -p ${CLIENT[dc2-n$i]} set acct:warm up)\" = OK ]" 60
+  wait_eval "[ \"\$(redis-cli -p ${CLIENT[dc2-n$i]} set acct:warm up)\" = OK ]" 60
 done
 
 echo "machine: $(nproc) cores; redis $(redis-server --version | awk '{print $3}'); $NODES node(s) per datacenter;" \

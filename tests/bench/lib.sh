@@ -85,6 +85,36 @@ cleanup_run() {
 }
 
 # --- Two datacenters on this machine (replication-lag.sh, home-keyspace.sh) -------------
+# setup_datacenters_run [TEST BINARIES...]: the release binaries of the node, connector,
+# pki tool and relay (and the named bins of the tests crate), built unless BIN_DIR names
+# them; NODE, CONNECTOR, PKI and RELAY point at them; then setup_run.
+setup_datacenters_run() {
+  if [ -z "${BIN_DIR:-}" ]; then
+    cargo build --release -q -p opencluster-node -p opencluster-connector -p opencluster-pki
+    local bins=(--bin opencluster-relay) b
+    for b in "$@"; do bins+=(--bin "$b"); done
+    cargo build --release -q -p opencluster-tests "${bins[@]}"
+    BIN_DIR=${CARGO_TARGET_DIR:-target}/release
+  fi
+  NODE_BIN=$BIN_DIR/opencluster-node
+  setup_run
+  CONNECTOR=$BIN_DIR/opencluster-connector
+  PKI=$BIN_DIR/opencluster-pki
+  RELAY=$BIN_DIR/opencluster-relay
+}
+
+log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+
+# wait_eval COMMAND SECONDS: evaluates the string COMMAND every 0.1 s until it succeeds;
+# exits through the caller's `fail` after SECONDS.
+wait_eval() {
+  local deadline=$((SECONDS + $2))
+  until eval "$1"; do
+    [ $SECONDS -lt $deadline ] || fail "timed out waiting for: $1"
+    sleep 0.1
+  done
+}
+
 # start_datacenters NODES [NODE FLAGS...]: customer keys for dc1 and dc2 from $PKI (in
 # $WORK/tls-<dc>), then NODES nodes per datacenter from $NODE, named <dc>-n<i>, each with
 # the flags given; their ports in CLIENT, ADMIN and GOSSIP (associative arrays the caller

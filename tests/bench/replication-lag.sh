@@ -47,31 +47,12 @@ APPLY_DELAY=${APPLY_DELAY:-}
 SECTIONS=${SECTIONS:-lag,throughput,catchup}
 need_tools redis-server redis-cli curl jq
 
-if [ -z "${BIN_DIR:-}" ]; then
-  cargo build --release -q -p opencluster-node -p opencluster-connector -p opencluster-pki
-  cargo build --release -q -p opencluster-tests --bin opencluster-relay --bin replication-probe
-  BIN_DIR=${CARGO_TARGET_DIR:-target}/release
-fi
-NODE_BIN=$BIN_DIR/opencluster-node
-setup_run
-CONNECTOR=$BIN_DIR/opencluster-connector
-PKI=$BIN_DIR/opencluster-pki
-RELAY=$BIN_DIR/opencluster-relay
+setup_datacenters_run replication-probe
 PROBE=$BIN_DIR/replication-probe
 
-log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 # field LINE NAME: the value after NAME in a line of "name value" pairs.
 field() { echo "$1" | awk -v f="$2" '{ for (i = 1; i < NF; i++) if ($i == f) print $(i + 1) }'; }
 fail() { echo "replication-lag: $*" >&2; tail -n 20 "$WORK"/*.log >&2; exit 1; }
-
-# Waits up to $2 s for the command in $1 (a string for eval) to succeed.
-wait_for() {
-  local deadline=$((SECONDS + $2))
-  until eval "$1"; do
-    [ $SECONDS -lt $deadline ] || fail "timed out waiting for: $1"
-    sleep 0.1
-  done
-}
 
 # --- keys and the two datacenters ---------------------------------------------------
 declare -A CLIENT ADMIN GOSSIP
@@ -102,7 +83,7 @@ start_connector() {
     --compression "$3" --log-level warn >>"$WORK/connector-$dc.log" 2>&1 &
   CPID[$dc]=$!
   PIDS+=($!)
-  wait_for "curl -sf 127.0.0.1:${CADMIN[$dc]}/v1/health >/dev/null" 60
+  wait_eval "curl -sf 127.0.0.1:${CADMIN[$dc]}/v1/health >/dev/null" 60
 }
 start_connector dc1 dc2 lz4
 start_connector dc2 dc1 lz4
@@ -141,7 +122,7 @@ redis-server --port "$RR" --dir "$WORK/redis-r" --replicaof 127.0.0.1 "$RT" "${r
   >"$WORK/redis-r.log" 2>&1 &
 PIDS+=($!)
 wait_ping "$RR"
-wait_for "redis-cli -p $RR info replication | grep -q 'master_link_status:up'" 60
+wait_eval "redis-cli -p $RR info replication | grep -q 'master_link_status:up'" 60
 
 DC1_WRITE=$(for i in $(seq "$NODES"); do printf '127.0.0.1:%s,' "${CLIENT[dc1-n$i]}"; done)
 DC1_WRITE=${DC1_WRITE%,}
@@ -149,7 +130,7 @@ DC2_READ=127.0.0.1:${CLIENT[dc2-n$NODES]}
 
 # The link carries a first write both ways before anything is measured.
 redis-cli -p "${CLIENT[dc1-n1]}" set warm up >/dev/null
-wait_for "[ \"\$(redis-cli -p ${CLIENT[dc2-n1]} get warm)\" = up ]" 60
+wait_eval "[ \"\$(redis-cli -p ${CLIENT[dc2-n1]} get warm)\" = up ]" 60
 
 echo "machine: $(nproc) cores; redis $(redis-server --version | awk '{print $3}'); $NODES nodes per datacenter;" \
   "WAN ${DELAY_MS} ms one way; values $VALUE_BYTES bytes; store.apply_delay ${APPLY_DELAY:-default}"
@@ -226,7 +207,7 @@ for compression in lz4 none; do
     wait "${CPID[dc1]}" 2>/dev/null || true
     start_connector dc1 dc2 "$compression"
   fi
-  wait_for "[ \"\$(link dc1 lag_records)\" = 0 ]" 120
+  wait_eval "[ \"\$(link dc1 lag_records)\" = 0 ]" 120
   wait_settled
   sent0=$(link dc1 sent_bytes)
   relay0=$(relay_bytes)
@@ -236,7 +217,7 @@ for compression in lz4 none; do
   # (each prints "cut"), or the first of them crosses before the cut (with a lag of about
   # one WAN delay, it does).
   cuts=$((cuts + 1))
-  wait_for "[ \$(grep -c '^cut\$' $WORK/relay-dc1.log) -ge $cuts ] && [ \$(grep -c '^cut\$' $WORK/relay-dc2.log) -ge $cuts ]" 10
+  wait_eval "[ \$(grep -c '^cut\$' $WORK/relay-dc1.log) -ge $cuts ] && [ \$(grep -c '^cut\$' $WORK/relay-dc2.log) -ge $cuts ]" 10
   out=$("$PROBE" write --write "$DC1_WRITE" --prefix "cut-$compression" --seconds "$CUT_SECONDS" --rate "$CUT_RATE" \
     --value-bytes "$VALUE_BYTES")
   errors=$(field "$out" errors)
@@ -250,7 +231,7 @@ for compression in lz4 none; do
     --allow-missing "$errors" --timeout-s 300 >/dev/null ||
     fail "dc2 did not catch up after the cut"
   caught=$(date +%s.%N)
-  wait_for "[ \"\$(link dc1 lag_records)\" = 0 ]" 120
+  wait_eval "[ \"\$(link dc1 lag_records)\" = 0 ]" 120
   wait_settled
   sent=$(($(link dc1 sent_bytes) - sent0))
   relay=$(($(relay_bytes) - relay0))

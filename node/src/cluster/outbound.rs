@@ -217,6 +217,12 @@ impl Outbound {
         behind.map(|(remote, _)| remote.clone()).collect()
     }
 
+    /// Whether some remote datacenter's connector has not yet shipped change `seq` of
+    /// `partition` ([`Self::unshipped`] without naming them).
+    pub fn is_unshipped(&self, partition: Partition, seq: u64) -> bool {
+        self.lock().acked.values().any(|at| at.get(partition as usize).is_some_and(|&a| a < seq))
+    }
+
     /// Writes the cursors if they changed: one save at a time, each covering every change
     /// made before it started.
     async fn flush(&self) -> Result<(), OutboundError> {
@@ -281,8 +287,7 @@ impl TombstoneHold for UnshippedTombstones {
         if tombstone.origin.datacenter != self.datacenter || self.outbound.is_local(key) {
             return false;
         }
-        let behind = self.outbound.unshipped(partition, seq);
-        if behind.is_empty() {
+        if !self.outbound.is_unshipped(partition, seq) {
             return false;
         }
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -294,7 +299,7 @@ impl TombstoneHold for UnshippedTombstones {
         let purged = self.status.unshipped.fetch_add(1, Ordering::Relaxed) + 1;
         if purged % 1000 == 1 {
             tracing::warn!(
-                partition, key = %String::from_utf8_lossy(key), remotes = ?behind, purged,
+                partition, key = %String::from_utf8_lossy(key), remotes = ?self.outbound.unshipped(partition, seq), purged,
                 "purging tombstones these datacenters have not got after store.tombstone_hold: they may keep the deleted keys"
             );
         }
