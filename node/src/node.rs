@@ -205,6 +205,7 @@ pub async fn run(
         // Log bytes are written out in chunks of an eighth of the buffer, at most 4 MiB.
         wal_buffer_bytes: (config.store.write_buffer_bytes.as_usize() / 8).min(4 << 20),
         apply_delay: config.store.apply_delay,
+        apply_batch: crate::store::Engine::of(config.store.engine).apply_batch(config.store.cache_bytes.0),
     };
     let engine = EngineOptions {
         engine: crate::store::Engine::of(config.store.engine),

@@ -195,8 +195,11 @@ pub fn apply(config: &mut Config, explicit: &HashMap<String, String>, cgroup: Op
         }
     };
     let s = &mut config.store;
-    // The engine's cache: a fifth (the engine's own overhead runs above it).
-    set("store.cache_bytes", &mut s.cache_bytes, 5, 1 << 20);
+    // The engine's cache: a fifth (the engine's own overhead runs above it). LMDB caches
+    // in the kernel's page cache, outside the process: its setting bounds the page copies
+    // its commits hold (`Engine::apply_batch`), and what it leaves is page cache.
+    let cache_share = if s.engine == super::StoreEngine::Lmdb { 32 } else { 5 };
+    set("store.cache_bytes", &mut s.cache_bytes, cache_share, 1 << 20);
     // The write buffer: a tenth; past it writers wait (backpressure).
     set("store.write_buffer_bytes", &mut s.write_buffer_bytes, 10, 1 << 20);
     set("cluster.max_hint_bytes", &mut config.cluster.max_hint_bytes, 20, 1 << 20);
@@ -262,7 +265,9 @@ mod tests {
         };
         let b = apply(&mut c, &HashMap::new(), None);
         assert_eq!(b.bytes, Some(40 << 20));
-        assert_eq!(c.store.cache_bytes, ByteSize(8 << 20));
+        // LMDB's share: its page copies; its cache is the page cache, outside the budget.
+        assert_eq!(c.store.cache_bytes, ByteSize((40 << 20) / 32));
+        assert_eq!(crate::store::Engine::Lmdb.apply_batch(c.store.cache_bytes.0), 53);
         assert_eq!(c.store.write_buffer_bytes, ByteSize(4 << 20));
         assert_eq!(c.cluster.max_hint_bytes, ByteSize(2 << 20));
         assert_eq!(c.rpc.stream_window, ByteSize(160 << 10));
@@ -329,13 +334,20 @@ mod tests {
         let mut c = Config::default();
         let b = apply(&mut c, &HashMap::new(), None);
         assert_eq!((b.bytes, c.store.cache_bytes), (None, ByteSize(64 << 20)));
-        // In a 128 MiB container: 96 MiB budget, the cache lowered to a fifth of it.
+        // In a 128 MiB container: 96 MiB budget, the cache lowered to a fifth of it (to
+        // a thirty-second with LMDB, the default engine, whose cache is the page cache).
         let mut c = Config::default();
         let b = apply(&mut c, &explicit(&["store.write_buffer_bytes"]), Some(128 << 20));
         assert_eq!(b.bytes, Some(96 << 20));
-        assert_eq!(c.store.cache_bytes.0, (96 << 20) / 5);
+        assert_eq!(c.store.cache_bytes.0, (96 << 20) / 32);
         assert_eq!(c.store.write_buffer_bytes, ByteSize(32 << 20), "explicit, kept");
         assert_eq!(b.worker_threads, None);
+        let mut c = Config {
+            store: crate::config::StoreConfig { engine: crate::config::StoreEngine::Redb, ..Default::default() },
+            ..Config::default()
+        };
+        apply(&mut c, &explicit(&["store.engine"]), Some(128 << 20));
+        assert_eq!(c.store.cache_bytes.0, (96 << 20) / 5);
         // In a large one the defaults stand.
         let mut c = Config::default();
         apply(&mut c, &HashMap::new(), Some(16 << 30));

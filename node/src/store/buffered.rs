@@ -46,10 +46,10 @@ const LOCK_STRIPES: usize = 1024;
 const ENTRY_OVERHEAD: usize = 96;
 /// How often the applier looks at the buffer while it is waiting for work.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
-/// Records the applier writes to the engine in one batch: large enough that a B-tree's
-/// commit (LMDB syncs its data pages at each) is shared by many records, small enough
-/// that writers of the same keys wait only briefly for the stripes it holds.
-const APPLY_BATCH: usize = 512;
+/// Most records the applier writes to the engine in one batch (see
+/// [`BufferOptions::apply_batch`]): large enough that a B-tree's commit (LMDB syncs its
+/// data pages at each) is shared by many records.
+pub const APPLY_BATCH: usize = 512;
 /// Most bytes of keys and values the log replay at start writes to the engine in one batch.
 const REPLAY_BATCH_BYTES: usize = 1 << 20;
 
@@ -68,6 +68,10 @@ pub struct BufferOptions {
     pub wal_buffer_bytes: usize,
     /// Longest a record waits in the buffer before the applier starts.
     pub apply_delay: Duration,
+    /// Most records in one engine batch, at most [`APPLY_BATCH`]: the engine's memory
+    /// for a batch grows with it (LMDB copies every page a commit changes, and keeps the
+    /// copies of its largest commit for reuse until it closes).
+    pub apply_batch: usize,
 }
 
 /// Lets async writers wait for room in the buffer without blocking a thread.
@@ -236,6 +240,8 @@ struct Inner {
     /// Apply everything now, whatever the delay (`drain`).
     force: AtomicBool,
     apply_delay: Duration,
+    /// Most records in one engine batch.
+    apply_batch: usize,
     /// When the oldest record still buffered was written.
     oldest: Mutex<Option<std::time::Instant>>,
     wake: (Mutex<()>, Condvar),
@@ -258,6 +264,7 @@ impl BufferedStore {
     ) -> Result<Self, StoreError> {
         let (wal, replayed) = Wal::open(wal_dir, opts.wal_segment_bytes, opts.wal_buffer_bytes)?;
         let partitions = engine.partitions();
+        let apply_batch = opts.apply_batch.clamp(1, APPLY_BATCH);
         let engine_last = (0..partitions).map(|p| engine.last_seq(p)).max().unwrap_or(0);
         let base = next_epoch(wal_dir, engine_last)? << EPOCH_SHIFT;
         let numbers: Box<[AtomicU64]> =
@@ -281,7 +288,7 @@ impl BufferedStore {
                 let n = numbers[partition_of(key, partitions) as usize].fetch_add(1, Ordering::Relaxed) + 1;
                 batch_bytes += entry_size(key, record);
                 batch.insert(Bytes::copy_from_slice(key), (n, record.clone()));
-                if batch.len() >= APPLY_BATCH || batch_bytes >= REPLAY_BATCH_BYTES {
+                if batch.len() >= apply_batch || batch_bytes >= REPLAY_BATCH_BYTES {
                     let records: Vec<_> = batch.drain().map(|(k, (n, r))| (n, k, r)).collect();
                     engine.apply_numbered(&records)?;
                     batch_bytes = 0;
@@ -318,6 +325,7 @@ impl BufferedStore {
             stop: AtomicBool::new(false),
             force: AtomicBool::new(false),
             apply_delay: opts.apply_delay,
+            apply_batch,
             oldest: Mutex::new(None),
             wake: (Mutex::new(()), Condvar::new()),
             passed: Condvar::new(),
@@ -513,14 +521,14 @@ impl Inner {
     }
 
     fn apply_pass(&self) -> Result<(), StoreError> {
-        let mut pending: Vec<(Bytes, u64, Partition)> = Vec::with_capacity(APPLY_BATCH);
+        let mut pending: Vec<(Bytes, u64, Partition)> = Vec::with_capacity(self.apply_batch);
         for p in 0..self.partitions {
             {
                 let shard = self.shard(p);
                 pending.extend(shard.iter().map(|(k, e)| (k.clone(), e.seq, p)));
             }
-            while pending.len() >= APPLY_BATCH {
-                let rest = pending.split_off(APPLY_BATCH);
+            while pending.len() >= self.apply_batch {
+                let rest = pending.split_off(self.apply_batch);
                 self.apply_batch(&pending)?;
                 pending = rest;
             }
@@ -913,6 +921,7 @@ mod tests {
             wal_segment_bytes: 1 << 20,
             wal_buffer_bytes: 4096,
             apply_delay: Duration::from_secs(3600),
+            apply_batch: APPLY_BATCH,
         };
         BufferedStore::open(engine(dir), &dir.join("wal"), opts).unwrap()
     }

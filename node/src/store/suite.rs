@@ -457,6 +457,8 @@ fn buffered(engine: Engine, dir: &Path, limit: usize, apply_delay: Duration) -> 
         wal_segment_bytes: 1 << 20,
         wal_buffer_bytes: 4096,
         apply_delay,
+        // Small: the suite's few records still take several batches.
+        apply_batch: 3,
     };
     BufferedStore::open(open(engine, &dir.join("store"), 8), &dir.join("wal"), opts).unwrap()
 }

@@ -82,6 +82,23 @@ impl Engine {
         }
     }
 
+    /// Most records the write buffer should apply to this engine in one batch, when the
+    /// engine may use `cache_bytes` of memory. LMDB's cache is the kernel's page cache; its
+    /// own memory is the copy it makes of every page a commit changes, and it keeps the
+    /// copies of its largest commit for reuse until it closes. A record changes at most
+    /// about six pages (its data, index and sequence entries, the ones it replaces, the
+    /// purge entry), so LMDB's batches are sized to keep those copies within
+    /// `cache_bytes`. The other engines bound their memory by their cache setting.
+    pub fn apply_batch(self, cache_bytes: u64) -> usize {
+        const PAGES_PER_RECORD: u64 = 6;
+        const PAGE: u64 = 4096;
+        match self {
+            Engine::Lmdb => (cache_bytes / (PAGES_PER_RECORD * PAGE)).clamp(16, super::buffered::APPLY_BATCH as u64)
+                as usize,
+            Engine::Sled | Engine::Redb | Engine::Fjall => super::buffered::APPLY_BATCH,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Engine::Sled => "sled",
