@@ -268,6 +268,8 @@ mod tests {
         // LMDB's share: its page copies; its cache is the page cache, outside the budget.
         assert_eq!(c.store.cache_bytes, ByteSize((40 << 20) / 32));
         assert_eq!(crate::store::Engine::Lmdb.apply_batch(c.store.cache_bytes.0), 53);
+        assert_eq!(crate::store::Engine::Lmdb.apply_batch(64 << 20), 2730, "standard mode's default cache");
+        assert_eq!(crate::store::Engine::Redb.apply_batch(1 << 20), crate::store::buffered::APPLY_BATCH);
         assert_eq!(c.store.write_buffer_bytes, ByteSize(4 << 20));
         assert_eq!(c.cluster.max_hint_bytes, ByteSize(2 << 20));
         assert_eq!(c.rpc.stream_window, ByteSize(160 << 10));

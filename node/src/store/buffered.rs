@@ -46,10 +46,13 @@ const LOCK_STRIPES: usize = 1024;
 const ENTRY_OVERHEAD: usize = 96;
 /// How often the applier looks at the buffer while it is waiting for work.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
-/// Most records the applier writes to the engine in one batch (see
-/// [`BufferOptions::apply_batch`]): large enough that a B-tree's commit (LMDB syncs its
-/// data pages at each) is shared by many records.
+/// Records the applier writes to the engine in one batch unless the engine asks for
+/// another size ([`BufferOptions::apply_batch`]): large enough that a B-tree's commit is
+/// shared by many records.
 pub const APPLY_BATCH: usize = 512;
+/// The most records in one batch: the commit of a B-tree that syncs at each (LMDB) is
+/// shared by more records, and a page changed by several of them is written once.
+pub const APPLY_BATCH_MAX: usize = 8192;
 /// Most bytes of keys and values the log replay at start writes to the engine in one batch.
 const REPLAY_BATCH_BYTES: usize = 1 << 20;
 
@@ -68,7 +71,7 @@ pub struct BufferOptions {
     pub wal_buffer_bytes: usize,
     /// Longest a record waits in the buffer before the applier starts.
     pub apply_delay: Duration,
-    /// Most records in one engine batch, at most [`APPLY_BATCH`]: the engine's memory
+    /// Most records in one engine batch, at most [`APPLY_BATCH_MAX`]: the engine's memory
     /// for a batch grows with it (LMDB copies every page a commit changes, and keeps the
     /// copies of its largest commit for reuse until it closes).
     pub apply_batch: usize,
@@ -264,7 +267,7 @@ impl BufferedStore {
     ) -> Result<Self, StoreError> {
         let (wal, replayed) = Wal::open(wal_dir, opts.wal_segment_bytes, opts.wal_buffer_bytes)?;
         let partitions = engine.partitions();
-        let apply_batch = opts.apply_batch.clamp(1, APPLY_BATCH);
+        let apply_batch = opts.apply_batch.clamp(1, APPLY_BATCH_MAX);
         let engine_last = (0..partitions).map(|p| engine.last_seq(p)).max().unwrap_or(0);
         let base = next_epoch(wal_dir, engine_last)? << EPOCH_SHIFT;
         let numbers: Box<[AtomicU64]> =
