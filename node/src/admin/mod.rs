@@ -192,7 +192,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
     let server = &s.server;
     let cluster = &server.cluster;
     let flusher = cluster.flusher();
-    let stats = cluster.stats();
+    let stats = cluster.stats_off_workers().await;
     let purge = &server.purge_status;
     let waiting = waiting_for(&s);
     let (fsync, interval_ms) = match flusher.policy() {
@@ -271,7 +271,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Value> {
 async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     let server = &s.server;
     let m = &server.metrics;
-    let stats = server.cluster.stats();
+    let stats = server.cluster.stats_off_workers().await;
     m.keys.set(stats.keys as i64);
     m.expiring_keys.set(stats.expiring as i64);
     m.tombstones.set(stats.tombstones as i64);

@@ -263,6 +263,13 @@ impl Cluster {
         self.local.store.stats()
     }
 
+    /// [`Self::stats`] off the async workers: counting may read the engine once for each
+    /// buffered write not counted yet (a full write buffer under sustained writes).
+    pub async fn stats_off_workers(&self) -> StoreStats {
+        let store = self.local.store.clone();
+        tokio::task::spawn_blocking(move || store.stats()).await.unwrap_or_else(|_| self.stats())
+    }
+
     /// Whether partitions are placed on the node with id `node` (a data node that is alive
     /// or suspect and was verified over mutual TLS), as this node sees it.
     pub fn places(&self, node: u64) -> bool {

@@ -345,7 +345,10 @@ mod tests {
         assert_eq!(c.store.write_buffer_bytes, ByteSize(32 << 20), "explicit, kept");
         assert_eq!(b.worker_threads, None);
         let mut c = Config {
-            store: crate::config::StoreConfig { engine: crate::config::StoreEngine::Redb, ..Default::default() },
+            store: crate::config::StoreConfig {
+                engine: crate::config::StoreEngine::Redb,
+                ..Default::default()
+            },
             ..Config::default()
         };
         apply(&mut c, &explicit(&["store.engine"]), Some(128 << 20));

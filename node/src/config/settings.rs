@@ -388,7 +388,11 @@ pub const SETTINGS: &[Setting] = &[
         Kind::Duration,
         "Longest time between flushes with fsync=interval; a crash loses at most this [default: 1s]",
     ),
-    s("store.cache_bytes", Kind::Size, "Memory the storage engine may use as cache; with lmdb, whose cache is the page cache, the page copies a commit holds (it sets how many records go in one commit) [default: 64MiB]"),
+    s(
+        "store.cache_bytes",
+        Kind::Size,
+        "Memory the storage engine may use as cache; with lmdb, whose cache is the page cache, the page copies a commit holds (it sets how many records go in one commit) [default: 64MiB]",
+    ),
     s(
         "store.write_buffer_bytes",
         Kind::Size,

@@ -475,9 +475,12 @@ impl Inner {
     }
 
     /// Looks up what the engine holds for every buffered entry created without looking,
-    /// so that the counts are exact. Each shard is locked while its entries are looked
-    /// up: the applier cannot apply one of them meanwhile. Costs one engine read per
-    /// entry not yet looked up; entries applied first never need one.
+    /// so that the counts are exact. Each shard stays locked while its entries are looked
+    /// up, so the applier cannot drop one of them meanwhile; it may write one to the
+    /// engine, and then the read finds the entry's own record, which is right too: an
+    /// entry's base is added back when the applier drops it, so what it reads only
+    /// matters until then. One engine read per entry not yet looked up; entries applied
+    /// first never need one.
     fn resolve_bases(&self) -> Result<(), StoreError> {
         if self.unresolved.load(Ordering::Relaxed) == 0 {
             return Ok(());

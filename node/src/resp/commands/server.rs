@@ -223,7 +223,11 @@ pub(super) fn time(ctx: &mut Ctx<'_>) -> CmdResult {
 /// Redis); in a cluster every partition is counted once, by one of its owners.
 pub(super) async fn dbsize(ctx: &mut Ctx<'_>) -> CmdResult {
     let cluster = &ctx.state.cluster;
-    let n = if cluster.is_clustered() { cluster.count(ctx.now_ms).await? } else { cluster.stats().keys };
+    let n = if cluster.is_clustered() {
+        cluster.count(ctx.now_ms).await?
+    } else {
+        cluster.stats_off_workers().await.keys
+    };
     ctx.int(n as i64)
 }
 
