@@ -28,7 +28,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -248,6 +248,11 @@ struct Inner {
     apply_delay: Duration,
     /// Most records in one engine batch.
     apply_batch: usize,
+    /// Held shared by a writer from its log append until its records are in the buffer,
+    /// and exclusively by the applier to read how far the log goes before a pass: so that
+    /// every write logged up to that point is in the buffer, and the pass applies it (or a
+    /// newer write of its key) before the log segments holding it are deleted.
+    log_gate: RwLock<()>,
     /// When the oldest record still buffered was written.
     oldest: Mutex<Option<std::time::Instant>>,
     wake: (Mutex<()>, Condvar),
@@ -268,43 +273,53 @@ impl BufferedStore {
         wal_dir: &std::path::Path,
         opts: BufferOptions,
     ) -> Result<Self, StoreError> {
-        let (wal, replayed) = Wal::open(wal_dir, opts.wal_segment_bytes, opts.wal_buffer_bytes)?;
         let partitions = engine.partitions();
         let apply_batch = opts.apply_batch.clamp(1, APPLY_BATCH_MAX);
         let engine_last = (0..partitions).map(|p| engine.last_seq(p)).max().unwrap_or(0);
+        std::fs::create_dir_all(wal_dir).map_err(|e| {
+            StoreError::Io(format!("write-ahead log {}: create directory: {e}", wal_dir.display()))
+        })?;
         let base = next_epoch(wal_dir, engine_last)? << EPOCH_SHIFT;
         let numbers: Box<[AtomicU64]> =
             (0..partitions).map(|p| AtomicU64::new(engine.last_seq(p).max(base))).collect();
-        if !replayed.is_empty() {
-            let started = std::time::Instant::now();
-            // Replayed records get numbers of this run: a number of the last run may
-            // have been handed out for one of them and then lost with the log's tail.
-            // Batches are bounded in bytes too, like the engine's own pace: one batch of
-            // 512 large values would hold hundreds of MiB in one engine transaction.
-            let mut batch: HashMap<Bytes, (u64, Record)> = HashMap::new();
-            let mut batch_bytes = 0;
-            for (key, record) in replayed.iter() {
-                let current = match batch.get(&key[..]) {
-                    Some((_, r)) => Some(r.clone()),
-                    None => engine.get(key)?,
-                };
-                if !record.wins_over(current.as_ref()) {
-                    continue;
-                }
-                let n = numbers[partition_of(key, partitions) as usize].fetch_add(1, Ordering::Relaxed) + 1;
-                batch_bytes += entry_size(key, record);
-                batch.insert(Bytes::copy_from_slice(key), (n, record.clone()));
-                if batch.len() >= apply_batch || batch_bytes >= REPLAY_BATCH_BYTES {
-                    let records: Vec<_> = batch.drain().map(|(k, (n, r))| (n, k, r)).collect();
-                    engine.apply_numbered(&records)?;
-                    batch_bytes = 0;
-                }
-            }
+        // Replayed records get numbers of this run: a number of the last run may have
+        // been handed out for one of them and then lost with the log's tail. Batches are
+        // bounded in bytes too, like the engine's own pace: one batch of 512 large values
+        // would hold hundreds of MiB in one engine transaction.
+        let started = std::time::Instant::now();
+        let mut batch: HashMap<Bytes, (u64, Record)> = HashMap::new();
+        let (mut batch_bytes, mut replayed) = (0, 0usize);
+        let apply = |batch: &mut HashMap<Bytes, (u64, Record)>| {
             let records: Vec<_> = batch.drain().map(|(k, (n, r))| (n, k, r)).collect();
-            engine.apply_numbered(&records)?;
+            engine.apply_numbered(&records)
+        };
+        let wal =
+            Wal::open_replaying(wal_dir, opts.wal_segment_bytes, opts.wal_buffer_bytes, &mut |records| {
+                for (key, record) in records {
+                    replayed += 1;
+                    let current = match batch.get(&key) {
+                        Some((_, r)) => Some(r.clone()),
+                        None => engine.get(&key)?,
+                    };
+                    if !record.wins_over(current.as_ref()) {
+                        continue;
+                    }
+                    let n =
+                        numbers[partition_of(&key, partitions) as usize].fetch_add(1, Ordering::Relaxed) + 1;
+                    batch_bytes += entry_size(&key, &record);
+                    batch.insert(key, (n, record));
+                    if batch.len() >= apply_batch || batch_bytes >= REPLAY_BATCH_BYTES {
+                        apply(&mut batch)?;
+                        batch_bytes = 0;
+                    }
+                }
+                Ok(())
+            })?;
+        if replayed > 0 {
+            apply(&mut batch)?;
             engine.flush()?;
             tracing::info!(
-                records = replayed.len(),
+                records = replayed,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "replayed the write-ahead log into the store"
             );
@@ -333,6 +348,7 @@ impl BufferedStore {
             force: AtomicBool::new(false),
             apply_delay: opts.apply_delay,
             apply_batch,
+            log_gate: RwLock::new(()),
             oldest: Mutex::new(None),
             wake: (Mutex::new(()), Condvar::new()),
             passed: Condvar::new(),
@@ -463,6 +479,11 @@ impl Inner {
         Ok(())
     }
 
+    /// Held by a writer from its log append until its records are buffered (`log_gate`).
+    fn enter_log(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.log_gate.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Takes an entry's base out of the counts: what the engine held is now counted by
     /// the engine itself.
     fn release_base(&self, base: Option<StoreStats>) {
@@ -475,23 +496,44 @@ impl Inner {
     }
 
     /// Looks up what the engine holds for every buffered entry created without looking,
-    /// so that the counts are exact. Each shard stays locked while its entries are looked
-    /// up, so the applier cannot drop one of them meanwhile; it may write one to the
-    /// engine, and then the read finds the entry's own record, which is right too: an
-    /// entry's base is added back when the applier drops it, so what it reads only
-    /// matters until then. One engine read per entry not yet looked up; entries applied
-    /// first never need one.
+    /// so that the counts are exact. The engine is read with no shard locked (a read may
+    /// wait for the disk, and writers take the shards on the async workers); a result is
+    /// kept only if the entry is still the one looked up, with the same change number. The
+    /// applier may have written that entry to the engine meanwhile, and then the read
+    /// found the entry's own record, which is right too: an entry's base is added back
+    /// when the applier drops it, so what it holds only matters until then. An entry
+    /// rewritten during the look-up stays uncounted until the next one or until it is
+    /// applied. One engine read per entry not yet looked up; entries applied first never
+    /// need one.
     fn resolve_bases(&self) -> Result<(), StoreError> {
         if self.unresolved.load(Ordering::Relaxed) == 0 {
             return Ok(());
         }
         for p in 0..self.partitions {
+            let wanted: Vec<(Bytes, u64)> = self
+                .shard(p)
+                .iter()
+                .filter(|(_, e)| e.base.is_none())
+                .map(|(k, e)| (k.clone(), e.seq))
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let mut found = Vec::with_capacity(wanted.len());
+            for (key, seq) in wanted {
+                let base = counts(self.engine.get(&key)?.as_ref());
+                found.push((key, seq, base));
+            }
             let mut shard = self.shard(p);
-            for (key, e) in shard.iter_mut().filter(|(_, e)| e.base.is_none()) {
-                let base = counts(self.engine.get(key)?.as_ref());
-                self.add_delta(base, -1);
-                e.base = Some(base);
-                self.unresolved.fetch_sub(1, Ordering::Relaxed);
+            for (key, seq, base) in found {
+                if let Some(e) = shard.get_mut(&key)
+                    && e.seq == seq
+                    && e.base.is_none()
+                {
+                    self.add_delta(base, -1);
+                    e.base = Some(base);
+                    self.unresolved.fetch_sub(1, Ordering::Relaxed);
+                }
             }
         }
         Ok(())
@@ -529,7 +571,18 @@ impl Inner {
                 let _ = self.wake.1.wait_timeout(g, IDLE_WAIT);
                 continue;
             }
-            let pass_seq = self.wal.last_seq();
+            // A segment larger than the buffer is closed first, so that the checkpoint
+            // after this pass can delete it: the log then holds about what is unapplied,
+            // and a restart replays that, not everything since the segment began.
+            if self.wal.current_segment_bytes() >= self.budget.limit as u64
+                && let Err(e) = self.wal.roll()
+            {
+                tracing::warn!(error = %e, "starting a new write-ahead log segment failed; will retry");
+            }
+            let pass_seq = {
+                let _gate = self.log_gate.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+                self.wal.last_seq()
+            };
             let pass_started = std::time::Instant::now();
             let result = self.apply_pass();
             {
@@ -690,6 +743,7 @@ impl Store for BufferedStore {
             return Err(refused);
         }
         let logged: Vec<(&[u8], &Record)> = puts.iter().map(|(n, r)| (keys[*n], r)).collect();
+        let _gate = i.enter_log();
         i.wal.append(&logged)?;
         for (n, record) in puts.iter() {
             let engine_record = in_engine[*n].then_some(current[*n].as_ref());
@@ -709,6 +763,7 @@ impl Store for BufferedStore {
         }
         let _stripe = lock(i.stripe(key));
         let record = make();
+        let _gate = i.enter_log();
         i.wal.append(&[(key, &record)])?;
         i.buffer(partition_of(key, i.partitions), key, record, None)
     }
@@ -992,6 +1047,28 @@ mod tests {
         assert_eq!(s.stats(), StoreStats { keys: 2, expiring: 1, tombstones: 1 });
         s.drain();
         assert_eq!(s.stats(), StoreStats { keys: 2, expiring: 1, tombstones: 1 });
+    }
+
+    #[test]
+    fn the_log_keeps_about_what_is_unapplied_not_a_whole_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        // A 64 KiB buffer in front of 1 MiB log segments.
+        let s = open(dir.path(), 64 << 10);
+        static BIG: [u8; 1000] = [b'v'; 1000];
+        for n in 0..900u64 {
+            let key = format!("key{n}");
+            s.put(key.as_bytes(), &mut || rec(Some(&BIG), 100 + n, None)).unwrap();
+        }
+        s.drain();
+        s.drain();
+        // 900 KB were logged and all of it is applied: the segment holding it was closed
+        // before a pass and deleted after it, so a restart replays nothing stale.
+        let wal = s.status().wal_bytes;
+        assert!(wal < 64 << 10, "the log still holds {wal} bytes");
+        drop(s);
+        let s = open(dir.path(), 64 << 10);
+        assert_eq!(s.stats().keys, 900);
+        assert_eq!(value(&s, b"key899").map(|v| v.len()), Some(1000));
     }
 
     #[test]
