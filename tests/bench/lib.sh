@@ -121,7 +121,7 @@ wait_eval() {
 # declares). Waits until every node answers PING and places partitions on all the nodes of
 # its datacenter; exits through the caller's `fail` if one does not within 60 s.
 start_datacenters() {
-  local nodes=$1 dc i n deadline
+  local nodes=$1 dc i n
   shift
   "$PKI" init --cluster acme --out "$WORK/ca" >/dev/null
   for dc in dc1 dc2; do
@@ -144,10 +144,6 @@ start_datacenters() {
   done
   for n in "${!CLIENT[@]}"; do wait_ping "${CLIENT[$n]}" 60; done
   for n in "${!ADMIN[@]}"; do
-    deadline=$((SECONDS + 60))
-    until curl -sf "127.0.0.1:${ADMIN[$n]}/v1/status" | jq -e ".placement.nodes == $nodes" >/dev/null; do
-      [ $SECONDS -lt $deadline ] || fail "$n never placed partitions on $nodes nodes"
-      sleep 0.1
-    done
+    wait_eval "curl -sf 127.0.0.1:${ADMIN[$n]}/v1/status | jq -e '.placement.nodes == $nodes' >/dev/null" 60
   done
 }

@@ -188,6 +188,7 @@ const EPOCH_FILE: &str = "numbering-epoch";
 fn next_epoch(wal_dir: &std::path::Path, engine_last: u64) -> Result<u64, StoreError> {
     let path = wal_dir.join(EPOCH_FILE);
     let io = |e: std::io::Error| StoreError::Io(format!("numbering epoch file {}: {e}", path.display()));
+    std::fs::create_dir_all(wal_dir).map_err(io)?;
     let recorded = match std::fs::read_to_string(&path) {
         Ok(text) => text.trim().parse::<u64>().map_err(|e| StoreError::Open {
             path: path.clone(),
@@ -265,6 +266,59 @@ pub struct BufferedStore {
     applier: Option<JoinHandle<()>>,
 }
 
+/// Opens the log in `wal_dir`, writing what it holds from an earlier run into `engine`
+/// (each record that wins over the engine's, numbered from `numbers`), and returns it.
+fn replay(
+    engine: &dyn Store,
+    wal_dir: &std::path::Path,
+    opts: &BufferOptions,
+    apply_batch: usize,
+    numbers: &[AtomicU64],
+) -> Result<Arc<Wal>, StoreError> {
+    // Replayed records get numbers of this run: a number of the last run may have been
+    // handed out for one of them and then lost with the log's tail. Batches are bounded
+    // in bytes too, like the engine's own pace: one batch of 512 large values would hold
+    // hundreds of MiB in one engine transaction.
+    let partitions = engine.partitions();
+    let started = std::time::Instant::now();
+    let mut batch: HashMap<Bytes, (u64, Record)> = HashMap::new();
+    let (mut batch_bytes, mut replayed) = (0, 0usize);
+    let apply = |batch: &mut HashMap<Bytes, (u64, Record)>| {
+        let records: Vec<_> = batch.drain().map(|(k, (n, r))| (n, k, r)).collect();
+        engine.apply_numbered(&records)
+    };
+    let wal = Wal::open_replaying(wal_dir, opts.wal_segment_bytes, opts.wal_buffer_bytes, &mut |records| {
+        for (key, record) in records {
+            replayed += 1;
+            let current = match batch.get(&key) {
+                Some((_, r)) => Some(r.clone()),
+                None => engine.get(&key)?,
+            };
+            if !record.wins_over(current.as_ref()) {
+                continue;
+            }
+            let n = numbers[partition_of(&key, partitions) as usize].fetch_add(1, Ordering::Relaxed) + 1;
+            batch_bytes += entry_size(&key, &record);
+            batch.insert(key, (n, record));
+            if batch.len() >= apply_batch || batch_bytes >= REPLAY_BATCH_BYTES {
+                apply(&mut batch)?;
+                batch_bytes = 0;
+            }
+        }
+        Ok(())
+    })?;
+    if replayed > 0 {
+        apply(&mut batch)?;
+        engine.flush()?;
+        tracing::info!(
+            records = replayed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "replayed the write-ahead log into the store"
+        );
+    }
+    Ok(wal)
+}
+
 impl BufferedStore {
     /// Wraps `engine`, replaying what the log in `wal_dir` holds from an earlier run into
     /// it first, and starts the applier thread.
@@ -276,54 +330,10 @@ impl BufferedStore {
         let partitions = engine.partitions();
         let apply_batch = opts.apply_batch.clamp(1, APPLY_BATCH_MAX);
         let engine_last = (0..partitions).map(|p| engine.last_seq(p)).max().unwrap_or(0);
-        std::fs::create_dir_all(wal_dir).map_err(|e| {
-            StoreError::Io(format!("write-ahead log {}: create directory: {e}", wal_dir.display()))
-        })?;
         let base = next_epoch(wal_dir, engine_last)? << EPOCH_SHIFT;
         let numbers: Box<[AtomicU64]> =
             (0..partitions).map(|p| AtomicU64::new(engine.last_seq(p).max(base))).collect();
-        // Replayed records get numbers of this run: a number of the last run may have
-        // been handed out for one of them and then lost with the log's tail. Batches are
-        // bounded in bytes too, like the engine's own pace: one batch of 512 large values
-        // would hold hundreds of MiB in one engine transaction.
-        let started = std::time::Instant::now();
-        let mut batch: HashMap<Bytes, (u64, Record)> = HashMap::new();
-        let (mut batch_bytes, mut replayed) = (0, 0usize);
-        let apply = |batch: &mut HashMap<Bytes, (u64, Record)>| {
-            let records: Vec<_> = batch.drain().map(|(k, (n, r))| (n, k, r)).collect();
-            engine.apply_numbered(&records)
-        };
-        let wal =
-            Wal::open_replaying(wal_dir, opts.wal_segment_bytes, opts.wal_buffer_bytes, &mut |records| {
-                for (key, record) in records {
-                    replayed += 1;
-                    let current = match batch.get(&key) {
-                        Some((_, r)) => Some(r.clone()),
-                        None => engine.get(&key)?,
-                    };
-                    if !record.wins_over(current.as_ref()) {
-                        continue;
-                    }
-                    let n =
-                        numbers[partition_of(&key, partitions) as usize].fetch_add(1, Ordering::Relaxed) + 1;
-                    batch_bytes += entry_size(&key, &record);
-                    batch.insert(key, (n, record));
-                    if batch.len() >= apply_batch || batch_bytes >= REPLAY_BATCH_BYTES {
-                        apply(&mut batch)?;
-                        batch_bytes = 0;
-                    }
-                }
-                Ok(())
-            })?;
-        if replayed > 0 {
-            apply(&mut batch)?;
-            engine.flush()?;
-            tracing::info!(
-                records = replayed,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "replayed the write-ahead log into the store"
-            );
-        }
+        let wal = replay(&*engine, wal_dir, &opts, apply_batch, &numbers)?;
         wal.checkpoint(wal.last_seq())?;
         let inner = Arc::new(Inner {
             engine,
