@@ -33,8 +33,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use xxhash_rust::xxh3::{Xxh3Builder, xxh3_64};
+use xxhash_rust::xxh3::xxh3_64;
 
+use super::packed::{Shard, counts, key_bytes};
 use super::wal::Wal;
 use super::{Changes, Store, StoreError, StoreStats, TombstoneHold, Write, chunk_bytes};
 use crate::hlc::Hlc;
@@ -42,8 +43,6 @@ use crate::placement::{Partition, partition_of};
 use crate::record::Record;
 
 const LOCK_STRIPES: usize = 1024;
-/// Per-record overhead counted against the budget besides key and value bytes.
-const ENTRY_OVERHEAD: usize = 96;
 /// How often the applier looks at the buffer while it is waiting for work.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// Records the applier writes to the engine in one batch unless the engine asks for
@@ -156,15 +155,6 @@ pub struct BufferStatus {
     pub wal_bytes: u64,
 }
 
-struct Entry {
-    record: Record,
-    /// What the engine held for this key when the entry was created, as counts; `None`
-    /// until looked up (a plain SET does not read the engine: [`Inner::resolve_bases`]).
-    base: Option<StoreStats>,
-    /// The record's change number in its partition.
-    seq: u64,
-}
-
 /// Bits of a change number below its numbering epoch.
 pub const EPOCH_SHIFT: u32 = 40;
 
@@ -206,29 +196,21 @@ fn next_epoch(wal_dir: &std::path::Path, engine_last: u64) -> Result<u64, StoreE
     Ok(epoch)
 }
 
-fn counts(r: Option<&Record>) -> StoreStats {
-    let mut s = StoreStats::default();
-    if let Some(r) = r {
-        match r.value {
-            Some(_) => {
-                s.keys = 1;
-                s.expiring = u64::from(r.expires_at_ms.is_some());
-            }
-            None => s.tombstones = 1,
-        }
-    }
-    s
-}
-
-fn entry_size(key: &[u8], r: &Record) -> usize {
-    key.len() + r.value.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD
+/// The bytes of a key and its value.
+fn payload_bytes(key: &[u8], r: &Record) -> usize {
+    key.len() + r.value.as_ref().map_or(0, |v| v.len())
 }
 
 struct Inner {
     engine: Arc<dyn Store>,
     wal: Arc<Wal>,
     partitions: u16,
-    shards: Box<[Mutex<HashMap<Bytes, Entry, Xxh3Builder>>]>,
+    /// The buffered records of each partition; each entry holds what the engine held for
+    /// its key as counts, `None` until looked up (a plain SET does not read the engine:
+    /// [`Inner::resolve_bases`]).
+    shards: Box<[Mutex<Shard>]>,
+    /// The origin datacenters' names, shared by the records read out of the buffer.
+    datacenters: Mutex<Vec<Arc<str>>>,
     locks: Box<[Mutex<()>]>,
     budget: WriteBudget,
     /// Counts of the buffered records minus the counts they replace in the engine.
@@ -298,7 +280,7 @@ fn replay(
                 continue;
             }
             let n = numbers[partition_of(&key, partitions) as usize].fetch_add(1, Ordering::Relaxed) + 1;
-            batch_bytes += entry_size(&key, &record);
+            batch_bytes += payload_bytes(&key, &record);
             batch.insert(key, (n, record));
             if batch.len() >= apply_batch || batch_bytes >= REPLAY_BATCH_BYTES {
                 apply(&mut batch)?;
@@ -339,7 +321,8 @@ impl BufferedStore {
             engine,
             wal,
             partitions,
-            shards: (0..partitions).map(|_| Mutex::new(HashMap::default())).collect(),
+            shards: (0..partitions).map(|_| Mutex::new(Shard::default())).collect(),
+            datacenters: Mutex::new(Vec::new()),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             budget: WriteBudget {
                 used: AtomicUsize::new(0),
@@ -418,8 +401,31 @@ impl Inner {
         &self.locks[(xxh3_64(key) as usize) % LOCK_STRIPES]
     }
 
-    fn shard(&self, p: Partition) -> MutexGuard<'_, HashMap<Bytes, Entry, Xxh3Builder>> {
+    fn shard(&self, p: Partition) -> MutexGuard<'_, Shard> {
         lock(&self.shards[p as usize])
+    }
+
+    /// The shared name of a buffered record's origin datacenter.
+    fn intern(&self, name: &str) -> Arc<str> {
+        let mut names = lock(&self.datacenters);
+        if let Some(known) = names.iter().find(|n| &***n == name) {
+            return known.clone();
+        }
+        let name: Arc<str> = Arc::from(name);
+        // A few datacenters in practice; a flood of names is not kept.
+        if names.len() < 64 {
+            names.push(name.clone());
+        }
+        name
+    }
+
+    /// Changes the budget's count by what a shard's memory changed.
+    fn charge(&self, before: usize, after: usize) {
+        if after >= before {
+            self.budget.used.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.budget.used.fetch_sub(before - after, Ordering::Relaxed);
+        }
     }
 
     fn wake_applier(&self) {
@@ -436,7 +442,7 @@ impl Inner {
     /// The current record of `key`: the buffered one, else the engine's.
     fn read(&self, p: Partition, key: &[u8]) -> Result<Option<Record>, StoreError> {
         if let Some(e) = self.shard(p).get(key) {
-            return Ok(Some(e.record.clone()));
+            return Ok(Some(e.record(|dc| self.intern(dc))));
         }
         self.engine.get(key)
     }
@@ -447,43 +453,36 @@ impl Inner {
         &self,
         p: Partition,
         key: &[u8],
-        mut record: Record,
+        record: &Record,
         engine_record: Option<Option<&Record>>,
     ) -> Result<(), StoreError> {
-        // A value may be a slice of a connection's read buffer: copy it, or every
-        // buffered record would pin a whole read buffer in memory.
-        record.value = record.value.map(|v| Bytes::copy_from_slice(&v));
-        let size = entry_size(key, &record);
         let mut shard = self.shard(p);
-        if let Some(e) = shard.get_mut(key) {
-            let seq = self.number(p);
-            // Replaced in place: what the engine holds (`base`) is unchanged.
-            self.add_delta(counts(Some(&e.record)), -1);
-            self.add_delta(counts(Some(&record)), 1);
-            self.budget.used.fetch_sub(entry_size(key, &e.record), Ordering::Relaxed);
-            self.budget.used.fetch_add(size, Ordering::Relaxed);
-            e.record = record;
-            e.seq = seq;
-            drop(shard);
-            self.signal.wake();
-            return Ok(());
-        }
+        let before = shard.bytes();
+        let seq = self.number(p);
         // What the engine holds is only looked up when asked for (`resolve_bases`): a
         // B-tree read per SET cost a tenth of a node's CPU under sustained writes.
         let base = engine_record.map(counts);
-        self.add_delta(counts(Some(&record)), 1);
-        match base {
-            Some(b) => self.add_delta(b, -1),
+        let replaced = match shard.get(key) {
+            // Replaced in place: what the engine holds (`base`) is unchanged.
+            Some(e) => e.base(),
+            None => base,
+        };
+        match shard.insert(key, seq, replaced, record) {
+            Some((old, _)) => self.add_delta(old, -1),
             None => {
-                self.unresolved.fetch_add(1, Ordering::Relaxed);
+                match base {
+                    Some(b) => self.add_delta(b, -1),
+                    None => {
+                        self.unresolved.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if self.records.fetch_add(1, Ordering::Release) == 0 {
+                    lock(&self.oldest).get_or_insert_with(std::time::Instant::now);
+                }
             }
         }
-        self.budget.used.fetch_add(size, Ordering::Relaxed);
-        if self.records.fetch_add(1, Ordering::Release) == 0 {
-            lock(&self.oldest).get_or_insert_with(std::time::Instant::now);
-        }
-        let seq = self.number(p);
-        shard.insert(Bytes::copy_from_slice(key), Entry { record, base, seq });
+        self.add_delta(counts(Some(record)), 1);
+        self.charge(before, shard.bytes());
         drop(shard);
         self.signal.wake();
         Ok(())
@@ -492,6 +491,22 @@ impl Inner {
     /// Held by a writer from its log append until its records are buffered (`log_gate`).
     fn enter_log(&self) -> std::sync::RwLockReadGuard<'_, ()> {
         self.log_gate.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every record buffered for partition `p` now: change number, key and record.
+    fn buffered(&self, p: Partition) -> impl Iterator<Item = (u64, Bytes, Record)> {
+        let shard = self.shard(p);
+        let all: Vec<_> =
+            shard.iter().map(|e| (e.seq(), key_bytes(e), e.record(|dc| self.intern(dc)))).collect();
+        all.into_iter()
+    }
+
+    /// Gives back the table memory of a partition most of whose records were applied.
+    fn shrink(&self, p: Partition) {
+        let mut shard = self.shard(p);
+        let before = shard.bytes();
+        shard.shrink();
+        self.charge(before, shard.bytes());
     }
 
     /// Takes an entry's base out of the counts: what the engine held is now counted by
@@ -523,8 +538,8 @@ impl Inner {
             let wanted: Vec<(Bytes, u64)> = self
                 .shard(p)
                 .iter()
-                .filter(|(_, e)| e.base.is_none())
-                .map(|(k, e)| (k.clone(), e.seq))
+                .filter(|e| e.base().is_none())
+                .map(|e| (key_bytes(e), e.seq()))
                 .collect();
             if wanted.is_empty() {
                 continue;
@@ -536,12 +551,9 @@ impl Inner {
             }
             let mut shard = self.shard(p);
             for (key, seq, base) in found {
-                if let Some(e) = shard.get_mut(&key)
-                    && e.seq == seq
-                    && e.base.is_none()
-                {
+                if shard.get(&key).is_some_and(|e| e.seq() == seq && e.base().is_none()) {
+                    shard.set_base(&key, Some(seq), base);
                     self.add_delta(base, -1);
-                    e.base = Some(base);
                     self.unresolved.fetch_sub(1, Ordering::Relaxed);
                 }
             }
@@ -627,7 +639,7 @@ impl Inner {
         for p in 0..self.partitions {
             {
                 let shard = self.shard(p);
-                pending.extend(shard.iter().map(|(k, e)| (k.clone(), e.seq, p)));
+                pending.extend(shard.iter().map(|e| (key_bytes(e), e.seq(), p)));
             }
             while pending.len() >= self.apply_batch {
                 let rest = pending.split_off(self.apply_batch);
@@ -654,8 +666,8 @@ impl Inner {
         let mut parts = Vec::with_capacity(batch.len());
         for (key, seq, p) in batch {
             match self.shard(*p).get(key) {
-                Some(e) if e.seq == *seq => {
-                    records.push((*seq, key.clone(), e.record.clone()));
+                Some(e) if e.seq() == *seq => {
+                    records.push((*seq, key.clone(), e.record(|dc| self.intern(dc))));
                     parts.push(*p);
                 }
                 _ => {} // rewritten since: the newer entry is applied later
@@ -668,27 +680,32 @@ impl Inner {
         // what the engine held when it was written, and only this thread changes the
         // engine's records since.
         self.engine.apply_numbered(&records)?;
+        let mut last_partition = None;
         for ((seq, key, applied), p) in records.iter().zip(parts) {
-            let seq = *seq;
-            let mut shard = self.shard(p);
-            let Some(e) = shard.get_mut(key) else { continue };
-            if e.seq != seq {
-                // Rewritten during the batch: the engine now holds `applied`, which is
-                // what the newer entry replaces (its counts are taken against that).
-                self.release_base(e.base);
-                let base = counts(Some(applied));
-                self.add_delta(base, -1);
-                e.base = Some(base);
-                continue;
+            if last_partition != Some(p) {
+                // A partition is done with once its records are: give back its table.
+                if let Some(done) = last_partition.replace(p) {
+                    self.shrink(done);
+                }
             }
-            if let Some(e) = shard.remove(key) {
+            let mut shard = self.shard(p);
+            let before = shard.bytes();
+            if let Some((record, base)) = shard.remove_if(key, *seq) {
                 // The engine's counts now include the record; the delta no longer does.
-                self.add_delta(counts(Some(&e.record)), -1);
-                self.release_base(e.base);
-                self.budget.used.fetch_sub(entry_size(key, &e.record), Ordering::Relaxed);
+                self.add_delta(record, -1);
+                self.release_base(base);
                 self.records.fetch_sub(1, Ordering::Release);
                 self.applied.fetch_add(1, Ordering::Relaxed);
+            } else if let Some(old) = shard.set_base(key, None, counts(Some(applied))) {
+                // Rewritten during the batch: the engine now holds `applied`, which is
+                // what the newer entry replaces (its counts are taken against that).
+                self.release_base(old);
+                self.add_delta(counts(Some(applied)), -1);
             }
+            self.charge(before, shard.bytes());
+        }
+        if let Some(done) = last_partition {
+            self.shrink(done);
         }
         self.budget.room.notify_waiters();
         Ok(())
@@ -711,7 +728,7 @@ impl Store for BufferedStore {
     fn get_value(&self, key: &[u8], now_ms: u64) -> Result<Option<Bytes>, StoreError> {
         let p = partition_of(key, self.inner.partitions);
         if let Some(e) = self.inner.shard(p).get(key) {
-            return Ok(e.record.live_value(now_ms).cloned());
+            return Ok(e.view().live_value(now_ms).map(Bytes::copy_from_slice));
         }
         self.inner.engine.get_value(key, now_ms)
     }
@@ -731,7 +748,7 @@ impl Store for BufferedStore {
         let mut in_engine: Vec<bool> = Vec::with_capacity(keys.len());
         let mut current = Vec::with_capacity(keys.len());
         for (k, &p) in keys.iter().zip(&parts) {
-            let buffered = i.shard(p).get(*k).map(|e| e.record.clone());
+            let buffered = i.shard(p).get(k).map(|e| e.record(|dc| i.intern(dc)));
             in_engine.push(buffered.is_none());
             current.push(match buffered {
                 Some(r) => Some(r),
@@ -758,7 +775,7 @@ impl Store for BufferedStore {
         i.wal.append(&logged)?;
         for (n, record) in puts.iter() {
             let engine_record = in_engine[*n].then_some(current[*n].as_ref());
-            i.buffer(parts[*n], keys[*n], record.clone(), engine_record)?;
+            i.buffer(parts[*n], keys[*n], record, engine_record)?;
             // A key repeated in this update is buffered now: later writes replace it.
             if let Some(flag) = in_engine.get_mut(*n) {
                 *flag = false;
@@ -776,12 +793,12 @@ impl Store for BufferedStore {
         let record = make();
         let _gate = i.enter_log();
         i.wal.append(&[(key, &record)])?;
-        i.buffer(partition_of(key, i.partitions), key, record, None)
+        i.buffer(partition_of(key, i.partitions), key, &record, None)
     }
 
     fn max_hlc(&self) -> Result<Hlc, StoreError> {
         let i = &*self.inner;
-        let buffered = i.shards.iter().flat_map(|s| lock(s).values().map(|e| e.record.hlc).max()).max();
+        let buffered = i.shards.iter().flat_map(|s| lock(s).iter().map(|e| e.hlc()).max()).max();
         Ok(i.engine.max_hlc()?.max(buffered.unwrap_or(Hlc::ZERO)))
     }
 
@@ -791,7 +808,7 @@ impl Store for BufferedStore {
         visit: &mut dyn FnMut(&[u8], &Record),
     ) -> Result<(), StoreError> {
         let buffered: BTreeMap<Bytes, Record> =
-            self.inner.shard(partition).iter().map(|(k, e)| (k.clone(), e.record.clone())).collect();
+            self.inner.buffered(partition).map(|(_, k, r)| (k, r)).collect();
         let mut merged: BTreeMap<Bytes, Record> = BTreeMap::new();
         self.inner.engine.scan_partition(partition, &mut |k, r| {
             if !buffered.contains_key(k) {
@@ -816,7 +833,7 @@ impl Store for BufferedStore {
         max_bytes: usize,
     ) -> Result<Changes, StoreError> {
         let buffered: HashMap<Bytes, Record> =
-            self.inner.shard(partition).iter().map(|(k, e)| (k.clone(), e.record.clone())).collect();
+            self.inner.buffered(partition).map(|(_, k, r)| (k, r)).collect();
         let engine = self.inner.engine.changes_since(partition, since, limit, max_bytes)?;
         let mut all: Vec<(Bytes, Record)> =
             engine.records.into_iter().filter(|(k, _)| !buffered.contains_key(k)).collect();
@@ -861,12 +878,13 @@ impl Store for BufferedStore {
         max_bytes: usize,
     ) -> Result<super::Sequenced, StoreError> {
         let (head, mut buffered): (u64, Vec<(u64, Bytes, Record)>) = {
-            let shard = self.inner.shard(partition);
-            let head = self.inner.numbers[partition as usize].load(Ordering::Relaxed);
+            let i = &self.inner;
+            let shard = i.shard(partition);
+            let head = i.numbers[partition as usize].load(Ordering::Relaxed);
             let newer = shard
                 .iter()
-                .filter(|(_, e)| e.seq > after)
-                .map(|(k, e)| (e.seq, k.clone(), e.record.clone()))
+                .filter(|e| e.seq() > after)
+                .map(|e| (e.seq(), key_bytes(e), e.record(|dc| i.intern(dc))))
                 .collect();
             (head, newer)
         };
@@ -881,7 +899,7 @@ impl Store for BufferedStore {
             engine
                 .records
                 .into_iter()
-                .filter(|(n, k, _)| *n <= head && shard.get(k).is_none_or(|e| e.seq <= *n))
+                .filter(|(n, k, _)| *n <= head && shard.get(k).is_none_or(|e| e.seq() <= *n))
                 .collect()
         };
         // Everything up to the engine's last number is covered, even when all its
@@ -940,7 +958,7 @@ impl Store for BufferedStore {
         let mut removed = 0;
         for entry in entries {
             let _guard = lock(&i.locks[(xxh3_64(&entry.0) as usize) % LOCK_STRIPES]);
-            if !i.shard(partition).contains_key(&entry.0) {
+            if !i.shard(partition).contains(&entry.0) {
                 removed += i.engine.remove_unchanged(partition, std::slice::from_ref(entry))?;
             }
         }

@@ -15,6 +15,7 @@ pub mod buffered;
 pub mod engines;
 pub mod flusher;
 pub mod ordered;
+mod packed;
 pub mod purger;
 pub mod signal;
 #[cfg(test)]
