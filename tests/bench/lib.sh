@@ -53,6 +53,7 @@ fig() {
 
 # Resident memory of a process, in kB.
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+anon_kb() { awk '/^RssAnon/ {print $2}' "/proc/$1/status"; }
 
 # Exits with a message naming the script if one of the given tools is missing.
 need_tools() {
@@ -74,14 +75,66 @@ setup_run() {
   fi
   WORK=$(mktemp -d)
   PIDS=()
+  CGROUPS=()
   trap cleanup_run EXIT
 }
 
 cleanup_run() {
-  local p
+  local p c
   for p in "${PIDS[@]}"; do kill ${KILL_SIGNAL:-} "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  for c in "${CGROUPS[@]}"; do cg_remove "$c"; done
   rm -rf "$WORK"
+}
+
+# --- Memory cgroups (storage-study, sustained-writes.sh; need root) ----------------------
+# The cgroup directory for a new group under this shell's own memory cgroup (v1 or v2).
+CG_ROOT=/sys/fs/cgroup
+own=$(awk -F: '$2 ~ /(^|,)memory(,|$)/ { print $3 }' /proc/self/cgroup)
+if [ -n "$own" ]; then
+  CG_BASE=$CG_ROOT/memory${own%/}; CG_V=1
+else
+  CG_BASE=$CG_ROOT$(awk -F: '$1 == 0 { print $3 }' /proc/self/cgroup); CG_BASE=${CG_BASE%/}; CG_V=2
+fi
+cg_make() { # NAME LIMIT_BYTES [SWAP_BYTES] -> prints the directory (remove it with cg_remove)
+  local dir=$CG_BASE/${CG_PREFIX:-oc-bench}-$$-$1 swap=${3:-0}
+  mkdir "$dir"
+  if [ $CG_V = 1 ]; then
+    echo "$2" >"$dir/memory.limit_in_bytes"
+    if [ -e "$dir/memory.memsw.limit_in_bytes" ]; then
+      echo $(($2 + swap)) >"$dir/memory.memsw.limit_in_bytes"
+    elif [ "$swap" != 0 ]; then
+      echo "$(basename "$0"): swap in a cgroup needs swap accounting (memory.memsw.limit_in_bytes)" >&2; exit 2
+    fi
+  else
+    echo "$2" >"$dir/memory.max"
+    [ ! -e "$dir/memory.swap.max" ] || echo "$swap" >"$dir/memory.swap.max"
+  fi
+  echo "$dir"
+}
+cg_swap_used() { # DIR -> bytes of the group's memory in swap now
+  if [ $CG_V = 1 ]; then awk '$1 == "total_swap" { print $2 }' "$1/memory.stat"; else cat "$1/memory.swap.current" 2>/dev/null || echo 0; fi
+}
+cg_page_cache() { # DIR -> bytes
+  if [ $CG_V = 1 ]; then awk '$1 == "total_cache" { print $2 }' "$1/memory.stat"; else awk '$1 == "file" { print $2 }' "$1/memory.stat"; fi
+}
+cg_oom_kills() {
+  if [ $CG_V = 1 ]; then awk '$1 == "oom_kill" { print $2 }' "$1/memory.oom_control"; else awk '$1 == "oom_kill" { print $2 }' "$1/memory.events"; fi
+}
+cg_drop_cache() { # empties the cgroup's page cache (no process left in it)
+  if [ $CG_V = 1 ]; then echo 0 >"$1/memory.force_empty" 2>/dev/null || true
+  elif [ -e "$1/memory.reclaim" ]; then echo 1G >"$1/memory.reclaim" 2>/dev/null || true; fi
+}
+cg_remove() {
+  [ -d "$1" ] || return 0
+  local deadline=$((SECONDS + 10))
+  until rmdir "$1" 2>/dev/null; do [ $SECONDS -lt $deadline ] || { echo "cannot remove $1" >&2; return 0; }; sleep 0.1; done
+}
+cg_peak() { # DIR -> the most bytes the group was charged
+  if [ $CG_V = 1 ]; then cat "$1/memory.max_usage_in_bytes"; else cat "$1/memory.peak" 2>/dev/null || echo 0; fi
+}
+cg_run() { # DIR COMMAND...: runs COMMAND inside the group, in the background
+  sh -c 'echo $$ > "$0" && exec "$@"' "$1/cgroup.procs" "${@:2}" &
 }
 
 # --- Two datacenters on this machine (replication-lag.sh, home-keyspace.sh) -------------

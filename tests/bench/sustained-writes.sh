@@ -9,6 +9,8 @@
 #   SECONDS_EACH=60 KEYS=500000 MODES="standard standard:lmdb" tests/bench/sustained-writes.sh
 #
 # MODES lists the nodes: a mode, or MODE:ENGINE for another engine than the mode's default.
+# NODE_LIMIT_MIB runs each node inside a memory cgroup of that size (needs root), e.g. the
+# RSS redis-server reaches: the node's memory, its page cache included, cannot exceed it.
 #
 # The load runs in chunks of about CHUNK seconds (redis-benchmark has no time limit: each
 # chunk's request count is the previous chunk's rate times CHUNK), taking turns between
@@ -17,7 +19,8 @@
 # the p50 and p99 of its last chunk and the worst p99 of any chunk, its peak RSS (sampled
 # between chunks) and its RSS at the end, with its anonymous part (RSS less mapped file
 # pages: LMDB's data file is mapped, and its resident pages are page cache the kernel
-# reclaims), and the keys it holds; then the ratios. The key space is the same for all;
+# reclaims) at its peak and at the end, and the keys it holds; then the ratios. With
+# NODE_LIMIT_MIB, also the most each node's cgroup was charged and its OOM kills. The key space is the same for all;
 # a slower server has written fewer of its keys in the same time.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,7 +32,7 @@ CHUNK=${CHUNK:-20}
 MODES=${MODES:-standard lean}
 need_tools redis-server redis-benchmark redis-cli
 setup_run
-declare -A PORT PID ELAPSED_MS DONE P50 P99 WORST PEAK
+declare -A PORT PID ELAPSED_MS DONE P50 P99 WORST PEAK PEAK_ANON CG
 REDIS_PORT=$(free_port)
 mkdir -p "$WORK/redis"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK/redis" --appendonly yes \
@@ -41,14 +44,20 @@ for spec in $MODES; do
   mkdir -p "$WORK/$spec"
   engine=()
   [ "${spec#*:}" = "$spec" ] || engine=(--store-engine "${spec#*:}")
-  "$NODE" --dev --mode "${spec%%:*}" "${engine[@]}" --data-dir "$WORK/$spec" --client-addr "127.0.0.1:$port" \
-    --admin-addr "127.0.0.1:$admin" --gossip-addr "" --rpc-addr "" --log-level warn >"$WORK/$spec.log" 2>&1 &
+  cmd=("$NODE" --dev --mode "${spec%%:*}" "${engine[@]}" --data-dir "$WORK/$spec" --client-addr "127.0.0.1:$port"
+    --admin-addr "127.0.0.1:$admin" --gossip-addr "" --rpc-addr "" --log-level warn)
+  if [ -n "${NODE_LIMIT_MIB:-}" ]; then
+    CG[$spec]=$(cg_make "${spec//:/-}" $((NODE_LIMIT_MIB << 20))); CGROUPS+=("${CG[$spec]}")
+    cg_run "${CG[$spec]}" "${cmd[@]}" >"$WORK/$spec.log" 2>&1
+  else
+    "${cmd[@]}" >"$WORK/$spec.log" 2>&1 &
+  fi
   PIDS+=($!); PID[$spec]=$!; PORT[$spec]=$port
   TARGETS+=("$spec")
 done
 for t in "${TARGETS[@]}"; do
   wait_ping "${PORT[$t]}"
-  ELAPSED_MS[$t]=0; DONE[$t]=0; WORST[$t]=0; PEAK[$t]=0
+  ELAPSED_MS[$t]=0; DONE[$t]=0; WORST[$t]=0; PEAK[$t]=0; PEAK_ANON[$t]=0
 done
 echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
 requests=200000
@@ -69,25 +78,29 @@ while :; do
     P50[$t]=$p50; P99[$t]=$p99
     WORST[$t]=$(awk -v a="${WORST[$t]}" -v b="$p99" 'BEGIN { print (b > a) ? b : a }')
     rss=$(rss_kb "${PID[$t]}"); [ "$rss" -le "${PEAK[$t]}" ] || PEAK[$t]=$rss
+    anon=$(anon_kb "${PID[$t]}"); [ "$anon" -le "${PEAK_ANON[$t]}" ] || PEAK_ANON[$t]=$anon
     NEXT[$t]=$(( n * CHUNK * 1000 / (ms > 0 ? ms : 1) ))
     [ "${NEXT[$t]}" -ge 10000 ] || NEXT[$t]=10000
   done
   [ $busy = 1 ] || break
 done
 echo "sustained SET -P 16 -c 50, 64-byte values over $KEYS keys, $SECONDS_EACH s per server"
-printf '%-22s %10s %12s %16s %12s %12s %12s\n' server "ops/s" "p50/p99 ms" "worst p99 ms" "peak RSS kB" "end RSS kB" \
-  "end anon kB"
+printf '%-22s %10s %12s %16s %12s %12s %13s %12s\n' server "ops/s" "p50/p99 ms" "worst p99 ms" "peak RSS kB" "end RSS kB" \
+  "peak anon kB" "end anon kB"
 declare -A RATE
 for t in "${TARGETS[@]}"; do
   RATE[$t]=$(awk -v n="${DONE[$t]}" -v ms="${ELAPSED_MS[$t]}" 'BEGIN { printf "%.0f", n * 1000 / ms }')
   label=redis-server; [ "$t" = redis ] || label="node $t"
-  printf '%-22s %10s %12s %16s %12s %12s %12s\n' "$label" "${RATE[$t]}" "${P50[$t]}/${P99[$t]}" "${WORST[$t]}" \
-    "${PEAK[$t]}" "$(rss_kb "${PID[$t]}")" "$(awk '/^RssAnon/ { print $2 }' "/proc/${PID[$t]}/status")"
+  printf '%-22s %10s %12s %16s %12s %12s %13s %12s\n' "$label" "${RATE[$t]}" "${P50[$t]}/${P99[$t]}" "${WORST[$t]}" \
+    "${PEAK[$t]}" "$(rss_kb "${PID[$t]}")" "${PEAK_ANON[$t]}" "$(anon_kb "${PID[$t]}")"
 done
 for t in "${TARGETS[@]}"; do
   [ "$t" != redis ] || continue
   awk -v a="${RATE[$t]}" -v b="${RATE[redis]}" -v r="$(rss_kb "${PID[$t]}")" -v rr="$(rss_kb "${PID[redis]}")" -v t="$t" \
     'BEGIN { printf "node %s / redis: ops/s %.2fx, end RSS %.2fx\n", t, a / b, r / rr }'
+done
+for t in "${!CG[@]}"; do
+  echo "node $t: cgroup limit $NODE_LIMIT_MIB MiB, most charged $(( $(cg_peak "${CG[$t]}") >> 20 )) MiB, OOM kills $(cg_oom_kills "${CG[$t]}")"
 done
 echo "keys held: redis $(redis-cli -p "$REDIS_PORT" dbsize)$(for t in "${TARGETS[@]}"; do
   [ "$t" = redis ] || printf ', node %s %s' "$t" "$(redis-cli -p "${PORT[$t]}" dbsize 2>/dev/null || echo '?')"

@@ -258,39 +258,61 @@ fn replay(
     numbers: &[AtomicU64],
 ) -> Result<Arc<Wal>, StoreError> {
     // Replayed records get numbers of this run: a number of the last run may have been
-    // handed out for one of them and then lost with the log's tail. Batches are bounded
-    // in bytes too, like the engine's own pace: one batch of 512 large values would hold
-    // hundreds of MiB in one engine transaction.
+    // handed out for one of them and then lost with the log's tail. They are gathered, as
+    // the write buffer gathers writes and in as much memory, and written to the engine a
+    // partition at a time: a batch of records in log order changes a tree page per
+    // record, and replayed ten times slower than the applier writes. Engine batches are
+    // bounded in bytes too, like the engine's own pace: one batch of 512 large values
+    // would hold hundreds of MiB in one engine transaction.
     let partitions = engine.partitions();
     let started = std::time::Instant::now();
-    let mut batch: HashMap<Bytes, (u64, Record)> = HashMap::new();
-    let (mut batch_bytes, mut replayed) = (0, 0usize);
-    let apply = |batch: &mut HashMap<Bytes, (u64, Record)>| {
-        let records: Vec<_> = batch.drain().map(|(k, (n, r))| (n, k, r)).collect();
-        engine.apply_numbered(&records)
+    let intern = |dc: &str| Arc::from(dc);
+    let mut gathered: Vec<Shard> = (0..partitions).map(|_| Shard::default()).collect();
+    let (mut held, mut replayed) = (0usize, 0usize);
+    let apply = |gathered: &mut [Shard]| -> Result<(), StoreError> {
+        let (mut records, mut bytes) = (Vec::with_capacity(apply_batch), 0);
+        for shard in gathered.iter_mut() {
+            for e in shard.iter() {
+                let record = e.record(intern);
+                bytes += payload_bytes(e.key(), &record);
+                records.push((e.seq(), key_bytes(e), record));
+                if records.len() >= apply_batch || bytes >= REPLAY_BATCH_BYTES {
+                    engine.apply_numbered(&records)?;
+                    (records, bytes) = (Vec::with_capacity(apply_batch), 0);
+                }
+            }
+            *shard = Shard::default();
+        }
+        if !records.is_empty() {
+            engine.apply_numbered(&records)?;
+        }
+        Ok(())
     };
     let wal = Wal::open_replaying(wal_dir, opts.wal_segment_bytes, opts.wal_buffer_bytes, &mut |records| {
         for (key, record) in records {
             replayed += 1;
-            let current = match batch.get(&key) {
-                Some((_, r)) => Some(r.clone()),
+            let p = partition_of(&key, partitions);
+            let shard = &mut gathered[p as usize];
+            let current = match shard.get(&key) {
+                Some(e) => Some(e.record(intern)),
                 None => engine.get(&key)?,
             };
             if !record.wins_over(current.as_ref()) {
                 continue;
             }
-            let n = numbers[partition_of(&key, partitions) as usize].fetch_add(1, Ordering::Relaxed) + 1;
-            batch_bytes += payload_bytes(&key, &record);
-            batch.insert(key, (n, record));
-            if batch.len() >= apply_batch || batch_bytes >= REPLAY_BATCH_BYTES {
-                apply(&mut batch)?;
-                batch_bytes = 0;
+            let n = numbers[p as usize].fetch_add(1, Ordering::Relaxed) + 1;
+            let before = shard.bytes();
+            shard.insert(&key, n, None, &record);
+            held = (held + shard.bytes()).saturating_sub(before);
+            if held >= opts.write_buffer_bytes {
+                apply(&mut gathered)?;
+                held = 0;
             }
         }
         Ok(())
     })?;
     if replayed > 0 {
-        apply(&mut batch)?;
+        apply(&mut gathered)?;
         engine.flush()?;
         tracing::info!(
             records = replayed,
@@ -602,12 +624,16 @@ impl Inner {
             {
                 tracing::warn!(error = %e, "starting a new write-ahead log segment failed; will retry");
             }
-            let pass_seq = {
+            // How far the log goes, and the change numbers handed out up to there: the pass
+            // applies the records numbered up to them, which hold every write logged up to
+            // `pass_seq` or a newer write of its key.
+            let (pass_seq, upto) = {
                 let _gate = self.log_gate.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-                self.wal.last_seq()
+                let upto: Vec<u64> = self.numbers.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+                (self.wal.last_seq(), upto)
             };
             let pass_started = std::time::Instant::now();
-            let result = self.apply_pass();
+            let result = self.apply_pass(&upto);
             {
                 let mut oldest = lock(&self.oldest);
                 // What is left was written during the pass.
@@ -634,12 +660,17 @@ impl Inner {
         }
     }
 
-    fn apply_pass(&self) -> Result<(), StoreError> {
+    /// Applies the buffered records of each partition `p` numbered up to `upto[p]`. Those
+    /// written during the pass wait for the next one: a pass that took them too would,
+    /// under a sustained load, run on for as long as the writers keep up with it, and the
+    /// log could be cut only after it (at twice the buffer's records, it held four).
+    fn apply_pass(&self, upto: &[u64]) -> Result<(), StoreError> {
         let mut pending: Vec<(Bytes, u64, Partition)> = Vec::with_capacity(self.apply_batch);
         for p in 0..self.partitions {
             {
                 let shard = self.shard(p);
-                pending.extend(shard.iter().map(|e| (key_bytes(e), e.seq(), p)));
+                let last = upto[p as usize];
+                pending.extend(shard.iter().filter(|e| e.seq() <= last).map(|e| (key_bytes(e), e.seq(), p)));
             }
             while pending.len() >= self.apply_batch {
                 let rest = pending.split_off(self.apply_batch);
@@ -1101,6 +1132,24 @@ mod tests {
         let s = open(dir.path(), 64 << 10);
         assert_eq!(s.stats().keys, 900);
         assert_eq!(value(&s, b"key899").map(|v| v.len()), Some(1000));
+    }
+
+    #[test]
+    fn a_pass_applies_what_was_numbered_when_it_began() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), 1 << 20);
+        s.put(b"before", &mut || rec(Some(b"1"), 10, None)).unwrap();
+        s.put(b"rewritten", &mut || rec(Some(b"2"), 11, None)).unwrap();
+        let upto: Vec<u64> = s.inner.numbers.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+        // Written after the pass took its bounds.
+        s.put(b"after", &mut || rec(Some(b"3"), 12, None)).unwrap();
+        s.put(b"rewritten", &mut || rec(Some(b"4"), 13, None)).unwrap();
+        s.inner.apply_pass(&upto).unwrap();
+        assert_eq!(s.inner.engine.get(b"before").unwrap().map(|r| r.hlc), Some(Hlc(10)));
+        assert_eq!(s.inner.engine.get(b"after").unwrap(), None, "left for the next pass");
+        assert_eq!(s.inner.engine.get(b"rewritten").unwrap(), None, "its newer write is past the bounds");
+        assert_eq!(s.status().records, 2);
+        assert_eq!(value(&s, b"rewritten"), Some(b"4".to_vec()));
     }
 
     #[test]
