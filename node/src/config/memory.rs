@@ -339,10 +339,11 @@ mod tests {
         // In a 128 MiB container: 96 MiB budget, the cache lowered to a fifth of it (to
         // a thirty-second with LMDB, the default engine, whose cache is the page cache).
         let mut c = Config::default();
+        c.store.write_buffer_bytes = ByteSize(48 << 20);
         let b = apply(&mut c, &explicit(&["store.write_buffer_bytes"]), Some(128 << 20));
         assert_eq!(b.bytes, Some(96 << 20));
         assert_eq!(c.store.cache_bytes.0, (96 << 20) / 32);
-        assert_eq!(c.store.write_buffer_bytes, ByteSize(32 << 20), "explicit, kept");
+        assert_eq!(c.store.write_buffer_bytes, ByteSize(48 << 20), "explicit, kept");
         assert_eq!(b.worker_threads, None);
         let mut c = Config {
             store: crate::config::StoreConfig {
