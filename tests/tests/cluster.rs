@@ -502,14 +502,20 @@ fn copies_an_owner_missed_while_paused_are_handed_off_when_it_answers() {
         + worker(&nodes[1], "handoff")["records_pending"].as_u64().unwrap();
     assert!(pending > 0, "no copy for n3 was kept");
     resume(&nodes[2]);
-    // Once n3 answers, the kept copies reach it: its own store holds what n1 holds.
+    // Once n3 answers, the kept copies reach it: its own store holds what n1 holds, and
+    // both n1 and n2 have delivered theirs (each kept a copy of every write, so n3 can be
+    // complete through one of them while the other's next try is still to come).
     let local_keys = |n: &Node| n.admin_json("/v1/status")["store"]["keys"].as_u64().unwrap();
+    let delivered_all = || nodes[..2].iter().all(|n| worker(n, "handoff")["records_pending"] == 0);
     assert!(
         wait_until(Duration::from_secs(30), || local_keys(&nodes[2]) == local_keys(&nodes[0])
-            && local_keys(&nodes[0]) >= acked),
-        "n3 holds {} keys, n1 {}",
+            && local_keys(&nodes[0]) >= acked
+            && delivered_all()),
+        "n3 holds {} keys, n1 {}; handoff: {} / {}",
         local_keys(&nodes[2]),
-        local_keys(&nodes[0])
+        local_keys(&nodes[0]),
+        worker(&nodes[0], "handoff"),
+        worker(&nodes[1], "handoff")
     );
     for node in &nodes[..2] {
         let h = worker(node, "handoff");
