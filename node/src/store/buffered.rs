@@ -484,12 +484,7 @@ impl Inner {
         // What the engine holds is only looked up when asked for (`resolve_bases`): a
         // B-tree read per SET cost a tenth of a node's CPU under sustained writes.
         let base = engine_record.map(counts);
-        let replaced = match shard.get(key) {
-            // Replaced in place: what the engine holds (`base`) is unchanged.
-            Some(e) => e.base(),
-            None => base,
-        };
-        match shard.insert(key, seq, replaced, record) {
+        match shard.insert(key, seq, base, record) {
             Some((old, _)) => self.add_delta(old, -1),
             None => {
                 match base {
@@ -1038,17 +1033,8 @@ mod tests {
         assert_eq!(positions_between(e(1, 900), e(2, 3)), 3);
         assert_eq!(positions_between(0, e(1, 0)), 0);
     }
-    use crate::record::Origin;
+    use crate::store::suite::rec;
     use crate::store::{SledStore, StoreOptions, chunk_bytes};
-
-    fn rec(v: Option<&'static [u8]>, hlc: u64, expires_at_ms: Option<u64>) -> Record {
-        Record {
-            value: v.map(Bytes::from_static),
-            hlc: Hlc(hlc),
-            origin: Origin { datacenter: "dc1".into(), node: 1 },
-            expires_at_ms,
-        }
-    }
 
     /// Opens the engine; a reopen in the same process waits (with a deadline) for sled's
     /// I/O threads to let go of the previous handle's directory lock.

@@ -177,7 +177,8 @@ impl Shard {
     }
 
     /// Buffers `record` for `key` under change number `seq`, replacing the key's entry if
-    /// there is one; returns the replaced entry's counts and base.
+    /// there is one; returns the replaced entry's counts and base. `base` is for a new
+    /// entry: a replaced one keeps its own, since what the engine holds has not changed.
     ///
     /// # Panics
     ///
@@ -196,11 +197,12 @@ impl Shard {
         packed.extend_from_slice(&key_len.to_le_bytes());
         packed.extend_from_slice(key);
         record.encode_into(&mut packed);
-        let packed = packed.into_boxed_slice();
+        let mut packed = packed.into_boxed_slice();
         self.entries_bytes += allocated(packed.len());
         let hash = xxh3_64(key);
         match self.table.find_mut(hash, |e| key_of(e) == key) {
             Some(slot) => {
+                packed[BASE_AT] = slot[BASE_AT];
                 let old = std::mem::replace(slot, packed);
                 let old = Entry(&old);
                 self.entries_bytes -= old.size();
@@ -254,16 +256,7 @@ pub fn key_bytes(entry: Entry<'_>) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Origin;
-
-    fn rec(value: Option<&'static [u8]>, hlc: u64, expires_at_ms: Option<u64>) -> Record {
-        Record {
-            value: value.map(Bytes::from_static),
-            hlc: Hlc(hlc),
-            origin: Origin { datacenter: "dc1".into(), node: 7 },
-            expires_at_ms,
-        }
-    }
+    use crate::store::suite::rec;
 
     #[test]
     fn an_entry_gives_back_what_was_buffered() {

@@ -50,7 +50,8 @@ fn open(engine: Engine, dir: &Path, partitions: u16) -> Arc<dyn Store> {
     }
 }
 
-fn rec(value: Option<&'static [u8]>, hlc: u64, expires_at_ms: Option<u64>) -> Record {
+/// A record of `dc1`, node 1 (also used by the write buffer's own tests).
+pub(super) fn rec(value: Option<&'static [u8]>, hlc: u64, expires_at_ms: Option<u64>) -> Record {
     Record {
         value: value.map(Bytes::from_static),
         hlc: Hlc(hlc),
