@@ -8,7 +8,9 @@
 #   tests/bench/sustained-writes.sh                  # 5 minutes each over 2,000,000 keys
 #   SECONDS_EACH=60 KEYS=500000 MODES="standard standard:lmdb" tests/bench/sustained-writes.sh
 #
-# MODES lists the nodes: a mode, or MODE:ENGINE for another engine than the mode's default.
+# MODES lists the nodes: a mode, or MODE:ENGINE for another engine than the mode's default,
+# each optionally followed by @BINARY to run another build of the node (e.g. the build
+# before a change, MODES="standard standard@/tmp/opencluster-node.before": two builds, one run).
 # NODE_LIMIT_MIB runs each node inside a memory cgroup of that size (needs root), e.g. the
 # RSS redis-server reaches: the node's memory, its page cache included, cannot exceed it.
 #
@@ -41,16 +43,19 @@ PIDS+=($!); PID[redis]=$!; PORT[redis]=$REDIS_PORT
 TARGETS=(redis)
 for spec in $MODES; do
   port=$(free_port); admin=$(free_port)
-  mkdir -p "$WORK/$spec"
+  bin=$NODE; run=$spec
+  if [ "${spec#*@}" != "$spec" ]; then bin=${spec#*@}; run=${spec%%@*}; fi
+  dir=$WORK/${spec//[^A-Za-z0-9_-]/-}
+  mkdir -p "$dir"
   engine=()
-  [ "${spec#*:}" = "$spec" ] || engine=(--store-engine "${spec#*:}")
-  cmd=("$NODE" --dev --mode "${spec%%:*}" "${engine[@]}" --data-dir "$WORK/$spec" --client-addr "127.0.0.1:$port"
+  [ "${run#*:}" = "$run" ] || engine=(--store-engine "${run#*:}")
+  cmd=("$bin" --dev --mode "${run%%:*}" "${engine[@]}" --data-dir "$dir" --client-addr "127.0.0.1:$port"
     --admin-addr "127.0.0.1:$admin" --gossip-addr "" --rpc-addr "" --log-level warn)
   if [ -n "${NODE_LIMIT_MIB:-}" ]; then
-    CG[$spec]=$(cg_make "${spec//:/-}" $((NODE_LIMIT_MIB << 20))); CGROUPS+=("${CG[$spec]}")
-    cg_run "${CG[$spec]}" "${cmd[@]}" >"$WORK/$spec.log" 2>&1
+    CG[$spec]=$(cg_make "$(basename "$dir")" $((NODE_LIMIT_MIB << 20))); CGROUPS+=("${CG[$spec]}")
+    cg_run "${CG[$spec]}" "${cmd[@]}" >"$dir.log" 2>&1
   else
-    "${cmd[@]}" >"$WORK/$spec.log" 2>&1 &
+    "${cmd[@]}" >"$dir.log" 2>&1 &
   fi
   PIDS+=($!); PID[$spec]=$!; PORT[$spec]=$port
   TARGETS+=("$spec")

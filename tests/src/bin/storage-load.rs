@@ -2,10 +2,11 @@
 //! mixed GET/SET load with uniform or skewed keys, and prints one line:
 //! `ops_per_sec p50_ms p99_ms p999_ms errors`.
 //!
-//!   storage-load fill  PORT KEYS VALUE_BYTES CONNECTIONS PIPELINE
+//!   storage-load fill  PORT KEYS VALUE_BYTES CONNECTIONS PIPELINE [SECONDS]
 //!   storage-load mixed PORT KEYS VALUE_BYTES CONNECTIONS SECONDS GET_PERCENT uniform|hot|first:N
 //!
-//! `fill` writes every key once, `PIPELINE` SETs per round trip, and times round trips.
+//! `fill` writes every key once, `PIPELINE` SETs per round trip, and times round trips;
+//! given `SECONDS`, it stops there (for an engine too slow to fill the keyspace in time).
 //! `mixed` sends one command per round trip on each connection and times each; `hot`
 //! sends 90% of the commands to 10% of the keys (uniform within each part); `first:N`
 //! sends every command to the first N keys (a working set of N keys). Keys are
@@ -44,13 +45,14 @@ async fn main() {
     match mode.as_str() {
         "fill" => {
             let pipeline = arg(6);
+            let end = args.get(7).map(|_| started + Duration::from_secs(arg(7)));
             for c in 0..connections {
                 let client = client.clone();
                 tasks.push(tokio::spawn(async move {
                     let mut con = connect(&client).await;
                     let (mut lat, mut errors, mut ops) = (Vec::new(), 0u64, 0u64);
                     let mut n = c * pipeline;
-                    while n < keys {
+                    while n < keys && end.is_none_or(|end| Instant::now() < end) {
                         let mut pipe = redis::pipe();
                         for k in n..(n + pipeline).min(keys) {
                             pipe.cmd("SET").arg(format!("k:{k}")).arg(value(k, value_bytes));
@@ -153,7 +155,7 @@ async fn connect(client: &redis::Client) -> redis::aio::MultiplexedConnection {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: storage-load fill PORT KEYS VALUE_BYTES CONNECTIONS PIPELINE");
+    eprintln!("usage: storage-load fill PORT KEYS VALUE_BYTES CONNECTIONS PIPELINE [SECONDS]");
     eprintln!(
         "       storage-load mixed PORT KEYS VALUE_BYTES CONNECTIONS SECONDS GET_PERCENT uniform|hot|first:N"
     );
