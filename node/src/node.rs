@@ -234,11 +234,8 @@ pub async fn run(
         cache_bytes = config.store.cache_bytes.0, write_buffer_bytes = config.store.write_buffer_bytes.0,
         worker_threads = b.worker_threads, "memory budget"
     );
-    if b.mode == crate::config::Mode::Lean && config.store.engine == crate::config::StoreEngine::Sled {
-        tracing::warn!(
-            "store.engine = sled in lean mode: sled's memory is not bounded by its cache and it was OOM-killed \
-             under a 64 MiB limit in the storage study; lmdb (lean mode's default), fjall or redb stay within the budget"
-        );
+    if let Some(warning) = crate::config::memory::engine_warning(b.mode, config.store.engine, b.bytes) {
+        tracing::warn!("{warning}");
     }
 
     let background = CancellationToken::new();

@@ -173,6 +173,31 @@ pub fn default_engine(mode: Mode, store_dir: &Path) -> super::StoreEngine {
     }
 }
 
+/// Budgets below this are small containers for the engine warnings ([`engine_warning`]).
+const SMALL_BUDGET: u64 = 128 << 20;
+
+/// A warning for an engine the storage study saw fail in this mode and budget
+/// (docs/storage-study.md): chosen explicitly it still runs, but the operator is told.
+pub fn engine_warning(mode: Mode, engine: super::StoreEngine, budget: Option<u64>) -> Option<&'static str> {
+    use super::StoreEngine as E;
+    let small = budget.is_some_and(|b| b < SMALL_BUDGET);
+    match (mode, engine) {
+        (Mode::Lean, E::Sled) => Some(
+            "store.engine = sled in lean mode: sled's memory is not bounded by its cache and it was OOM-killed \
+             under a 64 MiB limit in the storage study; lmdb (lean mode's default), fjall or redb stay within the budget",
+        ),
+        (Mode::Standard, E::Sled) if small => Some(
+            "store.engine = sled with a memory budget under 128 MiB: sled's memory is not bounded by its cache and it \
+             was OOM-killed under a 64 MiB limit in both modes in the storage study; lmdb (the default) stays within it",
+        ),
+        (Mode::Standard, E::Fjall) if small => Some(
+            "store.engine = fjall in standard mode with a memory budget under 128 MiB: it was OOM-killed under a \
+             64 MiB limit in the storage study (in lean mode it was not); use mode = lean, or lmdb (the default)",
+        ),
+        _ => None,
+    }
+}
+
 /// Sizes `config` from its budget, leaving every setting named in `explicit` alone, and
 /// returns the budget. `cgroup` is the container's limit ([`own_cgroup_limit`]).
 pub fn apply(config: &mut Config, explicit: &HashMap<String, String>, cgroup: Option<u64>) -> MemoryBudget {
@@ -234,6 +259,28 @@ mod tests {
 
     fn explicit(keys: &[&str]) -> HashMap<String, String> {
         keys.iter().map(|k| (k.to_string(), "test".to_string())).collect()
+    }
+
+    #[test]
+    fn engines_that_failed_in_the_study_are_warned_about_where_they_failed() {
+        use crate::config::StoreEngine as E;
+        let small = Some(48 << 20);
+        let large = Some(192 << 20);
+        assert!(engine_warning(Mode::Lean, E::Sled, large).is_some_and(|w| w.contains("lean mode")));
+        assert!(engine_warning(Mode::Standard, E::Sled, small).is_some_and(|w| w.contains("sled")));
+        assert!(engine_warning(Mode::Standard, E::Fjall, small).is_some_and(|w| w.contains("mode = lean")));
+        for quiet in [
+            (Mode::Standard, E::Sled, large),
+            (Mode::Standard, E::Sled, None),
+            (Mode::Standard, E::Fjall, large),
+            (Mode::Lean, E::Fjall, small),
+            (Mode::Lean, E::Redb, small),
+            (Mode::Standard, E::Redb, small),
+            (Mode::Lean, E::Lmdb, small),
+            (Mode::Standard, E::Lmdb, small),
+        ] {
+            assert_eq!(engine_warning(quiet.0, quiet.1, quiet.2), None, "{quiet:?}");
+        }
     }
 
     #[test]
