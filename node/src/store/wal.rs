@@ -65,6 +65,19 @@ pub struct Wal {
 pub type Replayed = Vec<(Bytes, Record)>;
 
 impl Segment {
+    /// Closes this segment (it joins `closed`) and goes on in a new one whose first entry
+    /// will be `first_seq`.
+    fn start_next(&mut self, dir: &Path, first_seq: u64) -> Result<(), StoreError> {
+        let (file, path) = create_segment(dir, first_seq)?;
+        let old = std::mem::replace(&mut self.path, path);
+        let old_first = std::mem::replace(&mut self.first_seq, first_seq);
+        self.closed.push((old_first, old));
+        self.file = file;
+        self.bytes = MAGIC.len() as u64;
+        self.dropped = 0;
+        Ok(())
+    }
+
     /// Drops the pages of the file that are synced from the page cache: the log is read
     /// only by a replay after a crash, and in a container the page cache counts against
     /// its memory limit, where these pages would crowd out the engine's (a sustained
@@ -279,13 +292,7 @@ impl Wal {
             seg.file.sync_data().map_err(|e| io_err(&seg.path, "sync", e))?;
             self.synced.fetch_max(last, Ordering::AcqRel);
             seg.drop_synced_pages();
-            let (file, path) = create_segment(&self.dir, last + 1)?;
-            let old = std::mem::replace(&mut seg.path, path);
-            let old_first = std::mem::replace(&mut seg.first_seq, last + 1);
-            seg.closed.push((old_first, old));
-            seg.file = file;
-            seg.bytes = MAGIC.len() as u64;
-            seg.dropped = 0;
+            seg.start_next(&self.dir, last + 1)?;
             self.disk_bytes.fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
         }
         Ok(self.synced.load(Ordering::Acquire))
@@ -321,13 +328,7 @@ impl Wal {
         if seg.first_seq == next {
             return Ok(());
         }
-        let (file, path) = create_segment(&self.dir, next)?;
-        let old = std::mem::replace(&mut seg.path, path);
-        let old_first = std::mem::replace(&mut seg.first_seq, next);
-        seg.closed.push((old_first, old));
-        seg.file = file;
-        seg.bytes = MAGIC.len() as u64;
-        seg.dropped = 0;
+        seg.start_next(&self.dir, next)?;
         self.disk_bytes.fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
         Ok(())
     }
