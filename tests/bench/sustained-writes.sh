@@ -14,23 +14,21 @@
 # NODE_LIMIT_MIB runs each node inside a memory cgroup of that size (needs root), e.g. the
 # RSS redis-server reaches: the node's memory, its page cache included, cannot exceed it.
 #
-# Caveat: between a node's chunks its applier empties the write buffer while the other
-# servers run, so each chunk starts with a buffer's worth of room: chunks overstate the
-# node's sustained rate (0.65x-0.81x chunked against 0.50x as one chunk, same day). For
-# the sustained rate run one chunk per server: CHUNK=SECONDS_EACH. With two nodes, the
-# second's chunks follow the first's while its applier still drains: list the builds in
-# both orders.
-#
-# The load runs in chunks of about CHUNK seconds (redis-benchmark has no time limit: each
-# chunk's request count is the previous chunk's rate times CHUNK), taking turns between
-# the servers so that the machine's drift (it is shared) spreads over all of them. Each
-# server gets SECONDS_EACH seconds in all. Printed per server: ops/s over all its chunks,
-# the p50 and p99 of its last chunk and the worst p99 of any chunk, its peak RSS (sampled
-# between chunks) and its RSS at the end, with its anonymous part (RSS less mapped file
-# pages: LMDB's data file is mapped, and its resident pages are page cache the kernel
-# reclaims) at its peak and at the end, and the keys it holds; then the ratios. With
-# NODE_LIMIT_MIB, also the most each node's cgroup was charged and its OOM kills. The key space is the same for all;
-# a slower server has written fewer of its keys in the same time.
+# Each server has the load for SECONDS_EACH seconds in one go, in the order listed (redis
+# first), and is then frozen (SIGSTOP) until the end. An earlier version took turns in
+# chunks of about 20 s; that overstated the node (0.65x-0.81x against 0.50x in one go, same
+# day): between its chunks its applier emptied the write buffer while the others ran, so
+# each chunk started with a buffer's worth of room, and a second node's chunks ran while
+# the first one's applier still took CPU. redis-benchmark has no time limit, so the load
+# is a run of back-to-back chunks of about CHUNK seconds (each chunk's request count is the
+# previous chunk's rate times the time wanted). Printed per server: ops/s over all its
+# chunks, the p50 and p99 of its last chunk and the worst p99 of any chunk, its peak RSS
+# (sampled between chunks) and its RSS when its turn ended, with its anonymous part (RSS
+# less mapped file pages: LMDB's data file is mapped, and its resident pages are page cache
+# the kernel reclaims) at its peak and at the end, and the keys it held; then the ratios.
+# With NODE_LIMIT_MIB, also the most each node's cgroup was charged and its OOM kills.
+# The key space is the same for all; a slower server has written fewer of its keys in the
+# same time.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/bench/lib.sh
@@ -72,15 +70,13 @@ for t in "${TARGETS[@]}"; do
   ELAPSED_MS[$t]=0; DONE[$t]=0; WORST[$t]=0; PEAK[$t]=0; PEAK_ANON[$t]=0
 done
 echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
-requests=200000
-declare -A NEXT
-for t in "${TARGETS[@]}"; do NEXT[$t]=$requests; done
-while :; do
-  busy=0
-  for t in "${TARGETS[@]}"; do
-    [ "${ELAPSED_MS[$t]}" -lt $((SECONDS_EACH * 1000)) ] || continue
-    busy=1
-    n=${NEXT[$t]}
+declare -A END_RSS END_ANON HELD
+# One server at a time, its chunks back to back; then it is frozen (SIGSTOP), so that what it
+# still does in the background (a node's applier emptying its write buffer) takes no CPU
+# from the servers after it.
+for t in "${TARGETS[@]}"; do
+  n=200000
+  while [ "${ELAPSED_MS[$t]}" -lt $((SECONDS_EACH * 1000)) ]; do
     t0=$(date +%s%N)
     IFS=, read -r _ _ _ _ p50 _ p99 _ < <(redis-benchmark -p "${PORT[$t]}" -t set -c 50 -n "$n" -d 64 -P 16 \
       -r "$KEYS" --csv 2>/dev/null | tail -1 | tr -d '"')
@@ -91,11 +87,18 @@ while :; do
     WORST[$t]=$(awk -v a="${WORST[$t]}" -v b="$p99" 'BEGIN { print (b > a) ? b : a }')
     rss=$(rss_kb "${PID[$t]}"); [ "$rss" -le "${PEAK[$t]}" ] || PEAK[$t]=$rss
     anon=$(anon_kb "${PID[$t]}"); [ "$anon" -le "${PEAK_ANON[$t]}" ] || PEAK_ANON[$t]=$anon
-    NEXT[$t]=$(( n * CHUNK * 1000 / (ms > 0 ? ms : 1) ))
-    [ "${NEXT[$t]}" -ge 10000 ] || NEXT[$t]=10000
+    # The next chunk lasts about CHUNK seconds at this chunk's rate, and no longer than
+    # the time left (the first chunk, into an empty write buffer, runs fastest).
+    left=$((SECONDS_EACH * 1000 - ELAPSED_MS[$t]))
+    [ "$left" -le $((CHUNK * 1000)) ] || left=$((CHUNK * 1000))
+    n=$(( n * left / (ms > 0 ? ms : 1) ))
+    [ "$n" -ge 10000 ] || n=10000
   done
-  [ $busy = 1 ] || break
+  END_RSS[$t]=$(rss_kb "${PID[$t]}"); END_ANON[$t]=$(anon_kb "${PID[$t]}")
+  HELD[$t]=$(redis-cli -p "${PORT[$t]}" dbsize 2>/dev/null || echo '?')
+  kill -STOP "${PID[$t]}"
 done
+for t in "${TARGETS[@]}"; do kill -CONT "${PID[$t]}"; done
 echo "sustained SET -P 16 -c 50, 64-byte values over $KEYS keys, $SECONDS_EACH s per server"
 printf '%-22s %10s %12s %16s %12s %12s %13s %12s\n' server "ops/s" "p50/p99 ms" "worst p99 ms" "peak RSS kB" "end RSS kB" \
   "peak anon kB" "end anon kB"
@@ -104,17 +107,15 @@ for t in "${TARGETS[@]}"; do
   RATE[$t]=$(awk -v n="${DONE[$t]}" -v ms="${ELAPSED_MS[$t]}" 'BEGIN { printf "%.0f", n * 1000 / ms }')
   label=redis-server; [ "$t" = redis ] || label="node $t"
   printf '%-22s %10s %12s %16s %12s %12s %13s %12s\n' "$label" "${RATE[$t]}" "${P50[$t]}/${P99[$t]}" "${WORST[$t]}" \
-    "${PEAK[$t]}" "$(rss_kb "${PID[$t]}")" "${PEAK_ANON[$t]}" "$(anon_kb "${PID[$t]}")"
+    "${PEAK[$t]}" "${END_RSS[$t]}" "${PEAK_ANON[$t]}" "${END_ANON[$t]}"
 done
 for t in "${TARGETS[@]}"; do
   [ "$t" != redis ] || continue
-  awk -v a="${RATE[$t]}" -v b="${RATE[redis]}" -v r="$(rss_kb "${PID[$t]}")" -v rr="$(rss_kb "${PID[redis]}")" -v t="$t" \
+  awk -v a="${RATE[$t]}" -v b="${RATE[redis]}" -v r="${END_RSS[$t]}" -v rr="${END_RSS[redis]}" -v t="$t" \
     'BEGIN { printf "node %s / redis: ops/s %.2fx, end RSS %.2fx\n", t, a / b, r / rr }'
 done
 for t in "${!CG[@]}"; do
   echo "node $t: cgroup limit $NODE_LIMIT_MIB MiB, most charged $(( $(cg_peak "${CG[$t]}") >> 20 )) MiB, OOM kills $(cg_oom_kills "${CG[$t]}")"
 done
-echo "keys held: redis $(redis-cli -p "$REDIS_PORT" dbsize)$(for t in "${TARGETS[@]}"; do
-  [ "$t" = redis ] || printf ', node %s %s' "$t" "$(redis-cli -p "${PORT[$t]}" dbsize 2>/dev/null || echo '?')"
-done)"
+echo "keys held: $(for t in "${TARGETS[@]}"; do printf '%s %s, ' "$t" "${HELD[$t]}"; done | sed 's/, $//')"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

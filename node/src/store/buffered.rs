@@ -593,9 +593,10 @@ impl Inner {
     }
 
     fn run_applier(self: Arc<Self>) {
-        // Applying is background work: under CPU contention client requests go first. If
-        // the buffer fills, writers wait, which frees the CPU the applier needs.
-        crate::store::lower_thread_priority();
+        // The applier runs at the priority of the request threads. Once the buffer is full
+        // its pace is the node's write rate (writers wait for the room it makes); at nice
+        // 19 it spent a third of its time waiting for the CPU behind the very writers
+        // that waited for it, and sustained writes ran 20% slower (docs/storage-study.md).
         loop {
             if self.stop.load(Ordering::Acquire) {
                 // Whatever is still buffered is in the log and is replayed at the next start.

@@ -252,18 +252,3 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 }
-
-/// Gives the calling thread the lowest scheduling priority (nice 19), for background
-/// threads whose work must not delay client requests. Best effort: a failure is logged.
-#[allow(unsafe_code)]
-pub fn lower_thread_priority() {
-    // SAFETY: gettid and setpriority take no pointers and change only this thread's nice
-    // value (Linux applies PRIO_PROCESS to a single thread when given a thread id).
-    let result = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
-    };
-    if result != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower a background thread's priority");
-    }
-}

@@ -20,6 +20,15 @@ pub enum Op {
     Delete(Vec<u8>),
 }
 
+impl Op {
+    /// The key the operation changes.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Put(k, _) | Op::Delete(k) => k,
+        }
+    }
+}
+
 /// An ordered key-value engine. Batches are atomic: after a crash either all of a batch
 /// is there or none of it. A batch is not durable until [`Kv::flush`] returns.
 pub trait Kv: Send + Sync + 'static {
