@@ -88,10 +88,13 @@ for t in "${TARGETS[@]}"; do
     rss=$(rss_kb "${PID[$t]}"); [ "$rss" -le "${PEAK[$t]}" ] || PEAK[$t]=$rss
     anon=$(anon_kb "${PID[$t]}"); [ "$anon" -le "${PEAK_ANON[$t]}" ] || PEAK_ANON[$t]=$anon
     # The next chunk lasts about CHUNK seconds at this chunk's rate, and no longer than
-    # the time left (the first chunk, into an empty write buffer, runs fastest).
+    # the time left; it is at most four times this one, as the first chunks, into an
+    # empty write buffer, run faster than the rest will.
     left=$((SECONDS_EACH * 1000 - ELAPSED_MS[$t]))
     [ "$left" -le $((CHUNK * 1000)) ] || left=$((CHUNK * 1000))
-    n=$(( n * left / (ms > 0 ? ms : 1) ))
+    next=$(( n * left / (ms > 0 ? ms : 1) ))
+    [ "$next" -le $((4 * n)) ] || next=$((4 * n))
+    n=$next
     [ "$n" -ge 10000 ] || n=10000
   done
   END_RSS[$t]=$(rss_kb "${PID[$t]}"); END_ANON[$t]=$(anon_kb "${PID[$t]}")
