@@ -64,8 +64,8 @@ need_tools() {
 }
 
 # Sets NODE (NODE_BIN, or opencluster-node built now, in CARGO_TARGET_DIR or target/), a
-# scratch dir WORK and an empty PIDS list; on exit every process in PIDS is killed (SIGKILL
-# with KILL_SIGNAL=-9) and WORK is removed.
+# scratch dir WORK and an empty PIDS list; on exit, also when interrupted, every process in
+# PIDS is killed (SIGKILL with KILL_SIGNAL=-9) and WORK is removed.
 setup_run() {
   if [ -n "${NODE_BIN:-}" ]; then
     NODE=$NODE_BIN
@@ -77,11 +77,14 @@ setup_run() {
   PIDS=()
   CGROUPS=()
   trap cleanup_run EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
 }
 
 cleanup_run() {
   local p c
-  for p in "${PIDS[@]}"; do kill ${KILL_SIGNAL:-} "$p" 2>/dev/null || true; done
+  # A process a script froze (SIGSTOP) acts on the signal only once continued.
+  for p in "${PIDS[@]}"; do kill ${KILL_SIGNAL:-} "$p" 2>/dev/null && kill -CONT "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   for c in "${CGROUPS[@]}"; do cg_remove "$c"; done
   rm -rf "$WORK"
