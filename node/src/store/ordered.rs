@@ -515,16 +515,19 @@ impl<K: Kv> Store for OrderedStore<K> {
 
     fn apply_numbered(&self, records: &[(u64, Bytes, Record)]) -> Result<(), StoreError> {
         let _guards = self.lock_stripes(records.iter().map(|(_, k, _)| &k[..]));
-        // A key listed twice keeps its last (highest numbered) record.
-        let mut latest: HashMap<&[u8], (u64, &Record)> = HashMap::with_capacity(records.len());
-        for (n, k, r) in records {
-            latest.insert(k, (*n, r));
-        }
         // Read in the order of the records' entries (partition, then key): consecutive
-        // reads then walk neighbouring tree pages, still in the CPU's cache.
+        // reads then walk neighbouring tree pages, still in the CPU's cache. The sort is
+        // stable, so a key listed twice keeps its last (highest numbered) record.
         let mut keys: Vec<(Partition, &[u8], u64, &Record)> =
-            latest.iter().map(|(k, (n, r))| (partition_of(k, self.partitions), *k, *n, *r)).collect();
-        keys.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+            records.iter().map(|(n, k, r)| (partition_of(k, self.partitions), &k[..], *n, r)).collect();
+        keys.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        keys.dedup_by(|later, kept| {
+            let same = later.1 == kept.1;
+            if same {
+                *kept = *later;
+            }
+            same
+        });
         let mut olds = Vec::with_capacity(keys.len());
         for (p, k, n, r) in keys {
             olds.push((k, p, r, self.read(p, k)?, n));
@@ -810,6 +813,33 @@ mod tests {
         }
         let held: usize = (0..4).map(|p| s.changes_after(p, 0, 1000, 1 << 20).unwrap().records.len()).sum();
         assert_eq!(held, keys.len(), "the replaced sequence entries are gone");
+    }
+
+    /// A key listed twice in one batch keeps its last record, once in its sequence.
+    #[test]
+    fn a_key_listed_twice_in_a_batch_keeps_its_last_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let key = Bytes::from_static(b"twice");
+        let other = Bytes::from_static(b"other");
+        s.apply_numbered(&[
+            (1, key.clone(), rec(Some(b"first"), 10)),
+            (2, other.clone(), rec(Some(b"x"), 11)),
+            (3, key.clone(), rec(Some(b"last"), 12)),
+        ])
+        .unwrap();
+        assert_eq!(s.get(&key).unwrap().unwrap().value.as_deref(), Some(&b"last"[..]));
+        let p = partition_of(&key, 4);
+        let listed: Vec<u64> = s
+            .changes_after(p, 0, 100, 1 << 20)
+            .unwrap()
+            .records
+            .iter()
+            .filter(|(_, k, _)| *k == key)
+            .map(|(n, _, _)| *n)
+            .collect();
+        assert_eq!(listed, vec![3]);
+        assert_eq!(s.stats().keys, 2);
     }
 
     /// The counts are kept in the `n` entries (so an open reads no record), and a store
