@@ -438,7 +438,34 @@ fn a_node_that_leaves_gracefully_costs_the_load_no_error() {
 #[test]
 fn a_new_node_copies_the_partitions_it_gains() {
     node_only!("clustering is the node's");
-    let mut nodes = start_cluster(3, &["--cluster-replicas", "2"]);
+    let n4 = a_new_node_copies_from(start_cluster(3, &["--cluster-replicas", "2"]));
+    assert!(!n4.stderr_log().contains("copying in HLC order"), "{}", n4.stderr_log());
+}
+
+/// Sources of a version before `pull_after` are copied from in HLC order (`pull`), which
+/// a node now answers by scanning the partition.
+#[test]
+fn a_new_node_copies_from_nodes_that_predate_pull_after() {
+    node_only!("clustering is the node's");
+    let extra = &["--cluster-replicas", "2"];
+    let older = |name: &str, seed: Option<&Node>| {
+        let mut opts = opencluster_tests::cluster::member_opts(name, seed, extra);
+        opts.env.push(("OPENCLUSTER_TEST_REFUSE_KINDS".into(), "pull_after".into()));
+        Node::start(opts)
+    };
+    let mut nodes = vec![older("n1", None)];
+    for name in ["n2", "n3"] {
+        let n = older(name, Some(&nodes[0]));
+        nodes.push(n);
+    }
+    wait_placed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let n4 = a_new_node_copies_from(nodes);
+    assert!(n4.stderr_log().contains("copying in HLC order"), "{}", n4.stderr_log());
+}
+
+/// Writes 600 keys through the first of three nodes, starts a fourth, and checks that it
+/// copied every key it owns and serves all of them. Returns the fourth.
+fn a_new_node_copies_from(mut nodes: Vec<Node>) -> Node {
     let mut n1 = nodes[0].raw();
     for i in 0..600 {
         assert_eq!(n1.cmd(&["SET", &format!("key-{i}"), &format!("value-{i}")]), ok());
@@ -480,6 +507,7 @@ fn a_new_node_copies_the_partitions_it_gains() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("members   4 alive") && text.contains("placement 4 nodes"), "{text}");
     assert!(text.contains(&format!("rebalance idle; {held} keys")), "{text}");
+    nodes.pop().unwrap()
 }
 
 #[test]

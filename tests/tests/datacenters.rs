@@ -401,7 +401,7 @@ fn pipelined_batches_acknowledged_out_of_order_lose_nothing_across_a_kill() {
 #[test]
 fn nodes_without_long_polls_are_still_read() {
     let pair =
-        start_pair_env(2, Duration::from_millis(5), &[], &[], &[("OPENCLUSTER_TEST_REFUSE_FOLLOW", "1")]);
+        start_pair_env(2, Duration::from_millis(5), &[], &[], &[("OPENCLUSTER_TEST_REFUSE_KINDS", "follow")]);
     let acked = write_keys(&pair.dc1, "old-node", 300);
     assert_arrives(&pair.dc2, &acked, "writes of nodes without long polls in dc2", &pair);
     let log = pair.c1.log();

@@ -156,6 +156,35 @@ pub struct PullChunk {
     pub next: Option<Hlc>,
 }
 
+/// A partition's records (tombstones included) after position `after` of the source's
+/// change sequence ([`crate::store::Store::changes_after`]: each key once, with its current
+/// record, in the order of its last change), at most `limit` of them and about
+/// `max_bytes` of keys and values: how a new owner copies a partition, chunk by chunk,
+/// resuming after the last chunk's `upto`. Positions are the source's own, so a copy
+/// that moves to another source starts that one at 0. (A node that predates it refuses
+/// the kind, and the copy falls back to [`Pull`].)
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PullAfter {
+    pub partition: Partition,
+    pub after: u64,
+    pub limit: u32,
+    pub max_bytes: u32,
+}
+
+impl Message for PullAfter {
+    const KIND: Kind = Kind::PullAfter;
+    type Response = PulledAfter;
+}
+
+/// One chunk of a [`PullAfter`]: its records, the position it covers up to, and whether a
+/// limit stopped it (`false`: this was the last).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PulledAfter {
+    pub records: Vec<(Bytes, WireRecord)>,
+    pub upto: u64,
+    pub more: bool,
+}
+
 /// Anti-entropy: the bucket hashes of a partition's records that count at `horizon`
 /// (see `cluster::repair`).
 #[derive(Debug, Serialize, Deserialize)]
@@ -334,6 +363,8 @@ mod tests {
         assert_eq!(encode_request(&digest).unwrap(), [2, 9, 17, 232, 7, 10]);
         let pull = Pull { partition: 3, from: Hlc::new(7, 2), limit: 1000, max_bytes: 65536 };
         assert_eq!(encode_request(&pull).unwrap(), [2, 8, 3, 130, 128, 28, 232, 7, 128, 128, 4]);
+        let pull_after = PullAfter { partition: 3, after: 300, limit: 1000, max_bytes: 65536 };
+        assert_eq!(encode_request(&pull_after).unwrap(), [2, 24, 3, 172, 2, 232, 7, 128, 128, 4]);
         // The connector's cursor messages, since they came.
         let positions = Positions { remote: "dc2".into() };
         assert_eq!(encode_request(&positions).unwrap(), [2, 20, 3, 100, 99, 50]);

@@ -5,10 +5,13 @@
 //! copy it from (its previous owners that are still here; when this node had no cluster
 //! before — it just started or was alone — the partition's other current owners). A
 //! worker copies up to `rebalance.max_parallel` partitions at once, each as a series of
-//! [`messages::Pull`] chunks in HLC order, applied by last-writer-wins, so writes that
-//! arrive meanwhile are never overwritten by older copies and an interrupted copy resumes
-//! from the last HLC received. The bytes copied per second, over all partitions, stay
-//! under `rebalance.max_bytes_per_sec`.
+//! [`messages::PullAfter`] chunks that follow the source's change sequence (every key once,
+//! with its current record, in the order of its last change), applied by
+//! last-writer-wins, so writes that arrive meanwhile are never overwritten by older
+//! copies; a key written at the source while its partition is copied moves to the end of
+//! the sequence and comes in a later chunk. A source of an older version is copied with
+//! [`messages::Pull`] chunks in HLC order instead. The bytes copied per second, over all
+//! partitions, stay under `rebalance.max_bytes_per_sec`.
 //!
 //! While a partition is arriving, reads and writes do not wait for it: this node's own
 //! answer for its keys is completed from the copy's sources (`arriving.rs`), and writes
@@ -29,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 use super::messages;
 use super::{Cluster, DataError, decode};
 use crate::hlc::Hlc;
+use crate::peer::messages::{Kind, Refusal};
+use crate::peer::{RpcError, Target};
 use crate::placement::{NodeId, Partition};
 use crate::record::Record;
 
@@ -240,49 +245,27 @@ impl Cluster {
     ) -> Result<(u64, u64), DataError> {
         let Some(topology) = &self.topology else { return Ok((0, 0)) };
         let mut errors = Vec::new();
-        let (mut from, mut keys, mut bytes) = (Hlc::ZERO, 0u64, 0u64);
+        let mut copy = Copy { limit: CHUNK_RECORDS, max_bytes: chunk_bytes.max(1), keys: 0, bytes: 0 };
+        // Where the copy in HLC order stands, kept from one source to the next: HLCs, unlike
+        // change numbers, are the same on every owner.
+        let mut from = Hlc::ZERO;
         for &node in &task.sources {
             let Ok(source) = self.target(&self.view(), node) else {
                 errors.push(format!("node {node} is no longer a member"));
                 continue;
             };
-            let source = &source;
-            let (mut limit, mut max_bytes) = (CHUNK_RECORDS, chunk_bytes.max(1));
-            loop {
-                if !self.view().placement.is_owner(task.partition, self.node) {
-                    return Ok((keys, bytes));
+            let copied = match self.pull_in_sequence(topology, task, &source, &mut copy, throttle).await {
+                Err(Pulled::Refused) => {
+                    tracing::info!(source = %node, partition = task.partition, "the source does not take pull_after: copying in HLC order");
+                    self.pull_in_hlc_order(topology, task, &source, &mut copy, &mut from, throttle).await
                 }
-                let msg = messages::Pull { partition: task.partition, from, limit, max_bytes };
-                let chunk = match topology.peers.call(source, &msg, topology.timeout).await {
-                    Ok(chunk) => chunk,
-                    Err(e) => {
-                        errors.push(e.to_string());
-                        break;
-                    }
-                };
-                let size: usize = chunk.records.iter().map(|(k, w)| k.len() + w.0.len()).sum();
-                let records: Vec<(Bytes, Record)> = chunk
-                    .records
-                    .iter()
-                    .map(|(k, w)| Ok((k.clone(), decode(w)?)))
-                    .collect::<Result<_, DataError>>()?;
-                let count = records.len();
-                self.local.apply_batch(records).await?;
-                keys += count as u64;
-                bytes += size as u64;
-                self.metrics.rebalance_bytes.inc_by(size as u64);
-                tokio::time::sleep(throttle.pause_for(size)).await;
-                let Some(next) = chunk.next else { return Ok((keys, bytes)) };
-                // The next chunk starts where the source said (inclusive: records sharing
-                // that HLC are sent again rather than skipped); a chunk that got no further
-                // needs a larger one to get past records sharing one HLC.
-                if next <= from {
-                    limit = limit.saturating_mul(2);
-                    max_bytes = max_bytes.saturating_mul(2);
-                } else {
-                    (limit, max_bytes) = (CHUNK_RECORDS, chunk_bytes.max(1));
-                }
-                from = next.max(from);
+                other => other,
+            };
+            match copied {
+                Ok(()) => return Ok((copy.keys, copy.bytes)),
+                Err(Pulled::Failed(e)) => errors.push(e),
+                Err(Pulled::Refused) => errors.push("refused pull_after and pull".into()),
+                Err(Pulled::Data(e)) => return Err(e),
             }
         }
         Err(DataError::Unavailable(format!(
@@ -290,6 +273,124 @@ impl Cluster {
             task.partition,
             errors.join("; ")
         )))
+    }
+
+    /// Copies the partition from `source` by its change sequence ([`messages::PullAfter`]),
+    /// from position 0, until a chunk says there is no more or this node stops owning it.
+    async fn pull_in_sequence(
+        &self,
+        topology: &super::Topology,
+        task: &Task,
+        source: &Target,
+        copy: &mut Copy,
+        throttle: &Throttle,
+    ) -> Result<(), Pulled> {
+        let mut after = 0;
+        loop {
+            if !self.view().placement.is_owner(task.partition, self.node) {
+                return Ok(());
+            }
+            let msg = messages::PullAfter {
+                partition: task.partition,
+                after,
+                limit: copy.limit,
+                max_bytes: copy.max_bytes,
+            };
+            let chunk = match topology.peers.call(source, &msg, topology.timeout).await {
+                Ok(chunk) => chunk,
+                Err(RpcError::Refused { refusal: Refusal::UnknownKind(k), .. })
+                    if k == Kind::PullAfter as u8 =>
+                {
+                    return Err(Pulled::Refused);
+                }
+                Err(e) => return Err(Pulled::Failed(e.to_string())),
+            };
+            self.apply_chunk(&chunk.records, copy, throttle).await?;
+            if !chunk.more {
+                return Ok(());
+            }
+            after = chunk.upto.max(after);
+        }
+    }
+
+    /// Copies the partition from `source` in HLC order ([`messages::Pull`]), for a source
+    /// of a version before [`messages::PullAfter`], resuming at `from`.
+    async fn pull_in_hlc_order(
+        &self,
+        topology: &super::Topology,
+        task: &Task,
+        source: &Target,
+        copy: &mut Copy,
+        from: &mut Hlc,
+        throttle: &Throttle,
+    ) -> Result<(), Pulled> {
+        let (mut limit, mut max_bytes) = (copy.limit, copy.max_bytes);
+        loop {
+            if !self.view().placement.is_owner(task.partition, self.node) {
+                return Ok(());
+            }
+            let msg = messages::Pull { partition: task.partition, from: *from, limit, max_bytes };
+            let chunk = topology
+                .peers
+                .call(source, &msg, topology.timeout)
+                .await
+                .map_err(|e| Pulled::Failed(e.to_string()))?;
+            self.apply_chunk(&chunk.records, copy, throttle).await?;
+            let Some(next) = chunk.next else { return Ok(()) };
+            // The next chunk starts where the source said (inclusive: records sharing
+            // that HLC are sent again rather than skipped); a chunk that got no further
+            // needs a larger one to get past records sharing one HLC.
+            if next <= *from {
+                limit = limit.saturating_mul(2);
+                max_bytes = max_bytes.saturating_mul(2);
+            } else {
+                (limit, max_bytes) = (copy.limit, copy.max_bytes);
+            }
+            *from = next.max(*from);
+        }
+    }
+
+    /// Applies one chunk (by last-writer-wins), counts it and waits as the throttle says.
+    async fn apply_chunk(
+        &self,
+        wire: &[(Bytes, messages::WireRecord)],
+        copy: &mut Copy,
+        throttle: &Throttle,
+    ) -> Result<(), Pulled> {
+        let size: usize = wire.iter().map(|(k, w)| k.len() + w.0.len()).sum();
+        let records: Vec<(Bytes, Record)> =
+            wire.iter().map(|(k, w)| Ok((k.clone(), decode(w)?))).collect::<Result<_, DataError>>()?;
+        let count = records.len();
+        self.local.apply_batch(records).await?;
+        copy.keys += count as u64;
+        copy.bytes += size as u64;
+        self.metrics.rebalance_bytes.inc_by(size as u64);
+        tokio::time::sleep(throttle.pause_for(size)).await;
+        Ok(())
+    }
+}
+
+/// A partition's copy: the chunk sizes asked for, and what has arrived.
+struct Copy {
+    limit: u32,
+    max_bytes: u32,
+    keys: u64,
+    bytes: u64,
+}
+
+/// Why a copy from one source stopped short.
+enum Pulled {
+    /// The source does not know the message (a node of an older version).
+    Refused,
+    /// The source did not answer; the next source is tried.
+    Failed(String),
+    /// A chunk could not be decoded or applied here: the copy stops.
+    Data(DataError),
+}
+
+impl From<DataError> for Pulled {
+    fn from(e: DataError) -> Self {
+        Pulled::Data(e)
     }
 }
 

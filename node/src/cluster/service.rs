@@ -22,12 +22,20 @@ pub const MAX_FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(
 /// a [`messages::Follow`].
 const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// Test hook: with `OPENCLUSTER_TEST_REFUSE_FOLLOW` set, the node refuses `Follow` as an
-/// unknown kind, the way a node that predates it does, so tests can show a connector still
-/// reads it (with `Positions` and `Changes`).
-fn refuses_follow_for_test() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("OPENCLUSTER_TEST_REFUSE_FOLLOW").is_some())
+/// Test hook: `OPENCLUSTER_TEST_REFUSE_KINDS` lists kinds (by their metric label, comma
+/// separated) that the node refuses as unknown, the way a node that predates them does,
+/// so tests can show their callers fall back: a connector still reads a node without
+/// `follow` (with `Positions` and `Changes`), a new owner still copies from a node
+/// without `pull_after` (with `Pull`).
+fn refuses_for_test(kind: Kind) -> bool {
+    static LISTED: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    LISTED
+        .get_or_init(|| {
+            let listed = std::env::var("OPENCLUSTER_TEST_REFUSE_KINDS").unwrap_or_default();
+            listed.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect()
+        })
+        .iter()
+        .any(|k| k == kind.as_str())
 }
 
 /// Answers a connector's long poll: waits until a partition asked has a number past its
@@ -143,6 +151,7 @@ impl Handler for Service {
         let outbound = &self.outbound;
         Box::pin(async move {
             match kind {
+                _ if refuses_for_test(kind) => refused(Refusal::UnknownKind(kind as u8)),
                 // The peer layer unpacks batches before they get here.
                 Kind::Batch => refused(Refusal::Malformed("nested batch".into())),
                 Kind::Ping => answer(&body, |_: Ping| async { Ok(c.node.0) }).await,
@@ -276,6 +285,32 @@ impl Handler for Service {
                     })
                     .await
                 }
+                Kind::PullAfter => {
+                    answer(&body, |m: messages::PullAfter| async move {
+                        if m.partition >= c.partitions() {
+                            return Err(Refusal::Malformed(format!("no partition {}", m.partition)));
+                        }
+                        let limit = (m.limit as usize).clamp(1, 100_000);
+                        let max_bytes = (m.max_bytes as usize).clamp(1, MAX_PULL_BYTES);
+                        let store = c.local.store.clone();
+                        let chunk = tokio::task::spawn_blocking(move || {
+                            store.changes_after(m.partition, m.after, limit, max_bytes)
+                        })
+                        .await
+                        .map_err(|e| Refusal::Store(e.to_string()))?
+                        .map_err(|e| refusal(e.into()))?;
+                        Ok(messages::PulledAfter {
+                            records: chunk
+                                .records
+                                .iter()
+                                .map(|(_, k, r)| (k.clone(), WireRecord::new(r)))
+                                .collect(),
+                            upto: chunk.upto,
+                            more: chunk.more,
+                        })
+                    })
+                    .await
+                }
                 Kind::Digest => {
                     answer(&body, |m: messages::Digest| async move {
                         if m.partition >= c.partitions() {
@@ -345,7 +380,6 @@ impl Handler for Service {
                     })
                     .await
                 }
-                Kind::Follow if refuses_follow_for_test() => refused(Refusal::UnknownKind(kind as u8)),
                 Kind::Follow => answer(&body, |m: messages::Follow| follow(c, outbound, m)).await,
                 Kind::Positions => {
                     answer(&body, |m: messages::Positions| async move {

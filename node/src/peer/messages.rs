@@ -70,6 +70,10 @@ pub enum Kind {
     /// held until one of them moves (a node that predates it refuses the kind, and the
     /// connector falls back to `Positions` and `Changes`).
     Follow = 23,
+    /// A chunk of a partition after a position of the source's change sequence, for
+    /// rebalance (a node that predates it refuses the kind, and the copy falls back to
+    /// `Pull`).
+    PullAfter = 24,
     /// A client's write command on a key of another datacenter's `home` keyspace, on its
     /// way to that datacenter (node -> connector -> WAN -> connector -> node), run there.
     HomeCommand = 30,
@@ -106,6 +110,7 @@ impl Kind {
             21 => Kind::ShipPacked,
             22 => Kind::Compare,
             23 => Kind::Follow,
+            24 => Kind::PullAfter,
             30 => Kind::HomeCommand,
             31 => Kind::HomeRead,
             32 => Kind::HomeInvalidate,
@@ -139,13 +144,14 @@ impl Kind {
             Kind::ShipPacked => "ship_packed",
             Kind::Compare => "compare",
             Kind::Follow => "follow",
+            Kind::PullAfter => "pull_after",
             Kind::HomeCommand => "home_command",
             Kind::HomeRead => "home_read",
             Kind::HomeInvalidate => "home_invalidate",
         }
     }
 
-    pub const ALL: [Kind; 26] = [
+    pub const ALL: [Kind; 27] = [
         Kind::Ping,
         Kind::Read,
         Kind::Write,
@@ -169,6 +175,7 @@ impl Kind {
         Kind::ShipPacked,
         Kind::Compare,
         Kind::Follow,
+        Kind::PullAfter,
         Kind::HomeCommand,
         Kind::HomeRead,
         Kind::HomeInvalidate,
@@ -251,7 +258,7 @@ mod tests {
         }
         // The kind numbers are the wire format: they never change.
         let numbers: Vec<u8> = Kind::ALL.iter().map(|&k| k as u8).collect();
-        assert_eq!(numbers, (1..=23).chain(30..=32).collect::<Vec<u8>>());
+        assert_eq!(numbers, (1..=24).chain(30..=32).collect::<Vec<u8>>());
     }
 
     #[test]

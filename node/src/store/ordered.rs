@@ -1,31 +1,35 @@
 //! The record layout every engine shares, over any ordered key-value engine ([`Kv`]).
 //!
-//! One ordered keyspace holds six kinds of entries, told apart by a one-byte prefix, so
+//! One ordered keyspace holds five kinds of entries, told apart by a one-byte prefix, so
 //! that a record and all its index entries change in one atomic batch:
 //!
 //! - `d | partition | key` -> change number (8 bytes) + encoded record
-//! - `i | partition | hlc | key` -> empty: the per-partition HLC index ("changes since t"),
-//!   which rebalance and repair read
 //! - `s | partition | change number` -> key: the per-partition local change sequence
 //!   (each record applied to a partition gets the next number, or the number the write
-//!   buffer gave it), which the WAN connector's cursor reads; a key's older numbers are
-//!   removed as it changes, so the sequence holds one entry per key and reading it after
-//!   a position yields every key changed since
+//!   buffer gave it), which rebalance and the WAN connector's cursor read; a key's older
+//!   numbers are removed as it changes, so the sequence holds one entry per key and
+//!   reading it after a position yields every key changed since
 //! - `n | partition` -> the highest change number stored, so numbers never repeat even
 //!   when the entry holding the highest one is purged, then the partition's record counts
-//!   (keys, expiring, tombstones: 8 bytes each), kept in the same batches as the records
-//!   so that opening a store reads 2 entries per partition instead of every record (a
-//!   store written before the counts were kept is counted once, at its first open)
+//!   (keys, expiring, tombstones: 8 bytes each), then the highest HLC it ever stored, kept
+//!   in the same batches as the records so that opening a store reads 2 entries per
+//!   partition instead of every record (a store written before the counts were kept is
+//!   counted once, at its first open)
 //! - `p | purge_at_ms | partition | key` -> empty: when an expired value or an old
 //!   tombstone may be removed, so purging reads only what is due
 //! - `m | name` -> layout version and partition count
+//!
+//! Layout 2 also kept `i | partition | hlc | key`, an index in HLC order that rebalance
+//! read. It cost every overwrite an insert and a delete at a random place in the tree, and
+//! the change sequence serves rebalance as well; a layout 2 store is upgraded at its first
+//! open (its highest HLCs moved into the `n` entries, then the index removed).
 //!
 //! Read-decide-write is serialised per key by lock stripes; numbering is serialised per
 //! partition by a lock held from taking the number until its batch is committed, so a
 //! reader that sees number n also sees every number below it that will ever exist. (Under
 //! the write buffer, the buffer hands out the numbers and keeps that promise itself.)
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -38,17 +42,22 @@ use super::{
 };
 use crate::hlc::Hlc;
 use crate::placement::{Partition, partition_of};
-use crate::record::{Record, RecordView};
+use crate::record::{DecodeError, Record, RecordView};
 
 const DATA: u8 = b'd';
+/// Layout 2's HLC index, removed at the upgrade to layout 3.
 const INDEX: u8 = b'i';
 const SEQ: u8 = b's';
 const LAST_SEQ: u8 = b'n';
 const PURGE: u8 = b'p';
 const META: u8 = b'm';
 const LOCK_STRIPES: usize = 1024;
-/// Version of the layout described in the module header.
+/// The layout before the HLC index was dropped; upgraded at open.
 const LAYOUT_V2: u8 = 2;
+/// Version of the layout described in the module header.
+const LAYOUT_V3: u8 = 3;
+/// Entries of layout 2's HLC index removed per batch at the upgrade.
+const UPGRADE_BATCH: usize = 10_000;
 
 pub struct OrderedStore<K: Kv> {
     kv: K,
@@ -62,6 +71,9 @@ pub struct OrderedStore<K: Kv> {
     /// Per partition: its record counts as stored in its `n` entry; changed only by a
     /// holder of the partition's `seqs` lock.
     counts: Box<[Mutex<StoreStats>]>,
+    /// Per partition: the highest HLC it ever stored, as in its `n` entry; raised only by a
+    /// holder of the partition's `seqs` lock.
+    tops: Box<[AtomicU64]>,
     keys: AtomicU64,
     expiring: AtomicU64,
     tombstones: AtomicU64,
@@ -85,13 +97,6 @@ fn data_key(partition: Partition, key: &[u8]) -> Vec<u8> {
     k
 }
 
-fn index_key(partition: Partition, hlc: Hlc, key: &[u8]) -> Vec<u8> {
-    let mut k = with_partition(INDEX, partition, 8 + key.len());
-    k.extend_from_slice(&hlc.0.to_be_bytes());
-    k.extend_from_slice(key);
-    k
-}
-
 fn seq_key(partition: Partition, seq: u64) -> Vec<u8> {
     let mut k = with_partition(SEQ, partition, 8);
     k.extend_from_slice(&seq.to_be_bytes());
@@ -111,8 +116,8 @@ fn purge_key(at_ms: u64, partition: Partition, key: &[u8]) -> Vec<u8> {
 }
 
 /// The value of a partition's `n` entry.
-fn numbering_value(last: u64, c: &StoreStats) -> Vec<u8> {
-    [last, c.keys, c.expiring, c.tombstones].iter().flat_map(|n| n.to_be_bytes()).collect()
+fn numbering_value(last: u64, c: &StoreStats, top: Hlc) -> Vec<u8> {
+    [last, c.keys, c.expiring, c.tombstones, top.0].iter().flat_map(|n| n.to_be_bytes()).collect()
 }
 
 /// `c` with `added` counted in and `removed` counted out.
@@ -139,23 +144,25 @@ struct Stored {
 
 impl<K: Kv> OrderedStore<K> {
     pub fn with_kv(kv: K, opts: &StoreOptions, name: &'static str) -> Result<Self, StoreError> {
-        let partitions = check_meta(&kv, opts)?;
+        let (partitions, layout) = check_meta(&kv, opts)?;
         let mut seqs = Vec::with_capacity(partitions as usize);
         let mut counts = Vec::with_capacity(partitions as usize);
+        let mut tops = Vec::with_capacity(partitions as usize);
         let mut counted = true;
         for p in 0..partitions {
-            let (last, c) = match kv.get(&with_partition(LAST_SEQ, p, 0))? {
-                None => (0, StoreStats::default()),
+            let (last, c, top) = match kv.get(&with_partition(LAST_SEQ, p, 0))? {
+                None => (0, StoreStats::default(), 0),
                 Some(v) => {
                     let v = v.as_ref();
                     // An entry of 8 bytes was written before the counts were kept.
                     counted &= v.len() >= 32;
                     let at = |i: usize| v.get(i..i + 8).map_or(0, be_u64);
-                    (be_u64(v), StoreStats { keys: at(8), expiring: at(16), tombstones: at(24) })
+                    (be_u64(v), StoreStats { keys: at(8), expiring: at(16), tombstones: at(24) }, at(32))
                 }
             };
             seqs.push(Mutex::new(last));
             counts.push(Mutex::new(c));
+            tops.push(AtomicU64::new(top));
         }
         let store = OrderedStore {
             kv,
@@ -166,6 +173,7 @@ impl<K: Kv> OrderedStore<K> {
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             seqs: seqs.into_boxed_slice(),
             counts: counts.into_boxed_slice(),
+            tops: tops.into_boxed_slice(),
             keys: AtomicU64::new(0),
             expiring: AtomicU64::new(0),
             tombstones: AtomicU64::new(0),
@@ -173,6 +181,10 @@ impl<K: Kv> OrderedStore<K> {
         if !counted {
             store.count_records()?;
         }
+        if layout == LAYOUT_V2 {
+            store.upgrade_from_v2(opts)?;
+        }
+        store.drop_hlc_index()?;
         for c in store.counts.iter() {
             store.apply_stats(&lock(c), 1);
         }
@@ -203,10 +215,62 @@ impl<K: Kv> OrderedStore<K> {
         let mut ops = Vec::with_capacity(stats.len());
         for (p, c) in stats.into_iter().enumerate() {
             let last = *lock(&self.seqs[p]);
-            ops.push(Op::Put(with_partition(LAST_SEQ, p as Partition, 0), numbering_value(last, &c)));
+            ops.push(Op::Put(
+                with_partition(LAST_SEQ, p as Partition, 0),
+                numbering_value(last, &c, self.top(p)),
+            ));
             *lock(&self.counts[p]) = c;
         }
         self.kv.write(&ops)
+    }
+
+    fn top(&self, p: usize) -> Hlc {
+        Hlc(self.tops[p].load(Ordering::Relaxed))
+    }
+
+    /// Layout 2 to 3, step one: each partition's highest HLC, read from the HLC index, goes
+    /// into its `n` entry, in the batch that marks the store as layout 3. The index itself
+    /// is removed after ([`Self::drop_hlc_index`]), so a crash in between leaves a layout 3
+    /// store whose leftover index entries the next open removes.
+    fn upgrade_from_v2(&self, opts: &StoreOptions) -> Result<(), StoreError> {
+        let mut ops = Vec::with_capacity(self.partitions as usize + 1);
+        for p in 0..self.partitions {
+            let from = with_partition(INDEX, p, 0);
+            let to = prefix_end(&from).expect("a bounded prefix");
+            let mut top = Hlc::ZERO;
+            self.kv.scan(&from, &to, true, &mut |k, _| {
+                top = Hlc(be_u64(&k[3..11]));
+                false
+            })?;
+            self.tops[p as usize].fetch_max(top.0, Ordering::Relaxed);
+            let last = *lock(&self.seqs[p as usize]);
+            let c = *lock(&self.counts[p as usize]);
+            ops.push(Op::Put(
+                with_partition(LAST_SEQ, p, 0),
+                numbering_value(last, &c, self.top(p as usize)),
+            ));
+        }
+        ops.push(Op::Put(meta_key("layout"), vec![LAYOUT_V3]));
+        self.kv.write(&ops)?;
+        self.kv.flush()?;
+        tracing::info!(path = %opts.path.display(), "store upgraded to layout {LAYOUT_V3}; removing its HLC index");
+        Ok(())
+    }
+
+    /// Removes what is left of layout 2's HLC index, in batches: nothing reads it since
+    /// layout 3. A store without any costs one seek.
+    fn drop_hlc_index(&self) -> Result<(), StoreError> {
+        loop {
+            let mut batch = Vec::new();
+            self.kv.scan(&[INDEX], &[INDEX + 1], false, &mut |k, _| {
+                batch.push(Op::Delete(k.to_vec()));
+                batch.len() < UPGRADE_BATCH
+            })?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            self.kv.write(&batch)?;
+        }
     }
 
     fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<Stored, StoreError> {
@@ -267,19 +331,8 @@ impl<K: Kv> OrderedStore<K> {
     }
 
     /// The operations that remove `old`'s entries, as it is replaced by a record with
-    /// `new_hlc` and `new_purge` (or removed, with `None`s).
-    fn unindex(
-        &self,
-        ops: &mut Vec<Op>,
-        p: Partition,
-        key: &[u8],
-        old: &Stored,
-        new_hlc: Option<Hlc>,
-        new_purge: Option<u64>,
-    ) {
-        if Some(old.record.hlc) != new_hlc {
-            ops.push(Op::Delete(index_key(p, old.record.hlc, key)));
-        }
+    /// `new_purge` (or removed, with `None`).
+    fn unindex(&self, ops: &mut Vec<Op>, p: Partition, key: &[u8], old: &Stored, new_purge: Option<u64>) {
         if let Some(at) = self.purge_at(&old.record)
             && Some(at) != new_purge
         {
@@ -298,10 +351,10 @@ impl<K: Kv> OrderedStore<K> {
     ) -> Result<(), StoreError> {
         let mut numbering = self.lock_seqs(writes.iter().map(|w| w.1));
         let mut next: HashMap<Partition, u64> = numbering.iter().map(|(p, g)| (*p, **g)).collect();
-        let mut ops = Vec::with_capacity(writes.len() * 6);
+        let mut ops = Vec::with_capacity(writes.len() * 4);
         let (mut added, mut removed) = (StoreStats::default(), StoreStats::default());
         // Per partition: what this batch adds and removes.
-        let mut changed: HashMap<Partition, (StoreStats, StoreStats)> = HashMap::new();
+        let mut changed: HashMap<Partition, (StoreStats, StoreStats, Hlc)> = HashMap::new();
         for (n, &(key, p, new, old)) in writes.iter().enumerate() {
             let delta = changed.entry(p).or_default();
             let last = next.get_mut(&p).expect("locked above");
@@ -317,7 +370,7 @@ impl<K: Kv> OrderedStore<K> {
             };
             let new_purge = self.purge_at(new);
             if let Some(old) = old {
-                self.unindex(&mut ops, p, key, old, Some(new.hlc), new_purge);
+                self.unindex(&mut ops, p, key, old, new_purge);
                 count(&mut removed, &old.record, 1);
                 count(&mut delta.1, &old.record, 1);
             }
@@ -325,20 +378,21 @@ impl<K: Kv> OrderedStore<K> {
             value.extend_from_slice(&seq.to_be_bytes());
             new.encode_into(&mut value);
             ops.push(Op::Put(data_key(p, key), value));
-            ops.push(Op::Put(index_key(p, new.hlc, key), Vec::new()));
             ops.push(Op::Put(seq_key(p, seq), key.to_vec()));
             if let Some(at) = new_purge {
                 ops.push(Op::Put(purge_key(at, p, key), Vec::new()));
             }
             count(&mut added, new, 1);
             count(&mut delta.0, new, 1);
+            delta.2 = delta.2.max(new.hlc);
         }
         let mut counted = Vec::with_capacity(next.len());
         for (p, last) in &next {
-            let (plus, minus) = changed.get(p).copied().unwrap_or_default();
+            let (plus, minus, top) = changed.get(p).copied().unwrap_or_default();
             let c = shifted(*lock(&self.counts[*p as usize]), &plus, &minus);
-            ops.push(Op::Put(with_partition(LAST_SEQ, *p, 0), numbering_value(*last, &c)));
-            counted.push((*p, c));
+            let top = top.max(self.top(*p as usize));
+            ops.push(Op::Put(with_partition(LAST_SEQ, *p, 0), numbering_value(*last, &c, top)));
+            counted.push((*p, c, top));
         }
         // Applied in key order (a stable sort: changes of one key keep their order), so that
         // a B-tree walks its pages in order instead of jumping between the data, index
@@ -348,8 +402,9 @@ impl<K: Kv> OrderedStore<K> {
         for (p, guard) in numbering.iter_mut() {
             **guard = next[p];
         }
-        for (p, c) in counted {
+        for (p, c, top) in counted {
             *lock(&self.counts[p as usize]) = c;
+            self.tops[p as usize].store(top.0, Ordering::Relaxed);
         }
         self.apply_stats(&added, 1);
         self.apply_stats(&removed, -1);
@@ -360,13 +415,16 @@ impl<K: Kv> OrderedStore<K> {
     /// numbering is locked so the removal cannot interleave with a numbered batch.
     fn remove(&self, p: Partition, key: &[u8], old: &Stored) -> Result<(), StoreError> {
         let numbering = lock(&self.seqs[p as usize]);
-        let mut ops = Vec::with_capacity(5);
-        self.unindex(&mut ops, p, key, old, None, None);
+        let mut ops = Vec::with_capacity(4);
+        self.unindex(&mut ops, p, key, old, None);
         ops.push(Op::Delete(data_key(p, key)));
         let mut gone = StoreStats::default();
         count(&mut gone, &old.record, 1);
         let c = shifted(*lock(&self.counts[p as usize]), &StoreStats::default(), &gone);
-        ops.push(Op::Put(with_partition(LAST_SEQ, p, 0), numbering_value(*numbering, &c)));
+        ops.push(Op::Put(
+            with_partition(LAST_SEQ, p, 0),
+            numbering_value(*numbering, &c, self.top(p as usize)),
+        ));
         self.kv.write(&ops)?;
         *lock(&self.counts[p as usize]) = c;
         self.apply_stats(&gone, -1);
@@ -408,21 +466,27 @@ fn count(stats: &mut StoreStats, r: &Record, n: u64) {
     }
 }
 
+fn meta_key(name: &str) -> Vec<u8> {
+    [&[META][..], name.as_bytes()].concat()
+}
+
 /// Records the layout version and partition count at creation, and refuses to open data
-/// created with another layout or partition count.
-fn check_meta<K: Kv>(kv: &K, opts: &StoreOptions) -> Result<u16, StoreError> {
+/// created with another partition count or a layout it cannot read (layout 2 it reads, to
+/// upgrade it). Returns the partition count and the layout.
+fn check_meta<K: Kv>(kv: &K, opts: &StoreOptions) -> Result<(u16, u8), StoreError> {
     let path = &opts.path;
     let open_err = |reason: String| StoreError::Open { path: path.clone(), reason };
-    let meta = |name: &str| [&[META][..], name.as_bytes()].concat();
-    match kv.get(&meta("partitions"))? {
+    match kv.get(&meta_key("partitions"))? {
         Some(raw) => {
-            let layout = kv.get(&meta("layout"))?;
-            if layout.as_ref().map(|l| l.as_ref()) != Some(&[LAYOUT_V2][..]) {
-                return Err(open_err(format!(
-                    "it holds store layout {:?}, this version reads layout {LAYOUT_V2}",
-                    layout.map(|l| l.as_ref().to_vec())
-                )));
-            }
+            let layout = match kv.get(&meta_key("layout"))?.as_ref().map(|l| l.as_ref()) {
+                Some(&[v]) if v == LAYOUT_V2 || v == LAYOUT_V3 => v,
+                other => {
+                    return Err(open_err(format!(
+                        "it holds store layout {:?}, this version reads layouts {LAYOUT_V2} and {LAYOUT_V3}",
+                        other.map(|l| l.to_vec())
+                    )));
+                }
+            };
             let raw = raw.as_ref();
             let found = u16::from_be_bytes(
                 raw.try_into().map_err(|_| open_err("meta/partitions is malformed".into()))?,
@@ -434,15 +498,15 @@ fn check_meta<K: Kv>(kv: &K, opts: &StoreOptions) -> Result<u16, StoreError> {
                     configured: opts.partitions,
                 });
             }
-            Ok(found)
+            Ok((found, layout))
         }
         None => {
             kv.write(&[
-                Op::Put(meta("layout"), vec![LAYOUT_V2]),
-                Op::Put(meta("partitions"), opts.partitions.to_be_bytes().to_vec()),
+                Op::Put(meta_key("layout"), vec![LAYOUT_V3]),
+                Op::Put(meta_key("partitions"), opts.partitions.to_be_bytes().to_vec()),
             ])?;
             kv.flush()?;
-            Ok(opts.partitions)
+            Ok((opts.partitions, LAYOUT_V3))
         }
     }
 }
@@ -538,16 +602,7 @@ impl<K: Kv> Store for OrderedStore<K> {
     }
 
     fn max_hlc(&self) -> Result<Hlc, StoreError> {
-        let mut max = Hlc::ZERO;
-        for p in 0..self.partitions {
-            let from = with_partition(INDEX, p, 0);
-            let to = prefix_end(&from).expect("a bounded prefix");
-            self.kv.scan(&from, &to, true, &mut |k, _| {
-                max = max.max(Hlc(be_u64(&k[3..11])));
-                false
-            })?;
-        }
-        Ok(max)
+        Ok((0..self.partitions as usize).map(|p| self.top(p)).max().unwrap_or(Hlc::ZERO))
     }
 
     fn scan_partition(
@@ -571,6 +626,10 @@ impl<K: Kv> Store for OrderedStore<K> {
         failed.map_or(Ok(()), Err)
     }
 
+    /// Layout 3 keeps no HLC index (see the module header): a scan of the partition's
+    /// records keeps the `limit` of lowest HLC above `since` in a heap as it goes. Only a
+    /// peer of an older version asks (rebalance reads the change sequence now), so a copy
+    /// to such a peer costs a scan of the partition per chunk.
     fn changes_since(
         &self,
         partition: Partition,
@@ -578,35 +637,58 @@ impl<K: Kv> Store for OrderedStore<K> {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Changes, StoreError> {
-        let from = index_key(partition, Hlc(since.0.saturating_add(1)), &[]);
-        let to = prefix_end(&with_partition(INDEX, partition, 0)).expect("a bounded prefix");
-        let mut out = Changes::default();
-        let mut bytes = 0;
+        let limit = limit.max(1);
+        let from = with_partition(DATA, partition, 0);
+        let to = prefix_end(&from).expect("a bounded prefix");
+        let mut lowest: BinaryHeap<(Hlc, Vec<u8>)> = BinaryHeap::with_capacity(limit + 1);
+        let mut more = false;
         let mut failed = None;
-        self.kv.scan(&from, &to, false, &mut |k, _| {
-            let hlc = Hlc(be_u64(&k[3..11]));
-            let key = &k[11..];
-            let r = match self.read(partition, key) {
-                // Only the entry of the record's current HLC counts.
-                Ok(Some(s)) if s.record.hlc == hlc => s.record,
-                Ok(_) => return true,
-                Err(e) => {
-                    failed = Some(e);
+        self.kv.scan(&from, &to, false, &mut |k, v| {
+            let key = &k[3..];
+            let hlc = match v.get(8..).ok_or(DecodeError::Truncated).and_then(RecordView::parse) {
+                Ok(view) => view.hlc,
+                Err(error) => {
+                    failed =
+                        Some(StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), error });
                     return false;
                 }
             };
-            let size = chunk_bytes(key, &r);
-            if let Some((_, last)) = out.records.last()
-                && (out.records.len() >= limit || bytes + size > max_bytes)
-            {
-                out.next = Some(last.hlc);
-                return false;
+            if hlc <= since {
+                return true;
             }
-            bytes += size;
-            out.records.push((Bytes::copy_from_slice(key), r));
+            if lowest.len() == limit {
+                more = true;
+                if lowest.peek().is_some_and(|top| (hlc, key) >= (top.0, &top.1[..])) {
+                    return true;
+                }
+                lowest.pop();
+            }
+            lowest.push((hlc, key.to_vec()));
             true
         })?;
-        failed.map_or(Ok(out), Err)
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let mut out = Changes::default();
+        let (mut bytes, mut reached) = (0, since);
+        for (hlc, key) in lowest.into_sorted_vec() {
+            // Read again: a record changed since the scan goes with what it is now (a newer
+            // record, which a later chunk would send again), one removed since not at all.
+            let Some(s) = self.read(partition, &key)? else {
+                reached = hlc;
+                continue;
+            };
+            let size = chunk_bytes(&key, &s.record);
+            if !out.records.is_empty() && bytes + size > max_bytes {
+                more = true;
+                break;
+            }
+            bytes += size;
+            reached = hlc;
+            out.records.push((Bytes::from(key), s.record));
+        }
+        out.next = more.then_some(reached);
+        Ok(out)
     }
 
     fn changes_after(
@@ -805,8 +887,8 @@ mod tests {
         let batches = std::mem::take(&mut *lock(&s.kv.batches));
         assert_eq!(batches.len(), 1);
         let batch = &batches[0];
-        // Per key: its record, and the new and the replaced index and sequence entries.
-        assert!(batch.len() >= 5 * keys.len(), "{} operations", batch.len());
+        // Per key: its record, and its new and its replaced sequence entries.
+        assert!(batch.len() >= 3 * keys.len(), "{} operations", batch.len());
         assert!(batch.windows(2).all(|w| w[0] < w[1]), "the operations are not in key order");
         for k in &keys {
             assert_eq!(s.get(k).unwrap().unwrap().value.as_deref(), Some(&b"two"[..]));
@@ -883,8 +965,101 @@ mod tests {
         assert_eq!(s.stats(), want);
         for p in 0..4 {
             if let Some(v) = s.kv.get(&with_partition(LAST_SEQ, p, 0)).unwrap() {
-                assert_eq!(v.len(), 32, "partition {p}'s counts were not stored back");
+                assert_eq!(v.len(), 40, "partition {p}'s counts were not stored back");
             }
         }
+    }
+
+    /// A layout 2 store (with its HLC index, `n` entries without the highest HLC) opens as
+    /// layout 3: the index is gone, the highest HLC is kept, and every record still reads.
+    #[test]
+    fn a_layout_2_store_is_upgraded_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<Bytes> = (0..300).map(|i| Bytes::from(format!("key:{i:03}"))).collect();
+        let top = 5_000;
+        {
+            let s = open(dir.path());
+            for (i, k) in keys.iter().enumerate() {
+                s.put(k, &mut || rec(Some(b"v"), top - i as u64)).unwrap();
+            }
+            // What layout 2 held besides: an index entry per record, shorter `n` entries.
+            let mut ops = vec![Op::Put(meta_key("layout"), vec![LAYOUT_V2])];
+            for (i, k) in keys.iter().enumerate() {
+                let p = partition_of(k, 4);
+                let mut index = with_partition(INDEX, p, 8 + k.len());
+                index.extend_from_slice(&(top - i as u64).to_be_bytes());
+                index.extend_from_slice(k);
+                ops.push(Op::Put(index, Vec::new()));
+            }
+            for p in 0..4 {
+                let n = s.kv.get(&with_partition(LAST_SEQ, p, 0)).unwrap().unwrap();
+                ops.push(Op::Put(with_partition(LAST_SEQ, p, 0), n[..32].to_vec()));
+            }
+            s.kv.write(&ops).unwrap();
+            s.flush().unwrap();
+        }
+        let s = open(dir.path());
+        assert_eq!(s.kv.get(&meta_key("layout")).unwrap().as_deref(), Some(&[LAYOUT_V3][..]));
+        let mut left = 0;
+        s.kv.scan(&[INDEX], &[INDEX + 1], false, &mut |_, _| {
+            left += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(left, 0, "index entries left");
+        assert_eq!(s.max_hlc().unwrap(), Hlc(top));
+        assert_eq!(s.stats().keys, keys.len() as u64);
+        let held: usize = (0..4).map(|p| s.changes_after(p, 0, 1000, 1 << 20).unwrap().records.len()).sum();
+        assert_eq!(held, keys.len());
+        for k in &keys {
+            assert_eq!(s.get(k).unwrap().unwrap().value.as_deref(), Some(&b"v"[..]));
+        }
+        drop(s);
+        // The highest HLC is in the `n` entries now, not read from an index.
+        assert_eq!(open(dir.path()).max_hlc().unwrap(), Hlc(top));
+    }
+
+    /// Index entries left by an upgrade that stopped half way (the store already says
+    /// layout 3) are removed at the next open, in batches.
+    #[test]
+    fn an_upgrade_interrupted_while_removing_the_index_finishes_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path());
+            let ops: Vec<Op> = (0..(UPGRADE_BATCH as u64 * 2 + 7))
+                .map(|i| {
+                    let mut index = with_partition(INDEX, (i % 4) as Partition, 16);
+                    index.extend_from_slice(&i.to_be_bytes());
+                    index.extend_from_slice(b"k");
+                    Op::Put(index, Vec::new())
+                })
+                .collect();
+            s.kv.write(&ops).unwrap();
+            s.flush().unwrap();
+        }
+        let s = open(dir.path());
+        let mut left = 0;
+        s.kv.scan(&[INDEX], &[INDEX + 1], false, &mut |_, _| {
+            left += 1;
+            true
+        })
+        .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    /// A layout this version does not know is refused, and the error names it.
+    #[test]
+    fn an_unknown_layout_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(dir.path());
+            s.kv.write(&[Op::Put(meta_key("layout"), vec![9])]).unwrap();
+            s.flush().unwrap();
+        }
+        let err =
+            OrderedStore::with_kv(RedbKv::open(&options(dir.path())).unwrap(), &options(dir.path()), "redb")
+                .err()
+                .expect("layout 9 opened");
+        assert!(err.to_string().contains("layout Some([9])"), "{err}");
     }
 }
