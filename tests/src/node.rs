@@ -282,10 +282,21 @@ impl Node {
         send_signal(self.child.as_ref().expect("server is running").id(), libc::SIGKILL);
     }
 
+    /// Sends SIGTERM through a shared reference: for stopping the server while other
+    /// threads still use it. Call `wait_for_exit` afterwards.
+    pub fn send_sigterm(&self) {
+        send_signal(self.child.as_ref().expect("server is running").id(), libc::SIGTERM);
+    }
+
     /// SIGTERM and wait for the exit (panics if it takes longer than 30 s).
     pub fn sigterm_and_wait(&mut self) -> ExitStatus {
+        self.send_sigterm();
+        self.wait_for_exit()
+    }
+
+    /// Waits for the server to exit (panics, killing it, if it takes longer than 30 s).
+    pub fn wait_for_exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("server is running");
-        send_signal(child.id(), libc::SIGTERM);
         let deadline = Instant::now() + STOP_DEADLINE;
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
@@ -294,7 +305,7 @@ impl Node {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("server did not exit within {STOP_DEADLINE:?} of SIGTERM\n{}", self.log());
+                panic!("server did not exit within {STOP_DEADLINE:?}\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

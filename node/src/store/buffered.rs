@@ -635,14 +635,23 @@ impl Inner {
                 // What is left was written during the pass.
                 *oldest = (self.records.load(Ordering::Acquire) > 0).then_some(pass_started);
             }
-            if let Err(e) = result {
-                tracing::error!(error = %e, "applying buffered writes to the store failed; will retry");
-                self.budget.set_failing(Some(e.to_string()));
-                let g = lock(&self.wake.0);
-                let _ = self.wake.1.wait_timeout(g, IDLE_WAIT);
-                continue;
-            }
+            let complete = match result {
+                Ok(complete) => complete,
+                Err(e) => {
+                    tracing::error!(error = %e, "applying buffered writes to the store failed; will retry");
+                    self.budget.set_failing(Some(e.to_string()));
+                    let g = lock(&self.wake.0);
+                    let _ = self.wake.1.wait_timeout(g, IDLE_WAIT);
+                    continue;
+                }
+            };
             self.budget.set_failing(None);
+            if !complete {
+                // Stopped half way (the node shuts down): records of the pass are still
+                // only in the log, which must stay whole for the replay at the next start.
+                self.passed.notify_all();
+                return;
+            }
             // Everything logged up to `pass_seq` is now in the engine (or superseded by a
             // later, still logged write): once the engine is flushed, the log can go.
             match self.engine.flush().and_then(|_| self.wal.checkpoint(pass_seq)) {
@@ -660,7 +669,8 @@ impl Inner {
     /// written during the pass wait for the next one: a pass that took them too would,
     /// under a sustained load, run on for as long as the writers keep up with it, and the
     /// log could be cut only after it (at twice the buffer's records, it held four).
-    fn apply_pass(&self, upto: &[u64]) -> Result<(), StoreError> {
+    /// Returns whether every partition was applied (`false`: a shutdown stopped it).
+    fn apply_pass(&self, upto: &[u64]) -> Result<bool, StoreError> {
         let mut pending: Vec<(Bytes, u64, Partition)> = Vec::with_capacity(self.apply_batch);
         for p in 0..self.partitions {
             {
@@ -674,13 +684,13 @@ impl Inner {
                 pending = rest;
             }
             if self.stop.load(Ordering::Acquire) {
-                return Ok(());
+                return Ok(false);
             }
         }
         if !pending.is_empty() {
             self.apply_batch(&pending)?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Applies the listed buffered records in one engine batch and drops from the buffer
@@ -1199,6 +1209,125 @@ mod tests {
         assert_eq!(s.remove_unchanged(3, &listed).unwrap(), 0);
         s.drain();
         assert_eq!(s.stats().keys, 2);
+    }
+
+    /// An engine whose batches wait, once armed, until the test lets the first one go.
+    struct Gated {
+        kv: crate::store::engines::redb::RedbKv,
+        armed: AtomicBool,
+        reached: (Mutex<bool>, Condvar),
+        released: (Mutex<bool>, Condvar),
+    }
+
+    impl crate::store::engines::Kv for Gated {
+        type Value = <crate::store::engines::redb::RedbKv as crate::store::engines::Kv>::Value;
+        fn get(&self, key: &[u8]) -> Result<Option<Self::Value>, StoreError> {
+            self.kv.get(key)
+        }
+        fn write(&self, ops: &[crate::store::engines::Op]) -> Result<(), StoreError> {
+            if self.armed.swap(false, Ordering::AcqRel) {
+                *lock(&self.reached.0) = true;
+                self.reached.1.notify_all();
+                let mut released = lock(&self.released.0);
+                while !*released {
+                    released = self.released.1.wait(released).unwrap();
+                }
+            }
+            self.kv.write(ops)
+        }
+        fn scan(
+            &self,
+            from: &[u8],
+            to: &[u8],
+            reverse: bool,
+            visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        ) -> Result<(), StoreError> {
+            self.kv.scan(from, to, reverse, visit)
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            self.kv.flush()
+        }
+        fn size_on_disk(&self) -> u64 {
+            self.kv.size_on_disk()
+        }
+    }
+
+    /// A shutdown that stops the applier half way through a pass leaves the log whole: the
+    /// records the pass did not apply are replayed at the next start. (The log used to be
+    /// cut as if the pass had finished: a node stopped under load lost acknowledged writes.)
+    #[test]
+    fn a_pass_stopped_by_a_shutdown_leaves_its_unapplied_records_in_the_log() {
+        use crate::store::engines::redb::RedbKv;
+        let dir = tempfile::tempdir().unwrap();
+        let store_opts = StoreOptions {
+            path: dir.path().join("store"),
+            partitions: 8,
+            cache_bytes: 4 << 20,
+            tombstone_grace: Duration::from_secs(60),
+            datacenter: "dc1".into(),
+        };
+        let opts = BufferOptions {
+            write_buffer_bytes: 1 << 20,
+            wal_segment_bytes: 1 << 20,
+            wal_buffer_bytes: 4096,
+            apply_delay: Duration::from_secs(3600),
+            apply_batch: 1,
+        };
+        let keys: Vec<String> = (0..64).map(|i| format!("k{i}")).collect();
+        assert!(
+            keys.iter()
+                .map(|k| partition_of(k.as_bytes(), 8))
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                > 2
+        );
+        {
+            let gate = Gated {
+                kv: RedbKv::open(&store_opts).unwrap(),
+                armed: AtomicBool::new(false),
+                reached: Default::default(),
+                released: Default::default(),
+            };
+            let engine =
+                Arc::new(crate::store::ordered::OrderedStore::with_kv(gate, &store_opts, "redb").unwrap());
+            let s = BufferedStore::open(engine.clone(), &dir.path().join("wal"), opts).unwrap();
+            for (i, k) in keys.iter().enumerate() {
+                s.put(k.as_bytes(), &mut || rec(Some(b"v"), 100 + i as u64, None)).unwrap();
+            }
+            s.flush().unwrap();
+            // The records' segment is closed, as the applier closes one that grew past four
+            // buffers before a pass: the checkpoint after the pass may then delete it.
+            s.inner.wal.roll().unwrap();
+            let gate = engine.kv();
+            gate.armed.store(true, Ordering::Release);
+            s.inner.force.store(true, Ordering::Release);
+            s.inner.wake_applier();
+            // The applier is inside the pass's first batch: the node shuts down meanwhile.
+            let mut reached = lock(&gate.reached.0);
+            while !*reached {
+                reached = gate.reached.1.wait(reached).unwrap();
+            }
+            drop(reached);
+            s.inner.stop.store(true, Ordering::Release);
+            *lock(&gate.released.0) = true;
+            gate.released.1.notify_all();
+            drop(s);
+            let applied = keys.iter().filter(|k| engine.get(k.as_bytes()).unwrap().is_some()).count();
+            assert!(applied < keys.len(), "the pass was not stopped half way: {applied} applied");
+        }
+        let engine: Arc<dyn Store> = Arc::new(
+            crate::store::ordered::OrderedStore::with_kv(
+                RedbKv::open(&store_opts).unwrap(),
+                &store_opts,
+                "redb",
+            )
+            .unwrap(),
+        );
+        let s = BufferedStore::open(engine, &dir.path().join("wal"), opts).unwrap();
+        for k in &keys {
+            assert_eq!(value(&s, k.as_bytes()).as_deref(), Some(&b"v"[..]), "{k} was lost");
+        }
+        assert_eq!(s.stats().keys, keys.len() as u64);
     }
 
     #[test]

@@ -224,6 +224,12 @@ impl<K: Kv> OrderedStore<K> {
         self.kv.write(&ops)
     }
 
+    /// The engine underneath, for tests that look at or steer it.
+    #[cfg(test)]
+    pub(crate) fn kv(&self) -> &K {
+        &self.kv
+    }
+
     fn top(&self, p: usize) -> Hlc {
         Hlc(self.tops[p].load(Ordering::Relaxed))
     }
