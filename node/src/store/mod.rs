@@ -165,8 +165,9 @@ pub trait Store: Send + Sync + 'static {
     /// are written later.
     fn put(&self, key: &[u8], make: &mut dyn FnMut() -> Record) -> Result<(), StoreError>;
 
-    /// The largest HLC of any stored record: a restarted node's clock starts above it, so
-    /// its writes order after everything it already holds.
+    /// The largest HLC of any record stored (or once stored: an engine may keep the
+    /// highest it ever wrote): a restarted node's clock starts above it, so its writes
+    /// order after everything it already holds.
     fn max_hlc(&self) -> Result<Hlc, StoreError>;
 
     /// Calls `visit` for every record of `partition`, in key order.

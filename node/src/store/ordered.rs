@@ -401,8 +401,8 @@ impl<K: Kv> OrderedStore<K> {
             counted.push((*p, c, top));
         }
         // Applied in key order (a stable sort: changes of one key keep their order), so that
-        // a B-tree walks its pages in order instead of jumping between the data, index
-        // and sequence entries of each record in turn.
+        // a B-tree walks its pages in order instead of jumping between the data and
+        // sequence entries of each record in turn.
         ops.sort_by(|a, b| a.key().cmp(b.key()));
         self.kv.write(&ops)?;
         for (p, guard) in numbering.iter_mut() {
