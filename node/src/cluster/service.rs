@@ -141,6 +141,28 @@ fn refusal(e: DataError) -> Refusal {
     }
 }
 
+/// A chunk of a partition's change sequence after `after`, read off the async workers, with
+/// the asker's limits held within bounds: for `PullAfter` (rebalance) and `Changes` (the
+/// connector's cursor).
+async fn read_after(
+    c: &Cluster,
+    partition: crate::placement::Partition,
+    after: u64,
+    limit: u32,
+    max_bytes: u32,
+) -> Result<crate::store::Sequenced, Refusal> {
+    if partition >= c.partitions() {
+        return Err(Refusal::Malformed(format!("no partition {partition}")));
+    }
+    let limit = (limit as usize).clamp(1, 100_000);
+    let max_bytes = (max_bytes as usize).clamp(1, MAX_PULL_BYTES);
+    let store = c.local.store.clone();
+    tokio::task::spawn_blocking(move || store.changes_after(partition, after, limit, max_bytes))
+        .await
+        .map_err(|e| Refusal::Store(e.to_string()))?
+        .map_err(|e| refusal(e.into()))
+}
+
 fn wire(records: &[(Bytes, Record)]) -> Vec<(Bytes, WireRecord)> {
     records.iter().map(|(k, r)| (k.clone(), WireRecord::new(r))).collect()
 }
@@ -287,18 +309,7 @@ impl Handler for Service {
                 }
                 Kind::PullAfter => {
                     answer(&body, |m: messages::PullAfter| async move {
-                        if m.partition >= c.partitions() {
-                            return Err(Refusal::Malformed(format!("no partition {}", m.partition)));
-                        }
-                        let limit = (m.limit as usize).clamp(1, 100_000);
-                        let max_bytes = (m.max_bytes as usize).clamp(1, MAX_PULL_BYTES);
-                        let store = c.local.store.clone();
-                        let chunk = tokio::task::spawn_blocking(move || {
-                            store.changes_after(m.partition, m.after, limit, max_bytes)
-                        })
-                        .await
-                        .map_err(|e| Refusal::Store(e.to_string()))?
-                        .map_err(|e| refusal(e.into()))?;
+                        let chunk = read_after(c, m.partition, m.after, m.limit, m.max_bytes).await?;
                         Ok(messages::PulledAfter {
                             records: chunk
                                 .records
@@ -355,18 +366,7 @@ impl Handler for Service {
                 }
                 Kind::Changes => {
                     answer(&body, |m: messages::Changes| async move {
-                        if m.partition >= c.partitions() {
-                            return Err(Refusal::Malformed(format!("no partition {}", m.partition)));
-                        }
-                        let limit = (m.limit as usize).clamp(1, 100_000);
-                        let max_bytes = (m.max_bytes as usize).clamp(1, MAX_PULL_BYTES);
-                        let store = c.local.store.clone();
-                        let chunk = tokio::task::spawn_blocking(move || {
-                            store.changes_after(m.partition, m.after, limit, max_bytes)
-                        })
-                        .await
-                        .map_err(|e| Refusal::Store(e.to_string()))?
-                        .map_err(|e| refusal(e.into()))?;
+                        let chunk = read_after(c, m.partition, m.after, m.limit, m.max_bytes).await?;
                         let upto = chunk.upto;
                         // Local keyspaces are passed over here, not in the connector: their
                         // bytes never leave the node (the cursor still moves past them).

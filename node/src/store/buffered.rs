@@ -1211,20 +1211,16 @@ mod tests {
         assert_eq!(s.stats().keys, 2);
     }
 
-    /// An engine whose batches wait, once armed, until the test lets the first one go.
-    struct Gated {
-        kv: crate::store::engines::redb::RedbKv,
+    /// Holds the first engine batch after it is armed until the test lets it go.
+    #[derive(Default)]
+    struct Gate {
         armed: AtomicBool,
         reached: (Mutex<bool>, Condvar),
         released: (Mutex<bool>, Condvar),
     }
 
-    impl crate::store::engines::Kv for Gated {
-        type Value = <crate::store::engines::redb::RedbKv as crate::store::engines::Kv>::Value;
-        fn get(&self, key: &[u8]) -> Result<Option<Self::Value>, StoreError> {
-            self.kv.get(key)
-        }
-        fn write(&self, ops: &[crate::store::engines::Op]) -> Result<(), StoreError> {
+    impl Gate {
+        fn pass(&self) {
             if self.armed.swap(false, Ordering::AcqRel) {
                 *lock(&self.reached.0) = true;
                 self.reached.1.notify_all();
@@ -1233,22 +1229,6 @@ mod tests {
                     released = self.released.1.wait(released).unwrap();
                 }
             }
-            self.kv.write(ops)
-        }
-        fn scan(
-            &self,
-            from: &[u8],
-            to: &[u8],
-            reverse: bool,
-            visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-        ) -> Result<(), StoreError> {
-            self.kv.scan(from, to, reverse, visit)
-        }
-        fn flush(&self) -> Result<(), StoreError> {
-            self.kv.flush()
-        }
-        fn size_on_disk(&self) -> u64 {
-            self.kv.size_on_disk()
         }
     }
 
@@ -1282,14 +1262,14 @@ mod tests {
                 > 2
         );
         {
-            let gate = Gated {
+            let gate = Arc::new(Gate::default());
+            let held = gate.clone();
+            let kv = crate::store::engines::HookedKv {
                 kv: RedbKv::open(&store_opts).unwrap(),
-                armed: AtomicBool::new(false),
-                reached: Default::default(),
-                released: Default::default(),
+                before_write: move |_: &[crate::store::engines::Op]| held.pass(),
             };
             let engine =
-                Arc::new(crate::store::ordered::OrderedStore::with_kv(gate, &store_opts, "redb").unwrap());
+                Arc::new(crate::store::ordered::OrderedStore::with_kv(kv, &store_opts, "redb").unwrap());
             let s = BufferedStore::open(engine.clone(), &dir.path().join("wal"), opts).unwrap();
             for (i, k) in keys.iter().enumerate() {
                 s.put(k.as_bytes(), &mut || rec(Some(b"v"), 100 + i as u64, None)).unwrap();
@@ -1298,7 +1278,6 @@ mod tests {
             // The records' segment is closed, as the applier closes one that grew past four
             // buffers before a pass: the checkpoint after the pass may then delete it.
             s.inner.wal.roll().unwrap();
-            let gate = engine.kv();
             gate.armed.store(true, Ordering::Release);
             s.inner.force.store(true, Ordering::Release);
             s.inner.wake_applier();

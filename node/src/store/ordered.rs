@@ -224,12 +224,6 @@ impl<K: Kv> OrderedStore<K> {
         self.kv.write(&ops)
     }
 
-    /// The engine underneath, for tests that look at or steer it.
-    #[cfg(test)]
-    pub(crate) fn kv(&self) -> &K {
-        &self.kv
-    }
-
     fn top(&self, p: usize) -> Hlc {
         Hlc(self.tops[p].load(Ordering::Relaxed))
     }
@@ -836,45 +830,20 @@ mod tests {
         OrderedStore::with_kv(RedbKv::open(&options(dir)).unwrap(), &options(dir), "redb").unwrap()
     }
 
-    /// An engine that records the keys of every batch it is given.
-    struct Recording {
-        kv: RedbKv,
-        batches: Mutex<Vec<Vec<Vec<u8>>>>,
-    }
-
-    impl Kv for Recording {
-        type Value = <RedbKv as Kv>::Value;
-        fn get(&self, key: &[u8]) -> Result<Option<Self::Value>, StoreError> {
-            self.kv.get(key)
-        }
-        fn write(&self, ops: &[Op]) -> Result<(), StoreError> {
-            lock(&self.batches).push(ops.iter().map(|op| op.key().to_vec()).collect());
-            self.kv.write(ops)
-        }
-        fn scan(
-            &self,
-            from: &[u8],
-            to: &[u8],
-            reverse: bool,
-            visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-        ) -> Result<(), StoreError> {
-            self.kv.scan(from, to, reverse, visit)
-        }
-        fn flush(&self) -> Result<(), StoreError> {
-            self.kv.flush()
-        }
-        fn size_on_disk(&self) -> u64 {
-            self.kv.size_on_disk()
-        }
-    }
-
     /// A batch reaches the engine in key order (a B-tree then walks its pages in order),
     /// the deletes of the entries it replaces included, and reads back as written.
     #[test]
     fn batches_reach_the_engine_in_key_order() {
         let dir = tempfile::tempdir().unwrap();
-        let kv =
-            Recording { kv: RedbKv::open(&options(dir.path())).unwrap(), batches: Mutex::new(Vec::new()) };
+        // The keys of every batch the engine is given.
+        let batches: Arc<Mutex<Vec<Vec<Vec<u8>>>>> = Arc::default();
+        let recorded = batches.clone();
+        let kv = crate::store::engines::HookedKv {
+            kv: RedbKv::open(&options(dir.path())).unwrap(),
+            before_write: move |ops: &[Op]| {
+                lock(&recorded).push(ops.iter().map(|op| op.key().to_vec()).collect())
+            },
+        };
         let s = OrderedStore::with_kv(kv, &options(dir.path()), "redb").unwrap();
         let keys: Vec<Bytes> = (0..200).rev().map(|i| Bytes::from(format!("key:{i:03}"))).collect();
         let first: Vec<_> = keys
@@ -888,9 +857,9 @@ mod tests {
             .enumerate()
             .map(|(i, k)| (i as u64 + 1000, k.clone(), rec(Some(b"two"), 1000 - i as u64)))
             .collect();
-        lock(&s.kv.batches).clear();
+        lock(&batches).clear();
         s.apply_numbered(&second).unwrap();
-        let batches = std::mem::take(&mut *lock(&s.kv.batches));
+        let batches = std::mem::take(&mut *lock(&batches));
         assert_eq!(batches.len(), 1);
         let batch = &batches[0];
         // Per key: its record, and its new and its replaced sequence entries.

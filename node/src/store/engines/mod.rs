@@ -210,6 +210,41 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 /// The message of an open failure caused by another process holding the directory.
 pub(crate) const IN_USE: &str = "it is in use by another process (is another node running on this data_dir?)";
 
+/// For tests: a redb engine that shows each batch to `before_write` before writing it, to
+/// record the batches or to hold one while the test steps in.
+#[cfg(test)]
+pub(crate) struct HookedKv<F> {
+    pub kv: redb::RedbKv,
+    pub before_write: F,
+}
+
+#[cfg(test)]
+impl<F: Fn(&[Op]) + Send + Sync + 'static> Kv for HookedKv<F> {
+    type Value = <redb::RedbKv as Kv>::Value;
+    fn get(&self, key: &[u8]) -> Result<Option<Self::Value>, StoreError> {
+        self.kv.get(key)
+    }
+    fn write(&self, ops: &[Op]) -> Result<(), StoreError> {
+        (self.before_write)(ops);
+        self.kv.write(ops)
+    }
+    fn scan(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        reverse: bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        self.kv.scan(from, to, reverse, visit)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.kv.flush()
+    }
+    fn size_on_disk(&self) -> u64 {
+        self.kv.size_on_disk()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
