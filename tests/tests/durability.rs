@@ -21,6 +21,25 @@ fn mget_all(con: &mut redis::Connection, keys: &[String]) -> Vec<Option<String>>
     out
 }
 
+/// Asserts that every acknowledged (key, value) reads back, naming up to 20 that do not.
+fn assert_all_kept(con: &mut redis::Connection, acked: &[(String, String)], after: &str) {
+    let keys: Vec<String> = acked.iter().map(|(k, _)| k.clone()).collect();
+    let got = mget_all(con, &keys);
+    let lost: Vec<&str> = acked
+        .iter()
+        .zip(&got)
+        .filter(|((_, want), got)| got.as_deref() != Some(want.as_str()))
+        .map(|((k, _), _)| k.as_str())
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost after {after}: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(20)]
+    );
+}
+
 #[test]
 fn restart_after_sigterm_keeps_all_data_and_ttls() {
     let mut node = Node::start_default();
@@ -128,20 +147,8 @@ fn sigterm_under_a_write_load_keeps_every_acknowledged_write() {
     let acked = acked.into_inner().unwrap();
     node.restart();
     let mut con = node.client();
-    let got = mget_all(&mut con, &acked);
-    let lost: Vec<&str> = acked
-        .iter()
-        .zip(&got)
-        .filter(|(k, got)| got.as_deref() != Some(k.as_str()))
-        .map(|(k, _)| k.as_str())
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged writes lost after a SIGTERM under load: {:?}",
-        lost.len(),
-        acked.len(),
-        &lost[..lost.len().min(20)]
-    );
+    let acked: Vec<(String, String)> = acked.into_iter().map(|k| (k.clone(), k)).collect();
+    assert_all_kept(&mut con, &acked, "a SIGTERM under load");
 }
 
 fn applied_total(node: &Node) -> u64 {
@@ -180,21 +187,7 @@ fn kill9_with_fsync_always_keeps_every_acknowledged_write() {
     let acked = acked.into_inner().unwrap();
     node.restart();
     let mut con = node.client();
-    let keys: Vec<String> = acked.iter().map(|(k, _)| k.clone()).collect();
-    let got = mget_all(&mut con, &keys);
-    let lost: Vec<&str> = acked
-        .iter()
-        .zip(&got)
-        .filter(|((_, want), got)| got.as_deref() != Some(want.as_str()))
-        .map(|((k, _), _)| k.as_str())
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged writes lost after kill -9: {:?}",
-        lost.len(),
-        acked.len(),
-        &lost[..lost.len().min(20)]
-    );
+    assert_all_kept(&mut con, &acked, "kill -9");
 }
 
 fn durable_through_ms(node: &Node) -> u64 {
