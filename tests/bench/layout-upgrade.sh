@@ -34,9 +34,10 @@ start() {
   START_MS=$((($(date +%s%N) - t0) / 1000000))
 }
 
+# stop: SIGTERM, then waits for the node's clean exit (bounded by its shutdown_timeout).
 stop() {
   kill "$NODE_PID"
-  while kill -0 "$NODE_PID" 2>/dev/null; do sleep 0.1; done
+  wait "$NODE_PID" || { echo "the node exited with status $? on SIGTERM" >&2; exit 1; }
 }
 
 store_mb() { du -sm "$DATA/store" | cut -f1; }

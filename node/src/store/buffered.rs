@@ -1282,10 +1282,12 @@ mod tests {
             s.inner.force.store(true, Ordering::Release);
             s.inner.wake_applier();
             // The applier is inside the pass's first batch: the node shuts down meanwhile.
-            let mut reached = lock(&gate.reached.0);
-            while !*reached {
-                reached = gate.reached.1.wait(reached).unwrap();
-            }
+            let (reached, waited) = gate
+                .reached
+                .1
+                .wait_timeout_while(lock(&gate.reached.0), Duration::from_secs(30), |reached| !*reached)
+                .unwrap();
+            assert!(!waited.timed_out(), "the applier reached no engine batch within 30 s");
             drop(reached);
             s.inner.stop.store(true, Ordering::Release);
             *lock(&gate.released.0) = true;
