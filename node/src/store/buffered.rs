@@ -37,7 +37,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::packed::{Shard, counts, key_bytes};
 use super::wal::Wal;
-use super::{Changes, Store, StoreError, StoreStats, TombstoneHold, Write, chunk_bytes};
+use super::{Changes, Store, StoreError, StoreStats, TombstoneHold, Write, chunk_bytes, count_now};
 use crate::hlc::Hlc;
 use crate::placement::{Partition, partition_of};
 use crate::record::Record;
@@ -236,6 +236,10 @@ struct Inner {
     /// every write logged up to that point is in the buffer, and the pass applies it (or a
     /// newer write of its key) before the log segments holding it are deleted.
     log_gate: RwLock<()>,
+    /// Held exclusively by the applier while the engine counts a batch and the counts in
+    /// `delta` give the batch's records up, and shared by whoever reads the counts: in
+    /// between, a record would be counted in both.
+    counting: RwLock<()>,
     /// When the oldest record still buffered was written.
     oldest: Mutex<Option<std::time::Instant>>,
     wake: (Mutex<()>, Condvar),
@@ -277,14 +281,14 @@ fn replay(
                 bytes += payload_bytes(e.key(), &record);
                 records.push((e.seq(), key_bytes(e), record));
                 if records.len() >= apply_batch || bytes >= REPLAY_BATCH_BYTES {
-                    engine.apply_numbered(&records)?;
+                    engine.apply_numbered(&records, &mut count_now)?;
                     (records, bytes) = (Vec::with_capacity(apply_batch), 0);
                 }
             }
             *shard = Shard::default();
         }
         if !records.is_empty() {
-            engine.apply_numbered(&records)?;
+            engine.apply_numbered(&records, &mut count_now)?;
         }
         Ok(())
     };
@@ -364,6 +368,7 @@ impl BufferedStore {
             apply_delay: opts.apply_delay,
             apply_batch,
             log_gate: RwLock::new(()),
+            counting: RwLock::new(()),
             oldest: Mutex::new(None),
             wake: (Mutex::new(()), Condvar::new()),
             passed: Condvar::new(),
@@ -716,19 +721,28 @@ impl Inner {
         // No read first: a buffered record passed the last-writer-wins check against
         // what the engine held when it was written, and only this thread changes the
         // engine's records since.
-        self.engine.apply_numbered(&records)?;
-        let mut last_partition = None;
-        for ((seq, key, applied), p) in records.iter().zip(parts) {
-            if last_partition != Some(p) {
-                // A partition is done with once its records are: give back its table.
-                if let Some(done) = last_partition.replace(p) {
-                    self.shrink(done);
-                }
-            }
+        self.engine.apply_numbered(&records, &mut |count| {
+            let _counting = self.counting.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            count();
+            self.give_up_applied(&records, &parts);
+        })?;
+        // The partitions are done with once their records are: give back their tables.
+        let mut done = parts;
+        done.dedup();
+        for p in done {
+            self.shrink(p);
+        }
+        self.budget.room.notify_waiters();
+        Ok(())
+    }
+
+    /// Drops the applied records from the buffer and their counts from `delta`: the
+    /// engine's counts include them now. A record rewritten meanwhile stays buffered.
+    fn give_up_applied(&self, records: &[(u64, Bytes, Record)], parts: &[Partition]) {
+        for ((seq, key, applied), &p) in records.iter().zip(parts) {
             let mut shard = self.shard(p);
             let before = shard.bytes();
             if let Some((record, base)) = shard.remove_if(key, *seq) {
-                // The engine's counts now include the record; the delta no longer does.
                 self.add_delta(record, -1);
                 self.release_base(base);
                 self.records.fetch_sub(1, Ordering::Release);
@@ -741,11 +755,6 @@ impl Inner {
             }
             self.charge(before, shard.bytes());
         }
-        if let Some(done) = last_partition {
-            self.shrink(done);
-        }
-        self.budget.room.notify_waiters();
-        Ok(())
     }
 }
 
@@ -1011,6 +1020,7 @@ impl Store for BufferedStore {
         if let Err(e) = self.inner.resolve_bases() {
             tracing::warn!(error = %e, "counting keys: reading the engine failed; the counts may be off until the buffer is applied");
         }
+        let _counting = self.inner.counting.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let e = self.inner.engine.stats();
         let d =
             |n: usize, base: u64| (base as i64 + self.inner.delta[n].load(Ordering::Relaxed)).max(0) as u64;
@@ -1173,6 +1183,44 @@ mod tests {
         assert_eq!(s.inner.unresolved.load(Ordering::Relaxed), 0);
         s.drain();
         assert_eq!(s.stats(), StoreStats { keys: 2, expiring: 0, tombstones: 2 });
+    }
+
+    #[test]
+    fn counts_asked_for_while_the_applier_runs_are_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), 64 << 20);
+        const KEYS: u64 = 30_000;
+        for n in 0..KEYS {
+            let key = format!("key{n}");
+            s.put(key.as_bytes(), &mut || {
+                rec(Some(b"v"), 10 + n, if n % 3 == 0 { Some(99_999) } else { None })
+            })
+            .unwrap();
+        }
+        let want = StoreStats { keys: KEYS, expiring: KEYS.div_ceil(3), tombstones: 0 };
+        assert_eq!(s.stats(), want);
+        // Nothing is written while the buffer drains: every count taken meanwhile must be
+        // the same, whether a record is still buffered, being applied, or applied.
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (asked, wrong) = std::thread::scope(|scope| {
+            let counter = scope.spawn(|| {
+                let (mut asked, mut wrong) = (0u64, Vec::new());
+                while !done.load(Ordering::Acquire) {
+                    let got = s.stats();
+                    asked += 1;
+                    if got != want && wrong.len() < 5 {
+                        wrong.push(got);
+                    }
+                }
+                (asked, wrong)
+            });
+            s.drain();
+            done.store(true, Ordering::Release);
+            counter.join().unwrap()
+        });
+        assert!(wrong.is_empty(), "{} counts asked for during the drain, these were off: {wrong:?}", asked);
+        assert_eq!(s.status().records, 0);
+        assert_eq!(s.stats(), want);
     }
 
     #[test]

@@ -87,6 +87,14 @@ pub struct StoreStats {
     pub tombstones: u64,
 }
 
+/// What [`Store::apply_numbered`] calls with the change of the engine's counts to make.
+pub type Settle<'a> = &'a mut dyn FnMut(&mut dyn FnMut());
+
+/// A [`Settle`] that makes the change of the engine's counts and nothing else.
+pub fn count_now(count: &mut dyn FnMut()) {
+    count()
+}
+
 /// Options every engine understands.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -193,8 +201,14 @@ pub trait Store: Send + Sync + 'static {
     /// engine holds and already have their numbers (the buffer numbers records as they
     /// enter it, see [`buffered`]). Only a storage engine takes them; numbers of a
     /// partition given here must be above every number it holds.
-    fn apply_numbered(&self, records: &[(u64, Bytes, Record)]) -> Result<(), StoreError> {
-        let _ = records;
+    ///
+    /// Once the batch is in the engine, the engine calls `settle` with the change of its
+    /// record counts to make; a caller that keeps counts of its own beside the engine's
+    /// (the write buffer's) makes both changes under one lock in `settle`, so that no
+    /// reader of the counts sees a record counted twice or not at all. [`count_now`]
+    /// makes the change and nothing else.
+    fn apply_numbered(&self, records: &[(u64, Bytes, Record)], settle: Settle<'_>) -> Result<(), StoreError> {
+        let _ = (records, settle);
         Err(StoreError::Io(format!("the {} store numbers its records itself", self.engine())))
     }
 

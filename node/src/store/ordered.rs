@@ -38,7 +38,8 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::engines::{Kv, Op, prefix_end};
 use super::{
-    Changes, Sequenced, Store, StoreError, StoreOptions, StoreStats, TombstoneHold, Write, chunk_bytes,
+    Changes, Sequenced, Settle, Store, StoreError, StoreOptions, StoreStats, TombstoneHold, Write,
+    chunk_bytes, count_now,
 };
 use crate::hlc::Hlc;
 use crate::placement::{Partition, partition_of};
@@ -342,12 +343,14 @@ impl<K: Kv> OrderedStore<K> {
     }
 
     /// Writes `writes` (key, record, what it replaces) in one batch, each record with the
-    /// number given in `numbers`, or else the next number of its partition. The caller
-    /// holds the keys' stripes.
+    /// number given in `numbers`, or else the next number of its partition, and changes
+    /// the counts through `settle` ([`Store::apply_numbered`]). The caller holds the keys'
+    /// stripes.
     fn write_batch(
         &self,
         writes: &[(&[u8], Partition, &Record, Option<&Stored>)],
         numbers: Option<&[u64]>,
+        settle: Settle<'_>,
     ) -> Result<(), StoreError> {
         let mut numbering = self.lock_seqs(writes.iter().map(|w| w.1));
         let mut next: HashMap<Partition, u64> = numbering.iter().map(|(p, g)| (*p, **g)).collect();
@@ -406,8 +409,10 @@ impl<K: Kv> OrderedStore<K> {
             *lock(&self.counts[p as usize]) = c;
             self.tops[p as usize].store(top.0, Ordering::Relaxed);
         }
-        self.apply_stats(&added, 1);
-        self.apply_stats(&removed, -1);
+        settle(&mut || {
+            self.apply_stats(&added, 1);
+            self.apply_stats(&removed, -1);
+        });
         Ok(())
     }
 
@@ -566,7 +571,7 @@ impl<K: Kv> Store for OrderedStore<K> {
         if batch.is_empty() {
             return Ok(0);
         }
-        self.write_batch(&batch, None)?;
+        self.write_batch(&batch, None, &mut count_now)?;
         Ok(writes.iter().filter(|w| matches!(w, Write::Put(_))).count())
     }
 
@@ -574,10 +579,10 @@ impl<K: Kv> Store for OrderedStore<K> {
         let _guard = lock(&self.locks[Self::stripe(key)]);
         let p = partition_of(key, self.partitions);
         let old = self.read(p, key)?;
-        self.write_batch(&[(key, p, &make(), old.as_ref())], None)
+        self.write_batch(&[(key, p, &make(), old.as_ref())], None, &mut count_now)
     }
 
-    fn apply_numbered(&self, records: &[(u64, Bytes, Record)]) -> Result<(), StoreError> {
+    fn apply_numbered(&self, records: &[(u64, Bytes, Record)], settle: Settle<'_>) -> Result<(), StoreError> {
         let _guards = self.lock_stripes(records.iter().map(|(_, k, _)| &k[..]));
         // Read in the order of the records' entries (partition, then key): consecutive
         // reads then walk neighbouring tree pages, still in the CPU's cache. The sort is
@@ -598,7 +603,7 @@ impl<K: Kv> Store for OrderedStore<K> {
         }
         let batch: Vec<_> = olds.iter().map(|(k, p, r, old, _)| (*k, *p, *r, old.as_ref())).collect();
         let numbers: Vec<u64> = olds.iter().map(|o| o.4).collect();
-        self.write_batch(&batch, Some(&numbers))
+        self.write_batch(&batch, Some(&numbers), settle)
     }
 
     fn max_hlc(&self) -> Result<Hlc, StoreError> {
@@ -851,14 +856,14 @@ mod tests {
             .enumerate()
             .map(|(i, k)| (i as u64 + 1, k.clone(), rec(Some(b"one"), 100 + i as u64)))
             .collect();
-        s.apply_numbered(&first).unwrap();
+        s.apply_numbered(&first, &mut count_now).unwrap();
         let second: Vec<_> = keys
             .iter()
             .enumerate()
             .map(|(i, k)| (i as u64 + 1000, k.clone(), rec(Some(b"two"), 1000 - i as u64)))
             .collect();
         lock(&batches).clear();
-        s.apply_numbered(&second).unwrap();
+        s.apply_numbered(&second, &mut count_now).unwrap();
         let batches = std::mem::take(&mut *lock(&batches));
         assert_eq!(batches.len(), 1);
         let batch = &batches[0];
@@ -879,11 +884,14 @@ mod tests {
         let s = open(dir.path());
         let key = Bytes::from_static(b"twice");
         let other = Bytes::from_static(b"other");
-        s.apply_numbered(&[
-            (1, key.clone(), rec(Some(b"first"), 10)),
-            (2, other.clone(), rec(Some(b"x"), 11)),
-            (3, key.clone(), rec(Some(b"last"), 12)),
-        ])
+        s.apply_numbered(
+            &[
+                (1, key.clone(), rec(Some(b"first"), 10)),
+                (2, other.clone(), rec(Some(b"x"), 11)),
+                (3, key.clone(), rec(Some(b"last"), 12)),
+            ],
+            &mut count_now,
+        )
         .unwrap();
         assert_eq!(s.get(&key).unwrap().unwrap().value.as_deref(), Some(&b"last"[..]));
         let p = partition_of(&key, 4);

@@ -360,7 +360,7 @@ fn the_change_sequence_numbers_each_partitions_records(engine: Engine) {
     // numbering of its own goes on above them.
     let many: Vec<(u64, Bytes, Record)> =
         (0..20).map(|i| (1_000 + i, Bytes::from(format!("m{i}")), rec(Some(b"v"), 100 + i, None))).collect();
-    s.apply_numbered(&many).unwrap();
+    s.apply_numbered(&many, &mut crate::store::count_now).unwrap();
     let numbered = sequence(&*s, 0, 7, 3);
     assert_eq!(numbered.iter().map(|(n, _)| *n).collect::<Vec<_>>(), (1_000..1_020).collect::<Vec<_>>());
     assert_eq!(numbered[19].1, b"m19".to_vec());
