@@ -225,8 +225,12 @@ pub fn apply(config: &mut Config, explicit: &HashMap<String, String>, cgroup: Op
     // its commits hold (`Engine::apply_batch`), and what it leaves is page cache.
     let cache_share = if s.engine == super::StoreEngine::Lmdb { 32 } else { 5 };
     set("store.cache_bytes", &mut s.cache_bytes, cache_share, 1 << 20);
-    // The write buffer: a tenth; past it writers wait (backpressure).
-    set("store.write_buffer_bytes", &mut s.write_buffer_bytes, 10, 1 << 20);
+    // The write buffer: past it writers wait (backpressure). It holds memory only while
+    // writes outrun the engine, and the applier's rate grows with it once the engine's
+    // pages no longer fit in memory: in a 340 MiB container under sustained SETs, 0.20x of
+    // redis-server with a tenth of the budget, 0.39x with half (docs/storage-study.md).
+    // Lean mode keeps a tenth: least memory first.
+    set("store.write_buffer_bytes", &mut s.write_buffer_bytes, if lean { 10 } else { 2 }, 1 << 20);
     set("cluster.max_hint_bytes", &mut config.cluster.max_hint_bytes, 20, 1 << 20);
     let r = &mut config.rpc;
     set("rpc.stream_window", &mut r.stream_window, 256, 16 << 10);
@@ -392,6 +396,13 @@ mod tests {
         assert_eq!(c.store.cache_bytes.0, (96 << 20) / 32);
         assert_eq!(c.store.write_buffer_bytes, ByteSize(48 << 20), "explicit, kept");
         assert_eq!(b.worker_threads, None);
+        // Unset, the write buffer is half the budget, and never above its default.
+        let mut c = Config::default();
+        apply(&mut c, &HashMap::new(), Some(128 << 20));
+        assert_eq!(c.store.write_buffer_bytes, ByteSize(48 << 20));
+        let mut c = Config::default();
+        apply(&mut c, &HashMap::new(), Some(1 << 30));
+        assert_eq!(c.store.write_buffer_bytes, ByteSize(128 << 20), "768 MiB of budget: the default");
         let mut c = Config {
             store: crate::config::StoreConfig {
                 engine: crate::config::StoreEngine::Redb,

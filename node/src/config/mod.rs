@@ -651,8 +651,8 @@ impl Default for StoreConfig {
             fsync_interval: Duration::from_secs(1),
             cache_bytes: ByteSize(64 << 20),
             // Large enough that an applier pass shares each B-tree page it changes among
-            // several records (docs/storage-study.md, sustained writes); lowered to a tenth
-            // of the memory budget when there is one.
+            // several records (docs/storage-study.md, sustained writes); lowered to half
+            // the memory budget when there is one (lean mode: a tenth).
             write_buffer_bytes: ByteSize(128 << 20),
             apply_delay: Duration::from_secs(5),
             wal_segment_bytes: ByteSize(64 << 20),
