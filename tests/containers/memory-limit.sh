@@ -13,7 +13,7 @@
 #
 # Environment: LOAD_SECONDS; MEMORY_PROFILE, the conf.d file to mount (empty: none, the
 # node's defaults).
-SCENARIO=memory-limit
+SCENARIO=${SCENARIO:-memory-limit}
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 begin
 

@@ -11,6 +11,7 @@
 #   customer-image  an image baked with `opencluster-pki bake` forms a cluster with its own
 #                   keys (joined by join_service); a node on the default keys is refused
 #   memory-limit    a node under `docker run --memory 128m` stays up under load
+#   memory-limit-defaults  the same with no memory settings: the node sizes itself
 #   partition       `docker network disconnect` isolates a node; `connect` heals it
 #   swarm           deploy/swarm as a stack in a single-node swarm (created and left
 #                   again when the engine is in none; an existing swarm is used and kept
@@ -38,7 +39,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 cd "$ROOT"
 source "$HERE/lib.sh"
 
-ALL=(compose customer-image memory-limit partition swarm swarm-two-dc two-datacenters)
+ALL=(compose customer-image memory-limit memory-limit-defaults partition swarm swarm-two-dc two-datacenters)
 if [ $# -gt 0 ]; then
   SCENARIOS=("$@")
 else
