@@ -1057,16 +1057,21 @@ mod tests {
     use crate::store::suite::rec;
     use crate::store::{SledStore, StoreOptions, chunk_bytes};
 
-    /// Opens the engine; a reopen in the same process waits (with a deadline) for sled's
-    /// I/O threads to let go of the previous handle's directory lock.
-    fn engine(dir: &std::path::Path) -> Arc<dyn Store> {
-        let opts = StoreOptions {
+    /// The engine's options for a store under `dir`.
+    fn store_options(dir: &std::path::Path) -> StoreOptions {
+        StoreOptions {
             path: dir.join("store"),
             partitions: 8,
             cache_bytes: 4 << 20,
             tombstone_grace: Duration::from_secs(60),
             datacenter: "dc1".into(),
-        };
+        }
+    }
+
+    /// Opens the engine; a reopen in the same process waits (with a deadline) for sled's
+    /// I/O threads to let go of the previous handle's directory lock.
+    fn engine(dir: &std::path::Path) -> Arc<dyn Store> {
+        let opts = store_options(dir);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             match SledStore::open(&opts) {
@@ -1287,13 +1292,7 @@ mod tests {
     fn a_pass_stopped_by_a_shutdown_leaves_its_unapplied_records_in_the_log() {
         use crate::store::engines::redb::RedbKv;
         let dir = tempfile::tempdir().unwrap();
-        let store_opts = StoreOptions {
-            path: dir.path().join("store"),
-            partitions: 8,
-            cache_bytes: 4 << 20,
-            tombstone_grace: Duration::from_secs(60),
-            datacenter: "dc1".into(),
-        };
+        let store_opts = store_options(dir.path());
         let opts = BufferOptions {
             write_buffer_bytes: 1 << 20,
             wal_segment_bytes: 1 << 20,
