@@ -143,6 +143,36 @@ struct Stored {
     record: Record,
 }
 
+impl Stored {
+    fn replaced(&self) -> Replaced {
+        Replaced { seq: self.seq, shape: Shape::of(&self.record) }
+    }
+}
+
+/// What a record's purge entry and its counts derive from: whether it holds a value, its
+/// expiry and its HLC.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    live: bool,
+    expires_at_ms: Option<u64>,
+    hlc: Hlc,
+}
+
+impl Shape {
+    fn of(r: &Record) -> Self {
+        Shape { live: r.value.is_some(), expires_at_ms: r.expires_at_ms, hlc: r.hlc }
+    }
+}
+
+/// What a write needs of the stored record it replaces: its change number (whose entry
+/// goes) and its shape (whose purge entry goes, and what leaves the counts). Not its
+/// value, which the applier therefore never copies out of the engine.
+#[derive(Clone, Copy, Debug)]
+struct Replaced {
+    seq: u64,
+    shape: Shape,
+}
+
 impl<K: Kv> OrderedStore<K> {
     pub fn with_kv(kv: K, opts: &StoreOptions, name: &'static str) -> Result<Self, StoreError> {
         let (partitions, layout) = check_meta(&kv, opts)?;
@@ -201,7 +231,7 @@ impl<K: Kv> OrderedStore<K> {
             Ok(s) => {
                 let p = Partition::from_be_bytes([k[1], k[2]]) as usize;
                 if let Some(c) = stats.get_mut(p) {
-                    count(c, &s.record, 1);
+                    count(c, Shape::of(&s.record), 1);
                 }
                 true
             }
@@ -286,6 +316,15 @@ impl<K: Kv> OrderedStore<K> {
         Ok(Stored { seq: be_u64(&bytes[..8]), record })
     }
 
+    /// What a write that replaces the stored `bytes` of `key` needs of them.
+    fn decode_replaced(&self, key: &[u8], bytes: &[u8]) -> Result<Replaced, StoreError> {
+        let corrupt = |error| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), error };
+        let record = bytes.get(8..).ok_or(corrupt(crate::record::DecodeError::Truncated))?;
+        let view = RecordView::parse(record).map_err(corrupt)?;
+        let shape = Shape { live: view.value.is_some(), expires_at_ms: view.expires_at_ms, hlc: view.hlc };
+        Ok(Replaced { seq: be_u64(&bytes[..8]), shape })
+    }
+
     fn read(&self, partition: Partition, key: &[u8]) -> Result<Option<Stored>, StoreError> {
         match self.kv.get(&data_key(partition, key))? {
             Some(bytes) => self.decode(key, bytes.as_ref()).map(Some),
@@ -315,17 +354,17 @@ impl<K: Kv> OrderedStore<K> {
 
     /// When a record may be physically removed: at expiry for values, after the grace
     /// period for tombstones.
-    fn purge_at(&self, r: &Record) -> Option<u64> {
-        match &r.value {
-            Some(_) => r.expires_at_ms,
-            None => Some(r.hlc.physical_ms().saturating_add(self.grace_ms)),
+    fn purge_at(&self, s: Shape) -> Option<u64> {
+        match s.live {
+            true => s.expires_at_ms,
+            false => Some(s.hlc.physical_ms().saturating_add(self.grace_ms)),
         }
     }
 
     /// Whether a purge entry at `at` stands for `r`: a value's entry is at its expiry; a
     /// tombstone's at the end of its grace, or later once held ([`TombstoneHold`]).
     fn purge_entry_current(&self, r: &Record, at: u64) -> bool {
-        match (&r.value, self.purge_at(r)) {
+        match (&r.value, self.purge_at(Shape::of(r))) {
             (None, Some(due)) => at >= due,
             (_, due) => due == Some(at),
         }
@@ -333,8 +372,8 @@ impl<K: Kv> OrderedStore<K> {
 
     /// The operations that remove `old`'s entries, as it is replaced by a record with
     /// `new_purge` (or removed, with `None`).
-    fn unindex(&self, ops: &mut Vec<Op>, p: Partition, key: &[u8], old: &Stored, new_purge: Option<u64>) {
-        if let Some(at) = self.purge_at(&old.record)
+    fn unindex(&self, ops: &mut Vec<Op>, p: Partition, key: &[u8], old: Replaced, new_purge: Option<u64>) {
+        if let Some(at) = self.purge_at(old.shape)
             && Some(at) != new_purge
         {
             ops.push(Op::Delete(purge_key(at, p, key)));
@@ -348,7 +387,7 @@ impl<K: Kv> OrderedStore<K> {
     /// stripes.
     fn write_batch(
         &self,
-        writes: &[(&[u8], Partition, &Record, Option<&Stored>)],
+        writes: &[(&[u8], Partition, &Record, Option<Replaced>)],
         numbers: Option<&[u64]>,
         settle: Settle<'_>,
     ) -> Result<(), StoreError> {
@@ -371,11 +410,11 @@ impl<K: Kv> OrderedStore<K> {
                     *last
                 }
             };
-            let new_purge = self.purge_at(new);
+            let new_purge = self.purge_at(Shape::of(new));
             if let Some(old) = old {
                 self.unindex(&mut ops, p, key, old, new_purge);
-                count(&mut removed, &old.record, 1);
-                count(&mut delta.1, &old.record, 1);
+                count(&mut removed, old.shape, 1);
+                count(&mut delta.1, old.shape, 1);
             }
             let mut value = Vec::with_capacity(8 + new.encoded_len());
             value.extend_from_slice(&seq.to_be_bytes());
@@ -385,8 +424,8 @@ impl<K: Kv> OrderedStore<K> {
             if let Some(at) = new_purge {
                 ops.push(Op::Put(purge_key(at, p, key), Vec::new()));
             }
-            count(&mut added, new, 1);
-            count(&mut delta.0, new, 1);
+            count(&mut added, Shape::of(new), 1);
+            count(&mut delta.0, Shape::of(new), 1);
             delta.2 = delta.2.max(new.hlc);
         }
         let mut counted = Vec::with_capacity(next.len());
@@ -418,13 +457,13 @@ impl<K: Kv> OrderedStore<K> {
 
     /// Removes `key`'s record and entries; the caller holds its stripe. The partition's
     /// numbering is locked so the removal cannot interleave with a numbered batch.
-    fn remove(&self, p: Partition, key: &[u8], old: &Stored) -> Result<(), StoreError> {
+    fn remove(&self, p: Partition, key: &[u8], old: Replaced) -> Result<(), StoreError> {
         let numbering = lock(&self.seqs[p as usize]);
         let mut ops = Vec::with_capacity(4);
         self.unindex(&mut ops, p, key, old, None);
         ops.push(Op::Delete(data_key(p, key)));
         let mut gone = StoreStats::default();
-        count(&mut gone, &old.record, 1);
+        count(&mut gone, old.shape, 1);
         let c = shifted(*lock(&self.counts[p as usize]), &StoreStats::default(), &gone);
         ops.push(Op::Put(
             with_partition(LAST_SEQ, p, 0),
@@ -459,15 +498,14 @@ impl OrderedStore<super::engines::sled::SledKv> {
     }
 }
 
-fn count(stats: &mut StoreStats, r: &Record, n: u64) {
-    match r.value {
-        Some(_) => {
-            stats.keys += n;
-            if r.expires_at_ms.is_some() {
-                stats.expiring += n;
-            }
+fn count(stats: &mut StoreStats, s: Shape, n: u64) {
+    if s.live {
+        stats.keys += n;
+        if s.expires_at_ms.is_some() {
+            stats.expiring += n;
         }
-        None => stats.tombstones += n,
+    } else {
+        stats.tombstones += n;
     }
 }
 
@@ -565,7 +603,7 @@ impl<K: Kv> Store for OrderedStore<K> {
             if let Write::Put(new) = w
                 && last.get(keys[i]) == Some(&i)
             {
-                batch.push((keys[i], parts[i], new, stored[i].as_ref()));
+                batch.push((keys[i], parts[i], new, stored[i].as_ref().map(Stored::replaced)));
             }
         }
         if batch.is_empty() {
@@ -579,7 +617,7 @@ impl<K: Kv> Store for OrderedStore<K> {
         let _guard = lock(&self.locks[Self::stripe(key)]);
         let p = partition_of(key, self.partitions);
         let old = self.read(p, key)?;
-        self.write_batch(&[(key, p, &make(), old.as_ref())], None, &mut count_now)
+        self.write_batch(&[(key, p, &make(), old.as_ref().map(Stored::replaced))], None, &mut count_now)
     }
 
     fn apply_numbered(&self, records: &[(u64, Bytes, Record)], settle: Settle<'_>) -> Result<(), StoreError> {
@@ -597,12 +635,15 @@ impl<K: Kv> Store for OrderedStore<K> {
             }
             same
         });
-        let mut olds = Vec::with_capacity(keys.len());
-        for (p, k, n, r) in keys {
-            olds.push((k, p, r, self.read(p, k)?, n));
-        }
-        let batch: Vec<_> = olds.iter().map(|(k, p, r, old, _)| (*k, *p, *r, old.as_ref())).collect();
-        let numbers: Vec<u64> = olds.iter().map(|o| o.4).collect();
+        // One read of what the records replace, for the whole batch: no value is copied.
+        let data_keys: Vec<Vec<u8>> = keys.iter().map(|(p, k, ..)| data_key(*p, k)).collect();
+        let mut batch = Vec::with_capacity(keys.len());
+        self.kv.get_each(&data_keys, &mut |i, stored| {
+            let (p, k, _, r) = keys[i];
+            batch.push((k, p, r, stored.map(|bytes| self.decode_replaced(k, bytes)).transpose()?));
+            Ok(())
+        })?;
+        let numbers: Vec<u64> = keys.iter().map(|k| k.2).collect();
         self.write_batch(&batch, Some(&numbers), settle)
     }
 
@@ -760,14 +801,14 @@ impl<K: Kv> Store for OrderedStore<K> {
             if s.record.value.is_none() && hold.holds(p, s.seq, key, &s.record) {
                 // Looked at again after as long again as it is overdue, within bounds: a
                 // long hold costs a few rewrites of the entry, not one per purge pass.
-                let due_at = self.purge_at(&s.record).unwrap_or(at);
+                let due_at = self.purge_at(Shape::of(&s.record)).unwrap_or(at);
                 let again = now_ms
                     .saturating_add(now_ms.saturating_sub(due_at).clamp(HOLD_RECHECK.0, HOLD_RECHECK.1));
                 self.kv.write(&[Op::Delete(pk.clone()), Op::Put(purge_key(again, p, key), Vec::new())])?;
                 continue;
             }
-            self.remove(p, key, &s)?;
-            if self.purge_at(&s.record) != Some(at) {
+            self.remove(p, key, s.replaced())?;
+            if self.purge_at(Shape::of(&s.record)) != Some(at) {
                 // A held tombstone's moved entry: `remove` took the original one.
                 self.kv.write(&[Op::Delete(pk.clone())])?;
             }
@@ -781,7 +822,7 @@ impl<K: Kv> Store for OrderedStore<K> {
         for (key, hlc) in entries {
             let _guard = lock(&self.locks[Self::stripe(key)]);
             let Some(s) = self.read(partition, key)?.filter(|s| s.record.hlc == *hlc) else { continue };
-            self.remove(partition, key, &s)?;
+            self.remove(partition, key, s.replaced())?;
             removed += 1;
         }
         Ok(removed)
@@ -921,7 +962,7 @@ mod tests {
             s.put(b"c", &mut || rec(None, 20)).unwrap();
             let p = partition_of(b"d", 4);
             let stored = s.read(p, b"d").unwrap().unwrap();
-            s.remove(p, b"d", &stored).unwrap();
+            s.remove(p, b"d", stored.replaced()).unwrap();
             assert_eq!(s.stats(), want);
             // A corrupt record that a count at open would read and refuse: this open must
             // take the counts from the `n` entries.

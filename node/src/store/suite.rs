@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::{
     BufferOptions, BufferedStore, Engine, EngineOptions, HoldNone, Store, StoreError, StoreOptions,
-    StoreStats, Write,
+    StoreStats, Write, count_now,
 };
 use crate::hlc::Hlc;
 use crate::placement::{Partition, partition_of};
@@ -115,6 +115,46 @@ fn blind_puts_replace_and_clean_up_the_old_entries(engine: Engine) {
     // The old expiry's purge entry is gone: nothing is purged at 5_000.
     assert_eq!(s.purge_due(6_000, 10, &HoldNone).unwrap(), 0);
     assert_eq!(s.max_hlc().unwrap(), Hlc(20));
+}
+
+/// The applier's path: a numbered batch reads what its records replace in one go and
+/// takes out their sequence and purge entries and their counts, for records of every kind.
+fn numbered_batches_replace_what_they_find(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(engine, dir.path(), 1);
+    put(&*s, b"expiring", rec(Some(b"1"), 10, Some(5_000)));
+    put(&*s, b"plain", rec(Some(b"2"), 11, None));
+    put(&*s, b"deleted", rec(None, 12, None));
+    assert_eq!(s.stats(), StoreStats { keys: 2, expiring: 1, tombstones: 1 });
+    let last = sequence(&*s, 0, 0, 100).last().unwrap().0;
+    let batch: Vec<(u64, Bytes, Record)> = vec![
+        (last + 1, Bytes::from_static(b"plain"), rec(None, 20, None)),
+        (last + 2, Bytes::from_static(b"deleted"), rec(Some(b"3"), 21, Some(9_000))),
+        (last + 3, Bytes::from_static(b"new"), rec(Some(b"4"), 22, None)),
+        (last + 4, Bytes::from_static(b"expiring"), rec(Some(b"5"), 23, None)),
+        (last + 5, Bytes::from_static(b"new"), rec(Some(b"6"), 24, None)),
+    ];
+    s.apply_numbered(&batch, &mut count_now).unwrap();
+    assert_eq!(value(&*s, b"plain"), None);
+    assert_eq!(value(&*s, b"deleted").as_deref(), Some(&b"3"[..]));
+    assert_eq!(value(&*s, b"new").as_deref(), Some(&b"6"[..]), "a key listed twice keeps its last record");
+    assert_eq!(value(&*s, b"expiring").as_deref(), Some(&b"5"[..]));
+    assert_eq!(s.stats(), StoreStats { keys: 3, expiring: 1, tombstones: 1 });
+    // Each key is in the sequence once, at its new number.
+    let mut listed = sequence(&*s, 0, 0, 100);
+    listed.sort();
+    let want: Vec<(u64, Vec<u8>)> =
+        [(last + 1, "plain"), (last + 2, "deleted"), (last + 4, "expiring"), (last + 5, "new")]
+            .into_iter()
+            .map(|(n, k)| (n, k.as_bytes().to_vec()))
+            .collect();
+    assert_eq!(listed, want);
+    // The replaced expiry's purge entry went; the new one stands.
+    assert_eq!(s.purge_due(6_000, 10, &HoldNone).unwrap(), 0);
+    assert_eq!(value(&*s, b"expiring").as_deref(), Some(&b"5"[..]));
+    assert_eq!(s.purge_due(9_000, 10, &HoldNone).unwrap(), 1);
+    assert_eq!(value(&*s, b"deleted"), None);
+    assert_eq!(s.stats(), StoreStats { keys: 2, expiring: 0, tombstones: 1 });
 }
 
 fn decide_sees_current_records_and_may_keep(engine: Engine) {
@@ -585,6 +625,7 @@ macro_rules! suite {
             const E: Engine = $variant;
             #[test] fn writes_read_back_and_count() { super::writes_read_back_and_count(E) }
             #[test] fn blind_puts_replace_and_clean_up_the_old_entries() { super::blind_puts_replace_and_clean_up_the_old_entries(E) }
+            #[test] fn numbered_batches_replace_what_they_find() { super::numbered_batches_replace_what_they_find(E) }
             #[test] fn decide_sees_current_records_and_may_keep() { super::decide_sees_current_records_and_may_keep(E) }
             #[test] fn repeated_keys_in_one_update_keep_the_last_write() { super::repeated_keys_in_one_update_keep_the_last_write(E) }
             #[test] fn changes_since_lists_records_in_hlc_order() { super::changes_since_lists_records_in_hlc_order(E) }

@@ -13,7 +13,7 @@ use std::ops::Bound;
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, WithoutTls};
 
-use super::{EngineOptions, IN_USE, Kv, Op};
+use super::{EngineOptions, Found, IN_USE, Kv, Op};
 use crate::store::{StoreError, StoreOptions};
 
 pub struct LmdbKv {
@@ -72,6 +72,14 @@ impl Kv for LmdbKv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let tx = self.env.read_txn().map_err(io)?;
         Ok(self.db.get(&tx, key).map_err(io)?.map(<[u8]>::to_vec))
+    }
+
+    fn get_each(&self, keys: &[Vec<u8>], found: Found<'_>) -> Result<(), StoreError> {
+        let tx = self.env.read_txn().map_err(io)?;
+        for (i, key) in keys.iter().enumerate() {
+            found(i, self.db.get(&tx, key).map_err(io)?)?;
+        }
+        Ok(())
     }
 
     fn write(&self, ops: &[Op]) -> Result<(), StoreError> {

@@ -29,6 +29,9 @@ impl Op {
     }
 }
 
+/// What [`Kv::get_each`] shows each key's value to: the key's index and its value.
+pub type Found<'a> = &'a mut dyn FnMut(usize, Option<&[u8]>) -> Result<(), StoreError>;
+
 /// An ordered key-value engine. Batches are atomic: after a crash either all of a batch
 /// is there or none of it. A batch is not durable until [`Kv::flush`] returns.
 pub trait Kv: Send + Sync + 'static {
@@ -36,6 +39,16 @@ pub trait Kv: Send + Sync + 'static {
     type Value: AsRef<[u8]>;
 
     fn get(&self, key: &[u8]) -> Result<Option<Self::Value>, StoreError>;
+
+    /// Reads `keys` and shows each one's value (`None`: absent) to `found`, with the key's
+    /// index, in order; an error from `found` ends the reads. Engines with read
+    /// transactions read them all in one, instead of one transaction per key as [`Kv::get`].
+    fn get_each(&self, keys: &[Vec<u8>], found: Found<'_>) -> Result<(), StoreError> {
+        for (i, key) in keys.iter().enumerate() {
+            found(i, self.get(key)?.as_ref().map(AsRef::as_ref))?;
+        }
+        Ok(())
+    }
 
     /// Applies `ops` in order, atomically.
     fn write(&self, ops: &[Op]) -> Result<(), StoreError>;

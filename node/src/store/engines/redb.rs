@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{IN_USE, Kv, Op};
+use super::{Found, IN_USE, Kv, Op};
 use crate::store::{StoreError, StoreOptions};
 
 /// One entry of a range read.
@@ -51,6 +51,18 @@ impl Kv for RedbKv {
         let tx = self.db.begin_read().map_err(io)?;
         let table = tx.open_table(TABLE).map_err(io)?;
         Ok(table.get(key).map_err(io)?.map(|v| v.value().to_vec()))
+    }
+
+    fn get_each(&self, keys: &[Vec<u8>], found: Found<'_>) -> Result<(), StoreError> {
+        let tx = self.db.begin_read().map_err(io)?;
+        let table = tx.open_table(TABLE).map_err(io)?;
+        for (i, key) in keys.iter().enumerate() {
+            match table.get(&key[..]).map_err(io)? {
+                Some(value) => found(i, Some(value.value()))?,
+                None => found(i, None)?,
+            }
+        }
+        Ok(())
     }
 
     fn write(&self, ops: &[Op]) -> Result<(), StoreError> {
