@@ -112,14 +112,20 @@ impl Engine {
     /// purge entry), so LMDB's batches are sized to keep those copies within
     /// `cache_bytes` (64 MiB, the default: 2,730 records; LMDB syncs at every commit, and
     /// sustained writes ran 15% faster with such batches than with 512 records). The
-    /// other engines bound their memory by their cache setting.
+    /// other engines bound their memory by their cache setting: redb writes the pages a
+    /// commit changes out to its file early once they fill half its cache, so a larger
+    /// batch costs it no memory, and a commit copies a branch page changed by several of
+    /// its records once (2,048 records sustained 6% to 8% more SET/s than 512, in both
+    /// orders of one run; `docs/storage-study.md`).
     pub fn apply_batch(self, cache_bytes: u64) -> usize {
         const PAGES_PER_RECORD: u64 = 6;
         const PAGE: u64 = 4096;
+        const REDB_BATCH: usize = 2048;
         match self {
             Engine::Lmdb => (cache_bytes / (PAGES_PER_RECORD * PAGE))
                 .clamp(16, super::buffered::APPLY_BATCH_MAX as u64) as usize,
-            Engine::Sled | Engine::Redb | Engine::Fjall => super::buffered::APPLY_BATCH,
+            Engine::Redb => REDB_BATCH,
+            Engine::Sled | Engine::Fjall => super::buffered::APPLY_BATCH,
         }
     }
 
