@@ -396,7 +396,7 @@ pub const SETTINGS: &[Setting] = &[
     s(
         "store.write_buffer_bytes",
         Kind::Size,
-        "Memory for written records not yet applied to the storage engine; writers wait when it is full [default: 128MiB, at most half of memory_budget (lean mode: a tenth)]",
+        "Memory for written records not yet applied to the storage engine; writers wait when it is full, and a larger one absorbs more rewrites of the same keys [default: 128MiB, at most half of memory_budget (lean mode: a tenth)]",
     ),
     s(
         "store.apply_delay",
