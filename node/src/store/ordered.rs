@@ -130,6 +130,13 @@ fn shifted(c: StoreStats, added: &StoreStats, removed: &StoreStats) -> StoreStat
     }
 }
 
+/// The change number of a data entry's stored `bytes` (of `key`), and a view of its record.
+fn stored_view<'a>(key: &[u8], bytes: &'a [u8]) -> Result<(u64, RecordView<'a>), StoreError> {
+    let corrupt = |error| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), error };
+    let record = bytes.get(8..).ok_or(corrupt(crate::record::DecodeError::Truncated))?;
+    Ok((be_u64(&bytes[..8]), RecordView::parse(record).map_err(corrupt)?))
+}
+
 fn be_u64(bytes: &[u8]) -> u64 {
     let mut raw = [0u8; 8];
     let n = bytes.len().min(8);
@@ -318,11 +325,9 @@ impl<K: Kv> OrderedStore<K> {
 
     /// What a write that replaces the stored `bytes` of `key` needs of them.
     fn decode_replaced(&self, key: &[u8], bytes: &[u8]) -> Result<Replaced, StoreError> {
-        let corrupt = |error| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), error };
-        let record = bytes.get(8..).ok_or(corrupt(crate::record::DecodeError::Truncated))?;
-        let view = RecordView::parse(record).map_err(corrupt)?;
+        let (seq, view) = stored_view(key, bytes)?;
         let shape = Shape { live: view.value.is_some(), expires_at_ms: view.expires_at_ms, hlc: view.hlc };
-        Ok(Replaced { seq: be_u64(&bytes[..8]), shape })
+        Ok(Replaced { seq, shape })
     }
 
     fn read(&self, partition: Partition, key: &[u8]) -> Result<Option<Stored>, StoreError> {
@@ -355,10 +360,7 @@ impl<K: Kv> OrderedStore<K> {
     /// When a record may be physically removed: at expiry for values, after the grace
     /// period for tombstones.
     fn purge_at(&self, s: Shape) -> Option<u64> {
-        match s.live {
-            true => s.expires_at_ms,
-            false => Some(s.hlc.physical_ms().saturating_add(self.grace_ms)),
-        }
+        if s.live { s.expires_at_ms } else { Some(s.hlc.physical_ms().saturating_add(self.grace_ms)) }
     }
 
     /// Whether a purge entry at `at` stands for `r`: a value's entry is at its expiry; a
@@ -571,10 +573,7 @@ impl<K: Kv> Store for OrderedStore<K> {
         let Some(bytes) = self.kv.get(&data_key(partition_of(key, self.partitions), key))? else {
             return Ok(None);
         };
-        let corrupt = |error| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), error };
-        let bytes = bytes.as_ref();
-        let record = bytes.get(8..).ok_or(corrupt(crate::record::DecodeError::Truncated))?;
-        let view = RecordView::parse(record).map_err(corrupt)?;
+        let (_, view) = stored_view(key, bytes.as_ref())?;
         Ok(view.live_value(now_ms).map(Bytes::copy_from_slice))
     }
 
