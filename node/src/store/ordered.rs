@@ -133,7 +133,7 @@ fn shifted(c: StoreStats, added: &StoreStats, removed: &StoreStats) -> StoreStat
 /// The change number of a data entry's stored `bytes` (of `key`), and a view of its record.
 fn stored_view<'a>(key: &[u8], bytes: &'a [u8]) -> Result<(u64, RecordView<'a>), StoreError> {
     let corrupt = |error| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), error };
-    let record = bytes.get(8..).ok_or(corrupt(crate::record::DecodeError::Truncated))?;
+    let record = bytes.get(8..).ok_or_else(|| corrupt(crate::record::DecodeError::Truncated))?;
     Ok((be_u64(&bytes[..8]), RecordView::parse(record).map_err(corrupt)?))
 }
 
