@@ -133,13 +133,7 @@ impl Record {
     /// Decodes a record. `intern` maps the origin datacenter name to a shared string (so
     /// reading millions of records does not allocate the same name millions of times).
     pub fn decode(bytes: &[u8], intern: impl FnOnce(&str) -> Arc<str>) -> Result<Record, DecodeError> {
-        let view = RecordView::parse(bytes)?;
-        Ok(Record {
-            value: view.value.map(Bytes::copy_from_slice),
-            hlc: view.hlc,
-            origin: Origin { datacenter: intern(view.datacenter), node: view.node },
-            expires_at_ms: view.expires_at_ms,
-        })
+        Ok(RecordView::parse(bytes)?.to_record(intern))
     }
 }
 
@@ -154,6 +148,16 @@ pub struct RecordView<'a> {
 }
 
 impl<'a> RecordView<'a> {
+    /// The record viewed, its value copied; `intern` as in [`Record::decode`].
+    pub fn to_record(&self, intern: impl FnOnce(&str) -> Arc<str>) -> Record {
+        Record {
+            value: self.value.map(Bytes::copy_from_slice),
+            hlc: self.hlc,
+            origin: Origin { datacenter: intern(self.datacenter), node: self.node },
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+
     pub fn parse(bytes: &'a [u8]) -> Result<Self, DecodeError> {
         let (&version, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
         if version != RECORD_V1 {

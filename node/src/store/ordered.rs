@@ -180,6 +180,17 @@ struct Replaced {
     shape: Shape,
 }
 
+impl Replaced {
+    /// What a write that replaces the stored `bytes` of `key` needs of them.
+    fn decode(key: &[u8], bytes: &[u8]) -> Result<Self, StoreError> {
+        let (seq, view) = stored_view(key, bytes)?;
+        Ok(Replaced {
+            seq,
+            shape: Shape { live: view.value.is_some(), expires_at_ms: view.expires_at_ms, hlc: view.hlc },
+        })
+    }
+}
+
 impl<K: Kv> OrderedStore<K> {
     pub fn with_kv(kv: K, opts: &StoreOptions, name: &'static str) -> Result<Self, StoreError> {
         let (partitions, layout) = check_meta(&kv, opts)?;
@@ -312,22 +323,10 @@ impl<K: Kv> OrderedStore<K> {
     }
 
     fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<Stored, StoreError> {
-        let corrupt = |error| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), error };
-        if bytes.len() < 8 {
-            return Err(corrupt(crate::record::DecodeError::Truncated));
-        }
-        let record = Record::decode(&bytes[8..], |dc| {
-            if dc == &*self.datacenter { self.datacenter.clone() } else { Arc::from(dc) }
-        })
-        .map_err(corrupt)?;
-        Ok(Stored { seq: be_u64(&bytes[..8]), record })
-    }
-
-    /// What a write that replaces the stored `bytes` of `key` needs of them.
-    fn decode_replaced(&self, key: &[u8], bytes: &[u8]) -> Result<Replaced, StoreError> {
         let (seq, view) = stored_view(key, bytes)?;
-        let shape = Shape { live: view.value.is_some(), expires_at_ms: view.expires_at_ms, hlc: view.hlc };
-        Ok(Replaced { seq, shape })
+        let record = view
+            .to_record(|dc| if dc == &*self.datacenter { self.datacenter.clone() } else { Arc::from(dc) });
+        Ok(Stored { seq, record })
     }
 
     fn read(&self, partition: Partition, key: &[u8]) -> Result<Option<Stored>, StoreError> {
@@ -639,7 +638,7 @@ impl<K: Kv> Store for OrderedStore<K> {
         let mut batch = Vec::with_capacity(keys.len());
         self.kv.get_each(&data_keys, &mut |i, stored| {
             let (p, k, _, r) = keys[i];
-            batch.push((k, p, r, stored.map(|bytes| self.decode_replaced(k, bytes)).transpose()?));
+            batch.push((k, p, r, stored.map(|bytes| Replaced::decode(k, bytes)).transpose()?));
             Ok(())
         })?;
         let numbers: Vec<u64> = keys.iter().map(|k| k.2).collect();
